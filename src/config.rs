@@ -1,0 +1,787 @@
+//! Configuration: every setting the coordinator reads, parsed and validated
+//! once at start from the environment and the command line, then passed by
+//! reference. Nothing here touches the process environment after reading it,
+//! and nothing here does I/O beyond resolving the working directory.
+//!
+//! Each setting has an environment variable and a long flag derived from it
+//! (`BASE_API_PORT` <-> `--base-api-port`); a flag wins over the variable.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where hydration finds profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Local,
+    S3,
+}
+
+/// The S3 backend's addressing; credentials come from the standard chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    pub bucket: Option<String>,
+    /// Normalised: no leading or trailing slash, may be empty.
+    pub prefix: String,
+    pub region: String,
+    pub endpoint: Option<String>,
+    pub download_threads: usize,
+}
+
+/// The port triple of slot `i` is `base + i * step` for each of the three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortPlan {
+    pub base_api: u16,
+    pub base_stream: u16,
+    pub base_camoufox: u16,
+    pub step: u16,
+}
+
+/// The ports one child is started on; a slot keeps its triple for life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Ports {
+    pub api: u16,
+    pub stream: u16,
+    pub camoufox: u16,
+}
+
+impl PortPlan {
+    /// Validation guarantees these additions stay within u16 for every slot
+    /// below the configured pool size.
+    pub fn slot(&self, i: usize) -> Ports {
+        let off = (i as u32) * u32::from(self.step);
+        let at = |base: u16| (u32::from(base) + off) as u16;
+        Ports {
+            api: at(self.base_api),
+            stream: at(self.base_stream),
+            camoufox: at(self.base_camoufox),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub backend: Backend,
+    pub local_profile_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    pub s3: S3Settings,
+    pub host: String,
+    pub port: u16,
+    pub ports: PortPlan,
+    pub headless: bool,
+    pub log_dir: PathBuf,
+    pub pool_size: usize,
+    pub ready_timeout: Duration,
+    pub stop_grace: Duration,
+    /// Program and leading arguments; never run through a shell.
+    pub child_command: Vec<String>,
+    pub child_workdir: PathBuf,
+    pub http_workers: usize,
+    pub request_timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    pub max_body_bytes: u64,
+    pub hydrate_only: bool,
+}
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub enum Invocation {
+    Run(Box<Config>),
+    Help,
+    Version,
+}
+
+/// A setting that cannot be used, named so the operator knows what to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    Invalid {
+        name: &'static str,
+        value: String,
+        expected: String,
+    },
+    Conflict(String),
+    UnknownFlag(String),
+    MissingValue(String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Invalid {
+                name,
+                value,
+                expected,
+            } => write!(f, "invalid {name}={value:?}: expected {expected}"),
+            ConfigError::Conflict(msg) => f.write_str(msg),
+            ConfigError::UnknownFlag(flag) => {
+                write!(f, "unknown option {flag}: see aistudioproxy --help")
+            }
+            ConfigError::MissingValue(flag) => write!(f, "option {flag} needs a value"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One setting: its variable, default (as text, parsed like user input) and help.
+struct Setting {
+    env: &'static str,
+    default: Option<&'static str>,
+    help: &'static str,
+}
+
+const SETTINGS: &[Setting] = &[
+    Setting {
+        env: "PROFILE_BACKEND",
+        default: Some("local"),
+        help: "where profiles come from: local or s3",
+    },
+    Setting {
+        env: "LOCAL_PROFILE_DIR",
+        default: Some("auth_profiles/active"),
+        help: "directory of *.json profiles (key.txt is read from its parent)",
+    },
+    Setting {
+        env: "AUTH_PROFILE_CACHE_DIR",
+        default: Some("/tmp/auth_profiles"),
+        help: "where profiles are staged (active/) with key.txt",
+    },
+    Setting {
+        env: "AUTH_PROFILE_S3_BUCKET",
+        default: None,
+        help: "bucket holding <prefix>/active/*.json and <prefix>/key.txt",
+    },
+    Setting {
+        env: "AUTH_PROFILE_S3_PREFIX",
+        default: None,
+        help: "key prefix inside the bucket",
+    },
+    Setting {
+        env: "AUTH_PROFILE_S3_REGION",
+        default: None,
+        help: "bucket region (else AWS_REGION, AWS_DEFAULT_REGION, us-east-1)",
+    },
+    Setting {
+        env: "AUTH_PROFILE_S3_ENDPOINT",
+        default: None,
+        help: "S3-compatible endpoint URL, path-style (else AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL)",
+    },
+    Setting {
+        env: "S3_DOWNLOAD_THREADS",
+        default: Some("8"),
+        help: "parallel profile downloads",
+    },
+    Setting {
+        env: "COORDINATOR_HOST",
+        default: Some("0.0.0.0"),
+        help: "address the coordinator listens on",
+    },
+    Setting {
+        env: "COORDINATOR_PORT",
+        default: Some("2048"),
+        help: "port of the health endpoints and the OpenAI API",
+    },
+    Setting {
+        env: "BASE_API_PORT",
+        default: Some("3100"),
+        help: "API port of slot 0",
+    },
+    Setting {
+        env: "BASE_STREAM_PORT",
+        default: Some("3200"),
+        help: "stream port of slot 0",
+    },
+    Setting {
+        env: "BASE_CAMOUFOX_PORT",
+        default: Some("9222"),
+        help: "Camoufox debug port of slot 0",
+    },
+    Setting {
+        env: "PORT_STEP",
+        default: Some("1"),
+        help: "port increment between slots",
+    },
+    Setting {
+        env: "HEADLESS",
+        default: Some("true"),
+        help: "pass --headless to children: true or false",
+    },
+    Setting {
+        env: "COORDINATOR_LOG_DIR",
+        default: Some("logs/coordinator"),
+        help: "directory of per-profile child logs",
+    },
+    Setting {
+        env: "POOL_SIZE",
+        default: Some("2"),
+        help: "number of child slots",
+    },
+    Setting {
+        env: "READY_TIMEOUT_S",
+        default: Some("60"),
+        help: "seconds a child may take to become ready",
+    },
+    Setting {
+        env: "CHILD_STOP_GRACE_S",
+        default: Some("10"),
+        help: "seconds between SIGTERM and SIGKILL of a child's group",
+    },
+    Setting {
+        env: "CHILD_COMMAND",
+        default: Some("python launch_camoufox.py"),
+        help: "child program and leading arguments, split like shell words (no shell)",
+    },
+    Setting {
+        env: "CHILD_WORKDIR",
+        default: None,
+        help: "working directory of children (default: current directory)",
+    },
+    Setting {
+        env: "HTTP_WORKERS",
+        default: Some("8"),
+        help: "threads accepting HTTP requests",
+    },
+    Setting {
+        env: "REQUEST_TIMEOUT_S",
+        default: Some("600"),
+        help: "overall deadline of one proxied request",
+    },
+    Setting {
+        env: "STREAM_IDLE_TIMEOUT_S",
+        default: Some("120"),
+        help: "longest silence of a streaming child before it is cut off",
+    },
+    Setting {
+        env: "MAX_BODY_BYTES",
+        default: Some("52428800"),
+        help: "largest accepted request body",
+    },
+];
+
+fn flag_of(env: &str) -> String {
+    format!("--{}", env.to_ascii_lowercase().replace('_', "-"))
+}
+
+/// The `--help` text, generated from the settings table so it cannot drift.
+pub fn help_text() -> String {
+    let mut out = String::from(concat!(
+        "aistudioproxy ",
+        env!("CARGO_PKG_VERSION"),
+        ": supervises a pool of AI Studio proxy children and serves their OpenAI API\n\n",
+        "Usage: aistudioproxy [OPTIONS] [-- CHILD_PROGRAM [ARGS...]]\n\n",
+        "  --hydrate-only   stage profiles and key.txt into the cache, print a JSON summary, exit\n",
+        "  --help           this text\n",
+        "  --version        the version\n\n",
+        "Settings (flag or environment variable; the flag wins):\n",
+    ));
+    for s in SETTINGS {
+        let default = s
+            .default
+            .map(|d| format!(" [default: {d}]"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  {:<28} {:<26} {}{}\n",
+            flag_of(s.env),
+            s.env,
+            s.help,
+            default
+        ));
+    }
+    out.push_str("\nRUST_LOG sets the log filter (default info). Logs go to stderr.\n");
+    out
+}
+
+impl Config {
+    /// Parse the real process environment and arguments.
+    pub fn from_process() -> Result<Invocation, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        Self::parse(std::env::args_os().skip(1).collect(), &env, &cwd)
+    }
+
+    /// Pure parser, so tests need no process state.
+    pub fn parse(
+        args: Vec<OsString>,
+        env: &HashMap<String, String>,
+        cwd: &Path,
+    ) -> Result<Invocation, ConfigError> {
+        let mut flags: HashMap<&'static str, String> = HashMap::new();
+        let mut hydrate_only = false;
+        let mut child_args: Option<Vec<String>> = None;
+        let mut args = args.into_iter().map(|a| a.to_string_lossy().into_owned());
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--help" | "-h" => return Ok(Invocation::Help),
+                "--version" | "-V" => return Ok(Invocation::Version),
+                "--hydrate-only" => hydrate_only = true,
+                "--" => {
+                    child_args = Some(args.by_ref().collect());
+                    break;
+                }
+                _ => {
+                    let (name, inline) = match arg.split_once('=') {
+                        Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                        None => (arg.clone(), None),
+                    };
+                    let setting = SETTINGS
+                        .iter()
+                        .find(|s| flag_of(s.env) == name)
+                        .ok_or_else(|| ConfigError::UnknownFlag(name.clone()))?;
+                    let value = match inline {
+                        Some(v) => v,
+                        None => args
+                            .next()
+                            .ok_or_else(|| ConfigError::MissingValue(name.clone()))?,
+                    };
+                    flags.insert(setting.env, value);
+                }
+            }
+        }
+
+        let get = |name: &'static str| -> Option<String> {
+            if let Some(v) = flags.get(name) {
+                return Some(v.clone());
+            }
+            if let Some(v) = env.get(name).filter(|v| !v.is_empty()) {
+                return Some(v.clone());
+            }
+            SETTINGS
+                .iter()
+                .find(|s| s.env == name)
+                .and_then(|s| s.default.map(str::to_string))
+        };
+        let need = |name: &'static str| get(name).unwrap_or_default();
+
+        let backend = match need("PROFILE_BACKEND").to_ascii_lowercase().as_str() {
+            "local" => Backend::Local,
+            "s3" => Backend::S3,
+            _ => {
+                return Err(invalid(
+                    "PROFILE_BACKEND",
+                    &need("PROFILE_BACKEND"),
+                    "local or s3",
+                ))
+            }
+        };
+        let abs = |p: String| -> PathBuf {
+            let p = PathBuf::from(p);
+            if p.is_absolute() {
+                p
+            } else {
+                cwd.join(p)
+            }
+        };
+
+        let region = get("AUTH_PROFILE_S3_REGION")
+            .or_else(|| env.get("AWS_REGION").filter(|v| !v.is_empty()).cloned())
+            .or_else(|| {
+                env.get("AWS_DEFAULT_REGION")
+                    .filter(|v| !v.is_empty())
+                    .cloned()
+            })
+            .unwrap_or_else(|| "us-east-1".to_string());
+        let endpoint = get("AUTH_PROFILE_S3_ENDPOINT")
+            .or_else(|| {
+                env.get("AWS_ENDPOINT_URL_S3")
+                    .filter(|v| !v.is_empty())
+                    .cloned()
+            })
+            .or_else(|| {
+                env.get("AWS_ENDPOINT_URL")
+                    .filter(|v| !v.is_empty())
+                    .cloned()
+            });
+        if let Some(ep) = &endpoint {
+            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                return Err(invalid(
+                    "AUTH_PROFILE_S3_ENDPOINT",
+                    ep,
+                    "a URL starting with http:// or https://",
+                ));
+            }
+        }
+        let s3 = S3Settings {
+            bucket: get("AUTH_PROFILE_S3_BUCKET"),
+            prefix: get("AUTH_PROFILE_S3_PREFIX")
+                .unwrap_or_default()
+                .trim_matches('/')
+                .to_string(),
+            region,
+            endpoint,
+            download_threads: parse_num("S3_DOWNLOAD_THREADS", &need("S3_DOWNLOAD_THREADS"), 1, 64)?
+                as usize,
+        };
+
+        let port = |name: &'static str| -> Result<u16, ConfigError> {
+            Ok(parse_num(name, &need(name), 1, 65535)? as u16)
+        };
+        let ports = PortPlan {
+            base_api: port("BASE_API_PORT")?,
+            base_stream: port("BASE_STREAM_PORT")?,
+            base_camoufox: port("BASE_CAMOUFOX_PORT")?,
+            step: parse_num("PORT_STEP", &need("PORT_STEP"), 1, 65535)? as u16,
+        };
+        let pool_size = parse_num("POOL_SIZE", &need("POOL_SIZE"), 1, 256)? as usize;
+        let coordinator_port =
+            parse_num("COORDINATOR_PORT", &need("COORDINATOR_PORT"), 0, 65535)? as u16;
+        check_ports(&ports, pool_size, coordinator_port)?;
+
+        let headless = match need("HEADLESS").to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => return Err(invalid("HEADLESS", &need("HEADLESS"), "true or false")),
+        };
+
+        let child_command = match child_args {
+            Some(a) if !a.is_empty() => a,
+            Some(_) => {
+                return Err(ConfigError::Conflict(
+                    "nothing after --: give the child program, e.g. -- python3 launch_camoufox.py"
+                        .into(),
+                ))
+            }
+            None => {
+                let raw = need("CHILD_COMMAND");
+                let words = split_words(&raw).map_err(|why| invalid("CHILD_COMMAND", &raw, why))?;
+                if words.is_empty() {
+                    return Err(invalid(
+                        "CHILD_COMMAND",
+                        &raw,
+                        "a program and its leading arguments",
+                    ));
+                }
+                words
+            }
+        };
+
+        let host = need("COORDINATOR_HOST");
+        if host.parse::<std::net::IpAddr>().is_err() && host != "localhost" {
+            return Err(invalid(
+                "COORDINATOR_HOST",
+                &host,
+                "an IP address such as 0.0.0.0 or 127.0.0.1",
+            ));
+        }
+        let secs = |name: &'static str, min: u64, max: u64| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_secs(parse_num(name, &need(name), min, max)?))
+        };
+
+        Ok(Invocation::Run(Box::new(Config {
+            backend,
+            local_profile_dir: abs(need("LOCAL_PROFILE_DIR")),
+            cache_dir: abs(need("AUTH_PROFILE_CACHE_DIR")),
+            s3,
+            host,
+            port: coordinator_port,
+            ports,
+            headless,
+            log_dir: abs(need("COORDINATOR_LOG_DIR")),
+            pool_size,
+            ready_timeout: secs("READY_TIMEOUT_S", 1, 86_400)?,
+            stop_grace: secs("CHILD_STOP_GRACE_S", 0, 3_600)?,
+            child_command,
+            child_workdir: get("CHILD_WORKDIR")
+                .map(abs)
+                .unwrap_or_else(|| cwd.to_path_buf()),
+            http_workers: parse_num("HTTP_WORKERS", &need("HTTP_WORKERS"), 2, 256)? as usize,
+            request_timeout: secs("REQUEST_TIMEOUT_S", 1, 86_400)?,
+            stream_idle_timeout: secs("STREAM_IDLE_TIMEOUT_S", 1, 86_400)?,
+            max_body_bytes: parse_num("MAX_BODY_BYTES", &need("MAX_BODY_BYTES"), 1024, 1 << 34)?,
+            hydrate_only,
+        })))
+    }
+}
+
+fn invalid(name: &'static str, value: &str, expected: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        value: value.to_string(),
+        expected: expected.into(),
+    }
+}
+
+fn parse_num(name: &'static str, value: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+    match value.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(invalid(
+            name,
+            value,
+            format!("an integer from {min} to {max}"),
+        )),
+    }
+}
+
+/// Every port of every slot must be distinct, within 65535, and apart from
+/// the coordinator's own port.
+fn check_ports(plan: &PortPlan, pool_size: usize, coordinator: u16) -> Result<(), ConfigError> {
+    let last = (pool_size as u32 - 1) * u32::from(plan.step);
+    for (name, base) in [
+        ("BASE_API_PORT", plan.base_api),
+        ("BASE_STREAM_PORT", plan.base_stream),
+        ("BASE_CAMOUFOX_PORT", plan.base_camoufox),
+    ] {
+        if u32::from(base) + last > 65535 {
+            return Err(ConfigError::Conflict(format!(
+                "{name}={base} with PORT_STEP={} and POOL_SIZE={pool_size} needs port {}, past 65535: lower {name}, PORT_STEP or POOL_SIZE",
+                plan.step,
+                u32::from(base) + last
+            )));
+        }
+    }
+    let mut seen: HashMap<u16, (&str, usize)> = HashMap::new();
+    for i in 0..pool_size {
+        let p = plan.slot(i);
+        for (name, port) in [
+            ("BASE_API_PORT", p.api),
+            ("BASE_STREAM_PORT", p.stream),
+            ("BASE_CAMOUFOX_PORT", p.camoufox),
+        ] {
+            if port == coordinator {
+                return Err(ConfigError::Conflict(format!(
+                    "port {port} of slot {i} ({name}) is COORDINATOR_PORT too: move COORDINATOR_PORT or {name}"
+                )));
+            }
+            if let Some((other, j)) = seen.insert(port, (name, i)) {
+                return Err(ConfigError::Conflict(format!(
+                    "port {port} is used twice (slot {j} {other} and slot {i} {name}): spread BASE_API_PORT, BASE_STREAM_PORT and BASE_CAMOUFOX_PORT further apart or lower PORT_STEP/POOL_SIZE"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Split like a POSIX shell splits words (quotes and backslashes), without
+/// expansion of any kind and without ever running a shell.
+pub fn split_words(s: &str) -> Result<Vec<String>, &'static str> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => cur.push(c),
+                        None => return Err("words with balanced quotes (a ' is not closed)"),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => cur.push(c),
+                            Some(c) => {
+                                cur.push('\\');
+                                cur.push(c);
+                            }
+                            None => return Err("words with balanced quotes (a \" is not closed)"),
+                        },
+                        Some(c) => cur.push(c),
+                        None => return Err("words with balanced quotes (a \" is not closed)"),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                match chars.next() {
+                    Some(c) => cur.push(c),
+                    None => return Err("words without a trailing backslash"),
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Invocation, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::parse(
+            args.iter().map(OsString::from).collect(),
+            &env,
+            Path::new("/srv"),
+        )
+    }
+
+    fn run(args: &[&str], env: &[(&str, &str)]) -> Config {
+        match parse(args, env).unwrap() {
+            Invocation::Run(c) => *c,
+            other => panic!("expected a run, got {other:?}"),
+        }
+    }
+
+    fn err(args: &[&str], env: &[(&str, &str)]) -> String {
+        parse(args, env).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let c = run(&[], &[]);
+        assert_eq!(c.backend, Backend::Local);
+        assert_eq!(
+            c.local_profile_dir,
+            PathBuf::from("/srv/auth_profiles/active")
+        );
+        assert_eq!(c.cache_dir, PathBuf::from("/tmp/auth_profiles"));
+        assert_eq!((c.host.as_str(), c.port), ("0.0.0.0", 2048));
+        assert_eq!(
+            c.ports.slot(1),
+            Ports {
+                api: 3101,
+                stream: 3201,
+                camoufox: 9223
+            }
+        );
+        assert!(c.headless);
+        assert_eq!(c.pool_size, 2);
+        assert_eq!(c.ready_timeout, Duration::from_secs(60));
+        assert_eq!(c.child_command, vec!["python", "launch_camoufox.py"]);
+        assert_eq!(c.s3.region, "us-east-1");
+        assert_eq!(c.log_dir, PathBuf::from("/srv/logs/coordinator"));
+    }
+
+    #[test]
+    fn flags_win_over_environment() {
+        let c = run(
+            &["--base-api-port", "4000", "--port-step=10"],
+            &[("BASE_API_PORT", "5000"), ("POOL_SIZE", "3")],
+        );
+        assert_eq!(c.ports.base_api, 4000);
+        assert_eq!(c.ports.slot(2).api, 4020);
+        assert_eq!(c.pool_size, 3);
+    }
+
+    #[test]
+    fn child_command_after_double_dash() {
+        let c = run(
+            &["--", "python3", "/opt/aisp/launch camoufox.py"],
+            &[("CHILD_COMMAND", "x")],
+        );
+        assert_eq!(
+            c.child_command,
+            vec!["python3", "/opt/aisp/launch camoufox.py"]
+        );
+    }
+
+    #[test]
+    fn region_and_endpoint_fall_back_to_aws_variables() {
+        let c = run(
+            &[],
+            &[
+                ("AWS_DEFAULT_REGION", "eu-west-1"),
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:9000"),
+            ],
+        );
+        assert_eq!(c.s3.region, "eu-west-1");
+        assert_eq!(c.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        let c = run(
+            &[],
+            &[
+                ("AWS_REGION", "a"),
+                ("AUTH_PROFILE_S3_REGION", "b"),
+                ("AUTH_PROFILE_S3_PREFIX", "/x/y/"),
+            ],
+        );
+        assert_eq!(c.s3.region, "b");
+        assert_eq!(c.s3.prefix, "x/y");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_the_accepted_values() {
+        assert_eq!(
+            err(&[], &[("BASE_API_PORT", "abc")]),
+            "invalid BASE_API_PORT=\"abc\": expected an integer from 1 to 65535"
+        );
+        assert_eq!(
+            err(&[], &[("PORT_STEP", "0")]),
+            "invalid PORT_STEP=\"0\": expected an integer from 1 to 65535"
+        );
+        assert_eq!(
+            err(&[], &[("PROFILE_BACKEND", "gcs")]),
+            "invalid PROFILE_BACKEND=\"gcs\": expected local or s3"
+        );
+        assert_eq!(
+            err(&[], &[("HEADLESS", "maybe")]),
+            "invalid HEADLESS=\"maybe\": expected true or false"
+        );
+        assert!(err(&[], &[("BASE_API_PORT", "65535")]).contains("past 65535"));
+        assert!(err(&[], &[("BASE_STREAM_PORT", "3101")]).contains("port 3101 is used twice"));
+        assert!(err(&[], &[("COORDINATOR_PORT", "3100")]).contains("COORDINATOR_PORT"));
+        assert!(
+            err(&[], &[("CHILD_COMMAND", "python 'unclosed")]).starts_with("invalid CHILD_COMMAND")
+        );
+        assert_eq!(
+            err(&["--nope"], &[]),
+            "unknown option --nope: see aistudioproxy --help"
+        );
+    }
+
+    #[test]
+    fn interleaved_ranges_are_fine_when_ports_differ() {
+        let c = run(
+            &[],
+            &[
+                ("PORT_STEP", "2"),
+                ("BASE_STREAM_PORT", "3101"),
+                ("POOL_SIZE", "4"),
+            ],
+        );
+        assert_eq!(
+            c.ports.slot(3),
+            Ports {
+                api: 3106,
+                stream: 3107,
+                camoufox: 9228
+            }
+        );
+    }
+
+    #[test]
+    fn words_split_like_a_shell_without_one() {
+        assert_eq!(split_words("  a  b\tc ").unwrap(), vec!["a", "b", "c"]);
+        assert_eq!(
+            split_words(r#"py "a b" 'c d' e\ f "x\"y" ''"#).unwrap(),
+            vec!["py", "a b", "c d", "e f", "x\"y", ""]
+        );
+        assert_eq!(split_words("$HOME;rm").unwrap(), vec!["$HOME;rm"]);
+        assert!(split_words("\"open").is_err());
+    }
+
+    #[test]
+    fn help_lists_every_setting() {
+        let h = help_text();
+        for s in SETTINGS {
+            assert!(h.contains(s.env) && h.contains(&flag_of(s.env)));
+        }
+    }
+}
