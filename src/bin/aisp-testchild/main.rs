@@ -1,7 +1,7 @@
 //! `aisp-testchild`: a stand-in for the AI Studio proxy child (the Python
 //! `launch_camoufox.py`) used by integration tests, benchmarks and the demo.
 //!
-//! It honours docs' child contract (same command line, same endpoints, same
+//! It honours the child contract (same command line, same endpoints, same
 //! API-key rule, one completion at a time) and can be told to misbehave via
 //! knobs (see `knobs.rs`). Standalone on purpose: it shares no code with the
 //! coordinator, so tests exercise the coordinator against an independent
