@@ -8,7 +8,7 @@
 //! implementation of the contract.
 //!
 //! Threads: main (startup, then joins the HTTP workers), 8 `http-N` workers
-//! looping on `recv()`, one `completion-N` thread per chat completion, and
+//! looping on `recv()`, one `completion` thread per chat completion, and
 //! small timer/signal threads. The process always ends by `exit`.
 
 mod args;
