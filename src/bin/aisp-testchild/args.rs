@@ -1,0 +1,169 @@
+//! Command-line parsing for the test child.
+//!
+//! Owns the exact argument surface of the real child (`launch_camoufox.py`)
+//! plus the hidden `--grandchild <pidfile>` mode. Runs once on the main
+//! thread; it only parses, it never touches the file system.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// What the process was asked to be.
+#[derive(Debug, PartialEq)]
+pub enum Mode {
+    Child(ChildArgs),
+    /// The descendant a child spawns to prove the coordinator kills whole
+    /// process groups; it writes its pid to the given file.
+    Grandchild(PathBuf),
+}
+
+/// The real child's arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildArgs {
+    pub server_port: u16,
+    pub stream_port: u16,
+    pub camoufox_port: u16,
+    pub auth_json: PathBuf,
+    pub headless: bool,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum ArgError {
+    Unknown(String),
+    MissingValue(String),
+    BadPort { flag: String, value: String },
+    Missing(&'static str),
+}
+
+impl fmt::Display for ArgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArgError::Unknown(a) => write!(f, "unknown argument {a:?}"),
+            ArgError::MissingValue(a) => write!(f, "argument {a} needs a value"),
+            ArgError::BadPort { flag, value } => {
+                write!(f, "argument {flag}: {value:?} is not a port number")
+            }
+            ArgError::Missing(a) => write!(f, "required argument {a} is missing"),
+        }
+    }
+}
+
+impl std::error::Error for ArgError {}
+
+pub const USAGE: &str = "usage: aisp-testchild --server-port <api> --stream-port <s> \
+--camoufox-debug-port <c> --active-auth-json <profile.json> [--headless]";
+
+/// Parses the arguments after the program name. Accepts both `--flag value`
+/// and `--flag=value`, as Python's argparse does for the real child.
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, ArgError> {
+    let mut args = args.into_iter();
+    let mut server_port = None;
+    let mut stream_port = None;
+    let mut camoufox_port = None;
+    let mut auth_json = None;
+    let mut headless = false;
+    let mut grandchild = None;
+
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        if flag == "--headless" {
+            if inline.is_some() {
+                return Err(ArgError::Unknown(arg));
+            }
+            headless = true;
+            continue;
+        }
+        if !matches!(
+            flag.as_str(),
+            "--server-port"
+                | "--stream-port"
+                | "--camoufox-debug-port"
+                | "--active-auth-json"
+                | "--grandchild"
+        ) {
+            return Err(ArgError::Unknown(arg));
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => args
+                .next()
+                .ok_or_else(|| ArgError::MissingValue(flag.clone()))?,
+        };
+        let port = |v: &str| {
+            v.parse::<u16>().map_err(|_| ArgError::BadPort {
+                flag: flag.clone(),
+                value: v.to_string(),
+            })
+        };
+        match flag.as_str() {
+            "--server-port" => server_port = Some(port(&value)?),
+            "--stream-port" => stream_port = Some(port(&value)?),
+            "--camoufox-debug-port" => camoufox_port = Some(port(&value)?),
+            "--active-auth-json" => auth_json = Some(PathBuf::from(value)),
+            _ => grandchild = Some(PathBuf::from(value)),
+        }
+    }
+
+    if let Some(pidfile) = grandchild {
+        return Ok(Mode::Grandchild(pidfile));
+    }
+    Ok(Mode::Child(ChildArgs {
+        server_port: server_port.ok_or(ArgError::Missing("--server-port"))?,
+        stream_port: stream_port.ok_or(ArgError::Missing("--stream-port"))?,
+        camoufox_port: camoufox_port.ok_or(ArgError::Missing("--camoufox-debug-port"))?,
+        auth_json: auth_json.ok_or(ArgError::Missing("--active-auth-json"))?,
+        headless,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Mode, ArgError> {
+        parse(s.split_whitespace().map(String::from))
+    }
+
+    #[test]
+    fn full_child_command_line() {
+        let m = p(
+            "--server-port 2048 --stream-port=3120 --camoufox-debug-port 9222 \
+                   --active-auth-json /a/b/alice.json --headless",
+        )
+        .unwrap();
+        assert_eq!(
+            m,
+            Mode::Child(ChildArgs {
+                server_port: 2048,
+                stream_port: 3120,
+                camoufox_port: 9222,
+                auth_json: PathBuf::from("/a/b/alice.json"),
+                headless: true,
+            })
+        );
+    }
+
+    #[test]
+    fn errors() {
+        assert!(matches!(p("--bogus"), Err(ArgError::Unknown(_))));
+        assert!(matches!(p("--server-port"), Err(ArgError::MissingValue(_))));
+        assert!(matches!(
+            p("--server-port x"),
+            Err(ArgError::BadPort { .. })
+        ));
+        assert_eq!(
+            p("--server-port 1 --stream-port 2 --camoufox-debug-port 3"),
+            Err(ArgError::Missing("--active-auth-json"))
+        );
+    }
+
+    #[test]
+    fn grandchild_mode() {
+        assert_eq!(
+            p("--grandchild /tmp/x.pid").unwrap(),
+            Mode::Grandchild(PathBuf::from("/tmp/x.pid"))
+        );
+    }
+}

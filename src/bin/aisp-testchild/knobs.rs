@@ -1,0 +1,318 @@
+//! Behaviour knobs: how a test makes this child misbehave.
+//!
+//! Each knob comes from `TESTCHILD_<NAME>` in the environment (all children)
+//! and is then overridden by the profile JSON's `"testchild": {..}` object
+//! (one profile). Parsed once at start on the main thread; the result is
+//! read-only afterwards. The environment is passed in as a lookup function so
+//! tests never mutate the process environment.
+
+use serde_json::{Map, Value};
+use std::fmt;
+use std::path::PathBuf;
+
+/// Every knob, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Knobs {
+    pub ready_after_ms: u64,
+    pub never_ready: bool,
+    pub exit_after_ms: Option<u64>,
+    pub exit_code: i32,
+    pub ignore_sigterm: bool,
+    pub spawn_grandchild: bool,
+    pub pid_dir: Option<PathBuf>,
+    pub completion_delay_ms: u64,
+    pub fail_status: Option<u16>,
+    pub reset: bool,
+    /// At least 1: a streamed answer always carries its content.
+    pub stream_events: u32,
+    pub stream_interval_ms: u64,
+    pub die_mid_stream: bool,
+    pub stall_mid_stream_ms: Option<u64>,
+    pub log_lines: u64,
+    pub log_line_bytes: u64,
+}
+
+/// The knob names, as written in the profile JSON (lowercase) and, upper-cased
+/// behind `TESTCHILD_`, in the environment.
+pub const NAMES: &[&str] = &[
+    "ready_after_ms",
+    "never_ready",
+    "exit_after_ms",
+    "exit_code",
+    "ignore_sigterm",
+    "spawn_grandchild",
+    "pid_dir",
+    "completion_delay_ms",
+    "fail_status",
+    "reset",
+    "stream_events",
+    "stream_interval_ms",
+    "die_mid_stream",
+    "stall_mid_stream_ms",
+    "log_lines",
+    "log_line_bytes",
+];
+
+#[derive(Debug, PartialEq)]
+pub struct KnobError {
+    name: String,
+    origin: String,
+    value: String,
+    expected: &'static str,
+}
+
+impl fmt::Display for KnobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "knob {} from {}: {} is not {}",
+            self.name, self.origin, self.value, self.expected
+        )
+    }
+}
+
+impl std::error::Error for KnobError {}
+
+/// A knob's value type: how it reads from an env string and from JSON.
+trait KnobValue: Sized {
+    const EXPECTED: &'static str;
+    fn from_env(s: &str) -> Option<Self>;
+    fn from_json(v: &Value) -> Option<Self>;
+}
+
+impl KnobValue for u64 {
+    const EXPECTED: &'static str = "a non-negative integer";
+    fn from_env(s: &str) -> Option<Self> {
+        s.trim().parse().ok()
+    }
+    fn from_json(v: &Value) -> Option<Self> {
+        v.as_u64()
+    }
+}
+
+impl KnobValue for u32 {
+    const EXPECTED: &'static str = "a non-negative 32-bit integer";
+    fn from_env(s: &str) -> Option<Self> {
+        s.trim().parse().ok()
+    }
+    fn from_json(v: &Value) -> Option<Self> {
+        v.as_u64().and_then(|n| n.try_into().ok())
+    }
+}
+
+impl KnobValue for u16 {
+    const EXPECTED: &'static str = "an integer from 0 to 65535";
+    fn from_env(s: &str) -> Option<Self> {
+        s.trim().parse().ok()
+    }
+    fn from_json(v: &Value) -> Option<Self> {
+        v.as_u64().and_then(|n| n.try_into().ok())
+    }
+}
+
+impl KnobValue for i32 {
+    const EXPECTED: &'static str = "a 32-bit integer";
+    fn from_env(s: &str) -> Option<Self> {
+        s.trim().parse().ok()
+    }
+    fn from_json(v: &Value) -> Option<Self> {
+        v.as_i64().and_then(|n| n.try_into().ok())
+    }
+}
+
+impl KnobValue for bool {
+    const EXPECTED: &'static str = "a boolean (true/false/1/0 in env, true/false in JSON)";
+    fn from_env(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" => Some(true),
+            "false" | "0" => Some(false),
+            _ => None,
+        }
+    }
+    fn from_json(v: &Value) -> Option<Self> {
+        v.as_bool()
+    }
+}
+
+impl KnobValue for PathBuf {
+    const EXPECTED: &'static str = "a path string";
+    fn from_env(s: &str) -> Option<Self> {
+        Some(PathBuf::from(s))
+    }
+    fn from_json(v: &Value) -> Option<Self> {
+        v.as_str().filter(|s| !s.is_empty()).map(PathBuf::from)
+    }
+}
+
+/// Where knob values come from: the environment lookup and the profile's
+/// `testchild` object, if any.
+struct Sources<'a, E> {
+    env: E,
+    profile: Option<&'a Map<String, Value>>,
+}
+
+impl<E: Fn(&str) -> Option<String>> Sources<'_, E> {
+    /// The knob's value, profile first, then env; `None` when neither sets it.
+    /// An empty env string and a JSON `null` count as unset.
+    fn get<T: KnobValue>(&self, name: &str) -> Result<Option<T>, KnobError> {
+        let bad = |origin: String, value: String| KnobError {
+            name: name.to_string(),
+            origin,
+            value,
+            expected: T::EXPECTED,
+        };
+        if let Some(v) = self.profile.and_then(|p| p.get(name)) {
+            if !v.is_null() {
+                return T::from_json(v)
+                    .map(Some)
+                    .ok_or_else(|| bad("profile".into(), v.to_string()));
+            }
+        }
+        let var = format!("TESTCHILD_{}", name.to_ascii_uppercase());
+        match (self.env)(&var) {
+            Some(s) if !s.is_empty() => T::from_env(&s)
+                .map(Some)
+                .ok_or_else(|| bad(format!("env {var}"), format!("{s:?}"))),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl Knobs {
+    /// Reads every knob. `profile` is the profile JSON's `testchild` object.
+    /// Returns the knobs and one warning per unknown name in that object.
+    pub fn load(
+        env: impl Fn(&str) -> Option<String>,
+        profile: Option<&Map<String, Value>>,
+    ) -> Result<(Knobs, Vec<String>), KnobError> {
+        let s = Sources { env, profile };
+        let knobs = Knobs {
+            ready_after_ms: s.get("ready_after_ms")?.unwrap_or(0),
+            never_ready: s.get("never_ready")?.unwrap_or(false),
+            exit_after_ms: s.get("exit_after_ms")?,
+            exit_code: s.get("exit_code")?.unwrap_or(1),
+            ignore_sigterm: s.get("ignore_sigterm")?.unwrap_or(false),
+            spawn_grandchild: s.get("spawn_grandchild")?.unwrap_or(false),
+            pid_dir: s.get("pid_dir")?,
+            completion_delay_ms: s.get("completion_delay_ms")?.unwrap_or(0),
+            fail_status: s.get("fail_status")?,
+            reset: s.get("reset")?.unwrap_or(false),
+            stream_events: s.get::<u32>("stream_events")?.unwrap_or(5).max(1),
+            stream_interval_ms: s.get("stream_interval_ms")?.unwrap_or(0),
+            die_mid_stream: s.get("die_mid_stream")?.unwrap_or(false),
+            stall_mid_stream_ms: s.get("stall_mid_stream_ms")?,
+            log_lines: s.get("log_lines")?.unwrap_or(0),
+            log_line_bytes: s.get("log_line_bytes")?.unwrap_or(100),
+        };
+        if let Some(code) = knobs.fail_status {
+            if !(100..=999).contains(&code) {
+                return Err(KnobError {
+                    name: "fail_status".into(),
+                    origin: "env or profile".into(),
+                    value: code.to_string(),
+                    expected: "an HTTP status from 100 to 999",
+                });
+            }
+        }
+        let warnings = profile
+            .map(|p| {
+                p.keys()
+                    .filter(|k| !NAMES.contains(&k.as_str()))
+                    .map(|k| format!("unknown testchild knob {k:?} in profile, ignored"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((knobs, warnings))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults() {
+        let (k, w) = Knobs::load(env(&[]), None).unwrap();
+        assert!(w.is_empty());
+        assert_eq!(k.ready_after_ms, 0);
+        assert_eq!(k.exit_after_ms, None);
+        assert_eq!(k.exit_code, 1);
+        assert_eq!(k.stream_events, 5);
+        assert_eq!(k.log_line_bytes, 100);
+        assert_eq!(k.fail_status, None);
+        assert!(!k.reset && !k.never_ready && !k.ignore_sigterm);
+    }
+
+    #[test]
+    fn env_then_profile_override() {
+        let profile = json!({"ready_after_ms": 7, "reset": false, "pid_dir": "/p"});
+        let (k, _) = Knobs::load(
+            env(&[
+                ("TESTCHILD_READY_AFTER_MS", "300"),
+                ("TESTCHILD_RESET", "1"),
+                ("TESTCHILD_NEVER_READY", "TRUE"),
+                ("TESTCHILD_EXIT_CODE", "-3"),
+                ("TESTCHILD_FAIL_STATUS", "500"),
+                ("TESTCHILD_STREAM_EVENTS", "0"),
+                ("TESTCHILD_PID_DIR", "/e"),
+            ]),
+            profile.as_object(),
+        )
+        .unwrap();
+        assert_eq!(k.ready_after_ms, 7);
+        assert!(!k.reset);
+        assert!(k.never_ready);
+        assert_eq!(k.exit_code, -3);
+        assert_eq!(k.fail_status, Some(500));
+        assert_eq!(k.stream_events, 1, "0 events is raised to 1");
+        assert_eq!(k.pid_dir, Some(PathBuf::from("/p")));
+    }
+
+    #[test]
+    fn null_and_empty_mean_unset() {
+        let profile = json!({"exit_after_ms": null});
+        let (k, _) = Knobs::load(
+            env(&[("TESTCHILD_EXIT_AFTER_MS", "50"), ("TESTCHILD_RESET", "")]),
+            profile.as_object(),
+        )
+        .unwrap();
+        assert_eq!(k.exit_after_ms, Some(50));
+        assert!(!k.reset);
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        let table: &[(&[(&str, &str)], serde_json::Value)] = &[
+            (&[("TESTCHILD_RESET", "yes")], json!({})),
+            (&[("TESTCHILD_READY_AFTER_MS", "-1")], json!({})),
+            (&[("TESTCHILD_FAIL_STATUS", "70000")], json!({})),
+            (&[("TESTCHILD_FAIL_STATUS", "42")], json!({})),
+            (&[], json!({"reset": 1})),
+            (&[], json!({"ready_after_ms": "5"})),
+            (&[], json!({"stream_events": -1})),
+        ];
+        for (e, p) in table {
+            assert!(
+                Knobs::load(env(e), p.as_object()).is_err(),
+                "{e:?} {p} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_profile_knob_warns() {
+        let profile = json!({"ready_after": 5});
+        let (_, w) = Knobs::load(env(&[]), profile.as_object()).unwrap();
+        assert_eq!(w.len(), 1);
+    }
+}
