@@ -3,11 +3,27 @@
 //! signal handling together. Owns the exit code; every fatal error ends here
 //! as one line on stderr.
 
+mod child;
+mod childlog;
 mod config;
+mod health;
 mod hydrate;
+mod pool;
+mod proxy;
+mod reaper;
+mod reply;
+mod server;
+mod signals;
+mod slot;
+mod watcher;
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{after, select};
+use log::{error, info, warn};
 
 use config::{Config, Invocation};
 
@@ -40,7 +56,147 @@ fn main() -> ExitCode {
         let _ = writeln!(out, "{}", hydrated.summary_json());
         return ExitCode::SUCCESS;
     }
-    ExitCode::SUCCESS
+    match run(&cfg, hydrated) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fatal { message, code }) => {
+            eprintln!("aistudioproxy: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+struct Fatal {
+    message: String,
+    code: u8,
+}
+
+fn fatal(code: u8) -> impl FnOnce(String) -> Fatal {
+    move |message| Fatal { message, code }
+}
+
+/// Supervise until a signal, then shut down: /ready turns 503, every child
+/// group gets SIGTERM and its grace (a second signal cuts the grace short),
+/// and we exit.
+fn run(cfg: &Config, hydrated: hydrate::Hydrated) -> Result<(), Fatal> {
+    check_child_program(cfg).map_err(fatal(2))?;
+    std::fs::create_dir_all(&cfg.log_dir).map_err(|e| Fatal {
+        message: format!(
+            "cannot create {}: {e}; set COORDINATOR_LOG_DIR to a writable directory",
+            cfg.log_dir.display()
+        ),
+        code: 1,
+    })?;
+    let sigs = signals::install().map_err(fatal(1))?;
+    let reaper = reaper::Reaper::start_if_pid1()
+        .map_err(|e| format!("cannot start the orphan reaper: {e}"))
+        .map_err(fatal(1))?;
+
+    if let Some(k) = &hydrated.key_file {
+        info!("AUTH_KEY_FILE_PATH={} is handed to children", k.display());
+    }
+    let profile_count = hydrated.profiles.len();
+    let (pool, cmd_rxs) = pool::Pool::new(hydrated.profiles, cfg.pool_size, cfg.ports);
+    info!(
+        "{} slots for {profile_count} profiles ({} queued); child command: {}",
+        pool.size(),
+        profile_count - pool.size(),
+        cfg.child_command.join(" ")
+    );
+    // The HTTP side comes up before any child, so a taken port fails fast.
+    let app = server::App {
+        pool: pool.clone(),
+        proxy: proxy::Proxy,
+    };
+    let http =
+        server::HttpServer::start(&cfg.host, cfg.port, cfg.http_workers, app).map_err(|e| {
+            Fatal {
+                message: e.0,
+                code: 1,
+            }
+        })?;
+
+    let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
+    let (hurry_tx, hurry_rx) = crossbeam_channel::bounded::<()>(0);
+    let flags = watcher::Signals {
+        shutdown: shutdown_rx,
+        hurry: hurry_rx,
+    };
+    let settings = watcher::Settings::new(cfg, hydrated.key_file.clone());
+    let mut watchers = Vec::new();
+    for (slot, cmds) in cmd_rxs.into_iter().enumerate() {
+        match watcher::spawn(slot, pool.clone(), cmds, settings.clone(), flags.clone()) {
+            Ok(h) => watchers.push(h),
+            Err(e) => error!("cannot start the watcher of slot {slot}: {e}"),
+        }
+    }
+
+    let first = sigs.recv().unwrap_or("signal channel closed");
+    let grace = cfg.stop_grace;
+    info!("{first} received: shutting down (children get {grace:?} to exit; a second signal skips it)");
+    pool.begin_shutdown();
+    drop(shutdown_tx);
+    let deadline = Instant::now() + grace + Duration::from_millis(800);
+    let mut hurry = Some(hurry_tx);
+    for w in watchers {
+        while !w.is_finished() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            select! {
+                recv(sigs) -> s => {
+                    if hurry.take().is_some() {
+                        warn!("{} received again: killing children now", s.unwrap_or("signal"));
+                    }
+                }
+                recv(after(left.min(Duration::from_millis(5)))) -> _ => {}
+            }
+        }
+        if w.is_finished() {
+            let _ = w.join();
+        } else {
+            warn!("a slot watcher did not finish within the grace period; exiting anyway");
+        }
+    }
+    drop(hurry);
+    http.stop(Instant::now() + Duration::from_millis(150));
+    if let Some(r) = reaper {
+        r.stop();
+    }
+    info!("shutdown complete");
+    Ok(())
+}
+
+/// Fail at start, not in a restart loop, when the child program is missing.
+fn check_child_program(cfg: &Config) -> Result<(), String> {
+    if !cfg.child_workdir.is_dir() {
+        return Err(format!(
+            "CHILD_WORKDIR {} is not a directory: set CHILD_WORKDIR to the AI Studio proxy checkout",
+            cfg.child_workdir.display()
+        ));
+    }
+    let program = &cfg.child_command[0];
+    let found = if program.contains('/') {
+        let p = Path::new(program);
+        let p: PathBuf = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            cfg.child_workdir.join(p)
+        };
+        p.is_file()
+    } else {
+        std::env::var_os("PATH")
+            .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+            .unwrap_or(false)
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(format!(
+            "child program {program:?} not found (from CHILD_COMMAND or after --; relative paths are taken from CHILD_WORKDIR {}): install it or fix the command",
+            cfg.child_workdir.display()
+        ))
+    }
 }
 
 fn init_logging() {

@@ -1,0 +1,52 @@
+//! The probe endpoints: `/live` (the process answers), `/ready` (at least one
+//! child is ready and we are not shutting down) and `/health`, the deprecated
+//! alias of `/ready`. They read one pool snapshot and never do I/O besides
+//! answering, so they stay fast however busy the proxy is.
+
+use crate::pool::Snapshot;
+use crate::reply::{self, Reply};
+
+pub fn live() -> Reply {
+    reply::json(200, &serde_json::json!({ "status": "alive" }))
+}
+
+/// The /ready body: the reference coordinator's fields plus per-slot detail.
+pub fn ready_body(snap: &Snapshot) -> (u16, serde_json::Value) {
+    let ready: Vec<&str> = snap
+        .slots
+        .iter()
+        .filter(|s| s.state == "ready")
+        .filter_map(|s| s.profile.as_deref())
+        .collect();
+    let unhealthy: Vec<&str> = snap
+        .slots
+        .iter()
+        .filter(|s| s.state != "ready")
+        .filter_map(|s| s.profile.as_deref())
+        .collect();
+    let ok = !ready.is_empty() && !snap.shutting_down;
+    let body = serde_json::json!({
+        "status": if ok { "ready" } else { "degraded" },
+        "ready_children": ready,
+        "unhealthy_children": unhealthy,
+        "total_children": snap.slots.len(),
+        "shutting_down": snap.shutting_down,
+        "slots": snap.slots,
+        "queue_length": snap.queue.len(),
+        "queue": snap.queue,
+    });
+    (if ok { 200 } else { 503 }, body)
+}
+
+pub fn ready(snap: &Snapshot, deprecated_alias: bool) -> Reply {
+    let (status, body) = ready_body(snap);
+    let r = reply::json(status, &body).with_header(reply::header("Cache-Control", "no-store"));
+    if deprecated_alias {
+        r.with_header(reply::header(
+            "X-Deprecation-Notice",
+            "/health is deprecated; probe /ready (readiness) or /live (liveness) instead",
+        ))
+    } else {
+        r
+    }
+}

@@ -1,0 +1,438 @@
+//! The pool: the one shared record of what every slot is doing and which
+//! profiles wait in the rotation queue, behind one mutex held only for short,
+//! I/O-free updates. Watchers write their slot's state here; the HTTP side
+//! reads snapshots (health) and leases ready children (proxy).
+//!
+//! Invariant: every hydrated profile is in exactly one place at every moment,
+//! either held by a slot or waiting in the queue. `rotate` moves a slot's
+//! profile to the back of the queue and takes the front in one step under
+//! the lock, so no reader can observe a profile twice or not at all.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+use serde::Serialize;
+
+use crate::config::{PortPlan, Ports};
+use crate::hydrate::Profile;
+use crate::slot::{Event, State};
+
+/// Requests to a slot's watcher from elsewhere (the proxy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cmd {
+    /// Stop the child of this generation and rotate to the next profile.
+    Evict { generation: u64, reason: String },
+}
+
+struct SlotInfo {
+    ports: Ports,
+    profile: Option<Profile>,
+    state: State,
+    since: SystemTime,
+    /// Bumped at every spawn, so a late eviction cannot hit the successor.
+    generation: u64,
+    restarts: u32,
+    in_flight: Arc<AtomicUsize>,
+}
+
+struct Inner {
+    slots: Vec<SlotInfo>,
+    queue: VecDeque<Profile>,
+    shutting_down: bool,
+}
+
+pub struct Pool {
+    inner: Mutex<Inner>,
+    cmds: Vec<Sender<Cmd>>,
+    /// Where the round-robin among equally busy children starts next.
+    rr: AtomicUsize,
+    /// Every hydrated profile name, sorted; the invariant's reference.
+    all: Vec<String>,
+}
+
+/// A point-in-time copy of one slot, for /ready and tests.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotSnapshot {
+    pub slot: usize,
+    pub ports: Ports,
+    pub profile: Option<String>,
+    pub state: &'static str,
+    pub pid: Option<i32>,
+    /// Unix time in milliseconds when the slot entered its state.
+    pub since_unix_ms: u64,
+    pub restarts: u32,
+    pub in_flight: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub slots: Vec<SlotSnapshot>,
+    pub queue: Vec<String>,
+    pub shutting_down: bool,
+}
+
+/// A claim on one ready child for one request; releases itself on drop.
+#[derive(Debug)]
+pub struct Lease {
+    pub slot: usize,
+    pub generation: u64,
+    pub api_port: u16,
+    pub profile: String,
+    counter: Arc<AtomicUsize>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Pool {
+    /// The first `min(size, profiles)` profiles (in name order) get slots,
+    /// the rest queue. Returns each slot watcher's command receiver.
+    pub fn new(
+        profiles: Vec<Profile>,
+        size: usize,
+        plan: PortPlan,
+    ) -> (Arc<Pool>, Vec<Receiver<Cmd>>) {
+        let mut all: Vec<String> = profiles.iter().map(|p| p.name.clone()).collect();
+        all.sort();
+        let mut queue: VecDeque<Profile> = profiles.into();
+        let n = size.min(queue.len());
+        let mut slots = Vec::with_capacity(n);
+        let mut cmds = Vec::with_capacity(n);
+        let mut rxs = Vec::with_capacity(n);
+        for i in 0..n {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            cmds.push(tx);
+            rxs.push(rx);
+            slots.push(SlotInfo {
+                ports: plan.slot(i),
+                profile: queue.pop_front(),
+                state: State::Idle,
+                since: SystemTime::now(),
+                generation: 0,
+                restarts: 0,
+                in_flight: Arc::new(AtomicUsize::new(0)),
+            });
+        }
+        let pool = Pool {
+            inner: Mutex::new(Inner {
+                slots,
+                queue,
+                shutting_down: false,
+            }),
+            cmds,
+            rr: AtomicUsize::new(0),
+            all,
+        };
+        (Arc::new(pool), rxs)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Updates under this lock are single assignments; a panic elsewhere
+        // cannot leave them half done, so a poisoned lock is still coherent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn size(&self) -> usize {
+        self.cmds.len()
+    }
+
+    pub fn ports(&self, slot: usize) -> Ports {
+        self.lock().slots[slot].ports
+    }
+
+    pub fn profile(&self, slot: usize) -> Option<Profile> {
+        self.lock().slots[slot].profile.clone()
+    }
+
+    pub fn state(&self, slot: usize) -> State {
+        self.lock().slots[slot].state.clone()
+    }
+
+    /// Move slot `slot` through `ev`; refused moves change nothing and
+    /// return false. A spawn starts a new generation.
+    pub fn apply(&self, slot: usize, ev: &Event) -> bool {
+        let mut inner = self.lock();
+        let s = &mut inner.slots[slot];
+        match s.state.next(ev) {
+            Some(next) => {
+                if matches!(ev, Event::Spawned { .. }) {
+                    if s.generation > 0 {
+                        s.restarts += 1;
+                    }
+                    s.generation += 1;
+                }
+                s.state = next;
+                s.since = SystemTime::now();
+                true
+            }
+            None => {
+                log::error!("slot {slot}: refused move {ev:?} from {}", s.state.name());
+                false
+            }
+        }
+    }
+
+    pub fn generation(&self, slot: usize) -> u64 {
+        self.lock().slots[slot].generation
+    }
+
+    /// The slot's profile goes to the back of the queue and the front of the
+    /// queue becomes the slot's profile (possibly the same one).
+    pub fn rotate(&self, slot: usize) -> Option<Profile> {
+        let mut inner = self.lock();
+        if let Some(p) = inner.slots[slot].profile.take() {
+            inner.queue.push_back(p);
+        }
+        let next = inner.queue.pop_front();
+        inner.slots[slot].profile = next.clone();
+        next
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.lock().shutting_down = true;
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.lock().shutting_down
+    }
+
+    /// Ask slot `slot` to evict the child of `generation` (ignored by the
+    /// watcher if that child is already gone).
+    pub fn evict(&self, slot: usize, generation: u64, reason: String) {
+        if let Some(tx) = self.cmds.get(slot) {
+            let _ = tx.send(Cmd::Evict { generation, reason });
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let inner = self.lock();
+        Snapshot {
+            slots: inner
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| SlotSnapshot {
+                    slot: i,
+                    ports: s.ports,
+                    profile: s.profile.as_ref().map(|p| p.name.clone()),
+                    state: s.state.name(),
+                    pid: s.state.pid(),
+                    since_unix_ms: s
+                        .since
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0),
+                    restarts: s.restarts,
+                    in_flight: s.in_flight.load(Ordering::Relaxed),
+                })
+                .collect(),
+            queue: inner.queue.iter().map(|p| p.name.clone()).collect(),
+            shutting_down: inner.shutting_down,
+        }
+    }
+
+    /// Every profile is held by exactly one slot or queued exactly once.
+    pub fn check_invariant(&self) -> Result<(), String> {
+        check_placement(&self.snapshot(), &self.all)
+    }
+
+    /// Lease the ready child with the fewest requests in flight, skipping
+    /// `tried` slots; among equals the choice rotates.
+    pub fn acquire(&self, tried: &[usize]) -> Option<Lease> {
+        let inner = self.lock();
+        if inner.shutting_down {
+            return None;
+        }
+        let n = inner.slots.len();
+        let start = self.rr.fetch_add(1, Ordering::Relaxed);
+        let mut best: Option<(usize, usize)> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let s = &inner.slots[i];
+            if !matches!(s.state, State::Ready { .. }) || tried.contains(&i) {
+                continue;
+            }
+            let load = s.in_flight.load(Ordering::Acquire);
+            if best.is_none_or(|(_, b)| load < b) {
+                best = Some((i, load));
+            }
+        }
+        let (i, _) = best?;
+        let s = &inner.slots[i];
+        s.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(Lease {
+            slot: i,
+            generation: s.generation,
+            api_port: s.ports.api,
+            profile: s
+                .profile
+                .as_ref()
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            counter: s.in_flight.clone(),
+        })
+    }
+
+    /// Ready children right now, for the proxy's fan-out (cancel).
+    pub fn ready_slots(&self) -> Vec<(usize, u16, String)> {
+        let inner = self.lock();
+        inner
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s.state, State::Ready { .. }))
+            .map(|(i, s)| {
+                (
+                    i,
+                    s.ports.api,
+                    s.profile
+                        .as_ref()
+                        .map(|p| p.name.clone())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// When the child in `slot` became ready, if it is ready now.
+    pub fn ready_since(&self, slot: usize) -> Option<SystemTime> {
+        let inner = self.lock();
+        let s = &inner.slots[slot];
+        matches!(s.state, State::Ready { .. }).then_some(s.since)
+    }
+}
+
+/// The placement invariant over a snapshot: slots' profiles plus the queue
+/// are exactly `all`, each once.
+pub fn check_placement(snap: &Snapshot, all: &[String]) -> Result<(), String> {
+    let mut seen: Vec<&String> = snap
+        .slots
+        .iter()
+        .filter_map(|s| s.profile.as_ref())
+        .chain(snap.queue.iter())
+        .collect();
+    seen.sort();
+    let want: Vec<&String> = all.iter().collect();
+    if seen == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "profiles placed {seen:?}, expected each of {want:?} once"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::time::Instant;
+
+    fn profiles(names: &[&str]) -> Vec<Profile> {
+        names
+            .iter()
+            .map(|n| Profile {
+                name: n.to_string(),
+                path: PathBuf::from(format!("/x/{n}.json")),
+            })
+            .collect()
+    }
+
+    fn plan() -> PortPlan {
+        PortPlan {
+            base_api: 3100,
+            base_stream: 3200,
+            base_camoufox: 9222,
+            step: 1,
+        }
+    }
+
+    fn make_ready(pool: &Pool, slot: usize) {
+        assert!(pool.apply(
+            slot,
+            &Event::Spawned {
+                pid: 10 + slot as i32,
+                deadline: Instant::now()
+            }
+        ));
+        assert!(pool.apply(slot, &Event::BecameReady));
+    }
+
+    #[test]
+    fn slots_take_the_first_profiles_and_the_rest_queue() {
+        let (pool, rx) = Pool::new(profiles(&["a", "b", "c", "d"]), 2, plan());
+        assert_eq!(rx.len(), 2);
+        let snap = pool.snapshot();
+        assert_eq!(snap.slots[0].profile.as_deref(), Some("a"));
+        assert_eq!(snap.slots[1].ports.api, 3101);
+        assert_eq!(snap.queue, vec!["c", "d"]);
+        pool.check_invariant().unwrap();
+    }
+
+    #[test]
+    fn pool_never_exceeds_profiles() {
+        let (pool, _) = Pool::new(profiles(&["a"]), 3, plan());
+        assert_eq!(pool.size(), 1);
+    }
+
+    #[test]
+    fn rotation_is_fifo_and_keeps_the_invariant() {
+        let (pool, _) = Pool::new(profiles(&["a", "b", "c", "d"]), 2, plan());
+        assert_eq!(pool.rotate(0).unwrap().name, "c");
+        assert_eq!(pool.snapshot().queue, vec!["d", "a"]);
+        assert_eq!(pool.rotate(1).unwrap().name, "d");
+        assert_eq!(pool.rotate(0).unwrap().name, "a");
+        assert_eq!(pool.snapshot().queue, vec!["b", "c"]);
+        pool.check_invariant().unwrap();
+        let (solo, _) = Pool::new(profiles(&["a"]), 2, plan());
+        assert_eq!(solo.rotate(0).unwrap().name, "a");
+        solo.check_invariant().unwrap();
+    }
+
+    #[test]
+    fn refused_moves_change_nothing() {
+        let (pool, _) = Pool::new(profiles(&["a"]), 1, plan());
+        assert!(!pool.apply(0, &Event::BecameReady));
+        assert_eq!(pool.state(0), State::Idle);
+        assert_eq!(pool.generation(0), 0);
+    }
+
+    #[test]
+    fn leases_go_to_the_least_busy_ready_child() {
+        let (pool, _) = Pool::new(profiles(&["a", "b", "c"]), 3, plan());
+        assert!(pool.acquire(&[]).is_none());
+        make_ready(&pool, 0);
+        make_ready(&pool, 2);
+        let l1 = pool.acquire(&[]).unwrap();
+        let l2 = pool.acquire(&[]).unwrap();
+        assert_ne!(l1.slot, l2.slot, "equal load alternates");
+        let l3 = pool.acquire(&[]).unwrap();
+        drop(l1);
+        let l4 = pool.acquire(&[]).unwrap();
+        assert_ne!(l4.slot, l3.slot, "the freed child is the least busy");
+        assert!(pool.acquire(&[0, 2]).is_none());
+        assert_eq!(pool.acquire(&[0]).unwrap().slot, 2);
+        drop((l2, l3, l4));
+        assert!(pool.snapshot().slots.iter().all(|s| s.in_flight == 0));
+        pool.begin_shutdown();
+        assert!(pool.acquire(&[]).is_none());
+    }
+
+    #[test]
+    fn generations_count_spawns() {
+        let (pool, _) = Pool::new(profiles(&["a"]), 1, plan());
+        make_ready(&pool, 0);
+        assert_eq!(pool.generation(0), 1);
+        assert!(pool.apply(0, &Event::Stop(crate::slot::StopReason::Shutdown)));
+        assert!(pool.apply(0, &Event::Gone));
+        make_ready(&pool, 0);
+        assert_eq!(pool.generation(0), 2);
+        assert_eq!(pool.snapshot().slots[0].restarts, 1);
+    }
+}

@@ -1,0 +1,84 @@
+//! Responses the coordinator writes itself: JSON bodies and OpenAI-style
+//! errors with a stable `type` and `code`. The one place that decides how a
+//! failure looks to a client.
+
+use std::io::Cursor;
+
+use tiny_http::{Header, Response, StatusCode};
+
+pub type Reply = Response<Cursor<Vec<u8>>>;
+
+pub fn header(name: &str, value: &str) -> Header {
+    // Names and values here are ours and always valid header text.
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
+}
+
+pub fn json(status: u16, body: &serde_json::Value) -> Reply {
+    Response::from_data(body.to_string().into_bytes())
+        .with_status_code(StatusCode(status))
+        .with_header(header("Content-Type", "application/json"))
+}
+
+/// The failures the coordinator itself reports, each with its status, its
+/// OpenAI `type` and its `code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiError {
+    InvalidApiKey,
+    NotFound,
+    BadRequest,
+    BodyTooLarge,
+    HeadersTooLarge,
+    NoReadyChild,
+    Overloaded,
+    UpstreamFailed,
+    UpstreamTimeout,
+    Internal,
+}
+
+impl ApiError {
+    pub fn status(self) -> u16 {
+        match self {
+            ApiError::InvalidApiKey => 401,
+            ApiError::NotFound => 404,
+            ApiError::BadRequest => 400,
+            ApiError::BodyTooLarge => 413,
+            ApiError::HeadersTooLarge => 431,
+            ApiError::NoReadyChild | ApiError::Overloaded => 503,
+            ApiError::UpstreamFailed => 502,
+            ApiError::UpstreamTimeout => 504,
+            ApiError::Internal => 500,
+        }
+    }
+
+    fn kind(self) -> (&'static str, &'static str) {
+        match self {
+            ApiError::InvalidApiKey => ("invalid_request_error", "invalid_api_key"),
+            ApiError::NotFound => ("invalid_request_error", "not_found"),
+            ApiError::BadRequest => ("invalid_request_error", "bad_request"),
+            ApiError::BodyTooLarge => ("invalid_request_error", "request_too_large"),
+            ApiError::HeadersTooLarge => ("invalid_request_error", "headers_too_large"),
+            ApiError::NoReadyChild => ("server_error", "no_ready_child"),
+            ApiError::Overloaded => ("server_error", "overloaded"),
+            ApiError::UpstreamFailed => ("server_error", "upstream_failed"),
+            ApiError::UpstreamTimeout => ("server_error", "upstream_timeout"),
+            ApiError::Internal => ("server_error", "internal_error"),
+        }
+    }
+
+    pub fn body(self, message: &str) -> serde_json::Value {
+        let (kind, code) = self.kind();
+        serde_json::json!({
+            "error": { "message": message, "type": kind, "code": code, "param": null }
+        })
+    }
+
+    pub fn reply(self, message: &str) -> Reply {
+        let r = json(self.status(), &self.body(message));
+        match self {
+            ApiError::NoReadyChild | ApiError::Overloaded => {
+                r.with_header(header("Retry-After", "5"))
+            }
+            _ => r,
+        }
+    }
+}

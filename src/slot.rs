@@ -1,0 +1,229 @@
+//! A slot's life as a state machine, with no threads and no I/O: the states
+//! (each carrying its data), the one transition function that decides which
+//! moves are allowed, and the crash-loop backoff policy. The watcher thread
+//! performs the I/O; the pool stores the current state for readers.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::child::Exit;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// About to start the slot's profile.
+    Idle,
+    /// Backing off after failures; starts again at `until`.
+    Waiting { until: Instant },
+    /// Started, polling its /health until `deadline`.
+    Starting { pid: i32, deadline: Instant },
+    /// Answered /health with status OK; receives traffic.
+    Ready { pid: i32 },
+    /// Its process group is being terminated.
+    Stopping { pid: i32, reason: StopReason },
+    /// Shut down for good.
+    Stopped,
+}
+
+/// Why a child is being stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    Exited(Exit),
+    ReadyTimeout,
+    Evicted(String),
+    Shutdown,
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopReason::Exited(e) => write!(f, "exited ({e})"),
+            StopReason::ReadyTimeout => f.write_str("not ready before the readiness deadline"),
+            StopReason::Evicted(why) => write!(f, "evicted ({why})"),
+            StopReason::Shutdown => f.write_str("coordinator shutting down"),
+        }
+    }
+}
+
+/// What happened to a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Spawned {
+        pid: i32,
+        deadline: Instant,
+    },
+    BecameReady,
+    Stop(StopReason),
+    /// The stopped group is gone; the slot may start its next profile.
+    Gone,
+    Backoff {
+        until: Instant,
+    },
+    BackoffOver,
+    Shutdown,
+}
+
+impl State {
+    /// The one place that decides the allowed moves. `None`: not allowed,
+    /// and the caller keeps the state it had.
+    pub fn next(&self, ev: &Event) -> Option<State> {
+        use Event as E;
+        use State as S;
+        Some(match (self, ev) {
+            (S::Idle, E::Spawned { pid, deadline }) => S::Starting {
+                pid: *pid,
+                deadline: *deadline,
+            },
+            (S::Idle, E::Backoff { until }) => S::Waiting { until: *until },
+            (S::Waiting { .. }, E::BackoffOver) => S::Idle,
+            (S::Starting { pid, .. }, E::BecameReady) => S::Ready { pid: *pid },
+            (S::Starting { pid, .. } | S::Ready { pid }, E::Stop(reason)) => S::Stopping {
+                pid: *pid,
+                reason: reason.clone(),
+            },
+            (S::Stopping { .. }, E::Gone) => S::Idle,
+            (S::Idle | S::Waiting { .. }, E::Shutdown) => S::Stopped,
+            _ => return None,
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Idle => "idle",
+            State::Waiting { .. } => "backoff",
+            State::Starting { .. } => "starting",
+            State::Ready { .. } => "ready",
+            State::Stopping { .. } => "stopping",
+            State::Stopped => "stopped",
+        }
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        match self {
+            State::Starting { pid, .. } | State::Ready { pid } | State::Stopping { pid, .. } => {
+                Some(*pid)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Crash-loop protection for one slot: the first restart is immediate, then
+/// 1 s doubling up to 5 min; a child that stayed ready for 10 min resets it.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: u32,
+}
+
+pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
+pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
+
+impl Backoff {
+    /// A child ended after having been ready for `ready_for` (None: never
+    /// ready). Returns how long to wait before the next start.
+    pub fn after_end(&mut self, ready_for: Option<Duration>) -> Duration {
+        if ready_for.is_some_and(|d| d >= BACKOFF_RESET_AFTER) {
+            self.failures = 0;
+        }
+        let delay = match self.failures {
+            0 => Duration::ZERO,
+            n => BACKOFF_FIRST
+                .checked_mul(1 << (n - 1).min(16))
+                .unwrap_or(BACKOFF_CAP)
+                .min(BACKOFF_CAP),
+        };
+        self.failures = self.failures.saturating_add(1);
+        delay
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_states(t: Instant) -> Vec<State> {
+        vec![
+            State::Idle,
+            State::Waiting { until: t },
+            State::Starting {
+                pid: 7,
+                deadline: t,
+            },
+            State::Ready { pid: 7 },
+            State::Stopping {
+                pid: 7,
+                reason: StopReason::ReadyTimeout,
+            },
+            State::Stopped,
+        ]
+    }
+
+    fn all_events(t: Instant) -> Vec<Event> {
+        vec![
+            Event::Spawned {
+                pid: 7,
+                deadline: t,
+            },
+            Event::BecameReady,
+            Event::Stop(StopReason::Evicted("x".into())),
+            Event::Gone,
+            Event::Backoff { until: t },
+            Event::BackoffOver,
+            Event::Shutdown,
+        ]
+    }
+
+    /// The whole table: exactly these (state, event) pairs move, to exactly
+    /// these states; every other pair is refused.
+    #[test]
+    fn transition_table() {
+        let t = Instant::now();
+        let allowed: Vec<(&str, &str, &str)> = vec![
+            ("idle", "Spawned", "starting"),
+            ("idle", "Backoff", "backoff"),
+            ("idle", "Shutdown", "stopped"),
+            ("backoff", "BackoffOver", "idle"),
+            ("backoff", "Shutdown", "stopped"),
+            ("starting", "BecameReady", "ready"),
+            ("starting", "Stop", "stopping"),
+            ("ready", "Stop", "stopping"),
+            ("stopping", "Gone", "idle"),
+        ];
+        for s in all_states(t) {
+            for e in all_events(t) {
+                let ev_name = format!("{e:?}");
+                let ev_name = ev_name.split([' ', '(']).next().unwrap().to_string();
+                let want = allowed
+                    .iter()
+                    .find(|(from, ev, _)| *from == s.name() && *ev == ev_name)
+                    .map(|(_, _, to)| *to);
+                let got = s.next(&e).map(|n| n.name());
+                assert_eq!(got, want, "{} + {ev_name}", s.name());
+            }
+        }
+    }
+
+    #[test]
+    fn states_keep_their_pid() {
+        let t = Instant::now();
+        let s = State::Starting {
+            pid: 42,
+            deadline: t,
+        };
+        let r = s.next(&Event::BecameReady).unwrap();
+        assert_eq!(r.pid(), Some(42));
+        let st = r.next(&Event::Stop(StopReason::Shutdown)).unwrap();
+        assert_eq!(st.pid(), Some(42));
+        assert_eq!(st.next(&Event::Gone), Some(State::Idle));
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_resets_after_long_readiness() {
+        let mut b = Backoff::default();
+        let got: Vec<u64> = (0..12).map(|_| b.after_end(None).as_secs()).collect();
+        assert_eq!(got, vec![0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(b.after_end(Some(Duration::from_secs(599))).as_secs(), 300);
+        assert_eq!(b.after_end(Some(BACKOFF_RESET_AFTER)), Duration::ZERO);
+        assert_eq!(b.after_end(None), BACKOFF_FIRST);
+    }
+}

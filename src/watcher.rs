@@ -1,0 +1,327 @@
+//! One watcher thread per slot: the only owner of that slot's child.
+//!
+//! It starts the slot's profile, polls the child's `/health` until it is
+//! ready or the readiness deadline passes, then blocks until the child exits
+//! or is evicted. Every ending rotates the slot: the profile goes to the back
+//! of the queue, the front of the queue is started on the same ports (after
+//! a crash-loop backoff). All waits select on the shutdown channel, so a
+//! signal interrupts any of them; on shutdown the child's group is stopped
+//! with its grace period (cut short by the "hurry" channel on a second
+//! signal) and the thread ends.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{after, select, Receiver};
+use log::{error, info, warn};
+
+use crate::child::{self, Child, Exit};
+use crate::config::Config;
+use crate::hydrate::Profile;
+use crate::pool::{Cmd, Pool};
+use crate::slot::{Backoff, Event, StopReason};
+
+/// How often a starting child's /health is asked.
+const READY_POLL: Duration = Duration::from_millis(20);
+
+/// What the watcher needs from the configuration, copied out once.
+#[derive(Clone)]
+pub struct Settings {
+    pub command: Vec<String>,
+    pub workdir: PathBuf,
+    pub log_dir: PathBuf,
+    pub headless: bool,
+    pub key_file: Option<PathBuf>,
+    pub ready_timeout: Duration,
+    pub stop_grace: Duration,
+}
+
+impl Settings {
+    pub fn new(cfg: &Config, key_file: Option<PathBuf>) -> Settings {
+        Settings {
+            command: cfg.child_command.clone(),
+            workdir: cfg.child_workdir.clone(),
+            log_dir: cfg.log_dir.clone(),
+            headless: cfg.headless,
+            key_file,
+            ready_timeout: cfg.ready_timeout,
+            stop_grace: cfg.stop_grace,
+        }
+    }
+}
+
+/// Channels every watcher listens to: `shutdown` and `hurry` fire by being
+/// closed (their senders dropped), which wakes every receiver at once.
+#[derive(Clone)]
+pub struct Signals {
+    pub shutdown: Receiver<()>,
+    pub hurry: Receiver<()>,
+}
+
+pub fn spawn(
+    slot: usize,
+    pool: Arc<Pool>,
+    cmds: Receiver<Cmd>,
+    settings: Settings,
+    signals: Signals,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("slot{slot}"))
+        .spawn(move || {
+            Watcher {
+                slot,
+                pool,
+                cmds,
+                settings,
+                signals,
+                backoff: Backoff::default(),
+                http: health_agent(),
+            }
+            .run()
+        })
+}
+
+fn health_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_millis(1000)))
+        .max_idle_connections_per_host(1)
+        .build()
+        .new_agent()
+}
+
+struct Watcher {
+    slot: usize,
+    pool: Arc<Pool>,
+    cmds: Receiver<Cmd>,
+    settings: Settings,
+    signals: Signals,
+    backoff: Backoff,
+    http: ureq::Agent,
+}
+
+/// How a child's watch ended.
+enum Ending {
+    Stop(StopReason),
+    /// The child already exited; nothing to signal but stragglers.
+    Exited(Exit),
+}
+
+impl Watcher {
+    fn run(mut self) {
+        loop {
+            if self.shutting_down() {
+                self.pool.apply(self.slot, &Event::Shutdown);
+                return;
+            }
+            let Some(profile) = self.pool.profile(self.slot) else {
+                error!(
+                    "slot {}: no profile left to run; the slot stays empty",
+                    self.slot
+                );
+                self.pool.apply(self.slot, &Event::Shutdown);
+                let _ = self.signals.shutdown.recv();
+                return;
+            };
+            let ready_for = self.run_one(&profile);
+            if self.shutting_down() {
+                self.pool.apply(self.slot, &Event::Shutdown);
+                return;
+            }
+            let delay = self.backoff.after_end(ready_for);
+            let next = self.pool.rotate(self.slot);
+            if let Err(e) = self.pool.check_invariant() {
+                error!("slot {}: profile invariant broken: {e}", self.slot);
+            }
+            let next_name = next.as_ref().map(|p| p.name.as_str()).unwrap_or("-");
+            if delay.is_zero() {
+                info!(
+                    "slot {}: rotating {} -> {next_name}",
+                    self.slot, profile.name
+                );
+                continue;
+            }
+            warn!(
+                "slot {}: rotating {} -> {next_name} after a {delay:?} backoff (repeated failures)",
+                self.slot, profile.name
+            );
+            let until = Instant::now() + delay;
+            self.pool.apply(self.slot, &Event::Backoff { until });
+            select! {
+                recv(self.signals.shutdown) -> _ => {}
+                recv(after(delay)) -> _ => {}
+            }
+            self.pool.apply(self.slot, &Event::BackoffOver);
+        }
+    }
+
+    fn shutting_down(&self) -> bool {
+        // The shutdown channel is closed, never sent on: a disconnect is the signal.
+        matches!(
+            self.signals.shutdown.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        )
+    }
+
+    /// Start `profile`, watch it to its end, stop it. Returns how long it was
+    /// ready (None if never).
+    fn run_one(&mut self, profile: &Profile) -> Option<Duration> {
+        let ports = self.pool.ports(self.slot);
+        let mut args: Vec<String> = self.settings.command[1..].to_vec();
+        args.extend([
+            "--server-port".to_string(),
+            ports.api.to_string(),
+            "--stream-port".to_string(),
+            ports.stream.to_string(),
+            "--camoufox-debug-port".to_string(),
+            ports.camoufox.to_string(),
+            "--active-auth-json".to_string(),
+            profile.path.display().to_string(),
+        ]);
+        if self.settings.headless {
+            args.push("--headless".to_string());
+        }
+        let mut env: Vec<(String, OsString)> = Vec::new();
+        if let Some(k) = &self.settings.key_file {
+            env.push(("AUTH_KEY_FILE_PATH".to_string(), k.clone().into_os_string()));
+        }
+        let spec = child::Spec {
+            program: self.settings.command[0].clone(),
+            args,
+            env,
+            workdir: self.settings.workdir.clone(),
+            log_path: self.settings.log_dir.join(format!("{}.log", profile.name)),
+            tag: format!("slot{}", self.slot),
+        };
+        let mut child = match Child::spawn(&spec) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(
+                    "slot {}: cannot start {} for profile {}: {e} (check CHILD_COMMAND and CHILD_WORKDIR)",
+                    self.slot, spec.program, profile.name
+                );
+                return None;
+            }
+        };
+        let pid = child.pid();
+        let deadline = Instant::now() + self.settings.ready_timeout;
+        self.pool
+            .apply(self.slot, &Event::Spawned { pid, deadline });
+        // Drain evictions aimed at earlier generations.
+        while self.cmds.try_recv().is_ok() {}
+        let generation = self.pool.generation(self.slot);
+        info!(
+            "slot {}: started profile {} pid {pid} on ports api {} stream {} camoufox {}",
+            self.slot, profile.name, ports.api, ports.stream, ports.camoufox
+        );
+
+        let mut ready_at: Option<Instant> = None;
+        let ending = self.watch(
+            &mut child,
+            generation,
+            deadline,
+            ports.api,
+            &profile.name,
+            &mut ready_at,
+        );
+        let reason = match &ending {
+            Ending::Stop(r) => r.clone(),
+            Ending::Exited(e) => StopReason::Exited(*e),
+        };
+        self.pool.apply(self.slot, &Event::Stop(reason.clone()));
+        match &ending {
+            Ending::Exited(_) => warn!(
+                "slot {}: profile {} pid {pid} {reason}",
+                self.slot, profile.name
+            ),
+            Ending::Stop(_) => info!(
+                "slot {}: stopping profile {} pid {pid}: {reason}",
+                self.slot, profile.name
+            ),
+        }
+        let began = Instant::now();
+        let (exit, killed) = child.stop(self.settings.stop_grace, &self.signals.hurry);
+        if killed {
+            warn!(
+                "slot {}: profile {} pid {pid} ignored SIGTERM; its process group was killed after {:.1?}",
+                self.slot,
+                profile.name,
+                began.elapsed()
+            );
+        } else if !matches!(ending, Ending::Exited(_)) {
+            info!(
+                "slot {}: profile {} pid {pid} stopped ({exit}) in {:.1?}",
+                self.slot,
+                profile.name,
+                began.elapsed()
+            );
+        }
+        self.pool.apply(self.slot, &Event::Gone);
+        ready_at.map(|t| t.elapsed())
+    }
+
+    fn watch(
+        &mut self,
+        child: &mut Child,
+        generation: u64,
+        deadline: Instant,
+        api_port: u16,
+        name: &str,
+        ready_at: &mut Option<Instant>,
+    ) -> Ending {
+        let exits = child.exit_events().clone();
+        let url = format!("http://127.0.0.1:{api_port}/health");
+        loop {
+            let waiting = ready_at.is_none();
+            let tick = if waiting {
+                after(READY_POLL.min(deadline.saturating_duration_since(Instant::now())))
+            } else {
+                crossbeam_channel::never()
+            };
+            select! {
+                recv(exits) -> e => {
+                    let e = e.unwrap_or(Exit::Unknown);
+                    child.mark_exited(e);
+                    return Ending::Exited(e);
+                }
+                recv(self.signals.shutdown) -> _ => return Ending::Stop(StopReason::Shutdown),
+                recv(self.cmds) -> cmd => match cmd {
+                    Ok(Cmd::Evict { generation: g, reason }) if g == generation => {
+                        return Ending::Stop(StopReason::Evicted(reason));
+                    }
+                    Ok(_) => {}
+                    Err(_) => return Ending::Stop(StopReason::Shutdown),
+                },
+                recv(tick) -> _ => {
+                    if is_ready(&self.http, &url) {
+                        self.pool.apply(self.slot, &Event::BecameReady);
+                        *ready_at = Some(Instant::now());
+                        info!("slot {}: profile {name} pid {} is ready", self.slot, child.pid());
+                    } else if Instant::now() >= deadline {
+                        return Ending::Stop(StopReason::ReadyTimeout);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A child is ready when /health answers 200 with `"status": "OK"`.
+fn is_ready(agent: &ureq::Agent, url: &str) -> bool {
+    let Ok(mut resp) = agent.get(url).call() else {
+        return false;
+    };
+    if resp.status() != 200 {
+        return false;
+    }
+    let Ok(body) = resp.body_mut().with_config().limit(64 * 1024).read_to_vec() else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(|s| s == "OK"))
+        .unwrap_or(false)
+}
