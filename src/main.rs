@@ -103,9 +103,24 @@ fn run(cfg: &Config, hydrated: hydrate::Hydrated) -> Result<(), Fatal> {
         cfg.child_command.join(" ")
     );
     // The HTTP side comes up before any child, so a taken port fails fast.
+    let keys = proxy::keys::Keys::load(hydrated.key_file.as_deref()).map_err(|e| Fatal {
+        message: format!("cannot read the key file: {e}; check AUTH_PROFILE_CACHE_DIR/key.txt"),
+        code: 1,
+    })?;
+    if keys.enabled() {
+        info!("API keys enforced on /v1/* ({} keys loaded)", keys.len());
+    }
+    let proxy = proxy::Proxy::new(
+        keys,
+        proxy::Settings {
+            request_timeout: cfg.request_timeout,
+            stream_idle_timeout: cfg.stream_idle_timeout,
+            max_body_bytes: cfg.max_body_bytes,
+        },
+    );
     let app = server::App {
         pool: pool.clone(),
-        proxy: proxy::Proxy,
+        proxy,
     };
     let http =
         server::HttpServer::start(&cfg.host, cfg.port, cfg.http_workers, app).map_err(|e| {

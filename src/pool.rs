@@ -150,6 +150,7 @@ impl Pool {
         self.lock().slots[slot].profile.clone()
     }
 
+    #[cfg(test)]
     pub fn state(&self, slot: usize) -> State {
         self.lock().slots[slot].state.clone()
     }
@@ -196,10 +197,6 @@ impl Pool {
 
     pub fn begin_shutdown(&self) {
         self.lock().shutting_down = true;
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.lock().shutting_down
     }
 
     /// Ask slot `slot` to evict the child of `generation` (ignored by the
@@ -298,13 +295,6 @@ impl Pool {
                 )
             })
             .collect()
-    }
-
-    /// When the child in `slot` became ready, if it is ready now.
-    pub fn ready_since(&self, slot: usize) -> Option<SystemTime> {
-        let inner = self.lock();
-        let s = &inner.slots[slot];
-        matches!(s.state, State::Ready { .. }).then_some(s.since)
     }
 }
 

@@ -25,12 +25,12 @@ pub fn json(status: u16, body: &serde_json::Value) -> Reply {
 pub enum ApiError {
     InvalidApiKey,
     NotFound,
+    UnknownRequest,
     BadRequest,
     BodyTooLarge,
     HeadersTooLarge,
     NoReadyChild,
     Overloaded,
-    UpstreamFailed,
     UpstreamTimeout,
     Internal,
 }
@@ -39,12 +39,11 @@ impl ApiError {
     pub fn status(self) -> u16 {
         match self {
             ApiError::InvalidApiKey => 401,
-            ApiError::NotFound => 404,
+            ApiError::NotFound | ApiError::UnknownRequest => 404,
             ApiError::BadRequest => 400,
             ApiError::BodyTooLarge => 413,
             ApiError::HeadersTooLarge => 431,
             ApiError::NoReadyChild | ApiError::Overloaded => 503,
-            ApiError::UpstreamFailed => 502,
             ApiError::UpstreamTimeout => 504,
             ApiError::Internal => 500,
         }
@@ -54,12 +53,12 @@ impl ApiError {
         match self {
             ApiError::InvalidApiKey => ("invalid_request_error", "invalid_api_key"),
             ApiError::NotFound => ("invalid_request_error", "not_found"),
+            ApiError::UnknownRequest => ("invalid_request_error", "request_not_found"),
             ApiError::BadRequest => ("invalid_request_error", "bad_request"),
             ApiError::BodyTooLarge => ("invalid_request_error", "request_too_large"),
             ApiError::HeadersTooLarge => ("invalid_request_error", "headers_too_large"),
             ApiError::NoReadyChild => ("server_error", "no_ready_child"),
             ApiError::Overloaded => ("server_error", "overloaded"),
-            ApiError::UpstreamFailed => ("server_error", "upstream_failed"),
             ApiError::UpstreamTimeout => ("server_error", "upstream_timeout"),
             ApiError::Internal => ("server_error", "internal_error"),
         }

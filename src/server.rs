@@ -58,7 +58,6 @@ struct Shared {
 
 pub struct HttpServer {
     shared: Arc<Shared>,
-    pub port: u16,
 }
 
 #[derive(Debug)]
@@ -79,6 +78,7 @@ impl HttpServer {
         })?;
         set_socket_timeouts(&listener, CLIENT_IO_TIMEOUT);
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(port);
+        app.proxy.set_local_port(port);
         let server = tiny_http::Server::from_listener(listener, None).map_err(|e| {
             BindError(format!(
                 "cannot start the HTTP server on {host}:{port}: {e}"
@@ -99,7 +99,7 @@ impl HttpServer {
                 .map_err(|e| BindError(format!("cannot start HTTP workers: {e}")))?;
         }
         info!("listening on {host}:{port} with {workers} HTTP workers");
-        Ok(HttpServer { shared, port })
+        Ok(HttpServer { shared })
     }
 
     /// Stop accepting, wake every worker and wait for them until `deadline`;
@@ -213,10 +213,7 @@ fn worker(s: Arc<Shared>) {
                 spare_ok = false;
             }
         }
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| route(rq, &s.app, spare_ok)));
-        if result.is_err() {
-            error!("a request handler panicked; the request got a 500 and the worker goes on");
-        }
+        serve_guarded(rq, |holder| route(holder, &s.app, spare_ok));
         s.idle.fetch_add(1, Ordering::SeqCst);
         if s.stopping.load(Ordering::SeqCst) {
             break;
@@ -233,9 +230,23 @@ fn worker(s: Arc<Shared>) {
     s.total.fetch_sub(1, Ordering::SeqCst);
 }
 
+/// Run `handler` on the request; if it panics before answering, the client
+/// gets an OpenAI-style 500 and the worker carries on.
+fn serve_guarded(rq: Request, handler: impl FnOnce(&mut Option<Request>)) {
+    let mut holder = Some(rq);
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| handler(&mut holder)));
+    if result.is_err() {
+        error!("a request handler panicked; the request gets a 500 and the worker goes on");
+        if let Some(rq) = holder.take() {
+            let _ = rq.respond(ApiError::Internal.reply("internal error in the coordinator"));
+        }
+    }
+}
+
 /// Dispatch one request. `spare_ok` is false when taking a long request now
 /// would leave no worker for probes.
-fn route(rq: Request, app: &App, spare_ok: bool) {
+fn route(holder: &mut Option<Request>, app: &App, spare_ok: bool) {
+    let Some(rq) = holder.take() else { return };
     let header_bytes: usize = rq
         .headers()
         .iter()
@@ -265,7 +276,8 @@ fn route(rq: Request, app: &App, spare_ok: bool) {
                     ));
                 return;
             }
-            app.proxy.handle(rq, &app.pool);
+            *holder = Some(rq);
+            app.proxy.handle(holder, &app.pool);
         }
         _ => {
             let msg = format!("no route for {} {path}", rq.method());

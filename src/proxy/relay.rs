@@ -1,0 +1,172 @@
+//! Writing a child's answer to the client ourselves: the status line and
+//! headers, then the body with our own framing, flushed as it arrives.
+//!
+//! tiny_http buffers a `Response` of unknown length (about 8 KiB) before
+//! sending anything, which would hold SSE events back; so the proxy takes the
+//! raw connection writer (`Request::into_writer`) and frames the body itself:
+//! `Content-Length` when the child gave one, else chunked (one chunk per read
+//! from the child, flushed at once), or close-delimited for HTTP/1.0 clients.
+
+use std::io::{self, Read, Write};
+
+/// How the body is delimited on the client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Length(u64),
+    Chunked,
+    /// HTTP/1.0: the body ends when the connection closes.
+    UntilClose,
+    /// HEAD, 204, 304: no body at all.
+    NoBody,
+}
+
+/// Which side failed while relaying.
+#[derive(Debug)]
+pub enum RelayError {
+    Upstream(io::Error),
+    Client(io::Error),
+}
+
+pub fn write_head(
+    w: &mut dyn Write,
+    status: u16,
+    headers: &[(String, Vec<u8>)],
+    framing: Framing,
+    close: bool,
+) -> io::Result<()> {
+    let reason = ureq::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Unknown");
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length(n) => head.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes()),
+        Framing::Chunked => head.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::UntilClose | Framing::NoBody => {}
+    }
+    if close || framing == Framing::UntilClose {
+        head.extend_from_slice(b"Connection: close\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    w.write_all(&head)?;
+    w.flush()
+}
+
+/// Copy the body from `src` to the client with `framing`. Chunked bodies are
+/// flushed after every read, so each event reaches the client as the child
+/// wrote it; memory stays one buffer whatever the size.
+pub fn copy_body(
+    src: &mut dyn Read,
+    w: &mut dyn Write,
+    framing: Framing,
+) -> Result<u64, RelayError> {
+    if framing == Framing::NoBody {
+        return Ok(0);
+    }
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut frame = Vec::with_capacity(buf.len() + 16);
+    let mut total = 0u64;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(RelayError::Upstream(e)),
+        };
+        total += n as u64;
+        match framing {
+            Framing::Chunked => {
+                frame.clear();
+                frame.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                frame.extend_from_slice(&buf[..n]);
+                frame.extend_from_slice(b"\r\n");
+                w.write_all(&frame).map_err(RelayError::Client)?;
+                w.flush().map_err(RelayError::Client)?;
+            }
+            _ => {
+                w.write_all(&buf[..n]).map_err(RelayError::Client)?;
+                if framing == Framing::UntilClose {
+                    w.flush().map_err(RelayError::Client)?;
+                }
+            }
+        }
+    }
+    if let Framing::Length(expected) = framing {
+        if total != expected {
+            return Err(RelayError::Upstream(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("child sent {total} of {expected} body bytes"),
+            )));
+        }
+    }
+    if framing == Framing::Chunked {
+        w.write_all(b"0\r\n\r\n").map_err(RelayError::Client)?;
+    }
+    w.flush().map_err(RelayError::Client)?;
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that hands out its pieces one read at a time, like a socket.
+    struct Pieces(Vec<&'static [u8]>);
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Ok(0);
+            }
+            let p = self.0.remove(0);
+            buf[..p.len()].copy_from_slice(p);
+            Ok(p.len())
+        }
+    }
+
+    #[test]
+    fn chunked_framing_is_one_chunk_per_read() {
+        let mut out = Vec::new();
+        let mut src = Pieces(vec![b"data: 1\n\n", b"data: [DONE]\n\n"]);
+        copy_body(&mut src, &mut out, Framing::Chunked).unwrap();
+        assert_eq!(
+            out,
+            b"9\r\ndata: 1\n\n\r\ne\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn length_framing_copies_verbatim_and_notices_short_bodies() {
+        let mut out = Vec::new();
+        copy_body(&mut Pieces(vec![b"abc"]), &mut out, Framing::Length(3)).unwrap();
+        assert_eq!(out, b"abc");
+        let err = copy_body(
+            &mut Pieces(vec![b"ab"]),
+            &mut Vec::new(),
+            Framing::Length(3),
+        );
+        assert!(matches!(err, Err(RelayError::Upstream(_))));
+    }
+
+    #[test]
+    fn head_carries_framing_and_close() {
+        let mut out = Vec::new();
+        let h = vec![("Content-Type".to_string(), b"text/event-stream".to_vec())];
+        write_head(&mut out, 200, &h, Framing::Chunked, false).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        write_head(&mut out, 404, &[], Framing::Length(0), true).unwrap();
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n"));
+    }
+}
