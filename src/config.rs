@@ -82,7 +82,18 @@ pub struct Config {
     pub request_timeout: Duration,
     pub stream_idle_timeout: Duration,
     pub max_body_bytes: u64,
+    pub routing: Routing,
     pub hydrate_only: bool,
+}
+
+/// How the proxy picks among ready children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// The child with the fewest requests in flight (round-robin among equals).
+    LeastBusy,
+    /// Strict rotation, whatever the load (kept for comparison and for
+    /// operators who want it).
+    RoundRobin,
 }
 
 /// What the command line asked for.
@@ -252,6 +263,11 @@ const SETTINGS: &[Setting] = &[
         env: "STREAM_IDLE_TIMEOUT_S",
         default: Some("120"),
         help: "longest silence of a streaming child before it is cut off",
+    },
+    Setting {
+        env: "ROUTING",
+        default: Some("least-busy"),
+        help: "how requests pick a child: least-busy or round-robin",
     },
     Setting {
         env: "MAX_BODY_BYTES",
@@ -491,6 +507,17 @@ impl Config {
             request_timeout: secs("REQUEST_TIMEOUT_S", 1, 86_400)?,
             stream_idle_timeout: secs("STREAM_IDLE_TIMEOUT_S", 1, 86_400)?,
             max_body_bytes: parse_num("MAX_BODY_BYTES", &need("MAX_BODY_BYTES"), 1024, 1 << 34)?,
+            routing: match need("ROUTING").to_ascii_lowercase().as_str() {
+                "least-busy" => Routing::LeastBusy,
+                "round-robin" => Routing::RoundRobin,
+                _ => {
+                    return Err(invalid(
+                        "ROUTING",
+                        &need("ROUTING"),
+                        "least-busy or round-robin",
+                    ))
+                }
+            },
             hydrate_only,
         })))
     }

@@ -95,7 +95,7 @@ fn run(cfg: &Config, hydrated: hydrate::Hydrated) -> Result<(), Fatal> {
         info!("AUTH_KEY_FILE_PATH={} is handed to children", k.display());
     }
     let profile_count = hydrated.profiles.len();
-    let (pool, cmd_rxs) = pool::Pool::new(hydrated.profiles, cfg.pool_size, cfg.ports);
+    let (pool, cmd_rxs) = pool::Pool::new(hydrated.profiles, cfg.pool_size, cfg.ports, cfg.routing);
     info!(
         "{} slots for {profile_count} profiles ({} queued); child command: {}",
         pool.size(),

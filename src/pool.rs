@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 
-use crate::config::{PortPlan, Ports};
+use crate::config::{PortPlan, Ports, Routing};
 use crate::hydrate::Profile;
 use crate::slot::{Event, State};
 
@@ -51,6 +51,7 @@ pub struct Pool {
     rr: AtomicUsize,
     /// Every hydrated profile name, sorted; the invariant's reference.
     all: Vec<String>,
+    routing: Routing,
 }
 
 /// A point-in-time copy of one slot, for /ready and tests.
@@ -97,6 +98,7 @@ impl Pool {
         profiles: Vec<Profile>,
         size: usize,
         plan: PortPlan,
+        routing: Routing,
     ) -> (Arc<Pool>, Vec<Receiver<Cmd>>) {
         let mut all: Vec<String> = profiles.iter().map(|p| p.name.clone()).collect();
         all.sort();
@@ -128,6 +130,7 @@ impl Pool {
             cmds,
             rr: AtomicUsize::new(0),
             all,
+            routing,
         };
         (Arc::new(pool), rxs)
     }
@@ -239,8 +242,9 @@ impl Pool {
         check_placement(&self.snapshot(), &self.all)
     }
 
-    /// Lease the ready child with the fewest requests in flight, skipping
-    /// `tried` slots; among equals the choice rotates.
+    /// Lease a ready child not in `tried`: with least-busy routing the one
+    /// with the fewest requests in flight (the choice rotates among equals),
+    /// with round-robin routing the next in turn.
     pub fn acquire(&self, tried: &[usize]) -> Option<Lease> {
         let inner = self.lock();
         if inner.shutting_down {
@@ -258,6 +262,9 @@ impl Pool {
             let load = s.in_flight.load(Ordering::Acquire);
             if best.is_none_or(|(_, b)| load < b) {
                 best = Some((i, load));
+            }
+            if self.routing == Routing::RoundRobin {
+                break;
             }
         }
         let (i, _) = best?;
@@ -356,7 +363,12 @@ mod tests {
 
     #[test]
     fn slots_take_the_first_profiles_and_the_rest_queue() {
-        let (pool, rx) = Pool::new(profiles(&["a", "b", "c", "d"]), 2, plan());
+        let (pool, rx) = Pool::new(
+            profiles(&["a", "b", "c", "d"]),
+            2,
+            plan(),
+            Routing::LeastBusy,
+        );
         assert_eq!(rx.len(), 2);
         let snap = pool.snapshot();
         assert_eq!(snap.slots[0].profile.as_deref(), Some("a"));
@@ -367,27 +379,32 @@ mod tests {
 
     #[test]
     fn pool_never_exceeds_profiles() {
-        let (pool, _) = Pool::new(profiles(&["a"]), 3, plan());
+        let (pool, _) = Pool::new(profiles(&["a"]), 3, plan(), Routing::LeastBusy);
         assert_eq!(pool.size(), 1);
     }
 
     #[test]
     fn rotation_is_fifo_and_keeps_the_invariant() {
-        let (pool, _) = Pool::new(profiles(&["a", "b", "c", "d"]), 2, plan());
+        let (pool, _) = Pool::new(
+            profiles(&["a", "b", "c", "d"]),
+            2,
+            plan(),
+            Routing::LeastBusy,
+        );
         assert_eq!(pool.rotate(0).unwrap().name, "c");
         assert_eq!(pool.snapshot().queue, vec!["d", "a"]);
         assert_eq!(pool.rotate(1).unwrap().name, "d");
         assert_eq!(pool.rotate(0).unwrap().name, "a");
         assert_eq!(pool.snapshot().queue, vec!["b", "c"]);
         pool.check_invariant().unwrap();
-        let (solo, _) = Pool::new(profiles(&["a"]), 2, plan());
+        let (solo, _) = Pool::new(profiles(&["a"]), 2, plan(), Routing::LeastBusy);
         assert_eq!(solo.rotate(0).unwrap().name, "a");
         solo.check_invariant().unwrap();
     }
 
     #[test]
     fn refused_moves_change_nothing() {
-        let (pool, _) = Pool::new(profiles(&["a"]), 1, plan());
+        let (pool, _) = Pool::new(profiles(&["a"]), 1, plan(), Routing::LeastBusy);
         assert!(!pool.apply(0, &Event::BecameReady));
         assert_eq!(pool.state(0), State::Idle);
         assert_eq!(pool.generation(0), 0);
@@ -395,7 +412,7 @@ mod tests {
 
     #[test]
     fn leases_go_to_the_least_busy_ready_child() {
-        let (pool, _) = Pool::new(profiles(&["a", "b", "c"]), 3, plan());
+        let (pool, _) = Pool::new(profiles(&["a", "b", "c"]), 3, plan(), Routing::LeastBusy);
         assert!(pool.acquire(&[]).is_none());
         make_ready(&pool, 0);
         make_ready(&pool, 2);
@@ -415,8 +432,25 @@ mod tests {
     }
 
     #[test]
+    fn round_robin_ignores_load() {
+        let (pool, _) = Pool::new(profiles(&["a", "b"]), 2, plan(), Routing::RoundRobin);
+        make_ready(&pool, 0);
+        make_ready(&pool, 1);
+        let picks: Vec<usize> = (0..4).map(|_| pool.acquire(&[]).unwrap().slot).collect();
+        assert_eq!(picks, vec![0, 1, 0, 1]);
+        let _busy = pool.acquire(&[]).unwrap();
+        let _busy2 = pool.acquire(&[]).unwrap();
+        let _held = pool.acquire(&[]).unwrap();
+        assert_eq!(
+            pool.acquire(&[]).unwrap().slot,
+            1,
+            "the turn decides, not the load"
+        );
+    }
+
+    #[test]
     fn generations_count_spawns() {
-        let (pool, _) = Pool::new(profiles(&["a"]), 1, plan());
+        let (pool, _) = Pool::new(profiles(&["a"]), 1, plan(), Routing::LeastBusy);
         make_ready(&pool, 0);
         assert_eq!(pool.generation(0), 1);
         assert!(pool.apply(0, &Event::Stop(crate::slot::StopReason::Shutdown)));
