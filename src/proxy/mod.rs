@@ -45,6 +45,13 @@ const HOP_BY_HOP: &[&str] = &[
     "content-length",
 ];
 
+/// The one field of a chat completion request the proxy looks at.
+#[derive(serde::Deserialize)]
+struct CompletionPeek {
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
 pub struct Settings {
     pub request_timeout: Duration,
     pub stream_idle_timeout: Duration,
@@ -160,16 +167,12 @@ impl Proxy {
         }
 
         let streaming = if path == "/v1/chat/completions" && method == Method::Post {
-            match serde_json::from_slice::<serde_json::Value>(&body) {
-                Ok(serde_json::Value::Object(m)) => {
-                    m.get("stream").and_then(|v| v.as_bool()).unwrap_or(false)
-                }
-                _ => {
-                    respond(
-                        holder,
-                        ApiError::BadRequest,
-                        "the request body must be a JSON object",
-                    );
+            // Only `stream` matters here; everything else is skipped unparsed,
+            // which keeps multi-megabyte image payloads cheap.
+            match serde_json::from_slice::<CompletionPeek>(&body) {
+                Ok(peek) => peek.stream.unwrap_or(false),
+                Err(_) => {
+                    respond(holder, ApiError::BadRequest, "the request body must be a JSON object");
                     return;
                 }
             }
