@@ -28,6 +28,9 @@ pub struct Knobs {
     pub stream_interval_ms: u64,
     pub die_mid_stream: bool,
     pub stall_mid_stream_ms: Option<u64>,
+    /// After this long, stop accepting connections (the API port refuses)
+    /// while the process lives on: a child that looks ready but is not.
+    pub refuse_after_ms: Option<u64>,
     pub log_lines: u64,
     pub log_line_bytes: u64,
 }
@@ -49,6 +52,7 @@ pub const NAMES: &[&str] = &[
     "stream_interval_ms",
     "die_mid_stream",
     "stall_mid_stream_ms",
+    "refuse_after_ms",
     "log_lines",
     "log_line_bytes",
 ];
@@ -201,6 +205,7 @@ impl Knobs {
             stream_interval_ms: s.get("stream_interval_ms")?.unwrap_or(0),
             die_mid_stream: s.get("die_mid_stream")?.unwrap_or(false),
             stall_mid_stream_ms: s.get("stall_mid_stream_ms")?,
+            refuse_after_ms: s.get("refuse_after_ms")?,
             log_lines: s.get("log_lines")?.unwrap_or(0),
             log_line_bytes: s.get("log_line_bytes")?.unwrap_or(100),
         };

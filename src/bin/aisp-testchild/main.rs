@@ -434,6 +434,14 @@ fn main() {
             process::exit(code);
         });
     }
+    if let Some(ms) = knobs.refuse_after_ms {
+        let port = args.server_port;
+        spawn_named("refuse-timer", move || {
+            thread::sleep(Duration::from_millis(ms));
+            let closed = sock::close_listener(port);
+            log_line(&format!("aisp-testchild: refuse_after_ms elapsed, listener closed: {closed}"));
+        });
+    }
     if knobs.log_lines > 0 {
         let filler = "x".repeat(knobs.log_line_bytes as usize);
         for i in 0..knobs.log_lines {
@@ -481,5 +489,12 @@ fn main() {
         .collect();
     for w in workers {
         let _ = w.join();
+    }
+    // With the listener shut (refuse_after_ms) the server stops; the process
+    // stays, as a hung-but-alive child would, until it is signalled.
+    if app.knobs.refuse_after_ms.is_some() {
+        loop {
+            thread::park();
+        }
     }
 }

@@ -85,6 +85,24 @@ pub fn shutdown_connection(local_port: u16, peer: SocketAddr) -> bool {
     found
 }
 
+/// Shut down our listening socket on `port`: new connections are refused
+/// from then on, while connections already accepted carry on.
+pub fn close_listener(port: u16) -> bool {
+    let mut found = false;
+    for fd in open_fds() {
+        if addr_of(fd, libc::getpeername).is_some() {
+            continue; // a connection, not the listener
+        }
+        if addr_of(fd, libc::getsockname).map(|a| a.port()) != Some(port) {
+            continue;
+        }
+        // SAFETY: plain shutdown(2) on one of our own sockets.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        found = true;
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
