@@ -44,6 +44,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A wrong child command is a configuration error: report it before
+    // hydration, which may download from S3, logs, and replaces the cache.
+    if !cfg.hydrate_only {
+        if let Err(e) = check_child_program(&cfg) {
+            eprintln!("aistudioproxy: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let hydrated = match hydrate::hydrate(&cfg) {
         Ok(h) => h,
         Err(e) => {
@@ -78,7 +86,6 @@ fn fatal(code: u8) -> impl FnOnce(String) -> Fatal {
 /// group gets SIGTERM and its grace (a second signal cuts the grace short),
 /// and we exit.
 fn run(cfg: &Config, hydrated: hydrate::Hydrated) -> Result<(), Fatal> {
-    check_child_program(cfg).map_err(fatal(2))?;
     std::fs::create_dir_all(&cfg.log_dir).map_err(|e| Fatal {
         message: format!(
             "cannot create {}: {e}; set COORDINATOR_LOG_DIR to a writable directory",
