@@ -94,7 +94,7 @@ fn run(cfg: &Config, hydrated: hydrate::Hydrated) -> Result<(), Fatal> {
         code: 1,
     })?;
     let sigs = signals::install().map_err(fatal(1))?;
-    let reaper = reaper::Reaper::start_if_pid1()
+    let reaper = reaper::Reaper::start()
         .map_err(|e| format!("cannot start the orphan reaper: {e}"))
         .map_err(fatal(1))?;
 
@@ -167,9 +167,7 @@ fn run(cfg: &Config, hydrated: hydrate::Hydrated) -> Result<(), Fatal> {
     }
     drop(hurry);
     http.stop(Instant::now() + Duration::from_millis(150));
-    if let Some(r) = reaper {
-        r.stop();
-    }
+    reaper.stop();
     info!("shutdown complete");
     Ok(())
 }
