@@ -5,8 +5,8 @@
 //! signalled together), drains stdout/stderr into the profile's rotating log
 //! on two pump threads, and runs a waiter thread that blocks in
 //! `waitpid(-pgid)`: the leader's exit is reported on a channel the moment it
-//! happens, and group members reparented to us (when we are PID 1) are reaped
-//! there too. `stop` is SIGTERM to the group, a bounded grace, SIGKILL to the
+//! happens, and group members orphaned to us (we are their subreaper, see
+//! `reaper`) are reaped there too, so a killed group is gone at once. `stop` is SIGTERM to the group, a bounded grace, SIGKILL to the
 //! group, then waiting until the group is gone. `Drop` is the last line of
 //! defence: a group still alive is killed.
 
@@ -80,9 +80,8 @@ impl Child {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn()?;
+        let mut child = reaper::spawn_registered(|| cmd.spawn())?;
         let pid = child.id() as i32;
-        reaper::register_group(pid);
 
         let log = Arc::new(Mutex::new(RotatingLog::open(&spec.log_path)));
         let mut threads = Vec::new();

@@ -5,13 +5,17 @@
 
 mod child;
 mod childlog;
+#[expect(dead_code, reason = "used by the OpenAI proxy, in progress")]
 mod config;
 mod health;
 mod hydrate;
+#[expect(dead_code, reason = "used by the OpenAI proxy, in progress")]
 mod pool;
 mod proxy;
 mod reaper;
+#[expect(dead_code, reason = "used by the OpenAI proxy, in progress")]
 mod reply;
+#[expect(dead_code, reason = "used by the OpenAI proxy, in progress")]
 mod server;
 mod signals;
 mod slot;
@@ -44,6 +48,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A wrong child command is a configuration error: report it before
+    // hydration, which may download from S3, logs, and replaces the cache.
+    if !cfg.hydrate_only {
+        if let Err(e) = check_child_program(&cfg) {
+            eprintln!("aistudioproxy: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let hydrated = match hydrate::hydrate(&cfg) {
         Ok(h) => h,
         Err(e) => {
@@ -78,7 +90,6 @@ fn fatal(code: u8) -> impl FnOnce(String) -> Fatal {
 /// group gets SIGTERM and its grace (a second signal cuts the grace short),
 /// and we exit.
 fn run(cfg: &Config, hydrated: hydrate::Hydrated) -> Result<(), Fatal> {
-    check_child_program(cfg).map_err(fatal(2))?;
     std::fs::create_dir_all(&cfg.log_dir).map_err(|e| Fatal {
         message: format!(
             "cannot create {}: {e}; set COORDINATOR_LOG_DIR to a writable directory",
@@ -87,7 +98,7 @@ fn run(cfg: &Config, hydrated: hydrate::Hydrated) -> Result<(), Fatal> {
         code: 1,
     })?;
     let sigs = signals::install().map_err(fatal(1))?;
-    let reaper = reaper::Reaper::start_if_pid1()
+    let reaper = reaper::Reaper::start()
         .map_err(|e| format!("cannot start the orphan reaper: {e}"))
         .map_err(fatal(1))?;
 
@@ -175,9 +186,7 @@ fn run(cfg: &Config, hydrated: hydrate::Hydrated) -> Result<(), Fatal> {
     }
     drop(hurry);
     http.stop(Instant::now() + Duration::from_millis(150));
-    if let Some(r) = reaper {
-        r.stop();
-    }
+    reaper.stop();
     info!("shutdown complete");
     Ok(())
 }

@@ -1,10 +1,16 @@
-//! Orphan reaping for when the coordinator runs as PID 1 in a container.
+//! Orphan reaping: the coordinator adopts and reaps whatever its children
+//! leave behind.
 //!
-//! Processes whose parent died are reparented to PID 1; if nobody waits for
-//! them they stay zombies forever. Each child's waiter thread already reaps
-//! the members of its own process group, so this module keeps the registry
-//! of live child groups, and its thread (started only as PID 1) reaps every
-//! other zombie, woken by SIGCHLD and at least once a second.
+//! A child's descendants (the browser and its helpers) are orphaned when the
+//! child dies first. Normally they go to PID 1, and only leave the process
+//! table once PID 1 reaps them; some container inits never do, and a
+//! zombie still counts as a member of its process group, so a stopped
+//! group would look alive until the stop gives up. We therefore make the
+//! coordinator the reaper of its own descendants (it is PID 1 in a
+//! container, or a child subreaper otherwise): each child's waiter thread
+//! reaps the members of its own process group, and this module keeps the
+//! registry of live child groups while its thread reaps every other zombie,
+//! woken by SIGCHLD and at least once a second.
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -17,11 +23,6 @@ use std::time::Duration;
 /// Process groups whose waiter thread is alive; their zombies are theirs.
 static GROUPS: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
 
-pub fn register_group(pgid: i32) {
-    let mut g = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
-    g.get_or_insert_with(HashSet::new).insert(pgid);
-}
-
 pub fn unregister_group(pgid: i32) {
     let mut g = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(set) = g.as_mut() {
@@ -29,9 +30,17 @@ pub fn unregister_group(pgid: i32) {
     }
 }
 
-fn owned_by_a_waiter(pgid: i32) -> bool {
-    let g = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
-    g.as_ref().is_some_and(|s| s.contains(&pgid))
+/// Start a child with `spawn` and register its process group in one step
+/// as far as `sweep` is concerned: the registry's lock is held across the
+/// spawn, so the reaper can never take a new child's exit status before its
+/// waiter thread is responsible for it.
+pub fn spawn_registered(
+    spawn: impl FnOnce() -> std::io::Result<std::process::Child>,
+) -> std::io::Result<std::process::Child> {
+    let mut g = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+    let child = spawn()?;
+    g.get_or_insert_with(HashSet::new).insert(child.id() as i32);
+    Ok(child)
 }
 
 /// Reap every zombie child that no waiter thread is responsible for.
@@ -39,6 +48,9 @@ fn owned_by_a_waiter(pgid: i32) -> bool {
 fn sweep() -> usize {
     let mut reaped = 0;
     loop {
+        // Held for this zombie's decision and reaping (no blocking calls),
+        // so a group registered by `spawn_registered` is never raced.
+        let groups = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: zeroed siginfo_t is a valid out-parameter for waitid.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // Peek (WNOWAIT) so that a zombie belonging to a child group stays
@@ -57,7 +69,7 @@ fn sweep() -> usize {
             return reaped;
         }
         let pgid = unsafe { libc::getpgid(pid) };
-        if owned_by_a_waiter(pgid) {
+        if groups.as_ref().is_some_and(|s| s.contains(&pgid)) {
             // Its waiter reaps it within moments; look again on the next wake.
             return reaped;
         }
@@ -79,11 +91,13 @@ pub struct Reaper {
 }
 
 impl Reaper {
-    /// Start the reaper thread when we are PID 1; otherwise orphans go to
-    /// the real init and there is nothing to do.
-    pub fn start_if_pid1() -> std::io::Result<Option<Reaper>> {
-        if std::process::id() != 1 {
-            return Ok(None);
+    /// Become the reaper of our descendants' orphans (as PID 1 we are
+    /// already; otherwise as a child subreaper) and start the reaper thread.
+    pub fn start() -> std::io::Result<Reaper> {
+        let pid1 = std::process::id() == 1;
+        // SAFETY: prctl with integer arguments only.
+        if !pid1 && unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
         }
         let (mut rx, tx) = UnixStream::pair()?;
         rx.set_read_timeout(Some(Duration::from_secs(1)))?;
@@ -100,12 +114,14 @@ impl Reaper {
                     sweep();
                 }
             })?;
-        log::info!("running as PID 1: reaping orphaned processes");
-        Ok(Some(Reaper {
+        if pid1 {
+            log::info!("running as PID 1: reaping orphaned processes");
+        }
+        Ok(Reaper {
             stop,
             thread,
             sig_id,
-        }))
+        })
     }
 
     pub fn stop(self) {

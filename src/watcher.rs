@@ -325,3 +325,203 @@ fn is_ready(agent: &ureq::Agent, url: &str) -> bool {
         .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(|s| s == "OK"))
         .unwrap_or(false)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Eviction has no external trigger until the proxy exists, so it is
+    //! driven here through `Pool::evict`, against a real watcher thread and
+    //! real processes: the "child" is `sleep`, and its /health is answered
+    //! by a listener in the test, which owns the slot's API port.
+
+    use super::*;
+    use crate::config::PortPlan;
+    use crate::slot::State;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Answers every connection with a 200 `{"status":"OK"}` until dropped.
+    struct Health {
+        port: u16,
+        stop: Arc<AtomicBool>,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl Health {
+        fn start() -> Health {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            let thread = std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if flag.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(mut conn) = conn else { continue };
+                    let mut buf = [0u8; 4096];
+                    let _ = conn.read(&mut buf);
+                    let body = r#"{"status":"OK"}"#;
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            });
+            Health {
+                port,
+                stop,
+                thread: Some(thread),
+            }
+        }
+    }
+
+    impl Drop for Health {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    struct Rig {
+        pool: Arc<Pool>,
+        thread: Option<JoinHandle<()>>,
+        shutdown: Option<crossbeam_channel::Sender<()>>,
+        _hurry: crossbeam_channel::Sender<()>,
+        dir: PathBuf,
+        _health: Health,
+    }
+
+    /// One slot, profiles `a` and `b`, the watcher running `sleep`.
+    fn rig(name: &str) -> Rig {
+        let health = Health::start();
+        let dir = std::env::temp_dir().join(format!("aisp-watcher-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let profiles = ["a", "b"]
+            .iter()
+            .map(|n| Profile {
+                name: n.to_string(),
+                path: dir.join(format!("{n}.json")),
+            })
+            .collect();
+        let plan = PortPlan {
+            base_api: health.port,
+            base_stream: 1,
+            base_camoufox: 2,
+            step: 1,
+        };
+        let (pool, mut rxs) = Pool::new(profiles, 1, plan);
+        let (shutdown_tx, shutdown) = crossbeam_channel::bounded(0);
+        let (hurry_tx, hurry) = crossbeam_channel::bounded(0);
+        let settings = Settings {
+            // The coordinator's arguments land in $0, $1..: sh ignores them.
+            command: vec!["/bin/sh".into(), "-c".into(), "exec sleep 30".into()],
+            workdir: dir.clone(),
+            log_dir: dir.clone(),
+            headless: true,
+            key_file: None,
+            ready_timeout: Duration::from_secs(30),
+            stop_grace: Duration::from_secs(2),
+        };
+        let thread = spawn(
+            0,
+            pool.clone(),
+            rxs.remove(0),
+            settings,
+            Signals { shutdown, hurry },
+        )
+        .unwrap();
+        Rig {
+            pool,
+            thread: Some(thread),
+            shutdown: Some(shutdown_tx),
+            _hurry: hurry_tx,
+            dir,
+            _health: health,
+        }
+    }
+
+    impl Rig {
+        fn ready_pid(&self) -> Option<i32> {
+            match self.pool.state(0) {
+                State::Ready { pid } => Some(pid),
+                _ => None,
+            }
+        }
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            drop(self.shutdown.take());
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn gone(pid: i32) -> bool {
+        // SAFETY: signal 0 only checks for existence; our waiter reaps it.
+        unsafe { libc::kill(pid, 0) != 0 }
+    }
+
+    #[test]
+    fn eviction_stops_the_child_and_rotates_the_slot() {
+        let r = rig("evict");
+        wait_for("a to be ready", || r.ready_pid().is_some());
+        let a_pid = r.ready_pid().unwrap();
+        assert_eq!(r.pool.snapshot().slots[0].profile.as_deref(), Some("a"));
+        let generation = r.pool.generation(0);
+
+        r.pool
+            .evict(0, generation, "HTTP 500 from the child".into());
+        wait_for("b to be ready", || {
+            r.ready_pid().is_some() && r.pool.snapshot().slots[0].profile.as_deref() == Some("b")
+        });
+        let snap = r.pool.snapshot();
+        assert_eq!(snap.queue, vec!["a"], "a goes to the back of the queue");
+        assert_eq!(snap.slots[0].restarts, 1);
+        assert_eq!(r.pool.generation(0), generation + 1);
+        assert_ne!(r.ready_pid(), Some(a_pid));
+        wait_for("a's child to be gone", || gone(a_pid));
+        r.pool.check_invariant().unwrap();
+    }
+
+    #[test]
+    fn a_stale_eviction_does_not_hit_the_successor() {
+        let r = rig("stale");
+        wait_for("a to be ready", || r.ready_pid().is_some());
+        let old = r.pool.generation(0);
+        r.pool.evict(0, old, "first".into());
+        wait_for("b to be ready", || {
+            r.ready_pid().is_some() && r.pool.snapshot().slots[0].profile.as_deref() == Some("b")
+        });
+        let b_pid = r.ready_pid().unwrap();
+        // A second eviction aimed at a's generation arrives late.
+        r.pool.evict(0, old, "late".into());
+        // Nothing may happen; give the watcher time to (wrongly) act on it.
+        let until = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < until {
+            assert_eq!(
+                r.ready_pid(),
+                Some(b_pid),
+                "b was evicted by a stale command"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(r.pool.generation(0), old + 1);
+    }
+}
