@@ -5,17 +5,13 @@
 
 mod child;
 mod childlog;
-#[expect(dead_code, reason = "used by the OpenAI proxy, in progress")]
 mod config;
 mod health;
 mod hydrate;
-#[expect(dead_code, reason = "used by the OpenAI proxy, in progress")]
 mod pool;
 mod proxy;
 mod reaper;
-#[expect(dead_code, reason = "used by the OpenAI proxy, in progress")]
 mod reply;
-#[expect(dead_code, reason = "used by the OpenAI proxy, in progress")]
 mod server;
 mod signals;
 mod slot;

@@ -423,7 +423,7 @@ mod tests {
             base_camoufox: 2,
             step: 1,
         };
-        let (pool, mut rxs) = Pool::new(profiles, 1, plan);
+        let (pool, mut rxs) = Pool::new(profiles, 1, plan, crate::config::Routing::LeastBusy);
         let (shutdown_tx, shutdown) = crossbeam_channel::bounded(0);
         let (hurry_tx, hurry) = crossbeam_channel::bounded(0);
         let settings = Settings {
