@@ -14,7 +14,7 @@
 //! clients are dropped; a cap on total header bytes (431); and body limits in
 //! the proxy.
 
-use std::net::TcpListener;
+use std::net::{TcpListener, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -38,6 +38,8 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Worker threads never exceed this; beyond it proxied requests get 503.
 const MAX_WORKERS: usize = 2048;
 const WORKER_STACK: usize = 256 * 1024;
+/// Pending connections the kernel queues for us (capped by somaxconn).
+const BACKLOG: i32 = 1024;
 
 /// What request handlers can reach.
 pub struct App {
@@ -71,7 +73,7 @@ impl std::fmt::Display for BindError {
 
 impl HttpServer {
     pub fn start(host: &str, port: u16, workers: usize, app: App) -> Result<HttpServer, BindError> {
-        let listener = TcpListener::bind((host, port)).map_err(|e| {
+        let listener = listen(host, port).map_err(|e| {
             BindError(format!(
                 "cannot listen on {host}:{port}: {e}; set COORDINATOR_HOST/COORDINATOR_PORT to a free address"
             ))
@@ -134,6 +136,23 @@ impl HttpServer {
             }
         }
     }
+}
+
+/// Bind with a listen backlog of `BACKLOG` (std uses 128): a burst of
+/// clients beyond the backlog would have their SYNs dropped and retried a
+/// second later, which is latency no client asked for.
+fn listen(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    let addr = (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"))?;
+    let listener = TcpListener::bind(addr)?;
+    // SAFETY: listen(2) again on a bound, listening socket only changes
+    // its backlog.
+    if unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(listener)
 }
 
 /// Linux copies SO_RCVTIMEO/SO_SNDTIMEO from a listening socket to the

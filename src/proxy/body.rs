@@ -53,7 +53,7 @@ pub fn stop_reading(rq: &Request, local_port: u16) {
     }
 }
 
-fn shutdown_client(peer: SocketAddr, local_port: u16, how: i32) {
+pub fn shutdown_client(peer: SocketAddr, local_port: u16, how: i32) {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return;
     };

@@ -172,7 +172,11 @@ impl Proxy {
             match serde_json::from_slice::<CompletionPeek>(&body) {
                 Ok(peek) => peek.stream.unwrap_or(false),
                 Err(_) => {
-                    respond(holder, ApiError::BadRequest, "the request body must be a JSON object");
+                    respond(
+                        holder,
+                        ApiError::BadRequest,
+                        "the request body must be a JSON object",
+                    );
                     return;
                 }
             }
@@ -238,6 +242,7 @@ impl Proxy {
                 continue;
             }
             let Some(rq) = holder.take() else { return };
+            let peer = rq.remote_addr().copied();
             let result = relay_response(rq, resp, client_close, http10, head_only);
             self.forget(&req_id);
             match result {
@@ -258,6 +263,16 @@ impl Proxy {
                         &lease,
                         &format!("broke off its answer to {method} {path}: {e}"),
                     );
+                    // The client holds part of an answer that cannot be
+                    // completed: end its connection so it sees the break
+                    // instead of waiting for the rest.
+                    if let Some(peer) = peer {
+                        body::shutdown_client(
+                            peer,
+                            self.local_port.load(Ordering::Relaxed),
+                            libc::SHUT_RDWR,
+                        );
+                    }
                 }
             }
             return;

@@ -382,7 +382,18 @@ fn main() {
         });
     }
 
-    let server = Server::http(("127.0.0.1", args.server_port)).unwrap_or_else(|e| {
+    // A deep backlog, like uvicorn's 2048: a burst of proxied requests must
+    // not have SYNs dropped (std's listener backlog is 128).
+    let listener = std::net::TcpListener::bind(("127.0.0.1", args.server_port)).and_then(|l| {
+        use std::os::fd::AsRawFd;
+        // SAFETY: listen(2) again on our own listening socket sets its backlog.
+        if unsafe { libc::listen(l.as_raw_fd(), 2048) } == 0 {
+            Ok(l)
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    });
+    let server = listener.map_err(|e| e.to_string()).and_then(|l| Server::from_listener(l, None).map_err(|e| e.to_string())).unwrap_or_else(|e| {
         fail(
             1,
             &format!("cannot bind API port 127.0.0.1:{}: {e}", args.server_port),
@@ -439,7 +450,9 @@ fn main() {
         spawn_named("refuse-timer", move || {
             thread::sleep(Duration::from_millis(ms));
             let closed = sock::close_listener(port);
-            log_line(&format!("aisp-testchild: refuse_after_ms elapsed, listener closed: {closed}"));
+            log_line(&format!(
+                "aisp-testchild: refuse_after_ms elapsed, listener closed: {closed}"
+            ));
         });
     }
     if knobs.log_lines > 0 {
