@@ -69,7 +69,13 @@ impl TaskPool {
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        // aistudioproxy patch: a waiting thread counts as idle until it has
+        // woken up and taken a task, so upstream (`waiting == 0`) queued a
+        // burst of connections behind one sleeper; since a connection holds
+        // its thread for its whole life, the rest waited for other threads'
+        // 5 s idle timeouts. Spawn unless there are more sleepers than tasks
+        // already queued for them.
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);
