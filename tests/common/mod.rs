@@ -783,6 +783,8 @@ pub struct Slot {
     pub profile: Option<String>,
     pub state: String,
     pub pid: Option<i32>,
+    /// Wall-clock ms when the slot entered `state` (the coordinator's clock).
+    pub since_unix_ms: u64,
     pub restarts: u64,
 }
 
@@ -798,6 +800,7 @@ pub fn slots(body: &Value) -> Vec<Slot> {
                     profile: s["profile"].as_str().map(String::from),
                     state: s["state"].as_str().unwrap_or("").to_string(),
                     pid: s["pid"].as_i64().map(|p| p as i32),
+                    since_unix_ms: s["since_unix_ms"].as_u64().unwrap_or(0),
                     restarts: s["restarts"].as_u64().unwrap_or(0),
                 })
                 .collect()
