@@ -227,13 +227,19 @@ pub fn process_gone(pid: i32) -> bool {
     }
 }
 
-/// True when `pid` is a live test child (guards against pid reuse before
-/// killing by pid).
-fn is_test_child(pid: i32) -> bool {
+/// True when `pid` is a live test child or grandchild of the test in `dir`:
+/// pids are reused (pid_max may be 32768), possibly by another test's child,
+/// so killing by pid checks the command line names this test's directory
+/// (children get `--active-auth-json <dir>/cache/..`, grandchildren a pid
+/// file in `<dir>/pids`).
+fn is_test_child_of(pid: i32, dir: &Path) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let cmdline = String::from_utf8_lossy(&cmdline);
     !process_gone(pid)
-        && fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).contains("aisp-testchild"))
-            .unwrap_or(false)
+        && cmdline.contains("aisp-testchild")
+        && cmdline.contains(&*dir.to_string_lossy())
 }
 
 pub fn send_signal_to(pid: i32, sig: i32) {
@@ -738,7 +744,7 @@ impl<'a> Coordinator<'a> {
             .clone();
         pids.extend(self.dir.recorded_pids());
         for pid in pids {
-            if is_test_child(pid) {
+            if is_test_child_of(pid, &self.dir.path) {
                 send_signal_to(pid, libc::SIGKILL);
             }
         }
@@ -783,6 +789,8 @@ pub struct Slot {
     pub profile: Option<String>,
     pub state: String,
     pub pid: Option<i32>,
+    /// Wall-clock ms when the slot entered `state` (the coordinator's clock).
+    pub since_unix_ms: u64,
     pub restarts: u64,
 }
 
@@ -798,6 +806,7 @@ pub fn slots(body: &Value) -> Vec<Slot> {
                     profile: s["profile"].as_str().map(String::from),
                     state: s["state"].as_str().unwrap_or("").to_string(),
                     pid: s["pid"].as_i64().map(|p| p as i32),
+                    since_unix_ms: s["since_unix_ms"].as_u64().unwrap_or(0),
                     restarts: s["restarts"].as_u64().unwrap_or(0),
                 })
                 .collect()
