@@ -5,6 +5,7 @@
 
 mod config;
 mod hydrate;
+mod tls;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -13,6 +14,7 @@ use config::{Config, Invocation};
 
 fn main() -> ExitCode {
     init_logging();
+    tls::install_crypto_provider();
     let cfg = match Config::from_process() {
         Ok(Invocation::Run(cfg)) => cfg,
         Ok(Invocation::Help) => {
