@@ -229,7 +229,7 @@ impl S3Source {
                         ),
                         false,
                     ),
-                    (Some("InvalidAccessKeyId" | "InvalidClientTokenId"), _) => (
+                    (Some("InvalidAccessKeyId" | "InvalidClientTokenId" | "NotSignedUp"), _) => (
                         format!(
                             "S3 does not know the access key id {action} ({shown}): check AWS_ACCESS_KEY_ID (or the AWS_PROFILE entry of the credentials file) and that it may use {permission} on {object}"
                         ),
@@ -255,8 +255,9 @@ impl S3Source {
                         ),
                         false,
                     ),
-                    // An outage (after rust-s3's retry): the cache may serve.
-                    (_, 500..=599) => (
+                    // The store (or the gateway before it) is unavailable,
+                    // even after rust-s3's retry: the cache may serve.
+                    (_, 502..=504) => (
                         format!(
                             "S3 {} failed {action} (HTTP {status}, {shown}): the store is unavailable; retry later or check AUTH_PROFILE_S3_ENDPOINT",
                             self.at()
@@ -320,10 +321,13 @@ impl S3Source {
                         false,
                     )
                 } else {
+                    let check = if self.endpoint.is_some() {
+                        "check that the store is up and AUTH_PROFILE_S3_ENDPOINT"
+                    } else {
+                        "check the network, AUTH_PROFILE_S3_REGION and AUTH_PROFILE_S3_ENDPOINT"
+                    };
                     (
-                        format!(
-                            "cannot reach S3 at {endpoint} {action} ({why}): check the network and AUTH_PROFILE_S3_ENDPOINT (or AUTH_PROFILE_S3_REGION)"
-                        ),
+                        format!("cannot reach S3 at {endpoint} {action} ({why}): {check}"),
                         true,
                     )
                 }
@@ -574,6 +578,12 @@ impl Source for S3Source {
                     Some(1000),
                 )
                 .map_err(|e| self.request_error(e, &action, "s3:ListBucket", &where_))?;
+            debug!(
+                "listing {where_}: page {} holds {} objects (truncated: {})",
+                page + 1,
+                result.contents.len(),
+                result.is_truncated
+            );
             for object in &result.contents {
                 seen += 1;
                 let Some(rel) = object.key.strip_prefix(&self.active_prefix) else {
