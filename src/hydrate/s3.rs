@@ -113,6 +113,11 @@ fn classify(rel: &str) -> KeyKind {
             KeyKind::Nested
         };
     }
+    // Separator-like and control characters first: `..\x.json` is merely
+    // hidden on Linux, but a traversal wherever `\` is a separator.
+    if rel.contains(['\\', '\0']) || rel.chars().any(char::is_control) {
+        return KeyKind::Hostile;
+    }
     if rel.starts_with('.') {
         return KeyKind::Hidden;
     }
@@ -729,7 +734,7 @@ mod tests {
             ("./a.json", KeyKind::Hostile),
             ("sub//a.json", KeyKind::Hostile),
             ("a\\b.json", KeyKind::Hostile),
-            ("..\\a.json", KeyKind::Hidden),
+            ("..\\a.json", KeyKind::Hostile),
             ("a\n.json", KeyKind::Hostile),
             ("sub/a\n.json", KeyKind::Hostile),
         ] {
