@@ -956,3 +956,51 @@ fn run_binary_via_sh(script: &str, env: &[(&str, &str)]) -> Run {
     cmd.args(["-c", script]);
     run_clean(cmd, format!("sh -c {script:?}"), env)
 }
+
+#[test]
+fn s3_credentials_from_a_container_credentials_endpoint() {
+    // ECS task roles and EKS Pod Identity: aws-creds allows a loopback
+    // AWS_CONTAINER_CREDENTIALS_FULL_URI, so the real code path can be
+    // driven locally. (The RELATIVE_URI form only differs by its fixed host,
+    // 169.254.170.2, which a test cannot serve.)
+    fn respond(_: &str) -> Vec<u8> {
+        let body = format!(
+            "{{\"AccessKeyId\":\"{ACCESS_KEY}\",\"SecretAccessKey\":\"{SECRET_KEY}\",\"Token\":\"container-session-token\",\"Expiration\":\"2099-01-01T00:00:00Z\"}}"
+        );
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+    let creds = FakeEndpoint::start(respond);
+    let s3 = S3Server::start();
+    let tmp = TempDir::new("t");
+    s3.put("auth", "active/a.json", &profile(1));
+    let ep = s3.endpoint();
+    let uri = format!("http://127.0.0.1:{}/v1/credentials", creds.port);
+    let cache = tmp.path().join("cache");
+    let env = with(
+        without(
+            s3_env(&ep, "auth", &cache),
+            &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+        ),
+        &[
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &uri),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "container-auth-token"),
+            ("HOME", "/nonexistent"),
+        ],
+    );
+    let run = hydrate_only(&env);
+    run.expect_code(0);
+    assert!(
+        run.stderr.contains("the container credentials endpoint"),
+        "{run}"
+    );
+    assert!(
+        !run.stderr.contains("container-auth-token") && !run.stderr.contains(SECRET_KEY),
+        "secret leaked\n{run}"
+    );
+    let requests = creds.requests.lock().expect("request log").clone();
+    assert_eq!(requests, ["GET /v1/credentials HTTP/1.1"], "{run}");
+}
