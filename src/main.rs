@@ -15,6 +15,7 @@ mod reply;
 mod server;
 mod signals;
 mod slot;
+mod tls;
 mod watcher;
 
 use std::io::Write;
@@ -29,6 +30,7 @@ use config::{Config, Invocation};
 
 fn main() -> ExitCode {
     init_logging();
+    tls::install_crypto_provider();
     let cfg = match Config::from_process() {
         Ok(Invocation::Run(cfg)) => cfg,
         Ok(Invocation::Help) => {

@@ -4,3 +4,4 @@
 mod common;
 mod core;
 mod proxy;
+mod s3;
