@@ -1,0 +1,427 @@
+"""Checks of the deployment files against the binary's contract.
+
+The defaults below are the binary's (README's variable table): a probe path,
+port or grace period that drifts from them breaks a deployment silently, so
+every file that repeats one is compared here. The linters (shellcheck,
+hadolint) and offline Kubernetes schema validation run here too, so one
+`pytest tests/python` covers the deploy side. Under CI=true a missing linter
+fails instead of skipping.
+"""
+
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "docker" / "Dockerfile.prod"
+ENTRYPOINT = ROOT / "docker" / "entrypoint.prod.sh"
+COMPOSE = ROOT / "docker" / "docker-compose.yml"
+K8S_DIR = ROOT / "deploy" / "kubernetes"
+SCRIPTS = [ROOT / "scripts" / "build-static.sh", ROOT / "scripts" / "container-smoke.sh"]
+
+# The binary's defaults (each also a long CLI flag).
+DEFAULTS = {
+    "PROFILE_BACKEND": "local",
+    "LOCAL_PROFILE_DIR": "auth_profiles/active",
+    "AUTH_PROFILE_CACHE_DIR": "/tmp/auth_profiles",
+    "COORDINATOR_HOST": "0.0.0.0",
+    "COORDINATOR_PORT": "2048",
+    "BASE_API_PORT": "3100",
+    "BASE_STREAM_PORT": "3200",
+    "BASE_CAMOUFOX_PORT": "9222",
+    "PORT_STEP": "1",
+    "HEADLESS": "true",
+    "COORDINATOR_LOG_DIR": "logs/coordinator",
+    "POOL_SIZE": "2",
+    "READY_TIMEOUT_S": "60",
+    "CHILD_STOP_GRACE_S": "10",
+}
+KNOWN_VARS = set(DEFAULTS) | {
+    "AUTH_PROFILE_S3_BUCKET",
+    "AUTH_PROFILE_S3_PREFIX",
+    "AUTH_PROFILE_S3_REGION",
+    "AUTH_PROFILE_S3_ENDPOINT",
+    "CHILD_COMMAND",
+    "CHILD_WORKDIR",
+    "AUTH_KEY_FILE_PATH",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_PROFILE",
+}
+PORT = int(DEFAULTS["COORDINATOR_PORT"])
+READY_TIMEOUT = int(DEFAULTS["READY_TIMEOUT_S"])
+CHILD_GRACE = int(DEFAULTS["CHILD_STOP_GRACE_S"])
+
+
+def need_tool(name, path=None):
+    """The tool's path; skip without it, except in CI where it must exist."""
+    found = path if path and os.access(path, os.X_OK) else shutil.which(name)
+    if not found:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is not installed (CI must install it)")
+        pytest.skip(f"{name} is not installed")
+    return found
+
+
+def run(cmd, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kw)
+    return r
+
+
+def explain(r):
+    return f"command: {r.args}\nexit: {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+
+
+# ---------------------------------------------------------------- linters
+
+
+@pytest.mark.parametrize("script", SCRIPTS + [ENTRYPOINT], ids=lambda p: p.name)
+def test_shellcheck(script):
+    sc = need_tool("shellcheck")
+    r = run([sc, "--severity=style", str(script)])
+    assert r.returncode == 0, explain(r)
+
+
+def test_entrypoint_is_posix_sh_and_executable():
+    text = ENTRYPOINT.read_text()
+    assert text.startswith("#!/bin/sh\n")
+    assert ENTRYPOINT.stat().st_mode & stat.S_IXUSR
+    sc = need_tool("shellcheck")
+    # shellcheck as dash: a bashism would be an error here.
+    r = run([sc, "--shell=dash", str(ENTRYPOINT)])
+    assert r.returncode == 0, explain(r)
+
+
+def test_hadolint():
+    hl = need_tool("hadolint", str(Path(sys.executable).parent / "hadolint"))
+    r = run([hl, "--failure-threshold", "style", str(DOCKERFILE)])
+    assert r.returncode == 0, explain(r)
+
+
+# ------------------------------------------------------------- Dockerfile
+
+
+def dockerfile_stages():
+    """{stage name: [(INSTRUCTION, args)]}, continuation lines joined."""
+    stages, current = {}, None
+    logical = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    for line in logical.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instr, _, args = line.partition(" ")
+        instr = instr.upper()
+        if instr == "FROM":
+            m = re.match(r"(\S+)(?:\s+AS\s+(\S+))?", args.strip(), re.I)
+            current = m.group(2) or m.group(1)
+            stages[current] = [("FROM", m.group(1))]
+        elif current:
+            stages[current].append((instr, args.strip()))
+    return stages
+
+
+def env_of(stage):
+    env = {}
+    for instr, args in stage:
+        if instr == "ENV":
+            for word in shlex.split(args):
+                k, _, v = word.partition("=")
+                env[k] = v
+    return env
+
+
+def test_dockerfile_has_the_three_stages_in_order():
+    stages = dockerfile_stages()
+    assert list(stages) == ["builder", "coordinator", "runtime"]
+    assert stages["coordinator"][0] == ("FROM", "scratch")
+    assert stages["runtime"][0] == ("FROM", "${CHILD_IMAGE}")
+
+
+@pytest.mark.parametrize("name", ["coordinator", "runtime"])
+def test_dockerfile_stage_contract(name):
+    stage = dockerfile_stages()[name]
+    env = env_of(stage)
+    for k, v in DEFAULTS.items():
+        assert env.get(k) == v, f"{name}: ENV {k}={env.get(k)!r}, binary default {v!r}"
+    assert ("EXPOSE", str(PORT)) in stage
+    users = [a for i, a in stage if i == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), f"{name} must run as non-root"
+    entry = [a for i, a in stage if i == "ENTRYPOINT"]
+    assert entry and entry[-1].startswith("["), "exec-form ENTRYPOINT, so the process gets signals"
+
+
+def test_runtime_healthcheck_uses_live_and_entrypoint_execs():
+    stage = dockerfile_stages()["runtime"]
+    hc = [a for i, a in stage if i == "HEALTHCHECK"]
+    assert hc and "/live" in hc[0] and "COORDINATOR_PORT" in hc[0]
+    assert ("ENTRYPOINT", '["/usr/local/bin/entrypoint.prod.sh"]') in stage
+    assert any(i == "ARG" and a.startswith("CHILD_WORKDIR") for i, a in stage)
+    assert dockerfile_stages()["runtime"] and "exec \"$BIN\"" in ENTRYPOINT.read_text()
+
+
+def test_smoke_image_mirrors_the_coordinator_stage():
+    """container-smoke.sh builds its own scratch image (no base image can be
+    pulled here); it must carry the coordinator stage's ENV and user."""
+    smoke = (ROOT / "scripts" / "container-smoke.sh").read_text()
+    env = env_of(dockerfile_stages()["coordinator"])
+    env.pop("SSL_CERT_FILE")  # no TLS in the smoke run
+    env["CHILD_STOP_GRACE_S"] = "$CHILD_GRACE"
+    for k, v in env.items():
+        assert f"{k}={v}" in smoke, f"container-smoke.sh lacks ENV {k}={v}"
+    assert "USER 65532:65532" in smoke and "WORKDIR /app" in smoke
+    assert "CHILD_GRACE=10 " in smoke
+
+
+# ---------------------------------------------------------------- compose
+
+
+def test_compose_is_complete():
+    doc = yaml.safe_load(COMPOSE.read_text())
+    svc = doc["services"]["coordinator"]
+    assert f"{PORT}:{PORT}" in svc["ports"]
+    env = {k: str(v) for k, v in svc["environment"].items()}
+    assert not set(env) - KNOWN_VARS, f"unknown variables: {set(env) - KNOWN_VARS}"
+    assert env["PROFILE_BACKEND"] == "s3" and env["AUTH_PROFILE_S3_BUCKET"]
+    for k in ("COORDINATOR_PORT", "BASE_API_PORT", "BASE_STREAM_PORT", "CHILD_STOP_GRACE_S"):
+        assert env[k] == DEFAULTS[k]
+    # Credentials as a secret, read through the shared-credentials file.
+    assert svc["secrets"] == ["aws_credentials"]
+    assert "aws_credentials" in doc["secrets"]
+    assert env["AWS_SHARED_CREDENTIALS_FILE"] == "/run/secrets/aws_credentials"
+    assert "AWS_SECRET_ACCESS_KEY" not in env
+    # The cache volume sits where hydration writes.
+    assert f"cache:{env['AUTH_PROFILE_CACHE_DIR']}" in svc["volumes"]
+    assert "cache" in doc["volumes"]
+    # Docker's stop timeout must outlast the children's grace.
+    grace = int(re.fullmatch(r"(\d+)s", svc["stop_grace_period"]).group(1))
+    assert grace > int(env["CHILD_STOP_GRACE_S"])
+    assert any("/live" in str(part) for part in svc["healthcheck"]["test"])
+    assert svc["build"]["dockerfile"] == "docker/Dockerfile.prod"
+    assert (COMPOSE.parent / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
+
+
+# ------------------------------------------------------------- kubernetes
+
+
+def k8s_docs():
+    docs = []
+    for f in sorted(K8S_DIR.glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(f.read_text()) if d]
+    return docs
+
+
+def k8s_kind(kind):
+    found = [d for d in k8s_docs() if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def test_k8s_schema_valid():
+    kv = pytest.importorskip("kubernetes_validate")
+    for f in sorted(K8S_DIR.glob("*.yaml")):
+        for d in yaml.safe_load_all(f.read_text()):
+            if not d or d["kind"] == "Kustomization":
+                continue
+            kv.validate(d, kv.utils.latest_version(), strict=True)
+
+
+def test_kustomization_lists_every_manifest():
+    kust = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+    files = {f.name for f in K8S_DIR.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kust["resources"]) == files
+
+
+def pod_container():
+    dep = k8s_kind("Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    return dep, pod, c
+
+
+def resolve_port(c, port):
+    if isinstance(port, int):
+        return port
+    (p,) = [p["containerPort"] for p in c["ports"] if p["name"] == port]
+    return p
+
+
+def test_k8s_probes_match_the_binary():
+    _, pod, c = pod_container()
+    live, ready, start = c["livenessProbe"], c["readinessProbe"], c["startupProbe"]
+    assert live["httpGet"]["path"] == "/live"
+    assert ready["httpGet"]["path"] == "/ready"
+    assert start["httpGet"]["path"] in ("/ready", "/live")
+    for p in (live, ready, start):
+        assert resolve_port(c, p["httpGet"]["port"]) == PORT
+    # The startup probe must allow a child its whole readiness timeout.
+    window = start.get("initialDelaySeconds", 0) + start["periodSeconds"] * start["failureThreshold"]
+    assert window > READY_TIMEOUT, f"startup window {window}s <= READY_TIMEOUT_S {READY_TIMEOUT}s"
+
+
+def test_k8s_stop_and_security():
+    dep, pod, c = pod_container()
+    cm = k8s_kind("ConfigMap")["data"]
+    grace = int(cm.get("CHILD_STOP_GRACE_S", CHILD_GRACE))
+    assert pod["terminationGracePeriodSeconds"] > grace
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    req = c["resources"]["requests"]
+    assert req["cpu"] and req["memory"]
+    # Two pods on one profile set would drive the same accounts twice.
+    assert dep["spec"]["strategy"]["type"] == "Recreate"
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert cm["AUTH_PROFILE_CACHE_DIR"] in mounts
+
+
+def test_k8s_config_and_service():
+    _, pod, c = pod_container()
+    cm = k8s_kind("ConfigMap")
+    assert c["envFrom"][0]["configMapRef"]["name"] == cm["metadata"]["name"]
+    data = cm["data"]
+    assert not set(data) - KNOWN_VARS, f"unknown variables: {set(data) - KNOWN_VARS}"
+    for k, v in data.items():
+        if k in DEFAULTS and k != "PROFILE_BACKEND":
+            assert v == DEFAULTS[k], f"ConfigMap {k}={v!r}, binary default {DEFAULTS[k]!r}"
+    svc = k8s_kind("Service")
+    labels = k8s_kind("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= labels.items()
+    (sp,) = svc["spec"]["ports"]
+    assert resolve_port(c, sp["targetPort"]) == PORT
+    assert pod["serviceAccountName"] == k8s_kind("ServiceAccount")["metadata"]["name"]
+
+
+# ------------------------------------------------------------- entrypoint
+
+FAKE_BIN = textwrap.dedent(
+    """\
+    #!/bin/sh
+    # Stand-in for aistudioproxy: --hydrate-only answers from $FAKE_*,
+    # anything else prints the environment the coordinator would see.
+    if [ "$1" = --hydrate-only ]; then
+        [ -n "${FAKE_STDERR:-}" ] && printf '%s\\n' "$FAKE_STDERR" >&2
+        printf '%s\\n' "${FAKE_JSON:-}"
+        exit "${FAKE_RC:-0}"
+    fi
+    printf 'ARGS=%s\\n' "$*"
+    printf 'PROFILE_BACKEND=%s\\n' "$PROFILE_BACKEND"
+    printf 'LOCAL_PROFILE_DIR=%s\\n' "$LOCAL_PROFILE_DIR"
+    printf 'AUTH_KEY_FILE_PATH=%s\\n' "${AUTH_KEY_FILE_PATH-<unset>}"
+    """
+)
+
+
+def run_entrypoint(tmp_path, args=(), bin_path=None, **env):
+    fake = tmp_path / "fake-aistudioproxy"
+    if bin_path is None:
+        fake.write_text(FAKE_BIN)
+        fake.chmod(0o755)
+        bin_path = fake
+    full = {"PATH": os.environ["PATH"], "TMPDIR": str(tmp_path), "AISTUDIOPROXY_BIN": str(bin_path)}
+    full.update(env)
+    sh = shutil.which("dash") or "/bin/sh"
+    r = subprocess.run([sh, str(ENTRYPOINT), *args], env=full, capture_output=True, text=True, timeout=30)
+    seen = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    return r, seen
+
+
+def test_entrypoint_exports_key_and_forces_local(tmp_path):
+    r, seen = run_entrypoint(
+        tmp_path,
+        ["--", "python3", "launch_camoufox.py"],
+        PROFILE_BACKEND="s3",
+        FAKE_JSON='{"key_file":"/tmp/auth_profiles/key.txt","profiles":3,"profiles_dir":"/tmp/auth_profiles/active"}',
+    )
+    assert r.returncode == 0, explain(r)
+    assert seen["PROFILE_BACKEND"] == "local"
+    assert seen["LOCAL_PROFILE_DIR"] == "/tmp/auth_profiles/active"
+    assert seen["AUTH_KEY_FILE_PATH"] == "/tmp/auth_profiles/key.txt"
+    assert seen["ARGS"] == "-- python3 launch_camoufox.py"
+    assert "hydrated 3 profile(s) from s3" in r.stderr
+    assert not list(tmp_path.glob("aistudioproxy-hydrate.*")), "temp file left behind"
+
+
+def test_entrypoint_without_key_file(tmp_path):
+    r, seen = run_entrypoint(
+        tmp_path, FAKE_JSON='{"profiles_dir": "/c/active", "key_file": null, "profiles": 1}'
+    )
+    assert r.returncode == 0, explain(r)
+    assert seen["AUTH_KEY_FILE_PATH"] == "<unset>"
+    assert seen["LOCAL_PROFILE_DIR"] == "/c/active"
+    assert "API key checks are disabled" in r.stderr
+
+
+def test_entrypoint_accepts_pretty_printed_json(tmp_path):
+    r, seen = run_entrypoint(
+        tmp_path, FAKE_JSON='{\n  "profiles_dir": "/c/active",\n  "key_file": "/c/key.txt",\n  "profiles": 2\n}'
+    )
+    assert r.returncode == 0, explain(r)
+    assert (seen["LOCAL_PROFILE_DIR"], seen["AUTH_KEY_FILE_PATH"]) == ("/c/active", "/c/key.txt")
+
+
+@pytest.mark.parametrize("rc", [1, 2])
+def test_entrypoint_fails_fast_with_the_binarys_line(tmp_path, rc):
+    line = "aistudioproxy: No auth profiles found in /profiles/active"
+    r, seen = run_entrypoint(tmp_path, FAKE_RC=str(rc), FAKE_STDERR=line)
+    assert r.returncode == rc, explain(r)
+    assert r.stderr.strip() == line, "the entrypoint must add nothing to the binary's one line"
+    assert "ARGS" not in seen, "the coordinator must not start after a failed hydration"
+
+
+def find_real_binary():
+    for p in (
+        os.environ.get("AISTUDIOPROXY_TEST_BIN"),
+        ROOT / "target" / "static" / "aistudioproxy",
+        ROOT / "target" / "debug" / "aistudioproxy",
+        ROOT / "target" / "release" / "aistudioproxy",
+    ):
+        if p and Path(p).is_file():
+            r = run([str(p), "--help"])
+            if "hydrate-only" in r.stdout + r.stderr:
+                return Path(p)
+    return None
+
+
+def test_entrypoint_with_the_real_hydration(tmp_path):
+    """The real `--hydrate-only` output, parsed by the entrypoint; the final
+    exec goes to a stand-in so no coordinator starts."""
+    real = find_real_binary()
+    if real is None:
+        pytest.skip("no aistudioproxy binary with --hydrate-only built yet")
+    src = tmp_path / "src"
+    (src / "active").mkdir(parents=True)
+    (src / "active" / "alpha.json").write_text('{"cookies": [], "origins": []}')
+    (src / "active" / "bravo.json").write_text('{"cookies": [], "origins": []}')
+    (src / "key.txt").write_text("sk-test\n")
+    wrapper = tmp_path / "wrapper"
+    wrapper.write_text(
+        f'#!/bin/sh\nif [ "$1" = --hydrate-only ]; then exec {shlex.quote(str(real))} "$@"; fi\n'
+        + FAKE_BIN.split("\n", 1)[1]
+    )
+    wrapper.chmod(0o755)
+    cache = tmp_path / "cache"
+    r, seen = run_entrypoint(
+        tmp_path,
+        bin_path=wrapper,
+        PROFILE_BACKEND="local",
+        LOCAL_PROFILE_DIR=str(src / "active"),
+        AUTH_PROFILE_CACHE_DIR=str(cache),
+    )
+    assert r.returncode == 0, explain(r)
+    staged = Path(seen["LOCAL_PROFILE_DIR"])
+    assert staged.resolve() == (cache / "active").resolve()
+    assert sorted(p.name for p in staged.glob("*.json")) == ["alpha.json", "bravo.json"]
+    assert Path(seen["AUTH_KEY_FILE_PATH"]).read_text().strip() == "sk-test"
+    assert seen["PROFILE_BACKEND"] == "local"
