@@ -393,12 +393,15 @@ fn main() {
             Err(std::io::Error::last_os_error())
         }
     });
-    let server = listener.map_err(|e| e.to_string()).and_then(|l| Server::from_listener(l, None).map_err(|e| e.to_string())).unwrap_or_else(|e| {
-        fail(
-            1,
-            &format!("cannot bind API port 127.0.0.1:{}: {e}", args.server_port),
-        )
-    });
+    let server = listener
+        .map_err(|e| e.to_string())
+        .and_then(|l| Server::from_listener(l, None).map_err(|e| e.to_string()))
+        .unwrap_or_else(|e| {
+            fail(
+                1,
+                &format!("cannot bind API port 127.0.0.1:{}: {e}", args.server_port),
+            )
+        });
 
     log_line(&format!(
         "aisp-testchild profile={profile} api_port={} stream_port={} camoufox_port={} pid={} headless={}",

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install what the test suite needs on a fresh machine, then run all of it:
+# formatting and lints, the Rust unit and integration tests (the real
+# binaries against real test children, a real signature-checking S3 server,
+# the official OpenAI Python SDK), and the deployment checks (shellcheck,
+# hadolint, Kubernetes schemas). Exits non-zero if anything failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+say() { printf '\n== %s\n' "$*" >&2; }
+export PATH="$HOME/.cargo/bin:$PATH"
+
+missing=()
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]} (apt)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# An S3-compatible server that checks request signatures; the S3 tests start
+# their own instances of it on 127.0.0.1. 0.14.1: later ones need a newer rustc.
+if ! command -v s3s-fs >/dev/null 2>&1; then
+    say "installing s3s-fs 0.14.1 (cargo install)"
+    cargo install --quiet --locked s3s-fs@0.14.1 --features binary
+fi
+
+say "Python venv (.venv) for the OpenAI SDK test and the deployment checks"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+
+status=0
+run() {
+    say "$*"
+    "$@" || { status=1; say "FAILED: $*"; }
+}
+run cargo fmt --all -- --check
+run cargo clippy --locked --all-targets -- -D warnings
+run cargo build --locked --bins --tests
+if cargo nextest --version >/dev/null 2>&1; then
+    run cargo nextest run --locked --no-fail-fast
+else
+    run cargo test --locked --no-fail-fast
+fi
+run env CI="${CI:-}" .venv/bin/python -m pytest -q tests/python
+exit "$status"
