@@ -71,13 +71,16 @@ impl ApiError {
         })
     }
 
+    /// Seconds a client should wait before trying again, where it applies.
+    pub fn retry_after(self) -> Option<&'static str> {
+        matches!(self, ApiError::NoReadyChild | ApiError::Overloaded).then_some("5")
+    }
+
     pub fn reply(self, message: &str) -> Reply {
         let r = json(self.status(), &self.body(message));
-        match self {
-            ApiError::NoReadyChild | ApiError::Overloaded => {
-                r.with_header(header("Retry-After", "5"))
-            }
-            _ => r,
+        match self.retry_after() {
+            Some(after) => r.with_header(header("Retry-After", after)),
+            None => r,
         }
     }
 }

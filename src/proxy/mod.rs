@@ -283,12 +283,23 @@ impl Proxy {
     /// socket stops being read and the connection closes after the answer.
     fn refuse(&self, holder: &mut Option<Request>, err: ApiError, msg: &str) {
         let Some(rq) = holder.take() else { return };
-        let mut reply = err.reply(msg);
-        if body::has_unread_body(&rq) {
-            body::stop_reading(&rq, self.local_port.load(Ordering::Relaxed));
-            reply = reply.with_header(crate::reply::header("Connection", "close"));
+        if !body::has_unread_body(&rq) {
+            let _ = rq.respond(err.reply(msg));
+            return;
         }
-        let _ = rq.respond(reply);
+        body::stop_reading(&rq, self.local_port.load(Ordering::Relaxed));
+        // Written by hand: tiny_http drops a `Connection` header from its
+        // responses, and this connection must not be reused.
+        let body = err.body(msg).to_string().into_bytes();
+        let mut headers = vec![("Content-Type".to_string(), b"application/json".to_vec())];
+        if let Some(after) = err.retry_after() {
+            headers.push(("Retry-After".to_string(), after.as_bytes().to_vec()));
+        }
+        let mut w = rq.into_writer();
+        let framing = Framing::Length(body.len() as u64);
+        if relay::write_head(&mut w, err.status(), &headers, framing, true).is_ok() {
+            let _ = w.write_all(&body).and_then(|_| w.flush());
+        }
     }
 
     fn forget(&self, req_id: &Option<String>) {

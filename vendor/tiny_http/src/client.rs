@@ -2,7 +2,7 @@ use ascii::AsciiString;
 
 use std::io::Error as IoError;
 use std::io::Result as IoResult;
-use std::io::{BufReader, BufWriter, ErrorKind, Read};
+use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -226,11 +226,27 @@ impl Iterator for ClientConnection {
                 }
 
                 Err(ReadError::HeadersTooLarge) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(431));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
+                    {
+                        // Written by hand: tiny_http drops a `Connection`
+                        // header from a `Response`, and the client must not
+                        // reuse this connection.
+                        let mut writer = self.sink.next().unwrap();
+                        writer
+                            .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+                            .ok();
+                        writer.flush().ok();
+                    }
+                    // Closing with unread input makes the kernel send a
+                    // reset, which can destroy the 431 before the client
+                    // reads it: swallow a bounded amount of the rest first.
+                    let mut sink = [0u8; 8192];
+                    let mut drained = 0usize;
+                    while drained < (1 << 20) {
+                        match self.next_header_source.read(&mut sink) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => drained += n,
+                        }
+                    }
                     return None; // the rest of the request cannot be trusted: close
                 }
 
