@@ -73,7 +73,7 @@ fn main() {
         "nginx: {}",
         match &nginx {
             Some(n) => format!(
-                "master + {} workers, least_conn, keepalive 64, proxy_http_version 1.1, proxy_buffering off",
+                "master + {} workers, least_conn, keepalive 64, max_fails=0, proxy_http_version 1.1, proxy_buffering off",
                 n.workers
             ),
             None => "not running".into(),

@@ -434,7 +434,10 @@ impl Nginx {
         let d = dir.path().display();
         let servers: String = upstreams
             .iter()
-            .map(|p| format!("        server 127.0.0.1:{p};\n"))
+            // max_fails=0: the coordinator under test restarts these same
+            // children when it evicts one; nginx must not then blacklist
+            // them for 10 s (its default) after they are back.
+            .map(|p| format!("        server 127.0.0.1:{p} max_fails=0;\n"))
             .collect();
         let conf = format!(
             "daemon off;
