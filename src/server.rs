@@ -38,6 +38,9 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Worker threads never exceed this; beyond it proxied requests get 503.
 const MAX_WORKERS: usize = 2048;
 const WORKER_STACK: usize = 256 * 1024;
+/// A worker beyond the base number that has had nothing to do this long
+/// retires.
+const RETIRE_AFTER_IDLE: Duration = Duration::from_secs(10);
 /// Pending connections the kernel queues for us (capped by somaxconn).
 const BACKLOG: i32 = 1024;
 
@@ -211,8 +214,16 @@ fn spawn_worker(shared: &Arc<Shared>) -> std::io::Result<()> {
 
 fn worker(s: Arc<Shared>) {
     loop {
-        let rq = match s.server.recv() {
-            Ok(rq) => rq,
+        let rq = match s.server.recv_timeout(RETIRE_AFTER_IDLE) {
+            Ok(Some(rq)) => rq,
+            Ok(None) => {
+                // Idle for a while: a worker beyond the base number retires,
+                // so a burst's threads (and their stacks) do not linger.
+                if s.stopping.load(Ordering::SeqCst) || retire_if_surplus(&s) {
+                    return;
+                }
+                continue;
+            }
             Err(e) => {
                 if !s.stopping.load(Ordering::SeqCst) {
                     error!("HTTP server stopped receiving: {e}");
@@ -237,16 +248,32 @@ fn worker(s: Arc<Shared>) {
         if s.stopping.load(Ordering::SeqCst) {
             break;
         }
-        // Retire when comfortably more than the base number sit idle.
-        if s.total.load(Ordering::SeqCst) > s.base && s.idle.load(Ordering::SeqCst) > s.base.max(2)
-        {
-            s.total.fetch_sub(1, Ordering::SeqCst);
-            s.idle.fetch_sub(1, Ordering::SeqCst);
+        // Retire at once when comfortably more than the base number sit idle.
+        if s.idle.load(Ordering::SeqCst) > s.base.max(2) && retire_if_surplus(&s) {
             return;
         }
     }
     s.idle.fetch_sub(1, Ordering::SeqCst);
     s.total.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Leave the pool if it has more workers than its base; true if this
+/// worker left (its counts are already taken off).
+fn retire_if_surplus(s: &Shared) -> bool {
+    let mut total = s.total.load(Ordering::SeqCst);
+    while total > s.base {
+        match s
+            .total
+            .compare_exchange(total, total - 1, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => {
+                s.idle.fetch_sub(1, Ordering::SeqCst);
+                return true;
+            }
+            Err(now) => total = now,
+        }
+    }
+    false
 }
 
 /// Run `handler` on the request; if it panics before answering, the client

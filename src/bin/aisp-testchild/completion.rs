@@ -194,9 +194,12 @@ impl Chunked {
     }
 }
 
-/// Writes the streamed answer. Uses `Connection: close` and shuts the socket
-/// after the last chunk: tiny_http has handed us the raw connection, so
-/// closing it is the one framing every client agrees on.
+/// Writes the streamed answer with our own chunked framing on the raw
+/// connection (tiny_http would buffer it). A complete answer leaves the
+/// connection open for the next request, as uvicorn does; only a stream that
+/// dies on purpose (`die_mid_stream`) cuts its socket, so the client sees
+/// the break. Cutting finished streams raced with new connections that
+/// reused the same client port.
 fn stream_answer(
     app: &App,
     request: Request,
@@ -206,7 +209,7 @@ fn stream_answer(
     not_cancelled: bool,
 ) -> &'static str {
     let peer = request.remote_addr().copied();
-    let close = |out: Box<dyn Write + Send>| {
+    let cut = |out: Box<dyn Write + Send>| {
         if let Some(p) = peer {
             crate::sock::shutdown_connection(app.args.server_port, p);
         }
@@ -217,7 +220,7 @@ fn stream_answer(
     };
     let head = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-         Transfer-Encoding: chunked\r\nConnection: close\r\n\
+         Transfer-Encoding: chunked\r\n\
          X-Testchild-Profile: {}\r\nX-Testchild-Port: {}\r\n\r\n",
         app.profile, app.args.server_port
     );
@@ -262,8 +265,14 @@ fn stream_answer(
             "cancelled"
         })
     })();
-    close(out.out);
-    result.unwrap_or("client-gone")
+    match result {
+        Ok("died-mid-stream") => {
+            cut(out.out);
+            "died-mid-stream"
+        }
+        Ok(outcome) => outcome,
+        Err(_) => "client-gone",
+    }
 }
 
 #[cfg(test)]
