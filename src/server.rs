@@ -40,7 +40,7 @@ const MAX_WORKERS: usize = 2048;
 const WORKER_STACK: usize = 256 * 1024;
 /// A worker beyond the base number that has had nothing to do this long
 /// retires.
-const RETIRE_AFTER_IDLE: Duration = Duration::from_secs(10);
+const RETIRE_AFTER_IDLE: Duration = Duration::from_secs(5);
 /// Pending connections the kernel queues for us (capped by somaxconn).
 const BACKLOG: i32 = 1024;
 
@@ -247,10 +247,6 @@ fn worker(s: Arc<Shared>) {
         s.idle.fetch_add(1, Ordering::SeqCst);
         if s.stopping.load(Ordering::SeqCst) {
             break;
-        }
-        // Retire at once when comfortably more than the base number sit idle.
-        if s.idle.load(Ordering::SeqCst) > s.base.max(2) && retire_if_surplus(&s) {
-            return;
         }
     }
     s.idle.fetch_sub(1, Ordering::SeqCst);

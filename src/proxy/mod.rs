@@ -465,16 +465,11 @@ fn relay_response(
     } else {
         framing
     };
-    relay::write_head(
-        &mut w,
-        status,
-        &headers,
-        head_framing,
-        client_close || http10,
-    )
-    .map_err(RelayError::Client)?;
+    let head = relay::head_bytes(status, &headers, head_framing, client_close || http10);
     let mut reader = resp.body_mut().as_reader();
+    w.write_all(&head)
+        .and_then(|_| w.flush())
+        .map_err(RelayError::Client)?;
     let n = relay::copy_body(&mut reader, &mut w, framing)?;
-    w.flush().map_err(RelayError::Client)?;
     Ok(n)
 }

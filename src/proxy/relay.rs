@@ -34,6 +34,17 @@ pub fn write_head(
     framing: Framing,
     close: bool,
 ) -> io::Result<()> {
+    w.write_all(&head_bytes(status, headers, framing, close))?;
+    w.flush()
+}
+
+/// The status line and headers, with the framing headers for `framing`.
+pub fn head_bytes(
+    status: u16,
+    headers: &[(String, Vec<u8>)],
+    framing: Framing,
+    close: bool,
+) -> Vec<u8> {
     let reason = ureq::http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
@@ -55,8 +66,12 @@ pub fn write_head(
         head.extend_from_slice(b"Connection: close\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    w.write_all(&head)?;
-    w.flush()
+    head
+}
+
+thread_local! {
+    /// One copy buffer per worker thread, reused by every response it relays.
+    static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 32 * 1024]);
 }
 
 /// Copy the body from `src` to the client with `framing`. Chunked bodies are
@@ -70,11 +85,19 @@ pub fn copy_body(
     if framing == Framing::NoBody {
         return Ok(0);
     }
-    let mut buf = vec![0u8; 32 * 1024];
-    let mut frame = Vec::with_capacity(buf.len() + 16);
+    BUF.with(|b| copy_with(src, w, framing, &mut b.borrow_mut()))
+}
+
+fn copy_with(
+    src: &mut dyn Read,
+    w: &mut dyn Write,
+    framing: Framing,
+    buf: &mut [u8],
+) -> Result<u64, RelayError> {
+    let mut frame = Vec::new();
     let mut total = 0u64;
     loop {
-        let n = match src.read(&mut buf) {
+        let n = match src.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

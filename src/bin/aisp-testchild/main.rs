@@ -387,6 +387,19 @@ fn main() {
     let listener = std::net::TcpListener::bind(("127.0.0.1", args.server_port)).and_then(|l| {
         use std::os::fd::AsRawFd;
         // SAFETY: listen(2) again on our own listening socket sets its backlog.
+        // TCP_NODELAY is copied to accepted sockets: small SSE chunks go out
+        // at once instead of waiting for a delayed ACK, as with uvicorn.
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt with a valid int option on our own socket.
+        unsafe {
+            libc::setsockopt(
+                l.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
         if unsafe { libc::listen(l.as_raw_fd(), 2048) } == 0 {
             Ok(l)
         } else {
