@@ -9,10 +9,8 @@
 //! Load: closed loop, N client threads each with one keep-alive connection,
 //! `POST /v1/chat/completions` back to back, non-streamed and streamed (5
 //! events, no pause), at 1, 8 and 64 clients, on each of three paths. The
-//! test child answers streams with `Connection: close`, so on the direct path
-//! every streamed request reconnects (its connect time is in its latency);
-//! through the coordinator and nginx the client connection stays open and the
-//! proxy opens the upstream connection instead.
+//! test child keeps connections open after streams as after plain answers,
+//! so every path reuses its connections (the `conn` column counts connects).
 //!
 //! `BENCH_MEASURE_MS` (default 1500) sets the measured window per cell.
 
@@ -67,7 +65,7 @@ fn main() {
 
     println!("== proxy: POST /v1/chat/completions, closed loop, keep-alive clients ==");
     println!(
-        "children: 2 aisp-testchild (completion_delay_ms 0; streams: 5 events, interval 0, Connection: close)"
+        "children: 2 aisp-testchild (completion_delay_ms 0; streams: 5 events, interval 0, keep-alive)"
     );
     println!(
         "nginx: {}",
