@@ -327,3 +327,42 @@ fn route(holder: &mut Option<Request>, app: &App, spare_ok: bool) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    fn ask(port: u16) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    /// A panicking handler costs its request a 500 in OpenAI form, and the
+    /// same worker thread serves the next request.
+    #[test]
+    fn a_panicking_handler_gives_500_and_the_worker_lives_on() {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let port = server.server_addr().to_ip().unwrap().port();
+        let worker = std::thread::spawn(move || {
+            let rq = server.recv().unwrap();
+            serve_guarded(rq, |_| panic!("handler bug"));
+            let rq = server.recv().unwrap();
+            serve_guarded(rq, |holder| {
+                let _ = holder.take().unwrap().respond(crate::health::live());
+            });
+        });
+        let first = ask(port);
+        assert!(first.starts_with("HTTP/1.1 500"), "{first}");
+        assert!(first.contains("\"code\":\"internal_error\""), "{first}");
+        let second = ask(port);
+        assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+        worker.join().unwrap();
+    }
+}

@@ -51,6 +51,13 @@ impl Source for LocalDir {
         format!("in {}", self.dir.display())
     }
 
+    fn key_location(&self) -> String {
+        match self.dir.parent() {
+            Some(p) => p.join("key.txt").display().to_string(),
+            None => "key.txt".to_string(),
+        }
+    }
+
     fn list(&self) -> Result<Vec<String>, HydrateError> {
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,

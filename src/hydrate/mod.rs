@@ -96,6 +96,8 @@ impl std::error::Error for HydrateError {
 pub trait Source: Sync {
     /// Where profiles are looked for, for messages: "in <dir>" or "under s3://b/p/active/".
     fn location(&self) -> String;
+    /// Where the key file is looked for, for messages.
+    fn key_location(&self) -> String;
     /// File names (`<name>.json`) of the profiles, as the source spells them.
     fn list(&self) -> Result<Vec<String>, HydrateError>;
     /// The bytes of one profile listed by `list`.
@@ -219,12 +221,12 @@ pub fn hydrate_from(source: &dyn Source, cache_dir: &Path) -> Result<Hydrated, H
     let key = source.key_file()?;
     match &key {
         Some(_) => info!(
-            "key file found {}; API keys are enforced",
-            source.location()
+            "key file {} found; API keys are enforced",
+            source.key_location()
         ),
         None => info!(
-            "no key.txt {}; API key checks are disabled",
-            source.location()
+            "no key file at {}; API key checks are disabled",
+            source.key_location()
         ),
     }
     let hydrated = staging.commit(key.as_deref(), skipped)?;

@@ -554,6 +554,10 @@ impl Source for S3Source {
         format!("under {}", self.url(&self.active_prefix))
     }
 
+    fn key_location(&self) -> String {
+        self.url(&self.key_object)
+    }
+
     fn list(&self) -> Result<Vec<String>, HydrateError> {
         let bucket = self.client()?;
         let where_ = self.url(&self.active_prefix);
