@@ -16,6 +16,7 @@ mod server;
 mod signals;
 mod slot;
 mod tls;
+mod upstream;
 mod watcher;
 
 use std::io::Write;

@@ -85,12 +85,13 @@ pub fn spawn(
 }
 
 fn health_agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_millis(1000)))
-        .max_idle_connections_per_host(1)
-        .build()
-        .new_agent()
+    crate::upstream::agent(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_millis(1000)))
+            .max_idle_connections_per_host(1)
+            .build(),
+    )
 }
 
 struct Watcher {

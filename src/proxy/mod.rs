@@ -77,21 +77,22 @@ enum Failure {
 
 impl Proxy {
     pub fn new(keys: Keys, settings: Settings) -> Proxy {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .user_agent(ureq::config::AutoHeaderValue::None)
-            .accept(ureq::config::AutoHeaderValue::None)
-            .accept_encoding(ureq::config::AutoHeaderValue::None)
-            .allow_non_standard_methods(true)
-            .max_idle_connections(512)
-            .max_idle_connections_per_host(128)
-            // Children (uvicorn) close idle keep-alive connections after 5 s.
-            .max_idle_age(Duration::from_secs(4))
-            .timeout_connect(Some(Duration::from_secs(5)))
-            .max_response_header_size(256 * 1024)
-            .build()
-            .new_agent();
+        let agent = crate::upstream::agent(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .max_redirects(0)
+                .user_agent(ureq::config::AutoHeaderValue::None)
+                .accept(ureq::config::AutoHeaderValue::None)
+                .accept_encoding(ureq::config::AutoHeaderValue::None)
+                .allow_non_standard_methods(true)
+                .max_idle_connections(512)
+                .max_idle_connections_per_host(128)
+                // Children (uvicorn) close idle keep-alive connections after 5 s.
+                .max_idle_age(Duration::from_secs(4))
+                .timeout_connect(Some(Duration::from_secs(5)))
+                .max_response_header_size(256 * 1024)
+                .build(),
+        );
         Proxy {
             agent,
             keys,
