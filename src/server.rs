@@ -162,7 +162,7 @@ fn listen(host: &str, port: u16) -> std::io::Result<TcpListener> {
 /// sockets it accepts; tiny_http gives no other way to bound client I/O.
 fn set_socket_timeouts(listener: &TcpListener, t: Duration) {
     let tv = libc::timeval {
-        tv_sec: t.as_secs() as libc::time_t,
+        tv_sec: t.as_secs() as _,
         tv_usec: 0,
     };
     let one: libc::c_int = 1;
