@@ -468,9 +468,13 @@ fn relay_response(
     };
     let head = relay::head_bytes(status, &headers, head_framing, client_close || http10);
     let mut reader = resp.body_mut().as_reader();
-    w.write_all(&head)
-        .and_then(|_| w.flush())
-        .map_err(RelayError::Client)?;
+    w.write_all(&head).map_err(RelayError::Client)?;
+    // A body of known length follows at once and is flushed with the head
+    // (one segment for a short answer); anything else may take a while
+    // (an event stream), so its head goes out now.
+    if !matches!(framing, Framing::Length(_)) {
+        w.flush().map_err(RelayError::Client)?;
+    }
     let n = relay::copy_body(&mut reader, &mut w, framing)?;
     Ok(n)
 }
