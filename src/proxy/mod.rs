@@ -339,38 +339,42 @@ impl Proxy {
             b = b.header(k.as_str(), v.as_slice());
         }
         let idle = streaming.then_some(self.settings.stream_idle_timeout);
-        let result = if body.is_empty()
+        let build_err =
+            |e: ureq::http::Error| Failure::Retryable(format!("bad request for the child: {e}"));
+        let bodiless = body.is_empty()
             && matches!(
                 method,
                 Method::Get | Method::Head | Method::Delete | Method::Options
-            ) {
-            let rq = b
-                .body(())
-                .map_err(|e| Failure::Retryable(format!("bad request for the child: {e}")))?;
-            let rq = self
-                .agent
-                .configure_request(rq)
-                .timeout_global(Some(left))
-                .timeout_per_read(idle)
-                .build();
-            self.agent.run(rq)
+            );
+        let result = if bodiless {
+            self.send(b.body(()).map_err(build_err)?, left, idle)
         } else {
-            let rq = b
-                .body(body)
-                .map_err(|e| Failure::Retryable(format!("bad request for the child: {e}")))?;
-            let rq = self
-                .agent
-                .configure_request(rq)
-                .timeout_global(Some(left))
-                .timeout_per_read(idle)
-                .build();
-            self.agent.run(rq)
+            self.send(b.body(body).map_err(build_err)?, left, idle)
         };
         match result {
             Ok(r) => Ok(r),
             Err(ureq::Error::Timeout(_)) if Instant::now() >= deadline => Err(Failure::Deadline),
             Err(e) => Err(Failure::Retryable(describe(&e))),
         }
+    }
+}
+
+impl Proxy {
+    /// Run one request to a child with the request deadline and, for
+    /// streams, the idle limit per read.
+    fn send<B: ureq::AsSendBody>(
+        &self,
+        rq: ureq::http::Request<B>,
+        deadline_in: Duration,
+        idle: Option<Duration>,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let rq = self
+            .agent
+            .configure_request(rq)
+            .timeout_global(Some(deadline_in))
+            .timeout_per_read(idle)
+            .build();
+        self.agent.run(rq)
     }
 }
 

@@ -300,15 +300,9 @@ impl Coordinator {
             .stdout(Stdio::null())
             .stderr(log)
             .process_group(0);
-        // SAFETY: prctl is async-signal-safe; if this benchmark dies
-        // abruptly the kernel kills the coordinator, which takes its
-        // children with it (they carry the same death signal).
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-                Ok(())
-            });
-        }
+        // If this benchmark dies abruptly the kernel kills the coordinator,
+        // which takes its children with it (they carry the same signal).
+        die_with_parent(&mut cmd);
         let proc = cmd.spawn().expect("start the coordinator");
         register_group(proc.id() as i32);
         let mut c = Coordinator {
@@ -487,14 +481,9 @@ http {{
             .stdout(Stdio::null())
             .stderr(log)
             .process_group(0);
-        // SAFETY: as for the coordinator; nginx workers are in the same
-        // process group, which drop and the watchdog kill.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-                Ok(())
-            });
-        }
+        // nginx workers are in the same process group, which drop and the
+        // watchdog kill.
+        die_with_parent(&mut cmd);
         let proc = cmd
             .spawn()
             .map_err(|e| format!("start {}: {e}", binary.display()))?;
@@ -1078,5 +1067,16 @@ pub fn ratio(a: f64, b: f64) -> String {
         format!("{:.2}", a / b)
     } else {
         "-".to_string()
+    }
+}
+
+/// Make the kernel SIGKILL the spawned process when this one dies.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            Ok(())
+        });
     }
 }
