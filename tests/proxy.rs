@@ -628,6 +628,20 @@ fn oversized_and_malformed_requests_are_refused() {
     // Headers past the limit.
     let r = get(port, "/v1/models", &[("X-Big", &"a".repeat(20_000))]);
     assert_eq!(r.status, 431);
+    assert_eq!(r.json()["error"]["code"], "headers_too_large");
+    let many: Vec<(String, String)> = (0..200)
+        .map(|i| (format!("X-H{i}"), "v".to_string()))
+        .collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(get(port, "/v1/models", &many).status, 431);
+    // Not HTTP at all.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GARBAGE\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("\"code\":\"bad_request\""), "{answer}");
     // The coordinator is still fine.
     assert_eq!(get(port, "/v1/models", &[]).status, 200);
     assert_eq!(completions_seen(c.slots()[0].ports.0), 0);

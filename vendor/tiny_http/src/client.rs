@@ -183,6 +183,23 @@ impl ClientConnection {
     }
 }
 
+/// aistudioproxy patch: errors found while reading a request's head are
+/// answered in the OpenAI error format the coordinator uses everywhere, with
+/// `Connection: close` (written by hand: tiny_http drops that header from a
+/// `Response`), since the connection cannot carry another request.
+fn write_error(w: &mut impl Write, status: &str, code: &str, message: &str) {
+    let body = format!(
+        "{{\"error\":{{\"message\":\"{message}\",\"type\":\"invalid_request_error\",\"code\":\"{code}\",\"param\":null}}}}"
+    );
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    w.write_all(head.as_bytes()).ok();
+    w.write_all(body.as_bytes()).ok();
+    w.flush().ok();
+}
+
 fn too_large_or_io(e: IoError) -> ReadError {
     if e.kind() == ErrorKind::InvalidData {
         ReadError::HeadersTooLarge
@@ -207,34 +224,22 @@ impl Iterator for ClientConnection {
 
         loop {
             let rq = match self.read() {
-                Err(ReadError::WrongRequestLine) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
-
-                Err(ReadError::WrongHeader(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response.raw_print(writer, ver, &[], false, None).ok();
+                Err(ReadError::WrongRequestLine) | Err(ReadError::WrongHeader(_)) => {
+                    let mut writer = self.sink.next().unwrap();
+                    write_error(&mut writer, "400 Bad Request", "bad_request", "malformed HTTP request line or header");
                     return None; // we don't know where the next request would start,
                                  // se we have to close
                 }
 
                 Err(ReadError::HeadersTooLarge) => {
                     {
-                        // Written by hand: tiny_http drops a `Connection`
-                        // header from a `Response`, and the client must not
-                        // reuse this connection.
                         let mut writer = self.sink.next().unwrap();
-                        writer
-                            .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
-                            .ok();
-                        writer.flush().ok();
+                        write_error(
+                            &mut writer,
+                            "431 Request Header Fields Too Large",
+                            "headers_too_large",
+                            "a request header line is over 16 KiB or there are more than 128",
+                        );
                     }
                     // Closing with unread input makes the kernel send a
                     // reset, which can destroy the 431 before the client
