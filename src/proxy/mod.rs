@@ -357,9 +357,7 @@ impl Proxy {
             Err(e) => Err(Failure::Retryable(describe(&e))),
         }
     }
-}
 
-impl Proxy {
     /// Run one request to a child with the request deadline and, for
     /// streams, the idle limit per read.
     fn send<B: ureq::AsSendBody>(
