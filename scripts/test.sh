@@ -2,8 +2,10 @@
 # Install what the test suite needs on a fresh machine, then run all of it:
 # formatting and lints, the Rust unit and integration tests (the real
 # binaries against real test children, a real signature-checking S3 server,
-# the official OpenAI Python SDK), and the deployment checks (shellcheck,
-# hadolint, Kubernetes schemas). Exits non-zero if anything failed.
+# the official OpenAI Python SDK), the deployment checks (shellcheck,
+# hadolint, Kubernetes schemas) and, under CI=true or AISP_CONTAINER_SMOKE=1,
+# the real container run of scripts/container-smoke.sh. Exits non-zero if
+# anything failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '\n== %s\n' "$*" >&2; }
@@ -42,4 +44,11 @@ else
     run cargo test --locked --no-fail-fast
 fi
 run env CI="${CI:-}" .venv/bin/python -m pytest -q tests/python
+# The real container run (static musl build, FROM scratch image, podman):
+# about 4 minutes the first time, so CI runs it and a developer asks for it.
+if [ "${CI:-}" = true ] || [ "${AISP_CONTAINER_SMOKE:-}" = 1 ]; then
+    run ./scripts/container-smoke.sh
+else
+    say "skipping scripts/container-smoke.sh (set AISP_CONTAINER_SMOKE=1 to run it; CI always does)"
+fi
 exit "$status"
