@@ -31,9 +31,17 @@ say "Python venv (.venv) for the OpenAI SDK test and the deployment checks"
 .venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 
 status=0
+steps_passed=0
+steps_failed=0
 run() {
     say "$*"
-    "$@" || { status=1; say "FAILED: $*"; }
+    if "$@"; then
+        steps_passed=$((steps_passed + 1))
+    else
+        status=1
+        steps_failed=$((steps_failed + 1))
+        say "FAILED: $*"
+    fi
 }
 run cargo fmt --all -- --check
 run cargo clippy --locked --all-targets -- -D warnings
@@ -51,4 +59,5 @@ if [ "${CI:-}" = true ] || [ "${AISP_CONTAINER_SMOKE:-}" = 1 ]; then
 else
     say "skipping scripts/container-smoke.sh (set AISP_CONTAINER_SMOKE=1 to run it; CI always does)"
 fi
+printf '\nsteps: %d passed, %d failed\n' "$steps_passed" "$steps_failed"
 exit "$status"
