@@ -147,13 +147,23 @@ fn run(cfg: &Config, hydrated: hydrate::Hydrated) -> Result<(), Fatal> {
         hurry: hurry_rx,
     };
     let settings = watcher::Settings::new(cfg, hydrated.key_file.clone());
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let mut watchers = Vec::new();
     for (slot, cmds) in cmd_rxs.into_iter().enumerate() {
-        match watcher::spawn(slot, pool.clone(), cmds, settings.clone(), flags.clone()) {
+        let spawned = watcher::spawn(
+            slot,
+            pool.clone(),
+            cmds,
+            settings.clone(),
+            flags.clone(),
+            done_tx.clone(),
+        );
+        match spawned {
             Ok(h) => watchers.push(h),
             Err(e) => error!("cannot start the watcher of slot {slot}: {e}"),
         }
     }
+    drop(done_tx);
 
     let first = sigs.recv().unwrap_or("signal channel closed");
     let grace = cfg.stop_grace;
@@ -162,25 +172,25 @@ fn run(cfg: &Config, hydrated: hydrate::Hydrated) -> Result<(), Fatal> {
     drop(shutdown_tx);
     let deadline = Instant::now() + grace + Duration::from_millis(800);
     let mut hurry = Some(hurry_tx);
-    for w in watchers {
-        while !w.is_finished() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        select! {
+            // Disconnected once every watcher thread has ended.
+            recv(done_rx) -> _ => break,
+            recv(sigs) -> s => {
+                if hurry.take().is_some() {
+                    warn!("{} received again: killing children now", s.unwrap_or("signal"));
+                }
+            }
+            recv(after(left)) -> _ => {
+                warn!("slot watchers did not finish within the grace period; exiting anyway");
                 break;
             }
-            select! {
-                recv(sigs) -> s => {
-                    if hurry.take().is_some() {
-                        warn!("{} received again: killing children now", s.unwrap_or("signal"));
-                    }
-                }
-                recv(after(left.min(Duration::from_millis(5)))) -> _ => {}
-            }
         }
+    }
+    for w in watchers {
         if w.is_finished() {
             let _ = w.join();
-        } else {
-            warn!("a slot watcher did not finish within the grace period; exiting anyway");
         }
     }
     drop(hurry);

@@ -44,9 +44,7 @@ pub fn spawn_registered(
 }
 
 /// Reap every zombie child that no waiter thread is responsible for.
-/// Returns how many were reaped.
-fn sweep() -> usize {
-    let mut reaped = 0;
+fn sweep() {
     loop {
         // Held for this zombie's decision and reaping (no blocking calls),
         // so a group registered by `spawn_registered` is never raced.
@@ -66,20 +64,19 @@ fn sweep() -> usize {
         // SAFETY: waitid filled `info` (or left it zeroed: pid 0).
         let pid = unsafe { info.si_pid() };
         if r != 0 || pid == 0 {
-            return reaped;
+            return;
         }
         let pgid = unsafe { libc::getpgid(pid) };
         if groups.as_ref().is_some_and(|s| s.contains(&pgid)) {
             // Its waiter reaps it within moments; look again on the next wake.
-            return reaped;
+            return;
         }
         let mut status = 0;
         // SAFETY: reaping one specific zombie.
         if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
             log::debug!("reaped orphan pid {pid}");
-            reaped += 1;
         } else {
-            return reaped;
+            return;
         }
     }
 }

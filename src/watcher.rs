@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{after, select, Receiver};
+use crossbeam_channel::{after, select, Receiver, Sender};
 use log::{error, info, warn};
 
 use crate::child::{self, Child, Exit};
@@ -67,10 +67,14 @@ pub fn spawn(
     cmds: Receiver<Cmd>,
     settings: Settings,
     signals: Signals,
+    done: Sender<()>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("slot{slot}"))
         .spawn(move || {
+            // Dropped when the thread ends: once every watcher's `done` is
+            // gone, the main thread's receiver reports it.
+            let _done = done;
             Watcher {
                 slot,
                 pool,
@@ -443,6 +447,7 @@ mod tests {
             rxs.remove(0),
             settings,
             Signals { shutdown, hurry },
+            crossbeam_channel::bounded(0).0,
         )
         .unwrap();
         Rig {
