@@ -78,6 +78,8 @@ pub struct Config {
     /// Program and leading arguments; never run through a shell.
     pub child_command: Vec<String>,
     pub child_workdir: PathBuf,
+    /// An operator's key file (`AUTH_KEY_FILE_PATH`); a hydrated key.txt wins.
+    pub operator_key_file: Option<PathBuf>,
     pub http_workers: usize,
     pub request_timeout: Duration,
     pub stream_idle_timeout: Duration,
@@ -248,6 +250,11 @@ const SETTINGS: &[Setting] = &[
         env: "CHILD_WORKDIR",
         default: None,
         help: "working directory of children (default: current directory)",
+    },
+    Setting {
+        env: "AUTH_KEY_FILE_PATH",
+        default: None,
+        help: "your own API key file, used (by us and the children) when no key.txt is hydrated",
     },
     Setting {
         env: "HTTP_WORKERS",
@@ -503,6 +510,7 @@ impl Config {
             child_workdir: get("CHILD_WORKDIR")
                 .map(abs)
                 .unwrap_or_else(|| cwd.to_path_buf()),
+            operator_key_file: get("AUTH_KEY_FILE_PATH").map(abs),
             http_workers: parse_num("HTTP_WORKERS", &need("HTTP_WORKERS"), 2, 256)? as usize,
             request_timeout: secs("REQUEST_TIMEOUT_S", 1, 86_400)?,
             stream_idle_timeout: secs("STREAM_IDLE_TIMEOUT_S", 1, 86_400)?,

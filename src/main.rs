@@ -3,14 +3,12 @@
 //! signal handling together. Owns the exit code; every fatal error ends here
 //! as one line on stderr.
 
-mod child;
-mod childlog;
 mod config;
 mod health;
 mod hydrate;
 mod pool;
+mod process;
 mod proxy;
-mod reaper;
 mod reply;
 mod server;
 mod signals;
@@ -97,13 +95,17 @@ fn run(cfg: &Config, hydrated: hydrate::Hydrated) -> Result<(), Fatal> {
         code: 1,
     })?;
     let sigs = signals::install().map_err(fatal(1))?;
-    let reaper = reaper::Reaper::start()
+    let reaper = process::reaper::Reaper::start()
         .map_err(|e| format!("cannot start the orphan reaper: {e}"))
         .map_err(fatal(1))?;
 
-    if let Some(k) = &hydrated.key_file {
+    let key_file = choose_key_file(cfg, hydrated.key_file.clone())?;
+    if let Some(k) = &key_file {
         info!("AUTH_KEY_FILE_PATH={} is handed to children", k.display());
     }
+    // Before any child of ours runs: what an earlier run left is stopped.
+    let identity = process::tree::Identity::new(&cfg.cache_dir);
+    process::tree::stop_leftovers(&identity, cfg.stop_grace);
     let profile_count = hydrated.profiles.len();
     let (pool, cmd_rxs) = pool::Pool::new(hydrated.profiles, cfg.pool_size, cfg.ports, cfg.routing);
     info!(
@@ -113,7 +115,7 @@ fn run(cfg: &Config, hydrated: hydrate::Hydrated) -> Result<(), Fatal> {
         cfg.child_command.join(" ")
     );
     // The HTTP side comes up before any child, so a taken port fails fast.
-    let keys = proxy::keys::Keys::load(hydrated.key_file.as_deref()).map_err(|e| Fatal {
+    let keys = proxy::keys::Keys::load(key_file.as_deref()).map_err(|e| Fatal {
         message: format!("cannot read the key file: {e}; check AUTH_PROFILE_CACHE_DIR/key.txt"),
         code: 1,
     })?;
@@ -146,7 +148,7 @@ fn run(cfg: &Config, hydrated: hydrate::Hydrated) -> Result<(), Fatal> {
         shutdown: shutdown_rx,
         hurry: hurry_rx,
     };
-    let settings = watcher::Settings::new(cfg, hydrated.key_file.clone());
+    let settings = watcher::Settings::new(cfg, key_file, identity);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let mut watchers = Vec::new();
     for (slot, cmds) in cmd_rxs.into_iter().enumerate() {
@@ -198,6 +200,43 @@ fn run(cfg: &Config, hydrated: hydrate::Hydrated) -> Result<(), Fatal> {
     reaper.stop();
     info!("shutdown complete");
     Ok(())
+}
+
+/// The key file the coordinator checks and hands to children: a hydrated
+/// key.txt wins over the operator's `AUTH_KEY_FILE_PATH`, which must be
+/// readable when it is used (children would each fail at start otherwise).
+fn choose_key_file(cfg: &Config, hydrated: Option<PathBuf>) -> Result<Option<PathBuf>, Fatal> {
+    match (hydrated, &cfg.operator_key_file) {
+        (Some(h), Some(op)) => {
+            if *op != h {
+                info!(
+                    "the hydrated key file {} wins over AUTH_KEY_FILE_PATH={}",
+                    h.display(),
+                    op.display()
+                );
+            }
+            Ok(Some(h))
+        }
+        (Some(h), None) => Ok(Some(h)),
+        (None, Some(op)) => match std::fs::File::open(op).and_then(|f| f.metadata()) {
+            Ok(m) if m.is_file() => Ok(Some(op.clone())),
+            Ok(_) => Err(Fatal {
+                message: format!(
+                    "AUTH_KEY_FILE_PATH={} is not a file: point it at a key file (one key per line) or unset it",
+                    op.display()
+                ),
+                code: 2,
+            }),
+            Err(e) => Err(Fatal {
+                message: format!(
+                    "AUTH_KEY_FILE_PATH={} cannot be read ({e}): point it at a readable key file or unset it",
+                    op.display()
+                ),
+                code: 2,
+            }),
+        },
+        (None, None) => Ok(None),
+    }
 }
 
 /// Fail at start, not in a restart loop, when the child program is missing.

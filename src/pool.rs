@@ -61,6 +61,8 @@ pub struct SlotSnapshot {
     pub ports: Ports,
     pub profile: Option<String>,
     pub state: &'static str,
+    /// Why the slot is backing off or stopping, when it is.
+    pub reason: Option<String>,
     pub pid: Option<i32>,
     /// Unix time in milliseconds when the slot entered its state.
     pub since_unix_ms: u64,
@@ -222,6 +224,7 @@ impl Pool {
                     ports: s.ports,
                     profile: s.profile.as_ref().map(|p| p.name.clone()),
                     state: s.state.name(),
+                    reason: s.state.reason(),
                     pid: s.state.pid(),
                     since_unix_ms: s
                         .since

@@ -6,14 +6,15 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::child::Exit;
+use crate::process::child::Exit;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
     /// About to start the slot's profile.
     Idle,
-    /// Backing off after failures; starts again at `until`.
-    Waiting { until: Instant },
+    /// Backing off after failures; starts again at `until`. `reason` says
+    /// why, for /ready.
+    Waiting { until: Instant, reason: String },
     /// Started, polling its /health until `deadline`.
     Starting { pid: i32, deadline: Instant },
     /// Answered /health with status OK; receives traffic.
@@ -57,6 +58,7 @@ pub enum Event {
     Gone,
     Backoff {
         until: Instant,
+        reason: String,
     },
     BackoffOver,
     Shutdown,
@@ -73,7 +75,10 @@ impl State {
                 pid: *pid,
                 deadline: *deadline,
             },
-            (S::Idle, E::Backoff { until }) => S::Waiting { until: *until },
+            (S::Idle, E::Backoff { until, reason }) => S::Waiting {
+                until: *until,
+                reason: reason.clone(),
+            },
             (S::Waiting { .. }, E::BackoffOver) => S::Idle,
             (S::Starting { pid, .. }, E::BecameReady) => S::Ready { pid: *pid },
             (S::Starting { pid, .. } | S::Ready { pid }, E::Stop(reason)) => S::Stopping {
@@ -94,6 +99,15 @@ impl State {
             State::Ready { .. } => "ready",
             State::Stopping { .. } => "stopping",
             State::Stopped => "stopped",
+        }
+    }
+
+    /// Why the slot is not serving, where its state says.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            State::Waiting { reason, .. } => Some(reason.clone()),
+            State::Stopping { reason, .. } => Some(reason.to_string()),
+            _ => None,
         }
     }
 
@@ -144,7 +158,10 @@ mod tests {
     fn all_states(t: Instant) -> Vec<State> {
         vec![
             State::Idle,
-            State::Waiting { until: t },
+            State::Waiting {
+                until: t,
+                reason: "r".into(),
+            },
             State::Starting {
                 pid: 7,
                 deadline: t,
@@ -167,7 +184,10 @@ mod tests {
             Event::BecameReady,
             Event::Stop(StopReason::Evicted("x".into())),
             Event::Gone,
-            Event::Backoff { until: t },
+            Event::Backoff {
+                until: t,
+                reason: "r".into(),
+            },
             Event::BackoffOver,
             Event::Shutdown,
         ]

@@ -1,15 +1,17 @@
 //! One watcher thread per slot: the only owner of that slot's child.
 //!
-//! It starts the slot's profile, polls the child's `/health` until it is
-//! ready or the readiness deadline passes, then blocks until the child exits
-//! or is evicted. Every ending rotates the slot: the profile goes to the back
-//! of the queue, the front of the queue is started on the same ports (after
-//! a crash-loop backoff). All waits select on the shutdown channel, so a
-//! signal interrupts any of them; on shutdown the child's group is stopped
-//! with its grace period (cut short by the "hurry" channel on a second
-//! signal) and the thread ends.
+//! Before each start it checks that the slot's three ports are free (a
+//! foreign holder is named in the log and the slot backs off instead of
+//! starting a child that cannot bind). It starts the slot's profile, polls
+//! the child's `/health` until it is ready or the readiness deadline passes,
+//! then blocks until the child exits or is evicted. Every ending stops the
+//! child's whole process tree (see `process::tree`) and rotates the slot:
+//! the profile goes to the back of the queue, the front of the queue is
+//! started on the same ports (after a crash-loop backoff). All waits select
+//! on the shutdown channel, so a signal interrupts any of them; on shutdown
+//! the child's tree is stopped with its grace period (cut short by the
+//! "hurry" channel on a second signal) and the thread ends.
 
-use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -18,14 +20,23 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{after, select, Receiver, Sender};
 use log::{error, info, warn};
 
-use crate::child::{self, Child, Exit};
-use crate::config::Config;
+use crate::config::{Config, Ports};
 use crate::hydrate::Profile;
 use crate::pool::{Cmd, Pool};
+use crate::process::child::{self, Child, Exit};
+use crate::process::env;
+use crate::process::ports::{self, Busy};
+use crate::process::tree::{self, Identity};
 use crate::slot::{Backoff, Event, StopReason};
 
 /// How often a starting child's /health is asked.
 const READY_POLL: Duration = Duration::from_millis(20);
+/// Beyond the stop grace, how long a port held by our own earlier child
+/// may take to come free.
+const PORT_WAIT: Duration = Duration::from_secs(3);
+const PORT_RECHECK: Duration = Duration::from_millis(50);
+/// The shortest backoff after finding a port taken by a foreign process.
+const BACKOFF_PORT_MIN: Duration = Duration::from_secs(1);
 
 /// What the watcher needs from the configuration, copied out once.
 #[derive(Clone)]
@@ -37,10 +48,12 @@ pub struct Settings {
     pub key_file: Option<PathBuf>,
     pub ready_timeout: Duration,
     pub stop_grace: Duration,
+    /// Names this coordinator in every child's tag.
+    pub identity: Identity,
 }
 
 impl Settings {
-    pub fn new(cfg: &Config, key_file: Option<PathBuf>) -> Settings {
+    pub fn new(cfg: &Config, key_file: Option<PathBuf>, identity: Identity) -> Settings {
         Settings {
             command: cfg.child_command.clone(),
             workdir: cfg.child_workdir.clone(),
@@ -49,6 +62,7 @@ impl Settings {
             key_file,
             ready_timeout: cfg.ready_timeout,
             stop_grace: cfg.stop_grace,
+            identity,
         }
     }
 }
@@ -83,6 +97,7 @@ pub fn spawn(
                 signals,
                 backoff: Backoff::default(),
                 http: health_agent(),
+                starts: 0,
             }
             .run()
         })
@@ -106,6 +121,16 @@ struct Watcher {
     signals: Signals,
     backoff: Backoff,
     http: ureq::Agent,
+    /// Children started so far; numbers each child's tag.
+    starts: u64,
+}
+
+/// How one turn of the slot ended.
+enum Turn {
+    /// A child ran; it was ready for this long (None: never).
+    Ran(Option<Duration>),
+    /// Not started: a port of the slot is held by someone else.
+    PortBusy(Busy),
 }
 
 /// How a child's watch ended.
@@ -131,7 +156,20 @@ impl Watcher {
                 let _ = self.signals.shutdown.recv();
                 return;
             };
-            let ready_for = self.run_one(&profile);
+            let ready_for = match self.run_one(&profile) {
+                Turn::Ran(ready_for) => ready_for,
+                Turn::PortBusy(busy) => {
+                    // The profile is not at fault: it keeps the slot and
+                    // is tried again after the backoff.
+                    let delay = self.backoff.after_end(None).max(BACKOFF_PORT_MIN);
+                    error!(
+                        "slot {}: not starting profile {}: {busy}; retrying in {delay:?}",
+                        self.slot, profile.name
+                    );
+                    self.back_off(delay, busy.to_string());
+                    continue;
+                }
+            };
             if self.shutting_down() {
                 self.pool.apply(self.slot, &Event::Shutdown);
                 return;
@@ -153,14 +191,20 @@ impl Watcher {
                 "slot {}: rotating {} -> {next_name} after a {delay:?} backoff (repeated failures)",
                 self.slot, profile.name
             );
-            let until = Instant::now() + delay;
-            self.pool.apply(self.slot, &Event::Backoff { until });
-            select! {
-                recv(self.signals.shutdown) -> _ => {}
-                recv(after(delay)) -> _ => {}
-            }
-            self.pool.apply(self.slot, &Event::BackoffOver);
+            self.back_off(delay, "repeated failures".into());
         }
+    }
+
+    /// Wait `delay` in state backoff (shown with `reason`), or until shutdown.
+    fn back_off(&mut self, delay: Duration, reason: String) {
+        let until = Instant::now() + delay;
+        self.pool
+            .apply(self.slot, &Event::Backoff { until, reason });
+        select! {
+            recv(self.signals.shutdown) -> _ => {}
+            recv(after(delay)) -> _ => {}
+        }
+        self.pool.apply(self.slot, &Event::BackoffOver);
     }
 
     fn shutting_down(&self) -> bool {
@@ -171,36 +215,16 @@ impl Watcher {
         )
     }
 
-    /// Start `profile`, watch it to its end, stop it. Returns how long it was
-    /// ready (None if never).
-    fn run_one(&mut self, profile: &Profile) -> Option<Duration> {
+    /// Start `profile` once its ports are free, watch it to its end, stop
+    /// its whole tree.
+    fn run_one(&mut self, profile: &Profile) -> Turn {
         let ports = self.pool.ports(self.slot);
-        let mut args: Vec<String> = self.settings.command[1..].to_vec();
-        args.extend([
-            "--server-port".to_string(),
-            ports.api.to_string(),
-            "--stream-port".to_string(),
-            ports.stream.to_string(),
-            "--camoufox-debug-port".to_string(),
-            ports.camoufox.to_string(),
-            "--active-auth-json".to_string(),
-            profile.path.display().to_string(),
-        ]);
-        if self.settings.headless {
-            args.push("--headless".to_string());
+        if let Some(busy) = self.wait_ports_free(&ports) {
+            return Turn::PortBusy(busy);
         }
-        let mut env: Vec<(String, OsString)> = Vec::new();
-        if let Some(k) = &self.settings.key_file {
-            env.push(("AUTH_KEY_FILE_PATH".to_string(), k.clone().into_os_string()));
-        }
-        let spec = child::Spec {
-            program: self.settings.command[0].clone(),
-            args,
-            env,
-            workdir: self.settings.workdir.clone(),
-            log_path: self.settings.log_dir.join(format!("{}.log", profile.name)),
-            tag: format!("slot{}", self.slot),
-        };
+        self.starts += 1;
+        let tag = self.settings.identity.tag(self.slot, self.starts);
+        let spec = self.spec(profile, &ports, tag);
         let mut child = match Child::spawn(&spec) {
             Ok(c) => c,
             Err(e) => {
@@ -208,7 +232,7 @@ impl Watcher {
                     "slot {}: cannot start {} for profile {}: {e} (check CHILD_COMMAND and CHILD_WORKDIR)",
                     self.slot, spec.program, profile.name
                 );
-                return None;
+                return Turn::Ran(None);
             }
         };
         let pid = child.pid();
@@ -248,24 +272,91 @@ impl Watcher {
             ),
         }
         let began = Instant::now();
-        let (exit, killed) = child.stop(self.settings.stop_grace, &self.signals.hurry);
-        if killed {
+        let (exit, stopped) = child.stop(self.settings.stop_grace, &self.signals.hurry);
+        let took = began.elapsed();
+        if stopped.killed > 0 {
             warn!(
-                "slot {}: profile {} pid {pid} ignored SIGTERM; its process group was killed after {:.1?}",
-                self.slot,
-                profile.name,
-                began.elapsed()
+                "slot {}: profile {} pid {pid}: {} of its {} processes ignored SIGTERM and were killed after {took:.1?}",
+                self.slot, profile.name, stopped.killed, stopped.found
             );
-        } else if !matches!(ending, Ending::Exited(_)) {
+        } else if stopped.found > 0 {
             info!(
-                "slot {}: profile {} pid {pid} stopped ({exit}) in {:.1?}",
-                self.slot,
-                profile.name,
-                began.elapsed()
+                "slot {}: profile {} pid {pid} stopped ({exit}): {} processes gone in {took:.1?}",
+                self.slot, profile.name, stopped.found
             );
         }
         self.pool.apply(self.slot, &Event::Gone);
-        ready_at.map(|t| t.elapsed())
+        Turn::Ran(ready_at.map(|t| t.elapsed()))
+    }
+
+    /// The command line and environment of one start of `profile`.
+    fn spec(&self, profile: &Profile, ports: &Ports, tag: String) -> child::Spec {
+        let mut args: Vec<String> = self.settings.command[1..].to_vec();
+        args.extend([
+            "--server-port".to_string(),
+            ports.api.to_string(),
+            "--stream-port".to_string(),
+            ports.stream.to_string(),
+            "--camoufox-debug-port".to_string(),
+            ports.camoufox.to_string(),
+            "--active-auth-json".to_string(),
+            profile.path.display().to_string(),
+        ]);
+        if self.settings.headless {
+            args.push("--headless".to_string());
+        }
+        let env = env::for_child(std::env::vars_os(), self.settings.key_file.as_deref(), &tag);
+        child::Spec {
+            program: self.settings.command[0].clone(),
+            args,
+            env,
+            workdir: self.settings.workdir.clone(),
+            log_path: self.settings.log_dir.join(format!("{}.log", profile.name)),
+            name: format!("slot{}", self.slot),
+            tag,
+        }
+    }
+
+    /// None once the slot's three ports are free. A port held by a process
+    /// of this slot's earlier children (a stop that gave up, or a socket
+    /// still closing) is waited for, and such processes stopped again, up to
+    /// a bound; a foreign holder is returned at once.
+    fn wait_ports_free(&self, p: &Ports) -> Option<Busy> {
+        let triple = [
+            ("api", p.api),
+            ("stream", p.stream),
+            ("camoufox", p.camoufox),
+        ];
+        let deadline = Instant::now() + self.settings.stop_grace + PORT_WAIT;
+        loop {
+            let busy = ports::first_busy(&triple)?;
+            let ours = busy
+                .holder
+                .as_ref()
+                .and_then(|h| h.tag.clone())
+                .filter(|t| self.settings.identity.is_slot_tag(t, self.slot));
+            if busy.holder.is_some() && ours.is_none() {
+                return Some(busy);
+            }
+            if Instant::now() >= deadline || self.shutting_down() {
+                return Some(busy);
+            }
+            if let Some(tag) = ours {
+                warn!(
+                    "slot {}: {busy}, left by an earlier child of this slot; stopping it",
+                    self.slot
+                );
+                tree::stop(
+                    |scan| scan.child_tree(-1, &tag),
+                    self.settings.stop_grace,
+                    &self.signals.hurry,
+                );
+            }
+            select! {
+                recv(self.signals.shutdown) -> _ => {}
+                recv(after(PORT_RECHECK)) -> _ => {}
+            }
+        }
     }
 
     fn watch(
@@ -333,63 +424,36 @@ fn is_ready(agent: &ureq::Agent, url: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    //! Eviction has no external trigger until the proxy exists, so it is
-    //! driven here through `Pool::evict`, against a real watcher thread and
-    //! real processes: the "child" is `sleep`, and its /health is answered
-    //! by a listener in the test, which owns the slot's API port.
+    //! Eviction is driven here through `Pool::evict`, against a real
+    //! watcher thread and real processes: the "child" is a few lines of
+    //! Python that answer /health on the API port they are given.
 
     use super::*;
     use crate::config::PortPlan;
     use crate::slot::State;
-    use std::io::{Read, Write};
     use std::net::TcpListener;
-    use std::sync::atomic::{AtomicBool, Ordering};
 
-    /// Answers every connection with a 200 `{"status":"OK"}` until dropped.
-    struct Health {
-        port: u16,
-        stop: Arc<AtomicBool>,
-        thread: Option<JoinHandle<()>>,
-    }
+    const CHILD: &str = r#"
+import sys, http.server
+port = int(sys.argv[sys.argv.index("--server-port") + 1])
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b'{"status": "OK"}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"#;
 
-    impl Health {
-        fn start() -> Health {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = listener.local_addr().unwrap().port();
-            let stop = Arc::new(AtomicBool::new(false));
-            let flag = stop.clone();
-            let thread = std::thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if flag.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(mut conn) = conn else { continue };
-                    let mut buf = [0u8; 4096];
-                    let _ = conn.read(&mut buf);
-                    let body = r#"{"status":"OK"}"#;
-                    let _ = write!(
-                        conn,
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                }
-            });
-            Health {
-                port,
-                stop,
-                thread: Some(thread),
-            }
-        }
-    }
-
-    impl Drop for Health {
-        fn drop(&mut self) {
-            self.stop.store(true, Ordering::SeqCst);
-            let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
-        }
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     }
 
     fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
@@ -406,12 +470,10 @@ mod tests {
         shutdown: Option<crossbeam_channel::Sender<()>>,
         _hurry: crossbeam_channel::Sender<()>,
         dir: PathBuf,
-        _health: Health,
     }
 
-    /// One slot, profiles `a` and `b`, the watcher running `sleep`.
+    /// One slot, profiles `a` and `b`, the watcher running the Python child.
     fn rig(name: &str) -> Rig {
-        let health = Health::start();
         let dir = std::env::temp_dir().join(format!("aisp-watcher-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -423,23 +485,23 @@ mod tests {
             })
             .collect();
         let plan = PortPlan {
-            base_api: health.port,
-            base_stream: 1,
-            base_camoufox: 2,
+            base_api: free_port(),
+            base_stream: free_port(),
+            base_camoufox: free_port(),
             step: 1,
         };
         let (pool, mut rxs) = Pool::new(profiles, 1, plan, crate::config::Routing::LeastBusy);
         let (shutdown_tx, shutdown) = crossbeam_channel::bounded(0);
         let (hurry_tx, hurry) = crossbeam_channel::bounded(0);
         let settings = Settings {
-            // The coordinator's arguments land in $0, $1..: sh ignores them.
-            command: vec!["/bin/sh".into(), "-c".into(), "exec sleep 30".into()],
+            command: vec!["python3".into(), "-c".into(), CHILD.into()],
             workdir: dir.clone(),
             log_dir: dir.clone(),
             headless: true,
             key_file: None,
             ready_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(2),
+            identity: Identity::new(&dir),
         };
         let thread = spawn(
             0,
@@ -456,7 +518,6 @@ mod tests {
             shutdown: Some(shutdown_tx),
             _hurry: hurry_tx,
             dir,
-            _health: health,
         }
     }
 

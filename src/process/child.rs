@@ -1,14 +1,16 @@
-//! One child process and its whole process group.
+//! One child process and every process it starts.
 //!
 //! A `Child` is owned by exactly one slot watcher. It starts the program in a
-//! new process group (so the browser and everything else it spawns can be
-//! signalled together), drains stdout/stderr into the profile's rotating log
-//! on two pump threads, and runs a waiter thread that blocks in
+//! new process group with an explicit environment that carries the child's
+//! tag (see `tree`), drains stdout/stderr into the profile's rotating log on
+//! two pump threads, and runs a waiter thread that blocks in
 //! `waitpid(-pgid)`: the leader's exit is reported on a channel the moment it
 //! happens, and group members orphaned to us (we are their subreaper, see
-//! `reaper`) are reaped there too, so a killed group is gone at once. `stop` is SIGTERM to the group, a bounded grace, SIGKILL to the
-//! group, then waiting until the group is gone. `Drop` is the last line of
-//! defence: a group still alive is killed.
+//! `reaper`) are reaped there too. `stop` stops the child's whole tree (the
+//! group, whatever left it by `setsid`, and their descendants): SIGTERM to
+//! each, a bounded grace, SIGKILL to what is left, and it returns only when
+//! none of it remains. `Drop` is the last line of defence: whatever of the
+//! tree is still alive is killed.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -21,8 +23,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{after, never, select, Receiver};
 
-use crate::childlog::{self, RotatingLog};
-use crate::reaper;
+use super::childlog::{self, RotatingLog};
+use super::reaper;
+use super::tree::{self, Scan};
 
 /// How a child's leader ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,19 +46,23 @@ impl fmt::Display for Exit {
     }
 }
 
-/// What to run: program, arguments, extra environment, directory, log file.
+/// What to run: program, arguments, the whole environment (see `env`),
+/// directory, log file.
 pub struct Spec {
     pub program: String,
     pub args: Vec<String>,
-    pub env: Vec<(String, OsString)>,
+    pub env: Vec<(OsString, OsString)>,
     pub workdir: PathBuf,
     pub log_path: PathBuf,
     /// Names the pump and waiter threads, e.g. "slot0".
+    pub name: String,
+    /// The child's tag, also present in `env` (see `tree`).
     pub tag: String,
 }
 
 pub struct Child {
     pid: i32,
+    tag: String,
     exit_rx: Receiver<Exit>,
     exit: Option<Exit>,
     threads: Vec<JoinHandle<()>>,
@@ -65,6 +72,7 @@ impl Child {
     pub fn spawn(spec: &Spec) -> std::io::Result<Child> {
         let mut cmd = Command::new(&spec.program);
         cmd.args(&spec.args)
+            .env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&spec.workdir)
             .stdin(Stdio::null())
@@ -87,13 +95,13 @@ impl Child {
         let mut threads = Vec::new();
         if let Some(out) = child.stdout.take() {
             threads.push(childlog::pump(
-                format!("{}-stdout", spec.tag),
+                format!("{}-stdout", spec.name),
                 out,
                 log.clone(),
             )?);
         }
         if let Some(err) = child.stderr.take() {
-            threads.push(childlog::pump(format!("{}-stderr", spec.tag), err, log)?);
+            threads.push(childlog::pump(format!("{}-stderr", spec.name), err, log)?);
         }
         // std's handle is not used to wait: the waiter below owns reaping.
         drop(child);
@@ -101,7 +109,7 @@ impl Child {
         let (tx, exit_rx) = crossbeam_channel::bounded(1);
         threads.push(
             std::thread::Builder::new()
-                .name(format!("{}-wait", spec.tag))
+                .name(format!("{}-wait", spec.name))
                 .stack_size(64 * 1024)
                 .spawn(move || {
                     let mut leader_seen = false;
@@ -129,6 +137,7 @@ impl Child {
         );
         Ok(Child {
             pid,
+            tag: spec.tag.clone(),
             exit_rx,
             exit: None,
             threads,
@@ -149,71 +158,34 @@ impl Child {
         self.exit = Some(exit);
     }
 
-    fn group_alive(&self) -> bool {
-        // SAFETY: signal 0 only checks for existence.
-        unsafe { libc::kill(-self.pid, 0) == 0 }
+    /// The child's tree as one scan of `/proc` sees it now.
+    fn members(&self, scan: &Scan) -> Vec<crate::process::proc::Stat> {
+        scan.child_tree(self.pid, &self.tag)
     }
 
-    fn signal_group(&self, sig: i32) {
-        // SAFETY: the group id is our own child's; ESRCH (gone) is fine.
-        unsafe {
-            libc::kill(-self.pid, sig);
-        }
-    }
-
-    /// Wait until the leader has exited and no process of the group is
-    /// left, until `deadline`, or until `hurry` fires. True when all gone.
-    fn wait_gone(&mut self, deadline: Instant, hurry: &Receiver<()>) -> bool {
-        if self.exit.is_none() {
-            let timeout = after(deadline.saturating_duration_since(Instant::now()));
-            select! {
-                recv(self.exit_rx) -> e => self.exit = Some(e.unwrap_or(Exit::Unknown)),
-                recv(hurry) -> _ => return false,
-                recv(timeout) -> _ => return false,
-            }
-        }
-        // The leader is gone; stragglers that ignored the signal may remain.
-        loop {
-            if !self.group_alive() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            select! {
-                recv(hurry) -> _ => return false,
-                default(Duration::from_millis(10)) => {}
-            }
-        }
-    }
-
-    /// SIGTERM the group, wait up to `grace` (cut short when `hurry` fires or
-    /// closes), SIGKILL the group, and wait for it to be gone. Returns the
-    /// leader's exit and whether SIGKILL was needed.
-    pub fn stop(mut self, grace: Duration, hurry: &Receiver<()>) -> (Exit, bool) {
-        let killed = self.terminate(grace, hurry);
-        (self.exit.unwrap_or(Exit::Unknown), killed)
-    }
-
-    fn terminate(&mut self, grace: Duration, hurry: &Receiver<()>) -> bool {
-        if self.exit.is_some() && !self.group_alive() {
-            self.join_threads();
-            return false;
-        }
-        self.signal_group(libc::SIGTERM);
-        if self.wait_gone(Instant::now() + grace, hurry) {
-            self.join_threads();
-            return false;
-        }
-        self.signal_group(libc::SIGKILL);
-        if !self.wait_gone(Instant::now() + Duration::from_secs(5), &never()) {
+    /// Stop the whole tree: SIGTERM, up to `grace` (cut short when `hurry`
+    /// fires or closes), SIGKILL to what is left, until none of it remains.
+    /// Returns the leader's exit and how the stop went.
+    pub fn stop(mut self, grace: Duration, hurry: &Receiver<()>) -> (Exit, tree::Stopped) {
+        let report = tree::stop(|scan| self.members(scan), grace, hurry);
+        if report.left > 0 {
             log::error!(
-                "process group {} still has members 5 s after SIGKILL (stuck in the kernel?)",
+                "{} processes of child {} still alive 5 s after SIGKILL (stuck in the kernel?)",
+                report.left,
                 self.pid
             );
         }
+        if self.exit.is_none() {
+            // The leader was a member, so it is gone: its status is on the
+            // way from the waiter.
+            let timeout = after(Duration::from_secs(1));
+            select! {
+                recv(self.exit_rx) -> e => self.exit = Some(e.unwrap_or(Exit::Unknown)),
+                recv(timeout) -> _ => {}
+            }
+        }
         self.join_threads();
-        true
+        (self.exit.unwrap_or(Exit::Unknown), report)
     }
 
     /// The pumps end when the pipes close, the waiter when nobody of the
@@ -234,8 +206,8 @@ impl Child {
 
 impl Drop for Child {
     fn drop(&mut self) {
-        if !self.threads.is_empty() && self.group_alive() {
-            self.signal_group(libc::SIGKILL);
+        if !self.threads.is_empty() {
+            tree::stop(|scan| self.members(scan), Duration::ZERO, &never());
         }
     }
 }
