@@ -3,6 +3,9 @@
 //! signal handling together. Owns the exit code; every fatal error ends here
 //! as one line on stderr.
 
+// Wired into the slots and the proxy once the dispatcher lands.
+#[allow(dead_code)]
+mod book;
 mod config;
 mod health;
 mod hydrate;

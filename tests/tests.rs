@@ -4,4 +4,5 @@
 mod common;
 mod core;
 mod proxy;
+mod realchild;
 mod s3;

@@ -838,3 +838,97 @@ pub fn read_to_string(path: &Path) -> String {
     }
     s
 }
+
+// ---------------------------------------------------------------------------
+// Process trees
+
+/// Live processes of the test in `dir` that a coordinator started: they
+/// carry a child tag (`AISTUDIOPROXY_CHILD`) and this test's
+/// `TESTCHILD_PID_DIR`, or name this test's cache directory (the profile
+/// path) on their command line. `(pid, command line)`.
+pub fn tree_survivors(dir: &TestDir) -> Vec<(i32, String)> {
+    let pid_dir = format!("TESTCHILD_PID_DIR={}", dir.pid_dir().display());
+    let cache = dir.cache_dir().display().to_string();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if process_gone(pid) {
+            continue;
+        }
+        let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        let tagged = vars.iter().any(|v| v.starts_with(b"AISTUDIOPROXY_CHILD="))
+            && vars.contains(&pid_dir.as_bytes());
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .unwrap_or_default();
+        if (tagged || cmdline.contains(&cache)) && !process_gone(pid) {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+/// Wait until no process of the test in `dir` is left; panics naming them.
+pub fn wait_no_survivors(dir: &TestDir, within: Duration) -> Duration {
+    let deadline = Instant::now() + within;
+    let start = Instant::now();
+    loop {
+        let left = tree_survivors(dir);
+        if left.is_empty() {
+            return start.elapsed();
+        }
+        if Instant::now() >= deadline {
+            panic!("processes survived {within:?}: {left:?}");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The pid a test child wrote to `<pid dir>/<name>` (e.g. `a.browser.pid`).
+pub fn pid_file(dir: &TestDir, name: &str) -> Option<i32> {
+    read_pid(&dir.pid_dir().join(name))
+}
+
+/// POST a JSON body to the coordinator (or a child) with extra headers;
+/// None when no answer came within 10 s.
+pub fn post_json_with(
+    port: u16,
+    path: &str,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> Option<Reply> {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let mut rq = agent()
+        .post(&url)
+        .config()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .header("Content-Type", "application/json");
+    for (k, v) in headers {
+        rq = rq.header(*k, *v);
+    }
+    let mut resp = rq.send(body.to_string()).ok()?;
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = resp.body_mut().read_to_string().ok()?;
+    Some(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// POST a JSON body with no extra headers.
+pub fn post_json(port: u16, path: &str, body: &Value) -> Option<Reply> {
+    post_json_with(port, path, body, &[])
+}

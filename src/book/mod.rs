@@ -1,0 +1,422 @@
+//! The profile book: what the coordinator knows about each profile's
+//! health, apart from where it runs. Pure: no threads, no I/O, no clock of
+//! its own (every call is given `now`), so tests drive it directly.
+//!
+//! Per profile it keeps: the run of empty answers in a row (an exhausted
+//! account answers 200 with nothing in it), the run of starts that never
+//! became ready, a cooldown (until when, and why), whether an operator
+//! disabled it, and counters. Two things cool a profile down:
+//! - exhaustion: `EMPTY_ANSWERS_TO_ROTATE` empty answers in a row, a 429,
+//!   or a 502 with `Retry-After`; it cools for the child's `Retry-After`
+//!   when it sent one, else `PROFILE_COOLDOWN_S`;
+//! - start failures: `START_FAILURES_TO_COOL` starts in a row that never
+//!   became ready (an expired login hangs the real child); the cooldown
+//!   starts at `START_COOLDOWN_FIRST` and doubles on each repeat, so one bad
+//!   profile does not grow the backoff of every slot.
+//!
+//! The book's owner saves it (`store`) after each change, so a restart does
+//! not retry an exhausted profile at once.
+
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Starts in a row that never became ready before the profile cools down.
+pub const START_FAILURES_TO_COOL: u32 = 3;
+/// The first start-failure cooldown; it doubles on each repeat.
+pub const START_COOLDOWN_FIRST: Duration = Duration::from_secs(300);
+/// The longest start-failure cooldown.
+pub const START_COOLDOWN_CAP: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub empty_answers_to_rotate: u32,
+    pub cooldown: Duration,
+}
+
+/// Why a profile is cooling down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CoolReason {
+    Exhausted,
+    StartFailures,
+}
+
+impl fmt::Display for CoolReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CoolReason::Exhausted => "exhausted",
+            CoolReason::StartFailures => "start_failures",
+        })
+    }
+}
+
+/// What one completion said about its profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Content came back.
+    Served,
+    /// 200 with no content, or the child's in-band error text.
+    Empty,
+    /// A 429, or a 502 with `Retry-After`: the account is out of quota.
+    Exhausted { retry_after: Option<Duration> },
+}
+
+/// Counters of one profile since it was first seen (kept across restarts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub served: u64,
+    pub empty: u64,
+    pub exhausted: u64,
+    pub start_failures: u64,
+}
+
+/// One profile's record. Times are wall-clock, so they survive a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooling_until_unix_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cool_reason: Option<CoolReason>,
+    #[serde(default)]
+    pub empty_in_a_row: u32,
+    #[serde(default)]
+    pub start_failures_in_a_row: u32,
+    /// How many start-failure cooldowns in a row (the doubling exponent).
+    #[serde(default)]
+    pub start_cooldowns: u32,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default)]
+    pub counts: Counts,
+}
+
+/// What a change asks of the profile's slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing to do.
+    Keep,
+    /// Stop sending it requests, let in-flight ones finish, rotate it out:
+    /// it cools down until `until`.
+    Retire {
+        reason: CoolReason,
+        until: SystemTime,
+    },
+}
+
+pub struct Book {
+    entries: BTreeMap<String, Entry>,
+    settings: Settings,
+}
+
+/// A profile's state for `/ready` and status.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Status {
+    pub profile: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cooling_until_unix_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cooldown_left_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<CoolReason>,
+    pub disabled: bool,
+    pub empty_in_a_row: u32,
+    pub start_failures_in_a_row: u32,
+    pub counts: Counts,
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn from_unix_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+impl Book {
+    /// A book for `names`, starting from `saved` records where there are
+    /// any (records of profiles no longer hydrated are dropped).
+    pub fn new<'a>(
+        names: impl IntoIterator<Item = &'a str>,
+        mut saved: BTreeMap<String, Entry>,
+        settings: Settings,
+    ) -> Book {
+        let entries = names
+            .into_iter()
+            .map(|n| (n.to_string(), saved.remove(n).unwrap_or_default()))
+            .collect();
+        Book { entries, settings }
+    }
+
+    pub fn entries(&self) -> &BTreeMap<String, Entry> {
+        &self.entries
+    }
+
+    fn entry(&mut self, name: &str) -> &mut Entry {
+        self.entries.entry(name.to_string()).or_default()
+    }
+
+    /// Until when `name` cools down, if it does at `now`.
+    pub fn cooling_until(&self, name: &str, now: SystemTime) -> Option<SystemTime> {
+        let e = self.entries.get(name)?;
+        let until = from_unix_ms(e.cooling_until_unix_ms?);
+        (until > now).then_some(until)
+    }
+
+    /// May `name` be started at `now`?
+    pub fn eligible(&self, name: &str, now: SystemTime) -> bool {
+        !self.entries.get(name).is_some_and(|e| e.disabled)
+            && self.cooling_until(name, now).is_none()
+    }
+
+    /// The earliest end of a cooldown among `names`, for a slot that waits.
+    pub fn next_eligible_at<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+        now: SystemTime,
+    ) -> Option<SystemTime> {
+        names
+            .into_iter()
+            .filter(|n| !self.entries.get(*n).is_some_and(|e| e.disabled))
+            .filter_map(|n| self.cooling_until(n, now))
+            .min()
+    }
+
+    /// Record one completion's answer.
+    pub fn answer(&mut self, name: &str, answer: Answer, now: SystemTime) -> Verdict {
+        let settings = self.settings;
+        let e = self.entry(name);
+        match answer {
+            Answer::Served => {
+                e.counts.served += 1;
+                e.empty_in_a_row = 0;
+                Verdict::Keep
+            }
+            Answer::Empty => {
+                e.counts.empty += 1;
+                e.empty_in_a_row += 1;
+                if e.empty_in_a_row >= settings.empty_answers_to_rotate.max(1) {
+                    self.cool(name, CoolReason::Exhausted, settings.cooldown, now)
+                } else {
+                    Verdict::Keep
+                }
+            }
+            Answer::Exhausted { retry_after } => {
+                let d = retry_after.unwrap_or(settings.cooldown);
+                self.cool(name, CoolReason::Exhausted, d, now)
+            }
+        }
+    }
+
+    /// Record how one start of `name` ended: whether it became ready.
+    pub fn started(&mut self, name: &str, became_ready: bool, now: SystemTime) -> Verdict {
+        let e = self.entry(name);
+        if became_ready {
+            e.start_failures_in_a_row = 0;
+            e.start_cooldowns = 0;
+            return Verdict::Keep;
+        }
+        e.counts.start_failures += 1;
+        e.start_failures_in_a_row += 1;
+        if e.start_failures_in_a_row < START_FAILURES_TO_COOL {
+            return Verdict::Keep;
+        }
+        let d = START_COOLDOWN_FIRST
+            .checked_mul(1 << e.start_cooldowns.min(16))
+            .unwrap_or(START_COOLDOWN_CAP)
+            .min(START_COOLDOWN_CAP);
+        e.start_cooldowns += 1;
+        e.start_failures_in_a_row = 0;
+        self.cool(name, CoolReason::StartFailures, d, now)
+    }
+
+    fn cool(&mut self, name: &str, reason: CoolReason, d: Duration, now: SystemTime) -> Verdict {
+        let until = now + d;
+        let e = self.entry(name);
+        if reason == CoolReason::Exhausted {
+            e.counts.exhausted += 1;
+            e.empty_in_a_row = 0;
+        }
+        // A later end wins: a second report never shortens a cooldown.
+        let later = e
+            .cooling_until_unix_ms
+            .is_none_or(|ms| from_unix_ms(ms) < until);
+        if later {
+            e.cooling_until_unix_ms = Some(unix_ms(until));
+            e.cool_reason = Some(reason);
+        }
+        Verdict::Retire {
+            reason,
+            until: from_unix_ms(e.cooling_until_unix_ms.unwrap_or(0)),
+        }
+    }
+
+    /// Clear `name`'s cooldown and counts in a row (an operator's reset).
+    pub fn reset(&mut self, name: &str) -> bool {
+        match self.entries.get_mut(name) {
+            Some(e) => {
+                let disabled = e.disabled;
+                *e = Entry {
+                    disabled,
+                    counts: e.counts,
+                    ..Entry::default()
+                };
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn status(&self, now: SystemTime) -> Vec<Status> {
+        self.entries
+            .iter()
+            .map(|(name, e)| {
+                let until = self.cooling_until(name, now);
+                Status {
+                    profile: name.clone(),
+                    cooling_until_unix_ms: until.map(unix_ms),
+                    cooldown_left_s: until.map(|u| {
+                        u.duration_since(now)
+                            .map(|d| d.as_secs_f64().ceil() as u64)
+                            .unwrap_or(0)
+                    }),
+                    reason: until.and(e.cool_reason),
+                    disabled: e.disabled,
+                    empty_in_a_row: e.empty_in_a_row,
+                    start_failures_in_a_row: e.start_failures_in_a_row,
+                    counts: e.counts,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book() -> Book {
+        Book::new(
+            ["a", "b"],
+            BTreeMap::new(),
+            Settings {
+                empty_answers_to_rotate: 2,
+                cooldown: Duration::from_secs(3600),
+            },
+        )
+    }
+
+    fn t0() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_000_000)
+    }
+
+    #[test]
+    fn empty_answers_in_a_row_retire_and_a_success_resets_the_run() {
+        let mut b = book();
+        assert_eq!(b.answer("a", Answer::Empty, t0()), Verdict::Keep);
+        assert_eq!(b.answer("a", Answer::Served, t0()), Verdict::Keep);
+        assert_eq!(b.answer("a", Answer::Empty, t0()), Verdict::Keep);
+        let v = b.answer("a", Answer::Empty, t0());
+        let until = t0() + Duration::from_secs(3600);
+        assert_eq!(
+            v,
+            Verdict::Retire {
+                reason: CoolReason::Exhausted,
+                until
+            }
+        );
+        assert!(!b.eligible("a", t0()));
+        assert!(b.eligible("a", until));
+        assert!(b.eligible("b", t0()));
+        assert_eq!(b.next_eligible_at(["a", "b"], t0()), Some(until));
+        let s = &b.status(t0())[0];
+        assert_eq!(s.cooldown_left_s, Some(3600));
+        assert_eq!(s.reason, Some(CoolReason::Exhausted));
+        assert_eq!(
+            (s.counts.empty, s.counts.served, s.counts.exhausted),
+            (3, 1, 1)
+        );
+    }
+
+    #[test]
+    fn retry_after_sets_the_cooldown_and_never_shortens_one() {
+        let mut b = book();
+        let ten = Some(Duration::from_secs(10));
+        assert_eq!(
+            b.answer("a", Answer::Exhausted { retry_after: ten }, t0()),
+            Verdict::Retire {
+                reason: CoolReason::Exhausted,
+                until: t0() + Duration::from_secs(10)
+            }
+        );
+        let long = Some(Duration::from_secs(100));
+        b.answer("a", Answer::Exhausted { retry_after: long }, t0());
+        b.answer("a", Answer::Exhausted { retry_after: ten }, t0());
+        assert_eq!(
+            b.cooling_until("a", t0()),
+            Some(t0() + Duration::from_secs(100))
+        );
+    }
+
+    #[test]
+    fn start_failures_cool_and_double_and_readiness_resets() {
+        let mut b = book();
+        let mut cooldowns = Vec::new();
+        for _ in 0..9 {
+            if let Verdict::Retire { reason, until } = b.started("a", false, t0()) {
+                assert_eq!(reason, CoolReason::StartFailures);
+                cooldowns.push(until.duration_since(t0()).unwrap().as_secs());
+            }
+        }
+        assert_eq!(cooldowns, vec![300, 600, 1200]);
+        assert_eq!(b.started("a", true, t0()), Verdict::Keep);
+        b.reset("a");
+        for _ in 0..2 {
+            assert_eq!(b.started("a", false, t0()), Verdict::Keep);
+        }
+        assert!(matches!(
+            b.started("a", false, t0()),
+            Verdict::Retire { .. }
+        ));
+    }
+
+    #[test]
+    fn reset_clears_the_cooldown_but_keeps_counts_and_disabled() {
+        let mut b = book();
+        b.entry("a").disabled = true;
+        b.answer("a", Answer::Exhausted { retry_after: None }, t0());
+        assert!(b.reset("a"));
+        assert!(b.cooling_until("a", t0()).is_none());
+        assert!(!b.eligible("a", t0()), "still disabled");
+        assert_eq!(b.entries()["a"].counts.exhausted, 1);
+        assert!(!b.reset("nobody"));
+    }
+
+    #[test]
+    fn saved_records_are_adopted_for_hydrated_profiles_only() {
+        let mut saved = BTreeMap::new();
+        let e = Entry {
+            cooling_until_unix_ms: Some(unix_ms(t0() + Duration::from_secs(5))),
+            cool_reason: Some(CoolReason::Exhausted),
+            ..Entry::default()
+        };
+        saved.insert("a".to_string(), e);
+        saved.insert("gone".to_string(), Entry::default());
+        let b = Book::new(
+            ["a", "b"],
+            saved,
+            Settings {
+                empty_answers_to_rotate: 2,
+                cooldown: Duration::from_secs(1),
+            },
+        );
+        assert!(!b.eligible("a", t0()));
+        assert_eq!(b.entries().len(), 2);
+    }
+}
