@@ -591,65 +591,10 @@ fn check_ports(plan: &PortPlan, pool_size: usize, coordinator: u16) -> Result<()
 }
 
 /// Split like a POSIX shell splits words (quotes and backslashes), without
-/// expansion of any kind and without ever running a shell.
+/// expansion of any kind and without ever running a shell (the `shlex`
+/// crate, which also drops a `#` comment at the start of a word).
 pub fn split_words(s: &str) -> Result<Vec<String>, &'static str> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => cur.push(c),
-                        None => return Err("words with balanced quotes (a ' is not closed)"),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(c @ ('"' | '\\' | '$' | '`')) => cur.push(c),
-                            Some(c) => {
-                                cur.push('\\');
-                                cur.push(c);
-                            }
-                            None => return Err("words with balanced quotes (a \" is not closed)"),
-                        },
-                        Some(c) => cur.push(c),
-                        None => return Err("words with balanced quotes (a \" is not closed)"),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                match chars.next() {
-                    Some(c) => cur.push(c),
-                    None => return Err("words without a trailing backslash"),
-                }
-            }
-            c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            c => {
-                in_word = true;
-                cur.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(cur);
-    }
-    Ok(words)
+    shlex::split(s).ok_or("words with balanced quotes and no trailing backslash")
 }
 
 #[cfg(test)]
