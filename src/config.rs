@@ -78,6 +78,7 @@ pub struct Config {
     /// Program and leading arguments; never run through a shell.
     pub child_command: Vec<String>,
     pub child_workdir: PathBuf,
+    pub log_format: crate::logging::Format,
     /// An operator's key file (`AUTH_KEY_FILE_PATH`); a hydrated key.txt wins.
     pub operator_key_file: Option<PathBuf>,
     pub http_workers: usize,
@@ -250,6 +251,11 @@ const SETTINGS: &[Setting] = &[
         env: "CHILD_WORKDIR",
         default: None,
         help: "working directory of children (default: current directory)",
+    },
+    Setting {
+        env: "LOG_FORMAT",
+        default: Some("text"),
+        help: "the coordinator's log on stderr: text, or json (one object per line)",
     },
     Setting {
         env: "AUTH_KEY_FILE_PATH",
@@ -511,6 +517,11 @@ impl Config {
                 .map(abs)
                 .unwrap_or_else(|| cwd.to_path_buf()),
             operator_key_file: get("AUTH_KEY_FILE_PATH").map(abs),
+            log_format: match need("LOG_FORMAT").to_ascii_lowercase().as_str() {
+                "text" => crate::logging::Format::Text,
+                "json" => crate::logging::Format::Json,
+                _ => return Err(invalid("LOG_FORMAT", &need("LOG_FORMAT"), "text or json")),
+            },
             http_workers: parse_num("HTTP_WORKERS", &need("HTTP_WORKERS"), 2, 256)? as usize,
             request_timeout: secs("REQUEST_TIMEOUT_S", 1, 86_400)?,
             stream_idle_timeout: secs("STREAM_IDLE_TIMEOUT_S", 1, 86_400)?,

@@ -9,6 +9,7 @@ mod book;
 mod config;
 mod health;
 mod hydrate;
+mod logging;
 mod pool;
 mod process;
 mod proxy;
@@ -31,7 +32,6 @@ use log::{error, info, warn};
 use config::{Config, Invocation};
 
 fn main() -> ExitCode {
-    init_logging();
     tls::install_crypto_provider();
     let cfg = match Config::from_process() {
         Ok(Invocation::Run(cfg)) => cfg,
@@ -48,6 +48,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    logging::init(cfg.log_format);
     // A wrong child command is a configuration error: report it before
     // hydration, which may download from S3, logs, and replaces the cache.
     if !cfg.hydrate_only {
@@ -272,11 +273,4 @@ fn check_child_program(cfg: &Config) -> Result<(), String> {
             cfg.child_workdir.display()
         ))
     }
-}
-
-fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .target(env_logger::Target::Stderr)
-        .init();
 }

@@ -3,6 +3,7 @@
 
 mod common;
 mod core;
+mod operate;
 mod proxy;
 mod realchild;
 mod s3;
