@@ -10,6 +10,8 @@ mod config;
 mod health;
 mod hydrate;
 mod logging;
+#[allow(dead_code)] // wired into the server and the slots in the following commits
+mod metrics;
 mod pool;
 mod process;
 mod proxy;
@@ -57,8 +59,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    let began = Instant::now();
     let hydrated = match hydrate::hydrate(&cfg) {
-        Ok(h) => h,
+        Ok(h) => {
+            metrics::hydrated("start", "ok", began.elapsed(), Some(h.profiles.len()));
+            h
+        }
         Err(e) => {
             eprintln!("aistudioproxy: {e}");
             return ExitCode::from(1);

@@ -34,6 +34,18 @@ pub enum StopReason {
     Shutdown,
 }
 
+impl StopReason {
+    /// A short fixed word for metrics labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            StopReason::Exited(_) => "exited",
+            StopReason::ReadyTimeout => "ready_timeout",
+            StopReason::Evicted(_) => "evicted",
+            StopReason::Shutdown => "shutdown",
+        }
+    }
+}
+
 impl fmt::Display for StopReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -21,6 +21,7 @@ use crossbeam_channel::{after, select, Receiver, Sender};
 use log::{error, info, warn};
 
 use crate::config::{Config, Ports};
+use crate::metrics;
 use crate::hydrate::Profile;
 use crate::pool::{Cmd, Pool};
 use crate::process::child::{self, Child, Exit};
@@ -236,6 +237,7 @@ impl Watcher {
             }
         };
         let pid = child.pid();
+        metrics::child_started(self.slot);
         let deadline = Instant::now() + self.settings.ready_timeout;
         self.pool
             .apply(self.slot, &Event::Spawned { pid, deadline });
@@ -261,6 +263,10 @@ impl Watcher {
             Ending::Exited(e) => StopReason::Exited(*e),
         };
         self.pool.apply(self.slot, &Event::Stop(reason.clone()));
+        metrics::child_ended(self.slot, reason.label());
+        if let StopReason::Evicted(_) = reason {
+            metrics::evicted(self.slot, "child_failure");
+        }
         match &ending {
             Ending::Exited(_) => warn!(
                 "slot {}: profile {} pid {pid} {reason}",
@@ -395,6 +401,9 @@ impl Watcher {
                     if is_ready(&self.http, &url) {
                         self.pool.apply(self.slot, &Event::BecameReady);
                         *ready_at = Some(Instant::now());
+                        // The deadline is the start plus the readiness timeout.
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        metrics::child_ready(self.settings.ready_timeout.saturating_sub(left));
                         info!("slot {}: profile {name} pid {} is ready", self.slot, child.pid());
                     } else if Instant::now() >= deadline {
                         return Ending::Stop(StopReason::ReadyTimeout);

@@ -1,0 +1,360 @@
+//! Prometheus metrics, served at `GET /metrics` in the text exposition
+//! format (OpenMetrics, via `prometheus-client`, the Prometheus project's
+//! own Rust client).
+//!
+//! Two kinds of figures:
+//! - events (starts, exits, evictions, requests, empty answers, queue waits,
+//!   hydrations) are counted where they happen, through the functions below,
+//!   into one process-wide set of families (`global()`): these are
+//!   append-only counters and histograms with their own atomics, so a
+//!   global is the honest shape, and no thread has to pass them around;
+//! - states (slots by state, profiles by state, queue length, in-flight per
+//!   slot, cooldown left per profile) are not kept here at all: `render` is
+//!   given the current snapshot and sets them at scrape time, so they can
+//!   never disagree with `/ready`.
+//!
+//! Labels stay low-cardinality: slot index, profile name, reason, status
+//! class, outcome. Never a request id, a key or a message text.
+
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    child_starts: Family<Labels, Counter>,
+    child_exits: Family<Labels, Counter>,
+    evictions: Family<Labels, Counter>,
+    child_ready_seconds: Histogram,
+    requests: Family<Labels, Counter>,
+    request_seconds: Histogram,
+    ttfb_seconds: Histogram,
+    queue_wait_seconds: Histogram,
+    empty_answers: Family<Labels, Counter>,
+    hydrations: Family<Labels, Counter>,
+    hydration_seconds: Histogram,
+    profiles_hydrated: Gauge,
+    // Set from the snapshot at every scrape.
+    slots: Family<Labels, Gauge>,
+    profiles: Family<Labels, Gauge>,
+    queue_length: Gauge,
+    in_flight: Family<Labels, Gauge>,
+    cooldown_left: Family<Labels, Gauge>,
+}
+
+/// What a scrape reports as current state, taken from the live snapshot.
+#[derive(Debug, Default)]
+pub struct View {
+    /// `(slot, state)` per slot.
+    pub slots: Vec<(usize, String)>,
+    /// `(profile, state)`: running, queued, cooling or disabled.
+    pub profiles: Vec<(String, &'static str)>,
+    pub queue_length: usize,
+    /// `(slot, in flight)`.
+    pub in_flight: Vec<(usize, usize)>,
+    /// `(profile, seconds left)` for cooling profiles.
+    pub cooldown_left: Vec<(String, u64)>,
+}
+
+fn seconds_buckets() -> Histogram {
+    // 1 ms .. about 17 min.
+    Histogram::new(exponential_buckets(0.001, 2.0, 21))
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let m = Metrics {
+            registry: Mutex::new(Registry::with_prefix("aistudioproxy")),
+            child_starts: Family::default(),
+            child_exits: Family::default(),
+            evictions: Family::default(),
+            child_ready_seconds: seconds_buckets(),
+            requests: Family::default(),
+            request_seconds: seconds_buckets(),
+            ttfb_seconds: seconds_buckets(),
+            queue_wait_seconds: seconds_buckets(),
+            empty_answers: Family::default(),
+            hydrations: Family::default(),
+            hydration_seconds: seconds_buckets(),
+            profiles_hydrated: Gauge::default(),
+            slots: Family::default(),
+            profiles: Family::default(),
+            queue_length: Gauge::default(),
+            in_flight: Family::default(),
+            cooldown_left: Family::default(),
+        };
+        let build: Family<Labels, Gauge> = Family::default();
+        build
+            .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_string())])
+            .set(1);
+        {
+            let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
+            r.register("build_info", "Build of the running coordinator", build);
+            r.register(
+                "child_starts",
+                "Children started, by slot",
+                m.child_starts.clone(),
+            );
+            r.register(
+                "child_exits",
+                "Children ended, by slot and reason",
+                m.child_exits.clone(),
+            );
+            r.register(
+                "evictions",
+                "Children evicted for failing, by slot and reason",
+                m.evictions.clone(),
+            );
+            r.register(
+                "child_ready_seconds",
+                "Time from a child's start to its readiness",
+                m.child_ready_seconds.clone(),
+            );
+            r.register(
+                "requests",
+                "Proxied requests by slot (none: answered by the coordinator) and status class",
+                m.requests.clone(),
+            );
+            r.register(
+                "request_duration_seconds",
+                "Proxied request duration, queue wait included",
+                m.request_seconds.clone(),
+            );
+            r.register(
+                "time_to_first_byte_seconds",
+                "Time from a request's arrival to the first byte of its answer",
+                m.ttfb_seconds.clone(),
+            );
+            r.register(
+                "queue_wait_seconds",
+                "Time requests waited in the fleet queue for a child",
+                m.queue_wait_seconds.clone(),
+            );
+            r.register(
+                "empty_answers",
+                "Completions answered with no content, by profile",
+                m.empty_answers.clone(),
+            );
+            r.register(
+                "hydrations",
+                "Hydrations and reloads by kind and outcome",
+                m.hydrations.clone(),
+            );
+            r.register(
+                "hydration_duration_seconds",
+                "Duration of hydrations and reloads",
+                m.hydration_seconds.clone(),
+            );
+            r.register(
+                "profiles_hydrated",
+                "Profiles in the last successful hydration",
+                m.profiles_hydrated.clone(),
+            );
+            r.register("slots", "Slots by state", m.slots.clone());
+            r.register(
+                "profiles",
+                "Profiles by state (running, queued, cooling, disabled)",
+                m.profiles.clone(),
+            );
+            r.register(
+                "queue_length",
+                "Requests waiting in the fleet queue",
+                m.queue_length.clone(),
+            );
+            r.register(
+                "in_flight",
+                "Requests in flight per slot",
+                m.in_flight.clone(),
+            );
+            r.register(
+                "cooldown_seconds_left",
+                "Seconds until a cooling profile may run again",
+                m.cooldown_left.clone(),
+            );
+        }
+        m
+    }
+
+    /// The text exposition of everything, with the state gauges set from
+    /// `view`.
+    pub fn render(&self, view: &View) -> String {
+        // Held for the whole scrape: two scrapes must not interleave their
+        // clear-and-set of the state gauges.
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        self.slots.clear();
+        for state in [
+            "idle", "backoff", "cooldown", "starting", "ready", "draining", "stopping", "stopped",
+        ] {
+            self.slots
+                .get_or_create(&vec![("state", state.to_string())])
+                .set(0);
+        }
+        for (_, state) in &view.slots {
+            self.slots
+                .get_or_create(&vec![("state", state.clone())])
+                .inc();
+        }
+        self.profiles.clear();
+        for state in ["running", "queued", "cooling", "disabled"] {
+            let n = view.profiles.iter().filter(|(_, s)| *s == state).count();
+            self.profiles
+                .get_or_create(&vec![("state", state.to_string())])
+                .set(n as i64);
+        }
+        self.queue_length.set(view.queue_length as i64);
+        self.in_flight.clear();
+        for (slot, n) in &view.in_flight {
+            self.in_flight
+                .get_or_create(&vec![("slot", slot.to_string())])
+                .set(*n as i64);
+        }
+        self.cooldown_left.clear();
+        for (profile, left) in &view.cooldown_left {
+            self.cooldown_left
+                .get_or_create(&vec![("profile", profile.clone())])
+                .set(*left as i64);
+        }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &registry);
+        out
+    }
+}
+
+/// The process-wide metrics.
+pub fn global() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+pub fn child_started(slot: usize) {
+    global()
+        .child_starts
+        .get_or_create(&vec![("slot", slot.to_string())])
+        .inc();
+}
+
+/// A child of `slot` ended; `reason` is a short fixed word (exited,
+/// ready_timeout, evicted, exhausted, shutdown, ...).
+pub fn child_ended(slot: usize, reason: &'static str) {
+    global()
+        .child_exits
+        .get_or_create(&vec![
+            ("slot", slot.to_string()),
+            ("reason", reason.to_string()),
+        ])
+        .inc();
+}
+
+pub fn evicted(slot: usize, reason: &'static str) {
+    global()
+        .evictions
+        .get_or_create(&vec![
+            ("slot", slot.to_string()),
+            ("reason", reason.to_string()),
+        ])
+        .inc();
+}
+
+pub fn child_ready(after: Duration) {
+    global().child_ready_seconds.observe(after.as_secs_f64());
+}
+
+/// One proxied request ended with `status`, served by `slot` (None: the
+/// coordinator answered itself).
+pub fn request_done(
+    slot: Option<usize>,
+    status: u16,
+    took: Duration,
+    first_byte: Option<Duration>,
+) {
+    let m = global();
+    let class = format!("{}xx", status / 100);
+    let slot = slot.map(|s| s.to_string()).unwrap_or_else(|| "none".into());
+    m.requests
+        .get_or_create(&vec![("slot", slot), ("class", class)])
+        .inc();
+    m.request_seconds.observe(took.as_secs_f64());
+    if let Some(t) = first_byte {
+        m.ttfb_seconds.observe(t.as_secs_f64());
+    }
+}
+
+pub fn queue_waited(d: Duration) {
+    global().queue_wait_seconds.observe(d.as_secs_f64());
+}
+
+pub fn empty_answer(profile: &str) {
+    global()
+        .empty_answers
+        .get_or_create(&vec![("profile", profile.to_string())])
+        .inc();
+}
+
+/// A hydration (`kind`: start or reload) ended with `outcome` (ok or
+/// failed) after `took`; `profiles` is set when it succeeded.
+pub fn hydrated(
+    kind: &'static str,
+    outcome: &'static str,
+    took: Duration,
+    profiles: Option<usize>,
+) {
+    let m = global();
+    m.hydrations
+        .get_or_create(&vec![
+            ("kind", kind.to_string()),
+            ("outcome", outcome.to_string()),
+        ])
+        .inc();
+    m.hydration_seconds.observe(took.as_secs_f64());
+    if let Some(n) = profiles {
+        m.profiles_hydrated.set(n as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_has_counters_histograms_and_the_view() {
+        child_started(0);
+        child_ended(0, "exited");
+        request_done(
+            Some(1),
+            200,
+            Duration::from_millis(5),
+            Some(Duration::from_millis(2)),
+        );
+        let text = global().render(&View {
+            slots: vec![(0, "ready".into()), (1, "backoff".into())],
+            profiles: vec![("a".into(), "running"), ("b".into(), "cooling")],
+            queue_length: 3,
+            in_flight: vec![(0, 1)],
+            cooldown_left: vec![("b".into(), 42)],
+        });
+        for needle in [
+            "aistudioproxy_child_starts_total{slot=\"0\"}",
+            "aistudioproxy_child_exits_total{slot=\"0\",reason=\"exited\"}",
+            "aistudioproxy_requests_total{slot=\"1\",class=\"2xx\"}",
+            "aistudioproxy_slots{state=\"ready\"} 1",
+            "aistudioproxy_slots{state=\"starting\"} 0",
+            "aistudioproxy_profiles{state=\"cooling\"} 1",
+            "aistudioproxy_queue_length 3",
+            "aistudioproxy_cooldown_seconds_left{profile=\"b\"} 42",
+            "aistudioproxy_build_info{version=",
+            "aistudioproxy_request_duration_seconds_bucket",
+            "# EOF",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+    }
+}
