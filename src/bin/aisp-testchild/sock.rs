@@ -4,8 +4,10 @@
 //! writer does not close the connection (its reader keeps waiting for the
 //! next request), so a client would hang instead of seeing EOF. To give the
 //! `reset` and `die_mid_stream` knobs a real EOF we find the connection's file
-//! descriptor by its address pair and `shutdown(2)` it. Called from the
-//! completion thread that owns the request; touches nothing else.
+//! descriptor by its address pair and `shutdown(2)` it. The same lookup lets
+//! a completion notice that its client went away ([`ConnWatch`]): it polls
+//! the socket for the peer's hang-up, as the real child checks its connection every 0.3 s. Called
+//! from the completion thread that owns the request; touches nothing else.
 
 use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -85,6 +87,70 @@ pub fn shutdown_connection(local_port: u16, peer: SocketAddr) -> bool {
     found
 }
 
+/// The descriptors of the connection with this local port and peer.
+fn connection_fds(local_port: u16, peer: SocketAddr) -> Vec<libc::c_int> {
+    open_fds()
+        .into_iter()
+        .filter(|&fd| {
+            addr_of(fd, libc::getpeername) == Some(peer)
+                && addr_of(fd, libc::getsockname).map(|a| a.port()) == Some(local_port)
+        })
+        .collect()
+}
+
+/// Watches one client connection for its end, without reading from it.
+pub struct ConnWatch {
+    local_port: u16,
+    peer: Option<SocketAddr>,
+    /// The descriptor found last time; re-checked before each use, since a
+    /// closed descriptor's number may be reused by another connection.
+    fd: Option<libc::c_int>,
+}
+
+impl ConnWatch {
+    pub fn new(local_port: u16, peer: Option<SocketAddr>) -> ConnWatch {
+        ConnWatch {
+            local_port,
+            peer,
+            fd: None,
+        }
+    }
+
+    fn still_ours(&self, fd: libc::c_int) -> bool {
+        self.peer.is_some() && addr_of(fd, libc::getpeername) == self.peer
+    }
+
+    /// True once the client closed or reset the connection (`poll` reports
+    /// `POLLRDHUP`, `POLLHUP` or `POLLERR`; nothing is read), or its socket
+    /// cannot be found any more. Unread data alone (a pipelined request)
+    /// counts as "still there".
+    pub fn gone(&mut self) -> bool {
+        let Some(peer) = self.peer else {
+            return false; // not a TCP client we can watch
+        };
+        let fd = match self.fd.filter(|&fd| self.still_ours(fd)) {
+            Some(fd) => fd,
+            None => match connection_fds(self.local_port, peer).first() {
+                Some(&fd) => fd,
+                None => return true,
+            },
+        };
+        self.fd = Some(fd);
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout: never blocks.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if n <= 0 {
+            return false; // nothing to report (or EINTR): still there
+        }
+        // The peer's FIN shows as POLLRDHUP even behind unread data.
+        pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    }
+}
+
 /// Shut down our listening socket on `port`: new connections are refused
 /// from then on, while connections already accepted carry on.
 pub fn close_listener(port: u16) -> bool {
@@ -118,5 +184,23 @@ mod tests {
         assert!(shutdown_connection(port, peer));
         let mut buf = [0u8; 8];
         assert_eq!(client.read(&mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn watch_sees_the_client_leave() {
+        use std::io::Write;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_server_side, peer) = l.accept().unwrap();
+        let mut w = ConnWatch::new(port, Some(peer));
+        assert!(!w.gone());
+        client.write_all(b"x").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!w.gone(), "unread data is not an end");
+        drop(client);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(w.gone());
+        assert!(!ConnWatch::new(port, None).gone());
     }
 }
