@@ -5,6 +5,40 @@
 //! (one profile). Parsed once at start on the main thread; the result is
 //! read-only afterwards. The environment is passed in as a lookup function so
 //! tests never mutate the process environment.
+//!
+//! Every knob (name, type, default; `-` means unset):
+//!
+//! | knob | type | default | effect |
+//! |---|---|---|---|
+//! | `ready_after_ms` | u64 | 0 | `/health` 503 until this long after start |
+//! | `never_ready` | bool | false | `/health` never 200 |
+//! | `exit_after_ms` | u64 | - | exit `exit_code` this long after start (browser stopped first) |
+//! | `exit_code` | i32 | 1 | code for `exit_after_ms` |
+//! | `ignore_sigterm` | bool | false | the launcher ignores SIGTERM |
+//! | `spawn_grandchild` | bool | false | SIGTERM-ignoring descendant in our group, `<profile>.grandchild.pid` |
+//! | `pid_dir` | path | - | where pid files go (`<profile>.pid`, `.browser.pid`, `.helper.pid`, `.grandchild.pid`) |
+//! | `completion_delay_ms` | u64 | 0 | how long serving a completion takes (after the head, when streaming) |
+//! | `fail_status` | u16 | - | every completion answers this status at once |
+//! | `reset` | bool | false | every completion's connection is cut without an answer |
+//! | `stream_events` | u32 | 5 | content events per streamed answer (at least 1) |
+//! | `stream_interval_ms` | u64 | 0 | pause between content events |
+//! | `die_mid_stream` | bool | false | cut the stream after its first content event |
+//! | `stall_mid_stream_ms` | u64 | - | pause this long after the first content event |
+//! | `refuse_after_ms` | u64 | - | close the API listener this long after binding |
+//! | `log_lines`, `log_line_bytes` | u64 | 0, 100 | log lines printed at start, and their size |
+//! | `real_child` | bool | false | behave like the real child: defaults `browser` and `stream_helper` true, `bind_after_ms` 300, `refresh_every` 10 |
+//! | `browser` | bool | false (real_child: true) | own-session browser on the camoufox port, `<profile>.browser.pid`; dead browser means completions 503 |
+//! | `browser_ignore_sigterm` | bool | false | the browser ignores SIGTERM |
+//! | `browser_fail_delay_ms` | u64 | 300 | how long a launcher whose browser failed lingers before exit 1 |
+//! | `stream_helper` | bool | false (real_child: true) | SIGTERM-ignoring helper in our group on the stream port, `<profile>.helper.pid`; a SIGTERMed launcher waits for it |
+//! | `bind_after_ms` | u64 | 0 (real_child: 300) | the API port refuses until this long after start |
+//! | `models` | string | `gemini-test` | comma-separated model ids; any other `model` gets 500 |
+//! | `exhaust_after` | u64 | - | after this many successful completions: streamed answers empty, others 502 |
+//! | `exhaust_stream_delay_ms` | u64 | 0 | silence before an exhausted stream's empty events |
+//! | `exhaust_retry_after_s` | u64 | 3600 | `Retry-After` of the exhausted 502 |
+//! | `error_text` | string | - | completions answer 200 with content `[错误: <text>]` |
+//! | `refresh_every` | u64 | - (real_child: 10) | rewrite the auth file every N successful completions and at SIGTERM exit; 0 never |
+//! | `refresh_pause_ms` | u64 | 200 | pause between the two halves of that non-atomic write |
 
 use serde_json::{Map, Value};
 use std::fmt;

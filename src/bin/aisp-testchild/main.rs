@@ -1,15 +1,73 @@
 //! `aisp-testchild`: a stand-in for the AI Studio proxy child (the Python
 //! `launch_camoufox.py`) used by integration tests, benchmarks and the demo.
 //!
-//! It honours the child contract (same command line, same endpoints, same
-//! API-key rule, one completion at a time) and can be told to misbehave via
-//! knobs (see `knobs.rs`). Standalone on purpose: it shares no code with the
-//! coordinator, so tests exercise the coordinator against an independent
-//! implementation of the contract.
+//! It honours the child contract (`/work/shared/spec/child-contract.md`:
+//! same command line, same endpoints, same API-key rule, one completion at a
+//! time) and can be told to misbehave, or to be as awkward as the real
+//! child, via knobs (`knobs.rs` lists each with its type and default; env
+//! `TESTCHILD_<NAME>`, overridden per profile by the profile JSON's
+//! `"testchild": {..}`). `TESTCHILD_REAL_CHILD=1` makes every child behave
+//! like the real one (browser, stream helper, late bind, auth write-back).
+//! Standalone on purpose: it shares no code with the coordinator, so tests
+//! exercise the coordinator against an independent implementation.
+//!
+//! Endpoints (API port, 127.0.0.1):
+//! - `GET /health`, `/ready`: 200 `{"status": "OK"}` once ready
+//!   (`ready_after_ms` from start, `never_ready`), else 503. With
+//!   `bind_after_ms` the port refuses connections until then, and answers
+//!   200 at once when bound (if `ready_after_ms` has passed too). A dead
+//!   browser never shows here. `GET /live`: always 200.
+//! - `GET /v1/models`: the `models` knob (default `gemini-test`).
+//! - `POST /v1/chat/completions`: see `completion.rs` for every answer
+//!   shape. Each gets a 7-character id (`[a-z0-9]{7}`), found in the
+//!   completion id `chatcmpl-<req_id>-<unix s>-<seq>`, in `/v1/queue`, in the
+//!   logs and in headers `X-Testchild-Req-Id` and `X-Testchild-Queue-Wait-Ms`
+//!   (ms waited in the lane), on every completion answer.
+//! - `POST /v1/cancel/{req_id}`: cancels a completion still queued inside
+//!   the child: 200 `{"success": true, "message", "req_id"}`, its client
+//!   gets 499 `{"detail": "[<req_id>] Request cancelled by user ..."}` at
+//!   once; otherwise (unknown, running, done) 404 `{"success": false, ..}`.
+//!   `X-Request-Id` is never read.
+//! - `GET /v1/queue`: `queue_length`, `is_processing_locked`, `processing`,
+//!   `processing_req_id`, `items` (`req_id`, `enqueue_time`,
+//!   `wait_time_seconds`, `is_streaming`, `cancelled`) of queued ones.
+//! - `GET /api/info`: profile, ports, pid, headless, `api_key_required`,
+//!   `key_file`, `auth_json`, `browser_pid`, `helper_pid`,
+//!   `started_with_refresh`, `refreshes`, `real_child`.
+//! - `GET /_testchild/requests`: the requests recorded (not health ones).
+//! - `GET /_testchild/stats`: `completions_started` (turn came),
+//!   `completions_finished` (served, answer fully delivered),
+//!   `completions_abandoned` (client left, queued or served),
+//!   `completions_cancelled`, `completions_succeeded` (normal answers),
+//!   `max_concurrent` (completions served at once, ever: stays 1),
+//!   `max_waiting`, `waiting`, `processing`, `refreshes`,
+//!   `started_with_refresh` (cookie `aisp_refresh` in the profile file at
+//!   start, or null), `browser_pid`, `helper_pid` (null unless alive).
+//! - `GET /_testchild/env`: the child's whole environment, as a JSON object.
+//!
+//! `/v1/*` but `/v1/models` need a key when the key file (from
+//! `AUTH_KEY_FILE_PATH`, else `./key.txt`) lists any (`keys.rs`); a named
+//! file that is missing makes the child exit 1 at start.
+//!
+//! Pid files (only with `pid_dir`, except the grandchild's, which falls back
+//! to the temp dir): `<profile>.pid` (launcher), `<profile>.browser.pid`,
+//! `<profile>.helper.pid`, `<profile>.grandchild.pid`, all written
+//! atomically.
+//!
+//! Signals (see `tree.rs`): the launcher on SIGTERM exits 0 (after the auth
+//! write-back if `refresh_every`, stopping its browser first), unless
+//! `ignore_sigterm`, or unless a stream helper lives: then it logs and waits
+//! for the helper, so in practice only SIGKILL ends it. Its normal exits
+//! (SIGTERM, `exit_after_ms`, start-up failures) stop the browser: SIGTERM,
+//! SIGKILL after 1 s. The browser (own session) exits on SIGTERM unless
+//! `browser_ignore_sigterm`, ignores SIGHUP, and survives a SIGTERMed or
+//! SIGKILLed launcher. The helper and grandchild ignore SIGTERM; SIGKILL
+//! ends them. Descendants end by themselves after 1 h at most.
 //!
 //! Threads: main (startup, then joins the HTTP workers), 8 `http-N` workers
-//! looping on `recv()`, one `completion` thread per chat completion, and
-//! small timer/signal threads. The process always ends by `exit`.
+//! looping on `recv()`, one `completion` thread per chat completion, a
+//! `reap-*` thread per descendant, and small timer/signal threads. The
+//! process always ends by `exit`.
 
 mod args;
 mod completion;
