@@ -1,9 +1,13 @@
 //! Command-line parsing for the test child.
 //!
 //! Owns the exact argument surface of the real child (`launch_camoufox.py`)
-//! plus the hidden `--grandchild <pidfile>` mode. Runs once on the main
-//! thread; it only parses, it never touches the file system.
+//! plus three hidden modes for the descendants a child spawns (see
+//! `tree.rs`): `--grandchild <pidfile>`, `--browser --port <camoufox port>
+//! [--pid-file <p>] [--ready-fd <fd>] [--ignore-sigterm]` and `--helper
+//! --port <stream port> [--pid-file <p>]`. Runs once on the main thread; it
+//! only parses, it never touches the file system.
 
+use crate::tree::{BrowserArgs, HelperArgs};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -14,6 +18,10 @@ pub enum Mode {
     /// The descendant a child spawns to prove the coordinator kills whole
     /// process groups; it writes its pid to the given file.
     Grandchild(PathBuf),
+    /// The "browser": own session, holds the camoufox port.
+    Browser(BrowserArgs),
+    /// The "stream proxy" helper: ignores SIGTERM.
+    Helper(HelperArgs),
 }
 
 /// The real child's arguments.
@@ -50,12 +58,66 @@ impl fmt::Display for ArgError {
 impl std::error::Error for ArgError {}
 
 pub const USAGE: &str = "usage: aisp-testchild --server-port <api> --stream-port <s> \
---camoufox-debug-port <c> --active-auth-json <profile.json> [--headless]";
+--camoufox-debug-port <c> --active-auth-json <profile.json> [--headless]\n\
+hidden modes (spawned by a child itself): --grandchild <pidfile> | \
+--browser --port <p> [--pid-file <f>] [--ready-fd <fd>] [--ignore-sigterm] | \
+--helper --port <p> [--pid-file <f>]";
+
+/// Parses a descendant mode's flags (after `--browser` or `--helper`).
+fn parse_descendant(browser: bool, args: impl Iterator<Item = String>) -> Result<Mode, ArgError> {
+    let mut args = args;
+    let (mut port, mut pidfile, mut ready_fd, mut ignore) = (None, None, None, false);
+    while let Some(arg) = args.next() {
+        if arg == "--ignore-sigterm" && browser {
+            ignore = true;
+            continue;
+        }
+        let known =
+            matches!(arg.as_str(), "--port" | "--pid-file") || (browser && arg == "--ready-fd");
+        if !known {
+            return Err(ArgError::Unknown(arg));
+        }
+        let value = args
+            .next()
+            .ok_or_else(|| ArgError::MissingValue(arg.clone()))?;
+        let bad = || ArgError::BadPort {
+            flag: arg.clone(),
+            value: value.clone(),
+        };
+        match arg.as_str() {
+            "--port" => port = Some(value.parse::<u16>().map_err(|_| bad())?),
+            "--ready-fd" => ready_fd = Some(value.parse::<i32>().map_err(|_| bad())?),
+            _ => pidfile = Some(PathBuf::from(&value)),
+        }
+    }
+    let port = port.ok_or(ArgError::Missing("--port"))?;
+    Ok(if browser {
+        Mode::Browser(BrowserArgs {
+            port,
+            pidfile,
+            ignore_sigterm: ignore,
+            ready_fd,
+        })
+    } else {
+        Mode::Helper(HelperArgs { port, pidfile })
+    })
+}
 
 /// Parses the arguments after the program name. Accepts both `--flag value`
 /// and `--flag=value`, as Python's argparse does for the real child.
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, ArgError> {
-    let mut args = args.into_iter();
+    let mut args = args.into_iter().peekable();
+    match args.peek().map(String::as_str) {
+        Some("--browser") => {
+            args.next();
+            return parse_descendant(true, args);
+        }
+        Some("--helper") => {
+            args.next();
+            return parse_descendant(false, args);
+        }
+        _ => {}
+    }
     let mut server_port = None;
     let mut stream_port = None;
     let mut camoufox_port = None;
@@ -165,5 +227,31 @@ mod tests {
             p("--grandchild /tmp/x.pid").unwrap(),
             Mode::Grandchild(PathBuf::from("/tmp/x.pid"))
         );
+    }
+
+    #[test]
+    fn descendant_modes() {
+        assert_eq!(
+            p("--browser --port 9222 --ready-fd 5 --pid-file /p/a.browser.pid --ignore-sigterm")
+                .unwrap(),
+            Mode::Browser(BrowserArgs {
+                port: 9222,
+                pidfile: Some(PathBuf::from("/p/a.browser.pid")),
+                ignore_sigterm: true,
+                ready_fd: Some(5),
+            })
+        );
+        assert_eq!(
+            p("--helper --port 3120").unwrap(),
+            Mode::Helper(HelperArgs {
+                port: 3120,
+                pidfile: None
+            })
+        );
+        assert!(p("--helper --ready-fd 3 --port 1").is_err());
+        assert!(p("--helper --ignore-sigterm --port 1").is_err());
+        assert_eq!(p("--browser"), Err(ArgError::Missing("--port")));
+        assert!(p("--browser --port x").is_err());
+        assert!(p("--helper --port").is_err());
     }
 }

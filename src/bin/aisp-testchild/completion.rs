@@ -1,21 +1,65 @@
 //! Chat completions: the answer, its queueing, and the streamed form.
 //!
 //! Each completion runs on its own thread (spawned by the HTTP worker that
-//! received it) so a long line of completions never starves /health. It
-//! waits for its turn in the [`Lane`](crate::lane::Lane), then answers either
-//! with a normal tiny_http response or, when streaming, by writing the HTTP
-//! head and chunks itself: a tiny_http `Response` over a reader of unknown
-//! length is buffered (~8 KiB) before sending, which would deliver SSE all at
-//! once.
+//! received it) so a long line of completions never starves /health. It gets
+//! the child's own 7-character request id, waits for its turn in the
+//! [`Lane`](crate::lane::Lane) (watching its client's connection every
+//! 0.3 s), and only then is judged (browser alive, model known, account
+//! exhausted, `error_text`) and answered, either with a normal tiny_http
+//! response or, when streaming, by writing the HTTP head and chunks itself:
+//! a tiny_http `Response` over a reader of unknown length is buffered
+//! (~8 KiB) before sending, which would deliver SSE all at once. So a
+//! streamed answer's head leaves when its turn starts, never on arrival.
+//!
+//! Answers, as the real child gives them:
+//! - unknown `model`: 500 `{"detail": "[<req_id>] Request processing error:
+//!   Model '<m>' not found ..."}` (always);
+//! - browser dead (`browser` knob): 503, `Retry-After: 30`, detail
+//!   `"[<req_id>] ... browser page not ready ..."`;
+//! - cancelled while queued (`/v1/cancel/{req_id}`): 499 `{"detail":
+//!   "[<req_id>] Request cancelled by user ..."}` at once;
+//! - exhausted (`exhaust_after`): streamed 200 with empty content, then
+//!   `[DONE]`; non-streamed 502 with `Retry-After`;
+//! - `error_text`: 200 with content `[错误: <text>]`, `finish_reason: stop`.
+//!
+//! Every answer carries `X-Testchild-Req-Id` and
+//! `X-Testchild-Queue-Wait-Ms` (time spent waiting in the lane).
 
-use crate::lane::Ticket;
-use crate::{error_body, json_response, log_line, unix_ms, App, Record};
+use crate::lane::{Turn, CHECK_EVERY};
+use crate::sock::ConnWatch;
+use crate::{error_body, json_response, log_line, unix_ms, with_header, App};
 use serde_json::{json, Value};
 use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 use tiny_http::Request;
+
+/// The alphabet of the child's request ids (as the real child's
+/// `random.choices(ascii_lowercase + digits, k=7)`).
+const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+/// A 7-character lowercase-alphanumeric request id derived from `seed`
+/// (splitmix64, so nearby seeds give unrelated ids).
+pub fn req_id_from(seed: u64) -> String {
+    let mut x = seed;
+    (0..7)
+        .map(|_| {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ID_ALPHABET[(z % ID_ALPHABET.len() as u64) as usize] as char
+        })
+        .collect()
+}
+
+/// The in-band error content the real child writes into an answer.
+pub fn error_content(text: &str) -> String {
+    format!("[错误: {text}]")
+}
 
 /// Splits `content` into exactly `n` pieces (n >= 1) whose concatenation is
 /// `content`: as even as possible, each at least one char while chars last,
@@ -58,6 +102,61 @@ fn unix_secs() -> u64 {
     unix_ms() / 1000
 }
 
+/// Waits `d` in slices of at most [`CHECK_EVERY`], looking at the client
+/// after each. False when the client went away.
+fn pause(d: Duration, watch: &mut ConnWatch) -> bool {
+    let deadline = Instant::now() + d;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        thread::sleep(left.min(CHECK_EVERY));
+        if watch.gone() {
+            return false;
+        }
+    }
+}
+
+/// What one completion is, once parsed.
+struct Job {
+    req_id: String,
+    id: String,
+    model: String,
+    model_given: bool,
+    stream: bool,
+    content: String,
+}
+
+/// A JSON answer to a completion, with its id headers.
+fn answer_json(
+    app: &App,
+    request: Request,
+    job: &Job,
+    waited_ms: u128,
+    status: u16,
+    body: &Value,
+    retry_after: Option<u64>,
+) -> bool {
+    let mut r = json_response(app, status, body);
+    r = with_header(r, "X-Testchild-Req-Id", &job.req_id);
+    r = with_header(r, "X-Testchild-Queue-Wait-Ms", &waited_ms.to_string());
+    if let Some(s) = retry_after {
+        r = with_header(r, "Retry-After", &s.to_string());
+    }
+    request.respond(r).is_ok()
+}
+
+fn browser_lost(app: &App) -> bool {
+    app.knobs.browser && !crate::tree::browser_alive()
+}
+
+fn browser_lost_body(req_id: &str) -> Value {
+    json!({"detail": format!(
+        "[{req_id}] AI Studio browser page not ready (the browser is gone; testchild knob browser)"
+    )})
+}
+
 /// Handles one POST /v1/chat/completions whose body was already read and
 /// whose API key was already checked.
 pub fn handle(app: Arc<App>, request: Request, body: &[u8]) {
@@ -88,61 +187,255 @@ pub fn handle(app: Arc<App>, request: Request, body: &[u8]) {
             return;
         }
     };
-    let model = parsed
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("gemini-test")
-        .to_string();
-    let stream = parsed.get("stream").and_then(Value::as_bool) == Some(true);
-    let content = format!(
-        "profile={} echo={}",
-        app.profile,
-        last_message_text(&parsed)
-    );
-    let req_id = Record::header(&request, "x-request-id");
-    let id = format!(
-        "chatcmpl-{}",
-        app.completion_seq.fetch_add(1, Ordering::Relaxed) + 1
-    );
-    let arrived = Instant::now();
-
-    let ticket = app.lane.enqueue(req_id.as_deref());
-    let served = ticket.wait_turn();
-    let queued_ms = arrived.elapsed().as_millis();
-    let not_cancelled =
-        served && ticket.pause(Duration::from_millis(app.knobs.completion_delay_ms));
-
-    let answer = Answer {
-        id: &id,
-        model: &model,
-        created: unix_secs(),
+    let seq = app.completion_seq.fetch_add(1, Ordering::Relaxed) + 1;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let req_id = req_id_from(nanos ^ (u64::from(std::process::id()) << 40) ^ seq.rotate_left(17));
+    let model_field = parsed.get("model").and_then(Value::as_str);
+    let job = Job {
+        id: format!("chatcmpl-{req_id}-{}-{seq}", unix_secs()),
+        model: model_field
+            .unwrap_or(crate::knobs::DEFAULT_MODEL)
+            .to_string(),
+        model_given: model_field.is_some(),
+        stream: parsed.get("stream").and_then(Value::as_bool) == Some(true),
+        content: format!(
+            "profile={} echo={}",
+            app.profile,
+            last_message_text(&parsed)
+        ),
+        req_id,
     };
-    let outcome = if stream {
-        stream_answer(&app, request, &ticket, &answer, &content, not_cancelled)
-    } else {
-        let (text, reason) = if not_cancelled {
-            (content.as_str(), "stop")
+    let arrived = Instant::now();
+    let done = |outcome: &str, waited_ms: u128| {
+        log_line(&format!(
+            "completion req_id={} id={} stream={} outcome={outcome} queued_ms={waited_ms} total_ms={}",
+            job.req_id,
+            job.id,
+            job.stream,
+            arrived.elapsed().as_millis()
+        ));
+    };
+
+    if browser_lost(&app) {
+        let _ = answer_json(
+            &app,
+            request,
+            &job,
+            0,
+            503,
+            &browser_lost_body(&job.req_id),
+            Some(30),
+        );
+        done("browser-lost", 0);
+        return;
+    }
+
+    let mut watch = ConnWatch::new(app.args.server_port, request.remote_addr().copied());
+    let ticket = app.lane.enqueue(&job.req_id, job.stream, unix_ms());
+    log_line(&format!(
+        "completion req_id={} queued (waiting={})",
+        job.req_id,
+        app.lane.status().0
+    ));
+    let turn = ticket.wait_turn(|| watch.gone());
+    let waited_ms = arrived.elapsed().as_millis();
+    match turn {
+        Turn::Served => {}
+        Turn::Cancelled => {
+            drop(ticket);
+            app.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            let body = json!({"detail": format!(
+                "[{}] Request cancelled by user (POST /v1/cancel) while queued", job.req_id
+            )});
+            let _ = answer_json(&app, request, &job, waited_ms, 499, &body, None);
+            done("cancelled-queued", waited_ms);
+            return;
+        }
+        Turn::ClientGone => {
+            drop(ticket);
+            app.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+            log_line(&format!(
+                "completion req_id={} client disconnected while queued; dropped",
+                job.req_id
+            ));
+            drop(request.into_writer());
+            done("client-gone-queued", waited_ms);
+            return;
+        }
+    }
+
+    app.stats.begin();
+    let outcome = serve(&app, request, &job, waited_ms, &mut watch);
+    app.stats.end(outcome);
+    drop(ticket);
+    done(outcome.label(), waited_ms);
+    if outcome == Outcome::Success {
+        let n = app.stats.successes.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(every) = app.knobs.refresh_every {
+            if n % every == 0 {
+                app.refresher
+                    .refresh(&format!("after {n} successful completions"));
+            }
+        }
+    }
+}
+
+/// How a served completion ended.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Outcome {
+    /// A normal answer, fully delivered.
+    Success,
+    /// Another answer (error, exhausted, in-band error), fully delivered.
+    Answered,
+    /// The client went away; the work stopped.
+    ClientGone,
+    /// The stream was cut on purpose (`die_mid_stream`).
+    Died,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Success => "done",
+            Outcome::Answered => "answered",
+            Outcome::ClientGone => "client-gone",
+            Outcome::Died => "died-mid-stream",
+        }
+    }
+}
+
+/// Serves a completion whose turn has come.
+fn serve(
+    app: &App,
+    request: Request,
+    job: &Job,
+    waited_ms: u128,
+    watch: &mut ConnWatch,
+) -> Outcome {
+    let delivered = |ok: bool| {
+        if ok {
+            Outcome::Answered
         } else {
-            ("cancelled", "cancelled")
-        };
-        let body = json!({
-            "id": id, "object": "chat.completion", "created": answer.created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": reason}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        });
-        match request.respond(json_response(&app, 200, &body)) {
-            Ok(()) if not_cancelled => "done",
-            Ok(()) => "cancelled",
-            Err(_) => "client-gone",
+            Outcome::ClientGone
         }
     };
-    drop(ticket);
-    log_line(&format!(
-        "completion id={id} req_id={} stream={stream} outcome={outcome} queued_ms={queued_ms} total_ms={}",
-        req_id.as_deref().unwrap_or("-"),
-        arrived.elapsed().as_millis()
-    ));
+    if browser_lost(app) {
+        let ok = answer_json(
+            app,
+            request,
+            job,
+            waited_ms,
+            503,
+            &browser_lost_body(&job.req_id),
+            Some(30),
+        );
+        return delivered(ok);
+    }
+    if job.model_given && !app.knobs.models.contains(&job.model) {
+        let body = json!({"detail": format!(
+            "[{}] Request processing error: Model '{}' not found in the available models ({})",
+            job.req_id, job.model, app.knobs.models.join(", ")
+        )});
+        return delivered(answer_json(app, request, job, waited_ms, 500, &body, None));
+    }
+    let answer = Answer {
+        id: &job.id,
+        model: &job.model,
+        created: unix_secs(),
+    };
+    let exhausted = app
+        .knobs
+        .exhaust_after
+        .is_some_and(|n| app.stats.successes.load(Ordering::Relaxed) >= n);
+    if exhausted {
+        if !job.stream {
+            let body = json!({"detail": format!(
+                "[{}] AI Studio returned no content: quota exhausted (testchild knob exhaust_after)",
+                job.req_id
+            )});
+            let ok = answer_json(
+                app,
+                request,
+                job,
+                waited_ms,
+                502,
+                &body,
+                Some(app.knobs.exhaust_retry_after_s),
+            );
+            return delivered(ok);
+        }
+        let mut out = open_stream(app, request, job, waited_ms);
+        let ok = out.is_ok()
+            && pause(
+                Duration::from_millis(app.knobs.exhaust_stream_delay_ms),
+                watch,
+            )
+            && out.events(&exhausted_events(&answer)).is_ok();
+        return delivered(ok);
+    }
+    if let Some(text) = &app.knobs.error_text {
+        let content = error_content(text);
+        if !job.stream {
+            let body = completion_body(&answer, &content);
+            return delivered(answer_json(app, request, job, waited_ms, 200, &body, None));
+        }
+        let mut out = open_stream(app, request, job, waited_ms);
+        let events = [
+            answer.event(json!({"role": "assistant"}), None),
+            answer.event(json!({"content": content}), None),
+            answer.event(json!({}), Some("stop")),
+            "data: [DONE]\n\n".to_string(),
+        ];
+        return delivered(out.is_ok() && out.events(&events).is_ok());
+    }
+    if !job.stream {
+        if !pause(Duration::from_millis(app.knobs.completion_delay_ms), watch) {
+            log_line(&format!(
+                "completion req_id={} client disconnected while being served; stopped",
+                job.req_id
+            ));
+            drop(request.into_writer());
+            return Outcome::ClientGone;
+        }
+        let body = completion_body(&answer, &job.content);
+        return if answer_json(app, request, job, waited_ms, 200, &body, None) {
+            Outcome::Success
+        } else {
+            Outcome::ClientGone
+        };
+    }
+    let outcome = stream_answer(app, request, job, waited_ms, &answer, watch);
+    if outcome == Outcome::ClientGone {
+        log_line(&format!(
+            "completion req_id={} client disconnected mid-stream; stopped",
+            job.req_id
+        ));
+    }
+    outcome
+}
+
+/// A non-streamed completion body with this content.
+fn completion_body(answer: &Answer<'_>, content: &str) -> Value {
+    json!({
+        "id": answer.id, "object": "chat.completion", "created": answer.created,
+        "model": answer.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    })
+}
+
+/// The events of an exhausted account's streamed answer: a role chunk with
+/// empty content, an empty finishing chunk, `[DONE]`.
+pub fn exhausted_events(answer: &Answer<'_>) -> Vec<String> {
+    vec![
+        answer.event(json!({"role": "assistant", "content": ""}), None),
+        answer.event(json!({"content": ""}), Some("stop")),
+        "data: [DONE]\n\n".to_string(),
+    ]
 }
 
 /// Ends the request's connection without sending a byte.
@@ -157,7 +450,7 @@ fn cut(app: &App, request: Request) {
     drop(writer);
 }
 
-struct Answer<'a> {
+pub struct Answer<'a> {
     id: &'a str,
     model: &'a str,
     created: u64,
@@ -180,9 +473,15 @@ impl Answer<'_> {
 /// chunk so each SSE event leaves at once.
 struct Chunked {
     out: Box<dyn Write + Send>,
+    /// The head could not be written: the client is gone.
+    failed: bool,
 }
 
 impl Chunked {
+    fn is_ok(&self) -> bool {
+        !self.failed
+    }
+
     fn chunk(&mut self, data: &str) -> io::Result<()> {
         write!(self.out, "{:x}\r\n{data}\r\n", data.len())?;
         self.out.flush()
@@ -192,10 +491,36 @@ impl Chunked {
         self.out.write_all(b"0\r\n\r\n")?;
         self.out.flush()
     }
+
+    /// Writes these events and ends the body.
+    fn events(&mut self, events: &[String]) -> io::Result<()> {
+        for e in events {
+            self.chunk(e)?;
+        }
+        self.finish()
+    }
 }
 
-/// Writes the streamed answer with our own chunked framing on the raw
-/// connection (tiny_http would buffer it). A complete answer leaves the
+/// Sends a streamed answer's head (now: the turn has started) and returns
+/// the body writer.
+fn open_stream(app: &App, request: Request, job: &Job, waited_ms: u128) -> Chunked {
+    let mut out = request.into_writer();
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\
+         Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\
+         X-Testchild-Profile: {}\r\nX-Testchild-Port: {}\r\n\
+         X-Testchild-Req-Id: {}\r\nX-Testchild-Queue-Wait-Ms: {waited_ms}\r\n\r\n",
+        app.profile, app.args.server_port, job.req_id
+    );
+    let failed = out
+        .write_all(head.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err();
+    Chunked { out, failed }
+}
+
+/// Writes the normal streamed answer with our own chunked framing on the
+/// raw connection (tiny_http would buffer it). A complete answer leaves the
 /// connection open for the next request, as uvicorn does; only a stream that
 /// dies on purpose (`die_mid_stream`) cuts its socket, so the client sees
 /// the break. Cutting finished streams raced with new connections that
@@ -203,75 +528,53 @@ impl Chunked {
 fn stream_answer(
     app: &App,
     request: Request,
-    ticket: &Ticket,
+    job: &Job,
+    waited_ms: u128,
     answer: &Answer<'_>,
-    content: &str,
-    not_cancelled: bool,
-) -> &'static str {
+    watch: &mut ConnWatch,
+) -> Outcome {
     let peer = request.remote_addr().copied();
-    let cut = |out: Box<dyn Write + Send>| {
-        if let Some(p) = peer {
-            crate::sock::shutdown_connection(app.args.server_port, p);
+    let mut out = open_stream(app, request, job, waited_ms);
+    if !out.is_ok() {
+        return Outcome::ClientGone;
+    }
+    let result = (|| -> io::Result<Outcome> {
+        let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "client gone");
+        if !pause(Duration::from_millis(app.knobs.completion_delay_ms), watch) {
+            return Err(gone());
         }
-        drop(out);
-    };
-    let mut out = Chunked {
-        out: request.into_writer(),
-    };
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-         Transfer-Encoding: chunked\r\n\
-         X-Testchild-Profile: {}\r\nX-Testchild-Port: {}\r\n\r\n",
-        app.profile, app.args.server_port
-    );
-    let result = (|| -> io::Result<&'static str> {
-        out.out.write_all(head.as_bytes())?;
-        out.out.flush()?;
         out.chunk(&answer.event(json!({"role": "assistant"}), None))?;
-        let mut finish = "stop";
-        if !not_cancelled {
-            finish = "cancelled";
-        } else {
-            let pieces = split_content(content, app.knobs.stream_events as usize);
-            for (i, piece) in pieces.iter().enumerate() {
-                if i > 0 && !ticket.pause(Duration::from_millis(app.knobs.stream_interval_ms)) {
-                    finish = "cancelled";
-                    break;
-                }
-                out.chunk(&answer.event(json!({"content": piece}), None))?;
-                if i == 0 && app.knobs.die_mid_stream {
-                    return Ok("died-mid-stream");
-                }
-                if i == 0 {
-                    if let Some(ms) = app.knobs.stall_mid_stream_ms {
-                        if !ticket.pause(Duration::from_millis(ms)) {
-                            finish = "cancelled";
-                            break;
-                        }
+        let pieces = split_content(&job.content, app.knobs.stream_events as usize);
+        for (i, piece) in pieces.iter().enumerate() {
+            if i > 0 && !pause(Duration::from_millis(app.knobs.stream_interval_ms), watch) {
+                return Err(gone());
+            }
+            out.chunk(&answer.event(json!({"content": piece}), None))?;
+            if i == 0 && app.knobs.die_mid_stream {
+                return Ok(Outcome::Died);
+            }
+            if i == 0 {
+                if let Some(ms) = app.knobs.stall_mid_stream_ms {
+                    if !pause(Duration::from_millis(ms), watch) {
+                        return Err(gone());
                     }
-                }
-                if ticket.is_cancelled() {
-                    finish = "cancelled";
-                    break;
                 }
             }
         }
-        out.chunk(&answer.event(json!({}), Some(finish)))?;
+        out.chunk(&answer.event(json!({}), Some("stop")))?;
         out.chunk("data: [DONE]\n\n")?;
         out.finish()?;
-        Ok(if finish == "stop" {
-            "done"
-        } else {
-            "cancelled"
-        })
+        Ok(Outcome::Success)
     })();
     match result {
-        Ok("died-mid-stream") => {
-            cut(out.out);
-            "died-mid-stream"
+        Ok(Outcome::Died) => {
+            if let Some(p) = peer {
+                crate::sock::shutdown_connection(app.args.server_port, p);
+            }
+            Outcome::Died
         }
         Ok(outcome) => outcome,
-        Err(_) => "client-gone",
+        Err(_) => Outcome::ClientGone,
     }
 }
 
@@ -306,5 +609,58 @@ mod tests {
                                                  {"type": "text", "text": "y"}]}]});
         assert_eq!(last_message_text(&b), "xy");
         assert_eq!(last_message_text(&json!({})), "");
+    }
+
+    #[test]
+    fn req_ids_are_seven_lowercase_alnum_and_vary() {
+        let ids: std::collections::HashSet<String> = (0..2000u64).map(req_id_from).collect();
+        assert!(ids.len() > 1990, "ids collide: {}", ids.len());
+        for id in &ids {
+            assert_eq!(id.len(), 7, "{id}");
+            assert!(id.bytes().all(|b| ID_ALPHABET.contains(&b)), "{id}");
+        }
+    }
+
+    fn parse_event(e: &str) -> Value {
+        let data = e
+            .strip_prefix("data: ")
+            .unwrap()
+            .strip_suffix("\n\n")
+            .unwrap();
+        serde_json::from_str(data).unwrap()
+    }
+
+    #[test]
+    fn exhausted_stream_shape() {
+        let a = Answer {
+            id: "chatcmpl-abcdefg-1-1",
+            model: "gemini-test",
+            created: 1,
+        };
+        let ev = exhausted_events(&a);
+        assert_eq!(ev.len(), 3);
+        assert_eq!(ev[2], "data: [DONE]\n\n");
+        let first = parse_event(&ev[0]);
+        assert_eq!(first["object"], "chat.completion.chunk");
+        assert_eq!(first["id"], "chatcmpl-abcdefg-1-1");
+        assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(first["choices"][0]["delta"]["content"], "");
+        assert!(first["choices"][0]["finish_reason"].is_null());
+        let last = parse_event(&ev[1]);
+        assert_eq!(last["choices"][0]["delta"]["content"], "");
+        assert_eq!(last["choices"][0]["finish_reason"], "stop");
+    }
+
+    #[test]
+    fn in_band_error_shape() {
+        assert_eq!(error_content("quota"), "[错误: quota]");
+        let a = Answer {
+            id: "chatcmpl-x",
+            model: "m",
+            created: 1,
+        };
+        let b = completion_body(&a, &error_content("boom"));
+        assert_eq!(b["choices"][0]["message"]["content"], "[错误: boom]");
+        assert_eq!(b["choices"][0]["finish_reason"], "stop");
     }
 }

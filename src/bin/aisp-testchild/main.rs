@@ -1,31 +1,94 @@
 //! `aisp-testchild`: a stand-in for the AI Studio proxy child (the Python
 //! `launch_camoufox.py`) used by integration tests, benchmarks and the demo.
 //!
-//! It honours the child contract (same command line, same endpoints, same
-//! API-key rule, one completion at a time) and can be told to misbehave via
-//! knobs (see `knobs.rs`). Standalone on purpose: it shares no code with the
-//! coordinator, so tests exercise the coordinator against an independent
-//! implementation of the contract.
+//! It honours the child contract (`/work/shared/spec/child-contract.md`:
+//! same command line, same endpoints, same API-key rule, one completion at a
+//! time) and can be told to misbehave, or to be as awkward as the real
+//! child, via knobs (`knobs.rs` lists each with its type and default; env
+//! `TESTCHILD_<NAME>`, overridden per profile by the profile JSON's
+//! `"testchild": {..}`). `TESTCHILD_REAL_CHILD=1` makes every child behave
+//! like the real one (browser, stream helper, late bind, auth write-back).
+//! Standalone on purpose: it shares no code with the coordinator, so tests
+//! exercise the coordinator against an independent implementation.
+//!
+//! Endpoints (API port, 127.0.0.1):
+//! - `GET /health`, `/ready`: 200 `{"status": "OK"}` once ready
+//!   (`ready_after_ms` from start, `never_ready`), else 503. With
+//!   `bind_after_ms` the port refuses connections until then, and answers
+//!   200 at once when bound (if `ready_after_ms` has passed too). A dead
+//!   browser never shows here. `GET /live`: always 200.
+//! - `GET /v1/models`: the `models` knob (default `gemini-test`).
+//! - `POST /v1/chat/completions`: see `completion.rs` for every answer
+//!   shape. Each gets a 7-character id (`[a-z0-9]{7}`), found in the
+//!   completion id `chatcmpl-<req_id>-<unix s>-<seq>`, in `/v1/queue`, in the
+//!   logs and in headers `X-Testchild-Req-Id` and `X-Testchild-Queue-Wait-Ms`
+//!   (ms waited in the lane), on every completion answer.
+//! - `POST /v1/cancel/{req_id}`: cancels a completion still queued inside
+//!   the child: 200 `{"success": true, "message", "req_id"}`, its client
+//!   gets 499 `{"detail": "[<req_id>] Request cancelled by user ..."}` at
+//!   once; otherwise (unknown, running, done) 404 `{"success": false, ..}`.
+//!   `X-Request-Id` is never read.
+//! - `GET /v1/queue`: `queue_length`, `is_processing_locked`, `processing`,
+//!   `processing_req_id`, `items` (`req_id`, `enqueue_time`,
+//!   `wait_time_seconds`, `is_streaming`, `cancelled`) of queued ones.
+//! - `GET /api/info`: profile, ports, pid, headless, `api_key_required`,
+//!   `key_file`, `auth_json`, `browser_pid`, `helper_pid`,
+//!   `started_with_refresh`, `refreshes`, `real_child`.
+//! - `GET /_testchild/requests`: the requests recorded (not health ones).
+//! - `GET /_testchild/stats`: `completions_started` (turn came),
+//!   `completions_finished` (served, answer fully delivered),
+//!   `completions_abandoned` (client left, queued or served),
+//!   `completions_cancelled`, `completions_succeeded` (normal answers),
+//!   `max_concurrent` (completions served at once, ever: stays 1),
+//!   `max_waiting`, `waiting`, `processing`, `refreshes`,
+//!   `started_with_refresh` (cookie `aisp_refresh` in the profile file at
+//!   start, or null), `browser_pid`, `helper_pid` (null unless alive).
+//! - `GET /_testchild/env`: the child's whole environment, as a JSON object.
+//!
+//! `/v1/*` but `/v1/models` need a key when the key file (from
+//! `AUTH_KEY_FILE_PATH`, else `./key.txt`) lists any (`keys.rs`); a named
+//! file that is missing makes the child exit 1 at start.
+//!
+//! Pid files (only with `pid_dir`, except the grandchild's, which falls back
+//! to the temp dir): `<profile>.pid` (launcher), `<profile>.browser.pid`,
+//! `<profile>.helper.pid`, `<profile>.grandchild.pid`, all written
+//! atomically.
+//!
+//! Signals (see `tree.rs`): the launcher on SIGTERM exits 0 (after the auth
+//! write-back if `refresh_every`, stopping its browser first), unless
+//! `ignore_sigterm`, or unless a stream helper lives: then it logs and waits
+//! for the helper, so in practice only SIGKILL ends it. Its normal exits
+//! (SIGTERM, `exit_after_ms`, start-up failures) stop the browser: SIGTERM,
+//! SIGKILL after 1 s. The browser (own session) exits on SIGTERM unless
+//! `browser_ignore_sigterm`, ignores SIGHUP, and survives a SIGTERMed or
+//! SIGKILLed launcher. The helper and grandchild ignore SIGTERM; SIGKILL
+//! ends them. Descendants end by themselves after 1 h at most.
 //!
 //! Threads: main (startup, then joins the HTTP workers), 8 `http-N` workers
-//! looping on `recv()`, one `completion` thread per chat completion, and
-//! small timer/signal threads. The process always ends by `exit`.
+//! looping on `recv()`, one `completion` thread per chat completion, a
+//! `reap-*` thread per descendant, and small timer/signal threads. The
+//! process always ends by `exit`.
 
 mod args;
 mod completion;
+mod keys;
 mod knobs;
 mod lane;
+mod refresh;
 mod sock;
+mod tree;
 
 use args::{ChildArgs, Mode};
+use completion::Outcome;
 use knobs::Knobs;
 use lane::Lane;
+use refresh::Refresher;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Cursor, Read, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use std::{fs, process, thread};
@@ -35,9 +98,6 @@ const HTTP_WORKERS: usize = 8;
 const MAX_RECORDS: usize = 1000;
 /// Bodies are recorded up to this size; the rest is read and discarded.
 const MAX_RECORDED_BODY: u64 = 64 * 1024 * 1024;
-/// The grandchild's safety net: it never outlives a forgotten test by much.
-const GRANDCHILD_MAX_LIFE: Duration = Duration::from_secs(3600);
-
 /// Everything the request handlers share. All fields but `records`, `lane`
 /// and `completion_seq` are fixed at start.
 pub struct App {
@@ -47,11 +107,57 @@ pub struct App {
     started: Instant,
     /// Accepted API keys; empty means no check.
     keys: Vec<String>,
+    /// Where the keys were looked for.
+    key_file: PathBuf,
     pub lane: Arc<Lane>,
     /// Requests seen, for `/_testchild/requests`; pushed by workers, read by
     /// the introspection endpoint; the lock is held only to push or clone.
     records: Mutex<VecDeque<Record>>,
     pub completion_seq: AtomicU64,
+    pub stats: Stats,
+    pub refresher: Arc<Refresher>,
+}
+
+/// Completion counters for `/_testchild/stats`, bumped by completion
+/// threads.
+#[derive(Default)]
+pub struct Stats {
+    /// Completions whose turn came (being served, then ended).
+    pub started: AtomicU64,
+    /// Served completions whose answer (of any kind) was fully delivered.
+    pub finished: AtomicU64,
+    /// Completions whose client went away, queued or being served.
+    pub abandoned: AtomicU64,
+    /// Completions cancelled by `/v1/cancel/{req_id}` while queued.
+    pub cancelled: AtomicU64,
+    /// Normal answers fully delivered (what `exhaust_after` and
+    /// `refresh_every` count).
+    pub successes: AtomicU64,
+    serving_now: AtomicU64,
+    max_concurrent: AtomicU64,
+}
+
+impl Stats {
+    /// A completion starts being served.
+    pub fn begin(&self) {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        let now = self.serving_now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_concurrent.fetch_max(now, Ordering::SeqCst);
+    }
+
+    /// A served completion ended this way.
+    pub fn end(&self, outcome: Outcome) {
+        self.serving_now.fetch_sub(1, Ordering::SeqCst);
+        match outcome {
+            Outcome::Success | Outcome::Answered => {
+                self.finished.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::ClientGone => {
+                self.abandoned.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Died => {}
+        }
+    }
 }
 
 /// One received request, as `/_testchild/requests` reports it.
@@ -89,9 +195,10 @@ pub fn log_line(line: &str) {
     let _ = out.flush();
 }
 
+/// Ends the launcher with `msg` on stderr, stopping its browser first.
 fn fail(code: i32, msg: &str) -> ! {
     eprintln!("aisp-testchild: {msg}");
-    process::exit(code);
+    tree::exit_child(code)
 }
 
 /// An OpenAI-style error body.
@@ -104,6 +211,11 @@ fn header(name: &str, value: &str) -> Header {
     // come from file stems; non-ASCII ones are replaced below).
     Header::from_bytes(name.as_bytes(), value.as_bytes())
         .unwrap_or_else(|_| Header::from_bytes(name.as_bytes(), &b"?"[..]).expect("ascii header"))
+}
+
+/// `r` with one more header.
+pub fn with_header<R: Read>(r: Response<R>, name: &str, value: &str) -> Response<R> {
+    r.with_header(header(name, value))
 }
 
 /// A JSON response carrying the testchild identification headers.
@@ -125,19 +237,32 @@ impl App {
     }
 
     fn key_ok(&self, request: &Request) -> bool {
-        if self.keys.is_empty() {
-            return true;
-        }
-        let bearer = Record::header(request, "authorization").and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-                .map(|k| k.trim().to_string())
-        });
-        let x_key = Record::header(request, "x-api-key").map(|k| k.trim().to_string());
-        [bearer, x_key]
-            .iter()
-            .flatten()
-            .any(|k| self.keys.iter().any(|good| good == k))
+        keys::accepted(
+            &self.keys,
+            Record::header(request, "authorization").as_deref(),
+            Record::header(request, "x-api-key").as_deref(),
+        )
+    }
+
+    fn stats_json(&self) -> Value {
+        let s = &self.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::SeqCst);
+        let (waiting, processing) = self.lane.status();
+        json!({
+            "completions_started": get(&s.started),
+            "completions_finished": get(&s.finished),
+            "completions_abandoned": get(&s.abandoned),
+            "completions_cancelled": get(&s.cancelled),
+            "completions_succeeded": get(&s.successes),
+            "max_concurrent": get(&s.max_concurrent),
+            "max_waiting": self.lane.max_waiting(),
+            "waiting": waiting,
+            "processing": processing,
+            "refreshes": self.refresher.count(),
+            "started_with_refresh": self.refresher.started_with,
+            "browser_pid": tree::browser_pid(),
+            "helper_pid": tree::helper_pid(),
+        })
     }
 
     fn record(&self, r: Record) {
@@ -212,11 +337,18 @@ fn handle(app: &Arc<App>, mut request: Request) {
             (503, json!({"status": "Error", "message": message}))
         }
         (Method::Get, "/live") => (200, json!({"status": "alive"})),
-        (Method::Get, "/v1/models") => (
-            200,
-            json!({"object": "list", "data": [{"id": "gemini-test", "object": "model",
-                                                "created": 0, "owned_by": "aisp-testchild"}]}),
-        ),
+        (Method::Get, "/v1/models") => {
+            let data: Vec<Value> = app
+                .knobs
+                .models
+                .iter()
+                .map(|m| {
+                    json!({"id": m, "object": "model", "created": 0,
+                                "owned_by": "aisp-testchild"})
+                })
+                .collect();
+            (200, json!({"object": "list", "data": data}))
+        }
         (Method::Post, "/v1/chat/completions") => {
             let app = Arc::clone(app);
             let spawned = thread::Builder::new()
@@ -230,19 +362,22 @@ fn handle(app: &Arc<App>, mut request: Request) {
         (Method::Post, p) if p.starts_with("/v1/cancel/") => {
             let req_id = &p["/v1/cancel/".len()..];
             let known = app.lane.cancel(req_id);
-            log_line(&format!("cancel req_id={req_id} known={known}"));
-            (
-                if known { 200 } else { 404 },
-                json!({"success": known, "req_id": req_id}),
-            )
+            log_line(&format!("cancel req_id={req_id} queued={known}"));
+            if known {
+                let message = format!("Request {req_id} marked as cancelled.");
+                (
+                    200,
+                    json!({"success": true, "message": message, "req_id": req_id}),
+                )
+            } else {
+                let message = format!("Request {req_id} not found in queue.");
+                (
+                    404,
+                    json!({"success": false, "message": message, "req_id": req_id}),
+                )
+            }
         }
-        (Method::Get, "/v1/queue") => {
-            let (queue_length, processing) = app.lane.status();
-            (
-                200,
-                json!({"queue_length": queue_length, "processing": processing}),
-            )
-        }
+        (Method::Get, "/v1/queue") => (200, app.lane.queue_json(unix_ms())),
         (Method::Get, "/api/info") => (
             200,
             json!({
@@ -253,9 +388,27 @@ fn handle(app: &Arc<App>, mut request: Request) {
                 "pid": process::id(),
                 "headless": app.args.headless,
                 "api_key_required": !app.keys.is_empty(),
+                "key_file": app.key_file,
                 "auth_json": app.args.auth_json,
+                "browser_pid": tree::browser_pid(),
+                "helper_pid": tree::helper_pid(),
+                "started_with_refresh": app.refresher.started_with,
+                "refreshes": app.refresher.count(),
+                "real_child": app.knobs.real_child,
             }),
         ),
+        (Method::Get, "/_testchild/stats") => (200, app.stats_json()),
+        (Method::Get, "/_testchild/env") => {
+            let env: BTreeMap<String, String> = std::env::vars_os()
+                .map(|(k, v)| {
+                    (
+                        k.to_string_lossy().into_owned(),
+                        v.to_string_lossy().into_owned(),
+                    )
+                })
+                .collect();
+            (200, json!(env))
+        }
         (Method::Get, "/_testchild/requests") => {
             let records: Vec<Record> = app
                 .records
@@ -278,52 +431,40 @@ fn handle(app: &Arc<App>, mut request: Request) {
     let _ = request.respond(json_response(app, status, &reply));
 }
 
-/// API keys from `AUTH_KEY_FILE_PATH`: one per line, trimmed, blanks skipped.
-fn load_keys(path: Option<PathBuf>) -> Vec<String> {
-    let Some(text) = path.and_then(|p| fs::read_to_string(p).ok()) else {
-        return Vec::new();
-    };
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect()
-}
-
-/// Writes `pid` to `path` via a temp file and rename, so a test polling for
-/// the file never reads it half-written.
-fn write_pid_file(path: &Path, pid: u32) -> std::io::Result<()> {
-    let tmp = path.with_extension("pid.tmp");
-    fs::write(&tmp, format!("{pid}\n"))?;
-    fs::rename(&tmp, path)
-}
-
-fn ignore_sigterm() {
-    // SAFETY: installing SIG_IGN has no handler code to be unsafe in.
-    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
-}
-
-/// The hidden grandchild mode: write our pid, ignore SIGTERM, sleep until
-/// SIGKILL (or the safety limit).
-fn run_grandchild(pidfile: &Path) -> ! {
-    ignore_sigterm();
-    if let Err(e) = write_pid_file(pidfile, process::id()) {
-        fail(
-            1,
-            &format!("grandchild cannot write {}: {e}", pidfile.display()),
-        );
-    }
-    let start = Instant::now();
-    while start.elapsed() < GRANDCHILD_MAX_LIFE {
-        thread::sleep(Duration::from_secs(1));
-    }
-    process::exit(0)
-}
-
 fn spawn_named(name: &str, f: impl FnOnce() + Send + 'static) {
     if let Err(e) = thread::Builder::new().name(name.into()).spawn(f) {
         fail(1, &format!("cannot start thread {name}: {e}"));
     }
+}
+
+/// Binds the API port with a deep backlog, like uvicorn's 2048: a burst of
+/// proxied requests must not have SYNs dropped (std's backlog is 128).
+fn bind_api(port: u16) -> Result<Server, String> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).and_then(|l| {
+        use std::os::fd::AsRawFd;
+        // TCP_NODELAY is copied to accepted sockets: small SSE chunks go out
+        // at once instead of waiting for a delayed ACK, as with uvicorn.
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt with a valid int option on our own socket.
+        unsafe {
+            libc::setsockopt(
+                l.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        // SAFETY: listen(2) again on our own listening socket sets its backlog.
+        if unsafe { libc::listen(l.as_raw_fd(), 2048) } == 0 {
+            Ok(l)
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    });
+    listener
+        .map_err(|e| e.to_string())
+        .and_then(|l| Server::from_listener(l, None).map_err(|e| e.to_string()))
 }
 
 fn main() {
@@ -335,7 +476,9 @@ fn main() {
         }
     };
     let args = match mode {
-        Mode::Grandchild(pidfile) => run_grandchild(&pidfile),
+        Mode::Grandchild(pidfile) => tree::run_grandchild(&pidfile),
+        Mode::Browser(b) => tree::run_browser(&b),
+        Mode::Helper(h) => tree::run_helper(&h),
         Mode::Child(a) => a,
     };
     let started = Instant::now();
@@ -367,68 +510,85 @@ fn main() {
     for w in warnings {
         eprintln!("aisp-testchild: warning: {w}");
     }
+    let refresher = Arc::new(Refresher::new(
+        args.auth_json.clone(),
+        &profile,
+        profile_json,
+        Duration::from_millis(knobs.refresh_pause_ms),
+    ));
 
     // Signals first, so a SIGTERM during startup already behaves.
     if knobs.ignore_sigterm {
-        ignore_sigterm();
+        tree::ignore_sigterm();
     } else {
         let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM])
             .unwrap_or_else(|e| fail(1, &format!("cannot watch SIGTERM: {e}")));
+        let refresher = Arc::clone(&refresher);
+        let refresh_at_exit = knobs.refresh_every.is_some();
         spawn_named("sigterm", move || {
             if signals.forever().next().is_some() {
-                log_line("aisp-testchild: SIGTERM, exiting 0");
-                process::exit(0);
+                log_line("aisp-testchild: SIGTERM received");
+                tree::on_sigterm(|| {
+                    if refresh_at_exit {
+                        refresher.refresh("shutdown");
+                    }
+                });
             }
         });
     }
 
-    // A deep backlog, like uvicorn's 2048: a burst of proxied requests must
-    // not have SYNs dropped (std's listener backlog is 128).
-    let listener = std::net::TcpListener::bind(("127.0.0.1", args.server_port)).and_then(|l| {
-        use std::os::fd::AsRawFd;
-        // SAFETY: listen(2) again on our own listening socket sets its backlog.
-        // TCP_NODELAY is copied to accepted sockets: small SSE chunks go out
-        // at once instead of waiting for a delayed ACK, as with uvicorn.
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt with a valid int option on our own socket.
-        unsafe {
-            libc::setsockopt(
-                l.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                &one as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-        if unsafe { libc::listen(l.as_raw_fd(), 2048) } == 0 {
-            Ok(l)
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    });
-    let server = listener
-        .map_err(|e| e.to_string())
-        .and_then(|l| Server::from_listener(l, None).map_err(|e| e.to_string()))
-        .unwrap_or_else(|e| {
-            fail(
-                1,
-                &format!("cannot bind API port 127.0.0.1:{}: {e}", args.server_port),
-            )
-        });
+    // The key file, as the real child reads it at start.
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let key_env = std::env::var("AUTH_KEY_FILE_PATH").ok();
+    let key_file = keys::load(key_env.as_deref(), &cwd).unwrap_or_else(|e| fail(1, &e));
 
     log_line(&format!(
-        "aisp-testchild profile={profile} api_port={} stream_port={} camoufox_port={} pid={} headless={}",
-        args.server_port,
-        args.stream_port,
-        args.camoufox_port,
+        "aisp-testchild starting profile={profile} pid={} real_child={}",
         process::id(),
-        args.headless
+        knobs.real_child
     ));
-
     if let Some(dir) = &knobs.pid_dir {
         let path = dir.join(format!("{profile}.pid"));
-        if let Err(e) = write_pid_file(&path, process::id()) {
+        if let Err(e) = tree::write_pid_file(&path, process::id()) {
             fail(1, &format!("cannot write {}: {e}", path.display()));
+        }
+    }
+    let pid_file = |kind: &str| {
+        knobs
+            .pid_dir
+            .as_ref()
+            .map(|d| d.join(format!("{profile}.{kind}.pid")))
+    };
+    if knobs.browser {
+        match tree::spawn_browser(
+            args.camoufox_port,
+            pid_file("browser"),
+            knobs.browser_ignore_sigterm,
+        ) {
+            Ok(pid) => log_line(&format!(
+                "browser started pid={pid} (own session) on camoufox debug port 127.0.0.1:{}",
+                args.camoufox_port
+            )),
+            Err(why) => {
+                if why.contains("already in use") {
+                    log_line(&format!(
+                        "camoufox debug port 127.0.0.1:{} is already in use; browser failed to start",
+                        args.camoufox_port
+                    ));
+                } else {
+                    log_line(&format!("browser failed to start: {why}"));
+                }
+                thread::sleep(Duration::from_millis(knobs.browser_fail_delay_ms));
+                tree::exit_child(1);
+            }
+        }
+    }
+    if knobs.stream_helper {
+        match tree::spawn_helper(args.stream_port, pid_file("helper")) {
+            Ok(pid) => log_line(&format!(
+                "spawned stream helper pid={pid} (same process group, ignores SIGTERM)"
+            )),
+            Err(e) => fail(1, &e),
         }
     }
     if knobs.spawn_grandchild {
@@ -454,13 +614,40 @@ fn main() {
     if let Some(ms) = knobs.exit_after_ms {
         let code = knobs.exit_code;
         spawn_named("exit-timer", move || {
-            thread::sleep(Duration::from_millis(ms));
+            thread::sleep(Duration::from_millis(ms).saturating_sub(started.elapsed()));
             log_line(&format!(
                 "aisp-testchild: exit_after_ms elapsed, exiting {code}"
             ));
-            process::exit(code);
+            tree::exit_child(code);
         });
     }
+
+    // The real child binds its API port only once initialised: refused
+    // until then.
+    let bind_at = Duration::from_millis(knobs.bind_after_ms);
+    if bind_at > started.elapsed() {
+        thread::sleep(bind_at - started.elapsed());
+    }
+    let server = bind_api(args.server_port).unwrap_or_else(|e| {
+        fail(
+            1,
+            &format!("cannot bind API port 127.0.0.1:{}: {e}", args.server_port),
+        )
+    });
+    log_line(&format!(
+        "API port 127.0.0.1:{} bound after {} ms",
+        args.server_port,
+        started.elapsed().as_millis()
+    ));
+    log_line(&format!(
+        "aisp-testchild profile={profile} api_port={} stream_port={} camoufox_port={} pid={} headless={}",
+        args.server_port,
+        args.stream_port,
+        args.camoufox_port,
+        process::id(),
+        args.headless
+    ));
+
     if let Some(ms) = knobs.refuse_after_ms {
         let port = args.server_port;
         spawn_named("refuse-timer", move || {
@@ -487,13 +674,16 @@ fn main() {
 
     let app = Arc::new(App {
         profile,
-        keys: load_keys(std::env::var_os("AUTH_KEY_FILE_PATH").map(PathBuf::from)),
+        keys: key_file.keys,
+        key_file: key_file.path,
         args,
         knobs,
         started,
         lane: Arc::new(Lane::default()),
         records: Mutex::new(VecDeque::new()),
         completion_seq: AtomicU64::new(0),
+        stats: Stats::default(),
+        refresher,
     });
     let server = Arc::new(server);
     let workers: Vec<_> = (0..HTTP_WORKERS)
@@ -526,4 +716,5 @@ fn main() {
             thread::park();
         }
     }
+    tree::exit_child(0)
 }

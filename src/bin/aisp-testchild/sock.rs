@@ -4,8 +4,10 @@
 //! writer does not close the connection (its reader keeps waiting for the
 //! next request), so a client would hang instead of seeing EOF. To give the
 //! `reset` and `die_mid_stream` knobs a real EOF we find the connection's file
-//! descriptor by its address pair and `shutdown(2)` it. Called from the
-//! completion thread that owns the request; touches nothing else.
+//! descriptor by its address pair and `shutdown(2)` it. The same lookup lets
+//! a completion notice that its client went away ([`ConnWatch`]): it reads
+//! the socket's TCP state, as the real child checks its connection every 0.3 s. Called
+//! from the completion thread that owns the request; touches nothing else.
 
 use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -85,6 +87,85 @@ pub fn shutdown_connection(local_port: u16, peer: SocketAddr) -> bool {
     found
 }
 
+/// The descriptors of the connection with this local port and peer.
+fn connection_fds(local_port: u16, peer: SocketAddr) -> Vec<libc::c_int> {
+    open_fds()
+        .into_iter()
+        .filter(|&fd| {
+            addr_of(fd, libc::getpeername) == Some(peer)
+                && addr_of(fd, libc::getsockname).map(|a| a.port()) == Some(local_port)
+        })
+        .collect()
+}
+
+/// Watches one client connection for its end, without reading from it.
+pub struct ConnWatch {
+    local_port: u16,
+    peer: Option<SocketAddr>,
+    /// The descriptor found last time; re-checked before each use, since a
+    /// closed descriptor's number may be reused by another connection.
+    fd: Option<libc::c_int>,
+}
+
+impl ConnWatch {
+    pub fn new(local_port: u16, peer: Option<SocketAddr>) -> ConnWatch {
+        ConnWatch {
+            local_port,
+            peer,
+            fd: None,
+        }
+    }
+
+    fn still_ours(&self, fd: libc::c_int) -> bool {
+        self.peer.is_some() && addr_of(fd, libc::getpeername) == self.peer
+    }
+
+    /// True once the client closed or reset the connection (the socket has
+    /// left the ESTABLISHED state; nothing is read), or its socket cannot be
+    /// found any more. Unread data alone (a pipelined request) counts as
+    /// "still there".
+    pub fn gone(&mut self) -> bool {
+        let Some(peer) = self.peer else {
+            return false; // not a TCP client we can watch
+        };
+        let fd = match self.fd.filter(|&fd| self.still_ours(fd)) {
+            Some(fd) => fd,
+            None => match connection_fds(self.local_port, peer).first() {
+                Some(&fd) => fd,
+                None => return true,
+            },
+        };
+        self.fd = Some(fd);
+        // The TCP state tells the peer's FIN (CLOSE_WAIT) or reset (CLOSE)
+        // apart from tiny_http's own `shutdown(SHUT_RD)` after a
+        // `Connection: close` request, which poll would also report as a
+        // read hang-up while the state stays ESTABLISHED.
+        tcp_state(fd) != Some(TCP_ESTABLISHED)
+    }
+}
+
+/// Linux's `TCP_ESTABLISHED` (include/net/tcp_states.h), absent from libc.
+const TCP_ESTABLISHED: u8 = 1;
+
+/// The TCP state (`tcpi_state`, e.g. [`TCP_ESTABLISHED`]) of socket `fd`.
+fn tcp_state(fd: libc::c_int) -> Option<u8> {
+    // SAFETY: tcp_info is plain data, valid when zeroed; `len` tells the
+    // kernel its size, and it fills at most that much.
+    let mut info: libc::tcp_info = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt into a live local of the stated size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(info.tcpi_state)
+}
+
 /// Shut down our listening socket on `port`: new connections are refused
 /// from then on, while connections already accepted carry on.
 pub fn close_listener(port: u16) -> bool {
@@ -118,5 +199,26 @@ mod tests {
         assert!(shutdown_connection(port, peer));
         let mut buf = [0u8; 8];
         assert_eq!(client.read(&mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn watch_sees_the_client_leave() {
+        use std::io::Write;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (server_side, peer) = l.accept().unwrap();
+        let mut w = ConnWatch::new(port, Some(peer));
+        assert!(!w.gone());
+        // tiny_http shuts its read side after `Connection: close`: not an end.
+        server_side.shutdown(std::net::Shutdown::Read).unwrap();
+        assert!(!w.gone(), "our own read shutdown is not the client leaving");
+        client.write_all(b"x").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!w.gone(), "unread data is not an end");
+        drop(client);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(w.gone());
+        assert!(!ConnWatch::new(port, None).gone());
     }
 }
