@@ -7,11 +7,16 @@
 //! abandoned, even for an IP literal and even when a pooled connection is
 //! then reused; that thread per request was the largest cost of a proxied
 //! request. Here no lookup happens at all.
+//!
+//! Nor does a proxy: ureq would otherwise take `HTTP_PROXY`/`HTTPS_PROXY`
+//! /`ALL_PROXY` from the environment, which operators set for the
+//! children's browsers, and send our loopback traffic to it.
 
 use std::net::{IpAddr, SocketAddr};
 
-use ureq::config::Config;
+use ureq::config::{Config, ConfigBuilder};
 use ureq::http::Uri;
+use ureq::typestate::AgentScope;
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
@@ -39,9 +44,13 @@ impl Resolver for IpLiteral {
     }
 }
 
-/// An agent for talking to children with `config`.
-pub fn agent(config: Config) -> ureq::Agent {
-    ureq::Agent::with_parts(config, DefaultConnector::default(), IpLiteral)
+/// An agent for talking to children with `config`, never through a proxy.
+pub fn agent(config: ConfigBuilder<AgentScope>) -> ureq::Agent {
+    ureq::Agent::with_parts(
+        config.proxy(None).build(),
+        DefaultConnector::default(),
+        IpLiteral,
+    )
 }
 
 #[cfg(test)]

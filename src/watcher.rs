@@ -21,8 +21,8 @@ use crossbeam_channel::{after, select, Receiver, Sender};
 use log::{error, info, warn};
 
 use crate::config::{Config, Ports};
-use crate::metrics;
 use crate::hydrate::Profile;
+use crate::metrics;
 use crate::pool::{Cmd, Pool};
 use crate::process::child::{self, Child, Exit};
 use crate::process::env;
@@ -109,8 +109,7 @@ fn health_agent() -> ureq::Agent {
         ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_millis(1000)))
-            .max_idle_connections_per_host(1)
-            .build(),
+            .max_idle_connections_per_host(1),
     )
 }
 

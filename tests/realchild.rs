@@ -48,7 +48,7 @@ fn session_of(pid: i32) -> i32 {
         .map(|(_, r)| r.to_string())
         .unwrap_or_default();
     rest.split_whitespace()
-        .nth(4)
+        .nth(3)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
 }

@@ -90,8 +90,7 @@ impl Proxy {
                 // Children (uvicorn) close idle keep-alive connections after 5 s.
                 .max_idle_age(Duration::from_secs(4))
                 .timeout_connect(Some(Duration::from_secs(5)))
-                .max_response_header_size(256 * 1024)
-                .build(),
+                .max_response_header_size(256 * 1024),
         );
         Proxy {
             agent,
