@@ -4,6 +4,8 @@
 //! as one line on stderr.
 
 // Wired into the slots and the proxy once the dispatcher lands.
+#[allow(dead_code)] // the socket and /admin/ are wired with the control in the next commit
+mod admin;
 #[allow(dead_code)]
 mod book;
 mod config;
@@ -34,6 +36,10 @@ use log::{error, info, warn};
 use config::{Config, Invocation};
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("ctl") {
+        return admin::ctl::main(&argv[1..]);
+    }
     tls::install_crypto_provider();
     let cfg = match Config::from_process() {
         Ok(Invocation::Run(cfg)) => cfg,

@@ -1,0 +1,411 @@
+//! `aistudioproxy ctl`: the operator's command, over the admin socket.
+//!
+//! ```text
+//! aistudioproxy ctl [--socket PATH | --auth-profile-cache-dir DIR] [--json] COMMAND
+//!   status | restart SLOT | rotate SLOT | disable PROFILE | enable PROFILE
+//!   reset PROFILE | reload | logs PROFILE [-n LINES]
+//! ```
+//!
+//! The socket is found from the same settings as the coordinator's:
+//! `--socket`, else `ADMIN_SOCKET`, else `admin.sock` in
+//! `--auth-profile-cache-dir` / `AUTH_PROFILE_CACHE_DIR` (default
+//! `/tmp/auth_profiles`). Exit codes: 0 done, 1 the coordinator could not be
+//! reached or refused, 2 a usage error.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use super::proto::Request;
+
+pub const USAGE: &str = "usage: aistudioproxy ctl [--socket PATH | --auth-profile-cache-dir DIR] [--json] \
+status | restart SLOT | rotate SLOT | disable PROFILE | enable PROFILE | reset PROFILE | reload | logs PROFILE [-n LINES]";
+
+/// A parsed `ctl` command line.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Args {
+    pub socket: PathBuf,
+    pub json: bool,
+    pub request: Request,
+}
+
+/// Parse the words after `ctl`; `env` looks up environment variables.
+pub fn parse(
+    words: &[String],
+    env: impl Fn(&str) -> Option<String>,
+    cwd: &std::path::Path,
+) -> Result<Args, String> {
+    let mut socket: Option<PathBuf> = None;
+    let mut cache: Option<PathBuf> = None;
+    let mut json = false;
+    let mut lines: usize = 50;
+    let mut rest: Vec<&str> = Vec::new();
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        let mut value = |flag: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match w.as_str() {
+            "--json" => json = true,
+            "--socket" => socket = Some(value("--socket")?.into()),
+            "--auth-profile-cache-dir" => cache = Some(value("--auth-profile-cache-dir")?.into()),
+            "-n" | "--lines" => {
+                let v = value("-n")?;
+                lines = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=100_000).contains(n))
+                    .ok_or_else(|| {
+                        format!("-n {v}: expected a number of lines from 1 to 100000")
+                    })?;
+            }
+            f if f.starts_with('-') => return Err(format!("unknown option {f}")),
+            word => rest.push(word),
+        }
+    }
+    let request = match rest.as_slice() {
+        ["status"] => Request::Status,
+        ["reload"] => Request::Reload,
+        [op @ ("restart" | "rotate"), slot] => {
+            let slot: usize = slot
+                .parse()
+                .map_err(|_| format!("{op} {slot}: expected a slot number (see ctl status)"))?;
+            if *op == "restart" {
+                Request::Restart { slot }
+            } else {
+                Request::Rotate { slot }
+            }
+        }
+        ["disable", p] => Request::Disable {
+            profile: p.to_string(),
+        },
+        ["enable", p] => Request::Enable {
+            profile: p.to_string(),
+        },
+        ["reset", p] => Request::Reset {
+            profile: p.to_string(),
+        },
+        ["logs", p] => Request::Logs {
+            profile: p.to_string(),
+            lines,
+        },
+        [] => return Err("no command given".into()),
+        other => return Err(format!("unknown command: {}", other.join(" "))),
+    };
+    let abs = |p: PathBuf| if p.is_absolute() { p } else { cwd.join(p) };
+    let socket = socket
+        .or_else(|| {
+            env("ADMIN_SOCKET")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        })
+        .map(abs)
+        .unwrap_or_else(|| {
+            let dir = cache
+                .or_else(|| {
+                    env("AUTH_PROFILE_CACHE_DIR")
+                        .filter(|s| !s.is_empty())
+                        .map(PathBuf::from)
+                })
+                .unwrap_or_else(|| PathBuf::from("/tmp/auth_profiles"));
+            abs(dir).join("admin.sock")
+        });
+    Ok(Args {
+        socket,
+        json,
+        request,
+    })
+}
+
+/// Send one request and read the answer.
+pub fn ask(socket: &std::path::Path, request: &Request) -> Result<Value, String> {
+    let no_coordinator = |e: std::io::Error| {
+        format!(
+            "no coordinator listening on {} ({e}): is it running with this AUTH_PROFILE_CACHE_DIR?",
+            socket.display()
+        )
+    };
+    let mut s = UnixStream::connect(socket).map_err(no_coordinator)?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+    let line = serde_json::to_string(request).map_err(|e| e.to_string())?;
+    writeln!(s, "{line}").map_err(no_coordinator)?;
+    let mut answer = String::new();
+    BufReader::new(s)
+        .read_line(&mut answer)
+        .map_err(|e| format!("no answer from {}: {e}", socket.display()))?;
+    serde_json::from_str(&answer).map_err(|e| format!("unreadable answer ({e}): {answer}"))
+}
+
+/// `aistudioproxy ctl ...`: run, print, return the exit code.
+pub fn main(words: &[String]) -> ExitCode {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let args = match parse(words, |k| std::env::var(k).ok(), &cwd) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("aistudioproxy ctl: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let answer = match ask(&args.socket, &args.request) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("aistudioproxy ctl: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&answer).unwrap_or_default()
+        );
+    } else if answer["ok"] != true {
+        // Printed below as the error.
+    } else if args.request == Request::Status {
+        let _ = write!(out, "{}", status_table(&answer, SystemTime::now()));
+    } else if let Request::Logs { .. } = args.request {
+        for l in answer["lines"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "{}", l.as_str().unwrap_or(""));
+        }
+    } else {
+        let _ = writeln!(out, "{}", answer["message"].as_str().unwrap_or("done"));
+    }
+    if answer["ok"] == true {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "aistudioproxy ctl: {}",
+            answer["error"]
+                .as_str()
+                .unwrap_or("the coordinator refused")
+        );
+        ExitCode::from(1)
+    }
+}
+
+/// "3m12s" for a duration in ms.
+fn human(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{}.{}s", s, (ms % 1000) / 100),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The status answer as a table a person reads at a glance.
+pub fn status_table(status: &Value, now: SystemTime) -> String {
+    let now_ms = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut rows: Vec<[String; 7]> = vec![[
+        "SLOT".into(),
+        "PROFILE".into(),
+        "STATE".into(),
+        "SINCE".into(),
+        "RESTARTS".into(),
+        "IN-FLIGHT".into(),
+        "LAST ERROR".into(),
+    ]];
+    for s in status["slots"].as_array().into_iter().flatten() {
+        let since = s["since_unix_ms"]
+            .as_u64()
+            .map(|t| human(now_ms.saturating_sub(t)));
+        rows.push([
+            text(&s["slot"]),
+            text(&s["profile"]),
+            text(&s["state"]),
+            since.unwrap_or_else(|| "-".into()),
+            text(&s["restarts"]),
+            text(&s["in_flight"]),
+            text(&s["last_error"]),
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c == 6 {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    let q = &status["queue"];
+    out.push_str(&format!(
+        "\nqueue: {} waiting, oldest {}\n",
+        q["length"].as_u64().unwrap_or(0),
+        q["oldest_wait_ms"]
+            .as_u64()
+            .map(human)
+            .unwrap_or_else(|| "-".into())
+    ));
+    let profiles: Vec<&Value> = status["profiles"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let named = |state: &str| -> Vec<&Value> {
+        profiles
+            .iter()
+            .copied()
+            .filter(|p| p["state"] == state)
+            .collect()
+    };
+    let queued: Vec<String> = named("queued")
+        .iter()
+        .map(|p| text(&p["profile"]))
+        .collect();
+    out.push_str(&format!(
+        "rotation queue: {}\n",
+        if queued.is_empty() {
+            "-".into()
+        } else {
+            queued.join(", ")
+        }
+    ));
+    for p in named("cooling") {
+        out.push_str(&format!(
+            "cooling: {} ({}, {} left)\n",
+            text(&p["profile"]),
+            text(&p["reason"]),
+            p["cooldown_left_s"]
+                .as_u64()
+                .map(|s| human(s * 1000))
+                .unwrap_or_else(|| "-".into())
+        ));
+    }
+    for p in named("disabled") {
+        out.push_str(&format!("disabled: {}\n", text(&p["profile"])));
+    }
+    let r = &status["last_reload"];
+    if r.is_object() {
+        let ago = r["at_unix_ms"]
+            .as_u64()
+            .map(|t| human(now_ms.saturating_sub(t)));
+        out.push_str(&format!(
+            "last reload: {} ago, {}{}\n",
+            ago.unwrap_or_else(|| "-".into()),
+            text(&r["outcome"]),
+            r["error"]
+                .as_str()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::path::Path;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn commands_and_the_socket_path() {
+        let none = |_: &str| None;
+        let cwd = Path::new("/w");
+        let a = parse(&words("restart 1"), none, cwd).unwrap();
+        assert_eq!(a.request, Request::Restart { slot: 1 });
+        assert_eq!(a.socket, PathBuf::from("/tmp/auth_profiles/admin.sock"));
+        let a = parse(
+            &words("--auth-profile-cache-dir c --json logs alice -n 7"),
+            none,
+            cwd,
+        )
+        .unwrap();
+        assert_eq!(
+            a.request,
+            Request::Logs {
+                profile: "alice".into(),
+                lines: 7
+            }
+        );
+        assert!(a.json);
+        assert_eq!(a.socket, PathBuf::from("/w/c/admin.sock"));
+        let env = |k: &str| (k == "AUTH_PROFILE_CACHE_DIR").then(|| "/cache".to_string());
+        assert_eq!(
+            parse(&words("status"), env, cwd).unwrap().socket,
+            PathBuf::from("/cache/admin.sock")
+        );
+        let a = parse(&words("--socket /s.sock status"), env, cwd).unwrap();
+        assert_eq!(a.socket, PathBuf::from("/s.sock"));
+        for bad in [
+            "",
+            "restart",
+            "restart x",
+            "frobnicate",
+            "logs a -n 0",
+            "--what status",
+        ] {
+            assert!(parse(&words(bad), none, cwd).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_status_table_has_its_columns_and_sections() {
+        let now = UNIX_EPOCH + Duration::from_secs(10_000);
+        let status = json!({
+            "ok": true,
+            "slots": [
+                {"slot": 0, "profile": "alice", "state": "ready", "since_unix_ms": 9_808_000u64,
+                 "restarts": 0, "in_flight": 1, "last_error": null},
+                {"slot": 1, "profile": "bob", "state": "backoff", "since_unix_ms": 9_988_000u64,
+                 "restarts": 3, "in_flight": 0, "last_error": "camoufox port 127.0.0.1:9223 is in use"}
+            ],
+            "queue": {"length": 2, "oldest_wait_ms": 1200},
+            "profiles": [
+                {"profile": "alice", "state": "running"},
+                {"profile": "carol", "state": "queued"},
+                {"profile": "dave", "state": "cooling", "reason": "exhausted", "cooldown_left_s": 3480},
+                {"profile": "eve", "state": "disabled"}
+            ],
+            "last_reload": {"at_unix_ms": 9_000_000u64, "outcome": "ok"}
+        });
+        let t = status_table(&status, now);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[0].starts_with("SLOT  PROFILE  STATE    SINCE  RESTARTS  IN-FLIGHT  LAST ERROR"),
+            "{t}"
+        );
+        assert!(
+            lines[1].starts_with("0     alice    ready    3m12s  0         1          -"),
+            "{t}"
+        );
+        assert!(lines[2].contains("camoufox port 127.0.0.1:9223 is in use"));
+        assert!(t.contains("queue: 2 waiting, oldest 1.2s"));
+        assert!(t.contains("rotation queue: carol"));
+        assert!(t.contains("cooling: dave (exhausted, 58m00s left)"));
+        assert!(t.contains("disabled: eve"));
+        assert!(t.contains("last reload: 16m40s ago, ok"));
+    }
+}

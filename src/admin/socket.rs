@@ -1,0 +1,219 @@
+//! The admin Unix socket: `AUTH_PROFILE_CACHE_DIR/admin.sock` unless
+//! `ADMIN_SOCKET` names another path, mode 0600 in a 0700 directory, so only
+//! the coordinator's own user (and root) can connect; `kubectl exec` and
+//! `podman exec` reach it. The peer's uid is checked too (`SO_PEERCRED`).
+//!
+//! One named thread accepts connections and serves each in turn: read one
+//! request line (bounded in size and time), hand it to the `Control`, write
+//! the answer line, close. Operations only decide and send commands (a
+//! restart's drain happens on the slot's own thread), so no connection
+//! holds the thread for long. `stop` wakes the accept and joins the thread;
+//! the socket file is removed.
+
+use std::fmt;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use log::warn;
+
+use super::proto;
+use super::{Control, Via};
+
+/// Longest request line.
+const MAX_REQUEST: u64 = 64 * 1024;
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub enum SocketError {
+    /// Another process answers on the path: a coordinator already runs there.
+    InUse(PathBuf),
+    Bind(PathBuf, std::io::Error),
+}
+
+impl fmt::Display for SocketError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SocketError::InUse(p) => write!(
+                f,
+                "admin socket {} is in use by a running coordinator: give each coordinator its own AUTH_PROFILE_CACHE_DIR",
+                p.display()
+            ),
+            SocketError::Bind(p, e) => write!(
+                f,
+                "cannot create the admin socket {}: {e}; set ADMIN_SOCKET to a writable path",
+                p.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SocketError {}
+
+pub struct AdminSocket {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AdminSocket {
+    pub fn start(path: &Path, control: Arc<dyn Control>) -> Result<AdminSocket, SocketError> {
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                return Err(SocketError::InUse(path.to_path_buf()));
+            }
+            // Left by a coordinator that did not stop cleanly.
+            let _ = std::fs::remove_file(path);
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| SocketError::Bind(path.into(), e))?;
+        }
+        let listener = UnixListener::bind(path).map_err(|e| SocketError::Bind(path.into(), e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| SocketError::Bind(path.into(), e))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("admin".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if flag.load(Ordering::Acquire) {
+                        return;
+                    }
+                    match conn {
+                        Ok(c) => serve(c, control.as_ref()),
+                        Err(e) => warn!("admin socket: accept failed: {e}"),
+                    }
+                }
+            })
+            .map_err(|e| SocketError::Bind(path.into(), e))?;
+        Ok(AdminSocket {
+            path: path.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stop(mut self) {
+        self.shut();
+    }
+
+    fn shut(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Wake the accept with a connection of our own.
+        let _ = UnixStream::connect(&self.path);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for AdminSocket {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.shut();
+        }
+    }
+}
+
+/// The uid of the connected peer.
+fn peer_uid(s: &UnixStream) -> Option<u32> {
+    let mut cred: libc::ucred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt with a correctly sized out-buffer on our own fd.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (r == 0).then_some(cred.uid)
+}
+
+fn serve(conn: UnixStream, control: &dyn Control) {
+    let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
+    // SAFETY: geteuid has no failure mode.
+    let me = unsafe { libc::geteuid() };
+    let answer = match peer_uid(&conn) {
+        Some(uid) if uid == me || uid == 0 => {
+            let mut line = String::new();
+            let mut reader = BufReader::new((&conn).take(MAX_REQUEST));
+            match reader.read_line(&mut line) {
+                Ok(0) => return, // a wake-up or a probe: nothing asked
+                Ok(_) => match proto::parse(&line) {
+                    Ok(rq) => control.handle(rq, Via::Socket),
+                    Err(answer) => answer,
+                },
+                Err(e) => proto::error(format!("cannot read the request: {e}")),
+            }
+        }
+        _ => proto::error("only the coordinator's own user may use this socket"),
+    };
+    let mut w = &conn;
+    let _ = writeln!(w, "{answer}");
+    let _ = w.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+    use std::sync::Mutex;
+
+    struct Echo(Mutex<Vec<String>>);
+    impl Control for Echo {
+        fn handle(&self, rq: proto::Request, via: Via) -> Value {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{} via {via}", rq.describe()));
+            proto::ok(json!({ "echo": rq.describe() }))
+        }
+    }
+
+    fn ask(path: &Path, line: &str) -> Value {
+        let mut s = UnixStream::connect(path).unwrap();
+        writeln!(s, "{line}").unwrap();
+        let mut out = String::new();
+        BufReader::new(s).read_line(&mut out).unwrap();
+        serde_json::from_str(&out).unwrap()
+    }
+
+    #[test]
+    fn one_request_one_answer_private_socket_and_clean_stop() {
+        let dir = std::env::temp_dir().join(format!("aisp-admin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("admin.sock");
+        let echo = Arc::new(Echo(Mutex::new(Vec::new())));
+        let sock = AdminSocket::start(&path, echo.clone()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let a = ask(&path, r#"{"op": "restart", "slot": 1}"#);
+        assert_eq!(a, json!({"ok": true, "echo": "restart slot 1"}));
+        let bad = ask(&path, "nonsense");
+        assert_eq!(bad["ok"], false);
+        assert!(matches!(
+            AdminSocket::start(&path, echo.clone()),
+            Err(SocketError::InUse(_))
+        ));
+        sock.stop();
+        assert!(!path.exists());
+        assert_eq!(*echo.0.lock().unwrap(), vec!["restart slot 1 via socket"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
