@@ -353,6 +353,12 @@ impl Iterator for ClientConnection {
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
+            // aistudioproxy patch: the last request (the client sent
+            // `Connection: close`, or HTTP/1.0) may have been refused too.
+            self.wait_previous();
+            if self.refused.load(Ordering::SeqCst) {
+                self.linger();
+            }
             return None;
         }
 
