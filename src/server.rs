@@ -219,17 +219,13 @@ impl HttpServer {
                 warn!("{line}");
             }
         });
-        let server = tiny_http::Server::from_listener_with_limits(
-            listener,
-            None,
-            limits(&conn),
-            Some(hook),
-        )
-        .map_err(|e| {
-            BindError(format!(
-                "cannot start the HTTP server on {host}:{port}: {e}"
-            ))
-        })?;
+        let server =
+            tiny_http::Server::from_listener_with_limits(listener, None, limits(&conn), Some(hook))
+                .map_err(|e| {
+                    BindError(format!(
+                        "cannot start the HTTP server on {host}:{port}: {e}"
+                    ))
+                })?;
         let shared = Arc::new(Shared {
             server,
             app,
@@ -432,9 +428,10 @@ fn route(holder: &mut Option<Request>, app: &App, spare_ok: bool) {
         // A place kept for probes: nothing else may hold it.
         let mut rq = rq;
         rq.refuse_body();
-        let _ = rq.respond(ApiError::Overloaded.reply(
-            "the coordinator is at its connection limit (MAX_CONNECTIONS); retry shortly",
-        ));
+        let _ =
+            rq.respond(ApiError::Overloaded.reply(
+                "the coordinator is at its connection limit (MAX_CONNECTIONS); retry shortly",
+            ));
         return;
     }
     match path.as_str() {
@@ -479,6 +476,46 @@ mod tests {
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         out
+    }
+
+    /// At most one line per period, each with the count since the last;
+    /// the count left over is reported by the next line, whether a refusal
+    /// or the first ordinary admission after the period.
+    #[test]
+    fn refusal_lines_are_rate_limited_and_carry_the_count() {
+        let every = Duration::from_secs(5);
+        let mut log = RefusalLog::new(50, every);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(log.on(Admission::Normal, 3, at(0)), None);
+        let first = log.on(Admission::Refused, 50, at(10)).unwrap();
+        assert!(
+            first.contains("MAX_CONNECTIONS=50 reached (50 open): closed 1 "),
+            "{first}"
+        );
+        for i in 0..99 {
+            assert_eq!(log.on(Admission::Refused, 50, at(20 + i)), None);
+        }
+        // Inside the period nothing is logged, ordinary or reserve.
+        assert_eq!(log.on(Admission::Normal, 49, at(3_000)), None);
+        assert_eq!(log.on(Admission::Reserve, 49, at(3_000)), None);
+        let again = log.on(Admission::Normal, 10, at(5_010)).unwrap();
+        assert!(
+            again.contains("below MAX_CONNECTIONS=50 again (10 open)"),
+            "{again}"
+        );
+        assert!(again.contains("closed 99 more"), "{again}");
+        // Nothing left to report: ordinary admissions stay quiet.
+        assert_eq!(log.on(Admission::Normal, 10, at(20_000)), None);
+        let later = log.on(Admission::Refused, 50, at(20_001)).unwrap();
+        assert!(later.contains("closed 1 "), "{later}");
+    }
+
+    #[test]
+    fn the_probe_reserve_is_an_eighth_from_1_to_16() {
+        assert_eq!(probe_reserve(8), 1);
+        assert_eq!(probe_reserve(50), 6);
+        assert_eq!(probe_reserve(4096), 16);
     }
 
     /// A panicking handler costs its request a 500 in OpenAI form, and the
