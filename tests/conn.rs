@@ -297,6 +297,34 @@ fn a_refused_slow_sender_is_cut_off_within_the_linger_bound() {
     assert_eq!(c.get("/live").map(|r| r.status), Some(200));
 }
 
+/// tiny_http's own refusals (431 for a header line over 16 KiB, 400 for a
+/// malformed head) close the same way: a client that writes its whole
+/// request, 2 MB of body included, before reading still reads the answer.
+#[test]
+fn head_errors_reach_a_client_that_writes_everything_first() {
+    let dir = TestDir::new("head_errors_reach_a_client_that_writes_everything_first");
+    dir.write_profiles(&["a"]);
+    let c = Coordinator::start(&dir, Builder::new().pool_size(1));
+    let port = c.ports.coordinator;
+    let body = vec![b'x'; 2 << 20];
+    let big = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nContent-Length: {}\r\n\r\n",
+        "a".repeat(20_000),
+        body.len()
+    );
+    let bad = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nno colon here\r\nContent-Length: {}\r\n\r\n", body.len());
+    for (head, status, code) in [(big, 431, "headers_too_large"), (bad, 400, "bad_request")] {
+        let mut s = connect(port);
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&body)
+            .unwrap_or_else(|e| panic!("the {status} case: writing the body failed: {e}"));
+        let a = read_answer(&mut BufReader::new(s)).expect("an answer after the whole request");
+        assert_eq!(a.status, status, "{}", a.head);
+        assert!(a.body.contains(code), "{}", a.body);
+    }
+    assert_eq!(c.get("/live").map(|r| r.status), Some(200));
+}
+
 // ---------------------------------------------------------------------------
 // Slow and idle clients
 
