@@ -85,6 +85,13 @@ pub struct Config {
     pub request_timeout: Duration,
     pub stream_idle_timeout: Duration,
     pub max_body_bytes: u64,
+    /// A request head must be whole within this (of the accept, or of its
+    /// first byte on a kept-alive connection).
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection closes this long after its last answer.
+    pub keepalive_timeout: Duration,
+    /// Open client connections at most, the probe reserve included.
+    pub max_connections: usize,
     pub routing: Routing,
     pub hydrate_only: bool,
 }
@@ -286,6 +293,21 @@ const SETTINGS: &[Setting] = &[
         env: "MAX_BODY_BYTES",
         default: Some("52428800"),
         help: "largest accepted request body",
+    },
+    Setting {
+        env: "HEADER_TIMEOUT_S",
+        default: Some("30"),
+        help: "a request head must arrive whole within this (of the connection, or of its first byte); else the connection is closed",
+    },
+    Setting {
+        env: "KEEPALIVE_TIMEOUT_S",
+        default: Some("75"),
+        help: "an idle keep-alive connection is closed this long after its last answer",
+    },
+    Setting {
+        env: "MAX_CONNECTIONS",
+        default: Some("4096"),
+        help: "open client connections at most (the last eighth, up to 16, only for /live, /ready, /health); more are closed at once",
     },
 ];
 
@@ -526,6 +548,10 @@ impl Config {
             request_timeout: secs("REQUEST_TIMEOUT_S", 1, 86_400)?,
             stream_idle_timeout: secs("STREAM_IDLE_TIMEOUT_S", 1, 86_400)?,
             max_body_bytes: parse_num("MAX_BODY_BYTES", &need("MAX_BODY_BYTES"), 1024, 1 << 34)?,
+            header_timeout: secs("HEADER_TIMEOUT_S", 1, 3_600)?,
+            keepalive_timeout: secs("KEEPALIVE_TIMEOUT_S", 1, 3_600)?,
+            max_connections: parse_num("MAX_CONNECTIONS", &need("MAX_CONNECTIONS"), 8, 1_000_000)?
+                as usize,
             routing: match need("ROUTING").to_ascii_lowercase().as_str() {
                 "least-busy" => Routing::LeastBusy,
                 "round-robin" => Routing::RoundRobin,
@@ -659,6 +685,32 @@ mod tests {
         assert_eq!(c.child_command, vec!["python", "launch_camoufox.py"]);
         assert_eq!(c.s3.region, "us-east-1");
         assert_eq!(c.log_dir, PathBuf::from("/srv/logs/coordinator"));
+        assert_eq!(c.header_timeout, Duration::from_secs(30));
+        assert_eq!(c.keepalive_timeout, Duration::from_secs(75));
+        assert_eq!(c.max_connections, 4096);
+    }
+
+    #[test]
+    fn connection_limits_are_read_and_checked() {
+        let c = run(
+            &["--header-timeout-s", "1", "--max-connections=50"],
+            &[("KEEPALIVE_TIMEOUT_S", "2")],
+        );
+        assert_eq!(c.header_timeout, Duration::from_secs(1));
+        assert_eq!(c.keepalive_timeout, Duration::from_secs(2));
+        assert_eq!(c.max_connections, 50);
+        assert_eq!(
+            err(&[], &[("HEADER_TIMEOUT_S", "0")]),
+            "invalid HEADER_TIMEOUT_S=\"0\": expected an integer from 1 to 3600"
+        );
+        assert_eq!(
+            err(&[], &[("KEEPALIVE_TIMEOUT_S", "soon")]),
+            "invalid KEEPALIVE_TIMEOUT_S=\"soon\": expected an integer from 1 to 3600"
+        );
+        assert_eq!(
+            err(&[], &[("MAX_CONNECTIONS", "7")]),
+            "invalid MAX_CONNECTIONS=\"7\": expected an integer from 8 to 1000000"
+        );
     }
 
     #[test]

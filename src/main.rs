@@ -150,12 +150,15 @@ fn run(cfg: &Config, hydrated: hydrate::Hydrated) -> Result<(), Fatal> {
         pool: pool.clone(),
         proxy,
     };
-    let http =
-        server::HttpServer::start(&cfg.host, cfg.port, cfg.http_workers, app).map_err(|e| {
-            Fatal {
-                message: e.0,
-                code: 1,
-            }
+    let conn = server::ConnSettings {
+        header_timeout: cfg.header_timeout,
+        keepalive_timeout: cfg.keepalive_timeout,
+        max_connections: cfg.max_connections,
+    };
+    let http = server::HttpServer::start(&cfg.host, cfg.port, cfg.http_workers, conn, app)
+        .map_err(|e| Fatal {
+            message: e.0,
+            code: 1,
         })?;
 
     let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);

@@ -9,10 +9,52 @@
 //! so probes always find one. A panic in a handler becomes a 500 for that
 //! request, never a dead worker.
 //!
-//! tiny_http enforces no limits; ours are: socket read/write timeouts set on
-//! the listener (Linux copies them to accepted sockets), so idle and stalled
-//! clients are dropped; a cap on total header bytes (431); and body limits in
-//! the proxy.
+//! # What a client connection costs, and what bounds it
+//!
+//! tiny_http (patched, see `vendor/tiny_http/PATCHES.md`) gives each open
+//! connection one `http-conn` thread, which reads its request heads and
+//! hands each request to a worker. So a connection costs, for as long as it
+//! is open, one thread (256 KiB of stack reserved, a few pages of it
+//! touched, plus the kernel's task), one descriptor, about 2 KiB of buffers
+//! and the kernel's socket buffers. A connection sending its head slowly, or
+//! not at all, costs exactly that and no worker. What bounds it:
+//!
+//! - `MAX_CONNECTIONS` open connections at most; a new connection past it is
+//!   closed at once and counted, with one log line per
+//!   [`REFUSAL_LOG_EVERY`] at most giving the count since the last line.
+//!   The last [`probe_reserve`] places (1 to 16: an eighth of the limit) are
+//!   kept for whoever comes when the rest are taken: such a connection must
+//!   send its head within [`RESERVE_HEADER_TIMEOUT`], carries one request,
+//!   and gets an answer only for `/live`, `/ready` and `/health` (anything
+//!   else gets 503 `overloaded` and `Connection: close`). A flood of idle
+//!   connections can thus not keep probes out for long: it holds the
+//!   ordinary places until `HEADER_TIMEOUT_S`, but a reserve place frees
+//!   within 2 s, and existing connections keep working throughout.
+//! - `HEADER_TIMEOUT_S`: a connection's first head must be whole within it
+//!   of the accept, a later head within it of its first byte; else the
+//!   connection is closed without an answer (as nginx does).
+//! - `KEEPALIVE_TIMEOUT_S`: an idle keep-alive connection closes this long
+//!   after its last answer was written (the timer starts at the end of the
+//!   answer, so a long stream is never cut by it).
+//! - [`CLIENT_IO_TIMEOUT`] (120 s) bounds each read of a body and each write
+//!   of an answer once the head is in; it never applies to waiting for a
+//!   head, which the two settings above govern.
+//!
+//! So a slow-header connection holds its thread and descriptor for at most
+//! `HEADER_TIMEOUT_S`, and at most `MAX_CONNECTIONS` of them exist at once;
+//! 3,000 half-heads cost at most 3,000 threads for 30 s by default, never
+//! more than `MAX_CONNECTIONS`, and none of the workers.
+//!
+//! A request refused before its body is read (413, 401, a reserve 503) is
+//! answered with `Connection: close`, then the connection closes with a
+//! bounded lingering close (tiny_http's `Linger`: our side shut, the rest
+//! read and discarded up to 64 MiB, 5 s in all, 1 s of silence), so clients
+//! that write their whole body before reading (urllib, requests, the
+//! OpenAI SDK) read the answer instead of a reset. tiny_http's own 400 and
+//! 431 close the same way. The lingering runs on the connection's thread,
+//! never on a worker.
+//!
+//! Other limits: a cap on total header bytes (431), body limits in the proxy.
 
 use std::net::{TcpListener, ToSocketAddrs};
 use std::os::fd::AsRawFd;
@@ -23,16 +65,23 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
-use tiny_http::{Method, Request};
+use tiny_http::{Admission, Method, Request};
 
 use crate::health;
 use crate::pool::Pool;
 use crate::proxy::Proxy;
 use crate::reply::ApiError;
 
-/// A client silent this long (between requests, or mid-upload), or not
-/// reading what we send for this long, is dropped.
-const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(120);
+/// A client silent this long mid-upload, or not reading what we send for
+/// this long, is dropped (per read or write; waiting for a head is bounded
+/// by HEADER_TIMEOUT_S and KEEPALIVE_TIMEOUT_S instead).
+pub const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(120);
+/// Most places of MAX_CONNECTIONS kept for probes (see the module docs).
+const PROBE_RESERVE_MAX: usize = 16;
+/// A connection let into the probe reserve must send its head this fast.
+pub const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// At most one log line about refused connections this often.
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(5);
 /// Largest total size of request header lines.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Worker threads never exceed this; beyond it proxied requests get 503.
@@ -43,6 +92,81 @@ const WORKER_STACK: usize = 256 * 1024;
 const RETIRE_AFTER_IDLE: Duration = Duration::from_secs(5);
 /// Pending connections the kernel queues for us (capped by somaxconn).
 const BACKLOG: i32 = 1024;
+
+/// How client connections are bounded: HEADER_TIMEOUT_S,
+/// KEEPALIVE_TIMEOUT_S and MAX_CONNECTIONS (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnSettings {
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Places of `max_connections` kept for probes: an eighth, 1 to 16.
+pub fn probe_reserve(max_connections: usize) -> usize {
+    (max_connections / 8).clamp(1, PROBE_RESERVE_MAX)
+}
+
+fn limits(c: &ConnSettings) -> tiny_http::Limits {
+    tiny_http::Limits {
+        header_timeout: Some(c.header_timeout),
+        keepalive_timeout: Some(c.keepalive_timeout),
+        io_timeout: Some(CLIENT_IO_TIMEOUT),
+        max_connections: c.max_connections,
+        probe_reserve: probe_reserve(c.max_connections),
+        reserve_header_timeout: Some(RESERVE_HEADER_TIMEOUT),
+        linger: tiny_http::Linger::default(),
+    }
+}
+
+/// Rate-limited reporting of connections closed at MAX_CONNECTIONS: at most
+/// one line per `every`, each with the count since the previous line. Owned
+/// by the accept thread (through its admission hook); no lock.
+struct RefusalLog {
+    max: usize,
+    every: Duration,
+    last_line: Option<Instant>,
+    unreported: u64,
+}
+
+impl RefusalLog {
+    fn new(max: usize, every: Duration) -> RefusalLog {
+        RefusalLog {
+            max,
+            every,
+            last_line: None,
+            unreported: 0,
+        }
+    }
+
+    /// The line to log for this admission, if one is due.
+    fn on(&mut self, a: Admission, open: usize, now: Instant) -> Option<String> {
+        let refused = a == Admission::Refused;
+        if refused {
+            self.unreported += 1;
+        } else if self.unreported == 0 || a == Admission::Reserve {
+            return None;
+        }
+        if self
+            .last_line
+            .is_some_and(|t| now.saturating_duration_since(t) < self.every)
+        {
+            return None;
+        }
+        self.last_line = Some(now);
+        let n = std::mem::take(&mut self.unreported);
+        let max = self.max;
+        Some(if refused {
+            format!(
+                "MAX_CONNECTIONS={max} reached ({open} open): closed {n} new connection(s) at once since the last report"
+            )
+        } else {
+            format!(
+                "below MAX_CONNECTIONS={max} again ({open} open): accepting connections; closed {n} more since the last report"
+            )
+        })
+    }
+}
 
 /// What request handlers can reach.
 pub struct App {
@@ -75,20 +199,33 @@ impl std::fmt::Display for BindError {
 }
 
 impl HttpServer {
-    pub fn start(host: &str, port: u16, workers: usize, app: App) -> Result<HttpServer, BindError> {
+    pub fn start(
+        host: &str,
+        port: u16,
+        workers: usize,
+        conn: ConnSettings,
+        app: App,
+    ) -> Result<HttpServer, BindError> {
         let listener = listen(host, port).map_err(|e| {
             BindError(format!(
                 "cannot listen on {host}:{port}: {e}; set COORDINATOR_HOST/COORDINATOR_PORT to a free address"
             ))
         })?;
-        set_socket_timeouts(&listener, CLIENT_IO_TIMEOUT);
+        set_nodelay(&listener);
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(port);
-        app.proxy.set_local_port(port);
-        let server = tiny_http::Server::from_listener(listener, None).map_err(|e| {
-            BindError(format!(
-                "cannot start the HTTP server on {host}:{port}: {e}"
-            ))
-        })?;
+        let mut refusals = RefusalLog::new(conn.max_connections, REFUSAL_LOG_EVERY);
+        let hook: tiny_http::AdmissionHook = Box::new(move |a, open| {
+            if let Some(line) = refusals.on(a, open, Instant::now()) {
+                warn!("{line}");
+            }
+        });
+        let server =
+            tiny_http::Server::from_listener_with_limits(listener, None, limits(&conn), Some(hook))
+                .map_err(|e| {
+                    BindError(format!(
+                        "cannot start the HTTP server on {host}:{port}: {e}"
+                    ))
+                })?;
         let shared = Arc::new(Shared {
             server,
             app,
@@ -158,27 +295,14 @@ fn listen(host: &str, port: u16) -> std::io::Result<TcpListener> {
     Ok(listener)
 }
 
-/// Linux copies SO_RCVTIMEO/SO_SNDTIMEO from a listening socket to the
-/// sockets it accepts; tiny_http gives no other way to bound client I/O.
-fn set_socket_timeouts(listener: &TcpListener, t: Duration) {
-    let tv = libc::timeval {
-        tv_sec: t.as_secs() as _,
-        tv_usec: 0,
-    };
+/// Linux copies TCP_NODELAY from a listening socket to the sockets it
+/// accepts: small SSE events go out at once. (Read and write timeouts are
+/// set by tiny_http on each accepted socket, from `Limits`.)
+fn set_nodelay(listener: &TcpListener) {
     let one: libc::c_int = 1;
     let fd = listener.as_raw_fd();
-    // SAFETY: valid fd and option values of the documented types and sizes.
+    // SAFETY: valid fd and option value of the documented type and size.
     unsafe {
-        for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                &tv as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
-        }
-        // Inherited by accepted sockets too: small SSE events go out at once.
         libc::setsockopt(
             fd,
             libc::IPPROTO_TCP,
@@ -300,6 +424,16 @@ fn route(holder: &mut Option<Request>, app: &App, spare_ok: bool) {
     }
     let path = rq.url().split('?').next().unwrap_or("").to_string();
     let probe = matches!(rq.method(), Method::Get | Method::Head);
+    if rq.in_reserve() && !(probe && matches!(path.as_str(), "/live" | "/ready" | "/health")) {
+        // A place kept for probes: nothing else may hold it.
+        let mut rq = rq;
+        rq.refuse_body();
+        let _ =
+            rq.respond(ApiError::Overloaded.reply(
+                "the coordinator is at its connection limit (MAX_CONNECTIONS); retry shortly",
+            ));
+        return;
+    }
     match path.as_str() {
         "/live" if probe => {
             let _ = rq.respond(health::live());
@@ -342,6 +476,46 @@ mod tests {
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         out
+    }
+
+    /// At most one line per period, each with the count since the last;
+    /// the count left over is reported by the next line, whether a refusal
+    /// or the first ordinary admission after the period.
+    #[test]
+    fn refusal_lines_are_rate_limited_and_carry_the_count() {
+        let every = Duration::from_secs(5);
+        let mut log = RefusalLog::new(50, every);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(log.on(Admission::Normal, 3, at(0)), None);
+        let first = log.on(Admission::Refused, 50, at(10)).unwrap();
+        assert!(
+            first.contains("MAX_CONNECTIONS=50 reached (50 open): closed 1 "),
+            "{first}"
+        );
+        for i in 0..99 {
+            assert_eq!(log.on(Admission::Refused, 50, at(20 + i)), None);
+        }
+        // Inside the period nothing is logged, ordinary or reserve.
+        assert_eq!(log.on(Admission::Normal, 49, at(3_000)), None);
+        assert_eq!(log.on(Admission::Reserve, 49, at(3_000)), None);
+        let again = log.on(Admission::Normal, 10, at(5_010)).unwrap();
+        assert!(
+            again.contains("below MAX_CONNECTIONS=50 again (10 open)"),
+            "{again}"
+        );
+        assert!(again.contains("closed 99 more"), "{again}");
+        // Nothing left to report: ordinary admissions stay quiet.
+        assert_eq!(log.on(Admission::Normal, 10, at(20_000)), None);
+        let later = log.on(Admission::Refused, 50, at(20_001)).unwrap();
+        assert!(later.contains("closed 1 "), "{later}");
+    }
+
+    #[test]
+    fn the_probe_reserve_is_an_eighth_from_1_to_16() {
+        assert_eq!(probe_reserve(8), 1);
+        assert_eq!(probe_reserve(50), 6);
+        assert_eq!(probe_reserve(4096), 16);
     }
 
     /// A panicking handler costs its request a 500 in OpenAI form, and the

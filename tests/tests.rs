@@ -2,6 +2,7 @@
 //! real binaries; `common` is the shared harness.
 
 mod common;
+mod conn;
 mod core;
 mod operate;
 mod proxy;

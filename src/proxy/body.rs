@@ -1,14 +1,19 @@
-//! Reading a client's request body under `MAX_BODY_BYTES`, and cutting off a
-//! client whose body we refuse.
+//! Reading a client's request body under `MAX_BODY_BYTES`, and refusing a
+//! body without reading it.
 //!
 //! The body is kept whole in memory because a failed attempt is replayed to
 //! the next child byte for byte. A declared length over the limit is refused
 //! before a byte is read; a chunked body is refused as soon as it passes it.
-//! A refused client's connection is shut down, because tiny_http would
-//! otherwise read (and discard) the rest of the body to find the next request.
+//! A refused body is not read on: [`refuse`] marks it so (tiny_http's
+//! `refuse_body`) and answers with `Connection: close`; tiny_http then ends
+//! the connection with a bounded lingering close on the connection's own
+//! thread, so a client still sending its body reads the answer instead of a
+//! reset, and the worker is free at once.
 
-use std::io::Read;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+
+use super::relay::{self, Framing};
+use crate::reply::ApiError;
 
 use tiny_http::Request;
 
@@ -42,73 +47,25 @@ pub fn has_unread_body(rq: &Request) -> bool {
     })
 }
 
-/// Stop reading from the client of `rq`: its socket (found among our open
-/// file descriptors by peer address and our port; tiny_http hides it) is
-/// shut for reading, so tiny_http's drain of the unread body ends at once
-/// instead of consuming whatever the client keeps sending. Our answer can
-/// still be written.
-pub fn stop_reading(rq: &Request, local_port: u16) {
-    if let Some(peer) = rq.remote_addr() {
-        shutdown_client(*peer, local_port, libc::SHUT_RD);
-    }
-}
-
-pub fn shutdown_client(peer: SocketAddr, local_port: u16, how: i32) {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+/// Answer `rq` with `err` before (or instead of) reading the rest of its
+/// body; a request without a body left unread is answered as usual and its
+/// connection kept.
+pub fn refuse(mut rq: Request, err: ApiError, msg: &str) {
+    if !has_unread_body(&rq) {
+        let _ = rq.respond(err.reply(msg));
         return;
-    };
-    for entry in dir.flatten() {
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if sock_addr(fd, true) == Some(peer)
-            && sock_addr(fd, false).map(|a| a.port()) == Some(local_port)
-        {
-            // SAFETY: `fd` is an open socket of ours; shutdown does not close it.
-            unsafe {
-                libc::shutdown(fd, how);
-            }
-            return;
-        }
     }
-}
-
-fn sock_addr(fd: i32, peer: bool) -> Option<SocketAddr> {
-    // SAFETY: storage is large enough for any address; len is its size.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let p = &mut storage as *mut _ as *mut libc::sockaddr;
-    let rc = unsafe {
-        if peer {
-            libc::getpeername(fd, p, &mut len)
-        } else {
-            libc::getsockname(fd, p, &mut len)
-        }
-    };
-    if rc != 0 {
-        return None;
+    rq.refuse_body();
+    // Written by hand, as the relay writes heads: the raw writer carries no
+    // `Connection` header of tiny_http's, and this connection is not reused.
+    let body = err.body(msg).to_string().into_bytes();
+    let mut headers = vec![("Content-Type".to_string(), b"application/json".to_vec())];
+    if let Some(after) = err.retry_after() {
+        headers.push(("Retry-After".to_string(), after.as_bytes().to_vec()));
     }
-    match storage.ss_family as i32 {
-        libc::AF_INET => {
-            // SAFETY: the family says this is a sockaddr_in.
-            let a: &libc::sockaddr_in = unsafe { &*(p as *const libc::sockaddr_in) };
-            Some(SocketAddr::from((
-                u32::from_be(a.sin_addr.s_addr).to_be_bytes(),
-                u16::from_be(a.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says this is a sockaddr_in6.
-            let a: &libc::sockaddr_in6 = unsafe { &*(p as *const libc::sockaddr_in6) };
-            Some(SocketAddr::from((
-                a.sin6_addr.s6_addr,
-                u16::from_be(a.sin6_port),
-            )))
-        }
-        _ => None,
+    let mut w = rq.into_writer();
+    let framing = Framing::Length(body.len() as u64);
+    if relay::write_head(&mut w, err.status(), &headers, framing, true).is_ok() {
+        let _ = w.write_all(&body).and_then(|_| w.flush());
     }
 }

@@ -15,7 +15,7 @@ pub mod keys;
 mod relay;
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
@@ -63,8 +63,6 @@ pub struct Proxy {
     keys: Keys,
     settings: Settings,
     inflight: cancel::InFlight,
-    /// Our listening port, to find a client's socket when cutting it off.
-    local_port: AtomicU16,
 }
 
 /// Why one attempt at one child failed.
@@ -97,12 +95,7 @@ impl Proxy {
             keys,
             settings,
             inflight: cancel::InFlight::default(),
-            local_port: AtomicU16::new(0),
         }
-    }
-
-    pub fn set_local_port(&self, port: u16) {
-        self.local_port.store(port, Ordering::Relaxed);
     }
 
     /// Handle one `/v1/*` request held in `holder`; the request is taken out
@@ -242,7 +235,7 @@ impl Proxy {
                 continue;
             }
             let Some(rq) = holder.take() else { return };
-            let peer = rq.remote_addr().copied();
+            let client = rq.client_socket();
             let result = relay_response(rq, resp, client_close, http10, head_only);
             self.forget(&req_id);
             match result {
@@ -266,12 +259,8 @@ impl Proxy {
                     // The client holds part of an answer that cannot be
                     // completed: end its connection so it sees the break
                     // instead of waiting for the rest.
-                    if let Some(peer) = peer {
-                        body::shutdown_client(
-                            peer,
-                            self.local_port.load(Ordering::Relaxed),
-                            libc::SHUT_RDWR,
-                        );
+                    if let Some(client) = &client {
+                        let _ = client.shutdown(Shutdown::Both);
                     }
                 }
             }
@@ -279,26 +268,11 @@ impl Proxy {
         }
     }
 
-    /// Answer before (or instead of) reading the whole body: the client's
-    /// socket stops being read and the connection closes after the answer.
+    /// Answer before (or instead of) reading the whole body: the connection
+    /// closes after the answer, lingering (see `body::refuse`).
     fn refuse(&self, holder: &mut Option<Request>, err: ApiError, msg: &str) {
-        let Some(rq) = holder.take() else { return };
-        if !body::has_unread_body(&rq) {
-            let _ = rq.respond(err.reply(msg));
-            return;
-        }
-        body::stop_reading(&rq, self.local_port.load(Ordering::Relaxed));
-        // Written by hand: tiny_http drops a `Connection` header from its
-        // responses, and this connection must not be reused.
-        let body = err.body(msg).to_string().into_bytes();
-        let mut headers = vec![("Content-Type".to_string(), b"application/json".to_vec())];
-        if let Some(after) = err.retry_after() {
-            headers.push(("Retry-After".to_string(), after.as_bytes().to_vec()));
-        }
-        let mut w = rq.into_writer();
-        let framing = Framing::Length(body.len() as u64);
-        if relay::write_head(&mut w, err.status(), &headers, framing, true).is_ok() {
-            let _ = w.write_all(&body).and_then(|_| w.flush());
+        if let Some(rq) = holder.take() {
+            body::refuse(rq, err, msg);
         }
     }
 

@@ -4,10 +4,15 @@ use std::io::Error as IoError;
 use std::io::Result as IoResult;
 use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
 
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::common::{HTTPVersion, Method};
+use crate::connection::Connection;
+use crate::limits::{Linger, ReadDeadline};
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
@@ -34,6 +39,42 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // aistudioproxy patch: the connection's limits and state.
+    policy: ConnPolicy,
+    /// The reading half's deadline, set while a head is read.
+    deadline: Arc<ReadDeadline>,
+    /// The plain socket, shared with the halves (none over TLS).
+    socket: Option<Connection>,
+    /// Set when a request's body was refused: close, lingering.
+    refused: Arc<AtomicBool>,
+    /// Requests read so far.
+    served: u64,
+    /// For a later head: its deadline starts at its first byte.
+    await_first_byte: bool,
+}
+
+/// aistudioproxy patch: how one connection is bounded (see `crate::limits`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnPolicy {
+    pub accepted: Instant,
+    pub header_timeout: Option<Duration>,
+    pub keepalive_timeout: Option<Duration>,
+    pub linger: Linger,
+    /// Admitted into the probe reserve: one request only.
+    pub reserve: bool,
+}
+
+impl Default for ConnPolicy {
+    fn default() -> Self {
+        ConnPolicy {
+            accepted: Instant::now(),
+            header_timeout: None,
+            keepalive_timeout: None,
+            linger: Linger::default(),
+            reserve: false,
+        }
+    }
 }
 
 /// Error that can happen when reading a request.
@@ -59,8 +100,19 @@ impl ClientConnection {
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
     ) -> ClientConnection {
+        Self::with_policy(write_socket, read_socket, ConnPolicy::default())
+    }
+
+    /// aistudioproxy patch: a connection bounded by `policy`.
+    pub(crate) fn with_policy(
+        write_socket: RefinedTcpStream,
+        mut read_socket: RefinedTcpStream,
+        policy: ConnPolicy,
+    ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
+        let deadline = read_socket.deadline();
+        let socket = read_socket.socket();
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
@@ -72,7 +124,68 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            policy,
+            deadline,
+            socket,
+            refused: Arc::new(AtomicBool::new(false)),
+            served: 0,
+            await_first_byte: false,
         }
+    }
+
+    /// aistudioproxy patch: wait until the previous request is over, its
+    /// answer written out and its body reader handed back, so that the
+    /// keep-alive timer starts at the end of the answer (not while a long
+    /// answer is still streaming) and a refusal is seen before reading on.
+    /// Pipelined requests are thereby read one after another.
+    fn wait_previous(&mut self) {
+        if self.served == 0 {
+            return;
+        }
+        {
+            // Its turn comes once the previous writer is dropped.
+            let mut writer = self.sink.next().unwrap();
+            writer.flush().ok();
+        }
+        self.next_header_source.wait_turn();
+    }
+
+    /// aistudioproxy patch: the deadline for the first byte of the next head.
+    fn arm_head_deadline(&mut self) {
+        let p = self.policy;
+        let at = if self.served == 0 {
+            p.header_timeout.map(|t| p.accepted + t)
+        } else {
+            self.await_first_byte = true;
+            p.keepalive_timeout.map(|t| Instant::now() + t)
+        };
+        self.deadline.set(at);
+    }
+
+    /// aistudioproxy patch: a bounded lingering close (see [`Linger`]):
+    /// the answer is out, so shut our sending side (the client reads the
+    /// answer to its end), then read and discard what it still sends.
+    fn linger(&mut self) {
+        if let Some(socket) = &self.socket {
+            socket.shutdown(Shutdown::Write).ok();
+        }
+        let l = self.policy.linger;
+        let end = Instant::now() + l.max_time;
+        let mut sink = [0u8; 16 * 1024];
+        let mut drained = 0u64;
+        // Each pass reads at least one byte or ends; the deadline bounds time.
+        while drained < l.max_bytes {
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            self.deadline.set(Some((now + l.max_silence).min(end)));
+            match self.next_header_source.read(&mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n as u64,
+            }
+        }
+        self.deadline.set(None);
     }
 
     /// true if the connection is HTTPS
@@ -95,6 +208,15 @@ impl ClientConnection {
                 Some(b) => b?,
                 None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
             };
+
+            // aistudioproxy patch: a later head must be whole within the
+            // header timeout of its first byte.
+            if self.await_first_byte {
+                self.await_first_byte = false;
+                let now = Instant::now();
+                self.deadline
+                    .set(self.policy.header_timeout.map(|t| now + t));
+            }
 
             if buf.len() >= MAX_LINE_BYTES {
                 return Err(IoError::new(ErrorKind::InvalidData, "line too long"));
@@ -150,6 +272,11 @@ impl ClientConnection {
             (method, path, version, headers)
         };
 
+        // aistudioproxy patch: the head is whole; the body is read under the
+        // I/O timeout.
+        self.deadline.set(None);
+        self.served += 1;
+
         // building the writer for the request
         let writer = self.sink.next().unwrap();
 
@@ -167,6 +294,7 @@ impl ClientConnection {
             *self.remote_addr.as_ref().unwrap(),
             data_source,
             writer,
+            Some(self.refused.clone()),
         )
         .map_err(|e| {
             use crate::request;
@@ -177,6 +305,12 @@ impl ClientConnection {
                 }
             }
         })?;
+
+        let mut request = request;
+        request.set_link(
+            self.socket.as_ref().and_then(|s| s.try_clone().ok()),
+            self.policy.reserve,
+        );
 
         // return the request
         Ok(request)
@@ -219,14 +353,33 @@ impl Iterator for ClientConnection {
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
+            // aistudioproxy patch: the last request (the client sent
+            // `Connection: close`, or HTTP/1.0) may have been refused too.
+            self.wait_previous();
+            if self.refused.load(Ordering::SeqCst) {
+                self.linger();
+            }
             return None;
         }
 
         loop {
+            // aistudioproxy patch: a refused body ends the connection, with
+            // a lingering close; otherwise the next head has its deadline.
+            self.wait_previous();
+            if self.refused.load(Ordering::SeqCst) {
+                self.linger();
+                return None;
+            }
+            self.arm_head_deadline();
+
             let rq = match self.read() {
                 Err(ReadError::WrongRequestLine) | Err(ReadError::WrongHeader(_)) => {
-                    let mut writer = self.sink.next().unwrap();
-                    write_error(&mut writer, "400 Bad Request", "bad_request", "malformed HTTP request line or header");
+                    {
+                        let mut writer = self.sink.next().unwrap();
+                        write_error(&mut writer, "400 Bad Request", "bad_request", "malformed HTTP request line or header");
+                    }
+                    // aistudioproxy patch: the rest may still be coming.
+                    self.linger();
                     return None; // we don't know where the next request would start,
                                  // se we have to close
                 }
@@ -243,27 +396,16 @@ impl Iterator for ClientConnection {
                     }
                     // Closing with unread input makes the kernel send a
                     // reset, which can destroy the 431 before the client
-                    // reads it: swallow a bounded amount of the rest first.
-                    let mut sink = [0u8; 8192];
-                    let mut drained = 0usize;
-                    while drained < (1 << 20) {
-                        match self.next_header_source.read(&mut sink) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => drained += n,
-                        }
-                    }
+                    // reads it: a lingering close swallows the rest first.
+                    self.linger();
                     return None; // the rest of the request cannot be trusted: close
                 }
 
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
-                    // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // closing the connection
-                }
+                // aistudioproxy patch: a head that did not come in time
+                // (or a keep-alive connection idle too long) is closed
+                // without an answer, as nginx does. Upstream answered 408
+                // (to TimedOut only, while a socket timeout is WouldBlock),
+                // which could follow a streamed answer unasked.
 
                 Err(ReadError::ExpectationFailed(ver)) => {
                     let writer = self.sink.next().unwrap();
@@ -310,6 +452,11 @@ impl Iterator for ClientConnection {
                 None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
                 _ => (),
             };
+
+            // aistudioproxy patch: a connection in the reserve carries one request.
+            if self.policy.reserve {
+                self.no_more_requests = true;
+            }
 
             // returning the request
             return Some(rq);

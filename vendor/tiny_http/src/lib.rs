@@ -103,6 +103,7 @@ use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -115,6 +116,7 @@ use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
+pub use limits::{Admission, AdmissionHook, Limits, Linger};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
@@ -122,6 +124,7 @@ pub use test::TestRequest;
 mod client;
 mod common;
 mod connection;
+mod limits;
 mod request;
 mod response;
 mod ssl;
@@ -246,6 +249,18 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with_limits(listener, ssl_config, Limits::default(), None)
+    }
+
+    /// aistudioproxy patch: like `from_listener`, with connections bounded
+    /// by `limits` (see [`Limits`]); `on_admission` hears of every accepted
+    /// connection on the accept thread, to count or log refusals.
+    pub fn from_listener_with_limits<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: Limits,
+        mut on_admission: Option<AdmissionHook>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -288,16 +303,49 @@ impl Server {
 
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
-        thread::spawn(move || {
+        // aistudioproxy patch: named, like every thread of the coordinator.
+        let accept_thread = thread::Builder::new().name("http-accept".into());
+        accept_thread.spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
+            // aistudioproxy patch: open connections, for `limits`.
+            let open = Arc::new(AtomicUsize::new(0));
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
+                        // aistudioproxy patch: admission against the limits;
+                        // a refused connection is closed at once.
+                        let accepted = std::time::Instant::now();
+                        let admission = limits.admit(open.load(Relaxed));
+                        if let Some(hook) = on_admission.as_mut() {
+                            hook(admission, open.load(Relaxed));
+                        }
+                        if admission == Admission::Refused {
+                            drop(sock);
+                            continue;
+                        }
+                        let guard = Arc::new(limits::OpenGuard::new(&open));
+                        sock.set_read_timeout(limits.io_timeout).ok();
+                        sock.set_write_timeout(limits.io_timeout).ok();
+                        let reserve = admission == Admission::Reserve;
+                        let policy = client::ConnPolicy {
+                            accepted,
+                            header_timeout: if reserve {
+                                match (limits.header_timeout, limits.reserve_header_timeout) {
+                                    (Some(a), Some(b)) => Some(a.min(b)),
+                                    (a, b) => a.or(b),
+                                }
+                            } else {
+                                limits.header_timeout
+                            },
+                            keepalive_timeout: limits.keepalive_timeout,
+                            linger: limits.linger,
+                            reserve,
+                        };
+                        let (mut read_closable, mut write_closable) = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
@@ -313,8 +361,23 @@ impl Server {
                             #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
                             Some(ref _ssl) => unreachable!(),
                         };
+                        read_closable.attach(Some(guard.clone()), limits.io_timeout);
+                        write_closable.attach(Some(guard), limits.io_timeout);
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        Ok(ClientConnection::with_policy(
+                            write_closable,
+                            read_closable,
+                            policy,
+                        ))
+                    }
+                    // aistudioproxy patch: errors of one connection, or a
+                    // momentary lack of descriptors or memory, do not end
+                    // the server (upstream stopped accepting for good); a
+                    // short pause keeps a persistent one from spinning.
+                    Err(e) if !inside_close_trigger.load(Relaxed) && accept_error_is_transient(&e) => {
+                        log::warn!("cannot accept a connection: {}; accepting again in 100 ms", e);
+                        thread::sleep(Duration::from_millis(100));
+                        continue;
                     }
                     Err(e) => Err(e),
                 };
@@ -349,7 +412,7 @@ impl Server {
                 }
             }
             log::debug!("Terminating accept thread");
-        });
+        })?;
 
         // result
         Ok(Server {
@@ -412,6 +475,16 @@ impl Server {
     pub fn unblock(&self) {
         self.messages.unblock();
     }
+}
+
+/// aistudioproxy patch: accept(2) errors after which the listener still works.
+fn accept_error_is_transient(e: &IoError) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock | TimedOut | OutOfMemory
+    ) || matches!(e.raw_os_error(), Some(23) | Some(24) | Some(105) | Some(12))
+    // ENFILE, EMFILE, ENOBUFS, ENOMEM
 }
 
 impl Iterator for IncomingRequests<'_> {

@@ -2,10 +2,14 @@ use std::io::Error as IoError;
 use std::io::{self, Cursor, ErrorKind, Read, Write};
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::str::FromStr;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use crate::connection::Connection;
 
 use crate::util::{EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
@@ -74,6 +78,22 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // aistudioproxy patch: what the request knows of its connection.
+    link: Link,
+}
+
+/// aistudioproxy patch: a request's view of its connection.
+#[derive(Default)]
+pub(crate) struct Link {
+    /// Set by [`Request::refuse_body`]; read by the connection's head
+    /// reader, which then closes the connection with a lingering close,
+    /// and by the body reader, which then skips its drain.
+    pub(crate) refused: Option<Arc<AtomicBool>>,
+    /// The plain socket (shared, not a descriptor of its own).
+    pub(crate) socket: Option<Connection>,
+    /// Admitted into the probe reserve: this is the connection's only request.
+    pub(crate) reserve: bool,
 }
 
 struct NotifyOnDrop<R> {
@@ -135,6 +155,7 @@ pub fn new_request<R, W>(
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
     writer: W,
+    refused: Option<Arc<AtomicBool>>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -212,7 +233,11 @@ where
 
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
         } else {
-            let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
+            let (mut data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
+            if let Some(flag) = refused.clone() {
+                // aistudioproxy patch: a refused body is not drained here.
+                data_reader = data_reader.abandoned_by(flag);
+            }
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
         }
     } else if transfer_encoding.is_some() {
@@ -238,6 +263,10 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        link: Link {
+            refused,
+            ..Link::default()
+        },
     })
 }
 
@@ -291,6 +320,49 @@ impl Request {
     #[inline]
     pub fn remote_addr(&self) -> Option<&SocketAddr> {
         self.remote_addr.as_ref()
+    }
+
+    /// aistudioproxy patch: the rest of this request's body will not be
+    /// read. The connection carries no further request: the answer gets
+    /// `Connection: close` (when sent with `respond`; a writer from
+    /// `into_writer` must say so itself), and once it is written the
+    /// connection closes with a bounded lingering close (see
+    /// [`Linger`](crate::Linger)), so a client still sending its body
+    /// reads the answer instead of a reset.
+    pub fn refuse_body(&mut self) {
+        if let Some(flag) = &self.link.refused {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// aistudioproxy patch: a handle of the client's socket, for example to
+    /// shut it down when an answer cannot be completed. It is a descriptor
+    /// of its own, closed when dropped. `None` over TLS or a Unix socket.
+    pub fn client_socket(&self) -> Option<TcpStream> {
+        self.link.socket.as_ref().and_then(Connection::tcp_stream)
+    }
+
+    /// aistudioproxy patch: the connection was let in past the ordinary
+    /// connection limit, into the reserve kept for probes (see
+    /// [`Limits`](crate::Limits)); this is its only request.
+    pub fn in_reserve(&self) -> bool {
+        self.link.reserve
+    }
+
+    /// Whether the connection closes after this request's answer, though the
+    /// client did not ask for it.
+    fn closes_unasked(&self) -> bool {
+        self.link.reserve
+            || self
+                .link
+                .refused
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::SeqCst))
+    }
+
+    pub(crate) fn set_link(&mut self, socket: Option<Connection>, reserve: bool) {
+        self.link.socket = socket;
+        self.link.reserve = reserve;
     }
 
     /// Sends a response with a `Connection: upgrade` header, then turns the `Request` into a `Stream`.
@@ -447,6 +519,14 @@ impl Request {
         let mut writer = self.extract_writer_impl();
 
         let do_not_send_body = self.method == Method::Head;
+
+        // aistudioproxy patch: say so when the connection will not carry
+        // another request though the client may expect it to.
+        let response = if self.closes_unasked() {
+            response.with_connection_close()
+        } else {
+            response
+        };
 
         Self::ignore_client_closing_errors(response.raw_print(
             writer.by_ref(),

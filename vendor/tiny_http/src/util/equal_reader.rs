@@ -1,6 +1,8 @@
 use std::io::Read;
 use std::io::Result as IoResult;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::channel;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
 
 /// A `Reader` that reads exactly the number of bytes from a sub-reader.
@@ -15,6 +17,9 @@ where
     reader: R,
     size: usize,
     last_read_signal: Sender<IoResult<()>>,
+    // aistudioproxy patch: set when the application refused the body; the
+    // destructor then leaves the rest to the connection's lingering close.
+    abandoned: Option<Arc<AtomicBool>>,
 }
 
 impl<R> EqualReader<R>
@@ -28,9 +33,16 @@ where
             reader,
             size,
             last_read_signal: tx,
+            abandoned: None,
         };
 
         (r, rx)
+    }
+
+    /// aistudioproxy patch: skip the drain in the destructor once `flag` is set.
+    pub fn abandoned_by(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.abandoned = Some(flag);
+        self
     }
 }
 
@@ -64,6 +76,13 @@ where
     R: Read,
 {
     fn drop(&mut self) {
+        if self
+            .abandoned
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst))
+        {
+            return;
+        }
         let mut remaining_to_read = self.size;
         // aistudioproxy patch: drain through a bounded buffer. Upstream
         // allocated the whole declared remainder at once, so a client

@@ -29,6 +29,11 @@ struct Sharing {
 /// Minimum number of active threads.
 static MIN_THREADS: usize = 4;
 
+/// aistudioproxy patch: a connection thread only reads request heads (and
+/// small bodies of at most 1 KiB) and lingers: 256 KiB of stack is plenty,
+/// and the cost of a thread per connection stays small in address space.
+const STACK_SIZE: usize = 256 * 1024;
+
 struct Registration<'a> {
     nb: &'a AtomicUsize,
 }
@@ -86,7 +91,13 @@ impl TaskPool {
     fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
         let sharing = self.sharing.clone();
 
-        thread::spawn(move || {
+        // aistudioproxy patch: named, with a small stack; a thread that
+        // cannot be started costs its connection (closed as the task is
+        // dropped), not the accept thread (upstream panicked).
+        let spawned = thread::Builder::new()
+            .name("http-conn".into())
+            .stack_size(STACK_SIZE)
+            .spawn(move || {
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
@@ -130,6 +141,9 @@ impl TaskPool {
                 task();
             }
         });
+        if let Err(e) = spawned {
+            log::error!("cannot start a connection thread: {}; its connection is closed", e);
+        }
     }
 }
 
