@@ -74,6 +74,10 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // aistudioproxy patch: the client socket's descriptor (see `socket`)
+    #[cfg(unix)]
+    socket_fd: Option<std::os::fd::RawFd>,
 }
 
 struct NotifyOnDrop<R> {
@@ -238,6 +242,8 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        #[cfg(unix)]
+        socket_fd: None,
     })
 }
 
@@ -467,6 +473,24 @@ impl Request {
             ErrorKind::ConnectionReset => Ok(()),
             _ => Err(err),
         })
+    }
+
+    /// aistudioproxy patch: the descriptor of the client's socket (plain
+    /// TCP or Unix), so the caller can poll it for a hang-up or shut it
+    /// down. It stays open for as long as this request lives (the response
+    /// writer it holds keeps the connection's write half), so a borrow tied
+    /// to `&self` is sound; `dup` it to keep it longer. `None` for TLS and
+    /// test requests, and once the request is answered.
+    #[cfg(unix)]
+    pub fn socket_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.response_writer.as_ref()?;
+        self.socket_fd
+    }
+
+    #[cfg(unix)]
+    pub(crate) fn with_socket_fd(mut self, fd: Option<std::os::fd::RawFd>) -> Self {
+        self.socket_fd = fd;
+        self
     }
 
     pub(crate) fn with_notify_sender(mut self, sender: Sender<()>) -> Self {

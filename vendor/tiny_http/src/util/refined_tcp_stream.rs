@@ -121,6 +121,19 @@ impl RefinedTcpStream {
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
     }
+
+    /// aistudioproxy patch: the descriptor of a plain (not TLS) socket, so
+    /// a `Request` can lend it out (see `Request::socket`).
+    #[cfg(unix)]
+    pub(crate) fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match &self.stream {
+            Stream::Http(Connection::Tcp(s)) => Some(s.as_raw_fd()),
+            Stream::Http(Connection::Unix(s)) => Some(s.as_raw_fd()),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => None,
+        }
+    }
 }
 
 impl Drop for RefinedTcpStream {
