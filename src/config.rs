@@ -82,18 +82,14 @@ pub struct Config {
     pub request_timeout: Duration,
     pub stream_idle_timeout: Duration,
     pub max_body_bytes: u64,
-    pub routing: Routing,
+    /// Completions one child serves at once (0: no limit).
+    pub max_inflight_per_child: usize,
+    /// Completions that may wait for a child at once.
+    pub max_queue: usize,
+    pub queue_timeout: Duration,
+    /// Consecutive counted 5xx answers that evict a child.
+    pub consecutive_5xx_to_evict: u32,
     pub hydrate_only: bool,
-}
-
-/// How the proxy picks among ready children.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Routing {
-    /// The child with the fewest requests in flight (round-robin among equals).
-    LeastBusy,
-    /// Strict rotation, whatever the load (kept for comparison and for
-    /// operators who want it).
-    RoundRobin,
 }
 
 /// What the command line asked for.
@@ -265,9 +261,24 @@ const SETTINGS: &[Setting] = &[
         help: "longest silence of a streaming child before it is cut off",
     },
     Setting {
-        env: "ROUTING",
-        default: Some("least-busy"),
-        help: "how requests pick a child: least-busy or round-robin",
+        env: "MAX_INFLIGHT_PER_CHILD",
+        default: Some("1"),
+        help: "completions one child serves at once; more wait in the coordinator's queue (0: no limit)",
+    },
+    Setting {
+        env: "MAX_QUEUE",
+        default: Some("512"),
+        help: "completions that may wait for a free child; past it, 503 queue_full",
+    },
+    Setting {
+        env: "QUEUE_TIMEOUT_S",
+        default: Some("120"),
+        help: "longest wait for a free child; past it, 503 queue_timeout",
+    },
+    Setting {
+        env: "CONSECUTIVE_5XX_TO_EVICT",
+        default: Some("3"),
+        help: "answers of 500 or other non-gateway 5xx in a row that evict a child",
     },
     Setting {
         env: "MAX_BODY_BYTES",
@@ -507,17 +518,20 @@ impl Config {
             request_timeout: secs("REQUEST_TIMEOUT_S", 1, 86_400)?,
             stream_idle_timeout: secs("STREAM_IDLE_TIMEOUT_S", 1, 86_400)?,
             max_body_bytes: parse_num("MAX_BODY_BYTES", &need("MAX_BODY_BYTES"), 1024, 1 << 34)?,
-            routing: match need("ROUTING").to_ascii_lowercase().as_str() {
-                "least-busy" => Routing::LeastBusy,
-                "round-robin" => Routing::RoundRobin,
-                _ => {
-                    return Err(invalid(
-                        "ROUTING",
-                        &need("ROUTING"),
-                        "least-busy or round-robin",
-                    ))
-                }
-            },
+            max_inflight_per_child: parse_num(
+                "MAX_INFLIGHT_PER_CHILD",
+                &need("MAX_INFLIGHT_PER_CHILD"),
+                0,
+                100_000,
+            )? as usize,
+            max_queue: parse_num("MAX_QUEUE", &need("MAX_QUEUE"), 0, 1_000_000)? as usize,
+            queue_timeout: secs("QUEUE_TIMEOUT_S", 1, 86_400)?,
+            consecutive_5xx_to_evict: parse_num(
+                "CONSECUTIVE_5XX_TO_EVICT",
+                &need("CONSECUTIVE_5XX_TO_EVICT"),
+                1,
+                1_000,
+            )? as u32,
             hydrate_only,
         })))
     }
@@ -695,6 +709,10 @@ mod tests {
         assert_eq!(c.child_command, vec!["python", "launch_camoufox.py"]);
         assert_eq!(c.s3.region, "us-east-1");
         assert_eq!(c.log_dir, PathBuf::from("/srv/logs/coordinator"));
+        assert_eq!(c.max_inflight_per_child, 1);
+        assert_eq!(c.max_queue, 512);
+        assert_eq!(c.queue_timeout, Duration::from_secs(120));
+        assert_eq!(c.consecutive_5xx_to_evict, 3);
     }
 
     #[test]

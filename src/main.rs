@@ -6,6 +6,7 @@
 mod child;
 mod childlog;
 mod config;
+mod dispatch;
 mod health;
 mod hydrate;
 mod pool;
@@ -105,7 +106,12 @@ fn run(cfg: &Config, hydrated: hydrate::Hydrated) -> Result<(), Fatal> {
         info!("AUTH_KEY_FILE_PATH={} is handed to children", k.display());
     }
     let profile_count = hydrated.profiles.len();
-    let (pool, cmd_rxs) = pool::Pool::new(hydrated.profiles, cfg.pool_size, cfg.ports, cfg.routing);
+    let limits = dispatch::Limits {
+        per_child: cfg.max_inflight_per_child,
+        max_queue: cfg.max_queue,
+        queue_timeout: cfg.queue_timeout,
+    };
+    let (pool, cmd_rxs) = pool::Pool::new(hydrated.profiles, cfg.pool_size, cfg.ports, limits);
     info!(
         "{} slots for {profile_count} profiles ({} queued); child command: {}",
         pool.size(),
@@ -126,6 +132,7 @@ fn run(cfg: &Config, hydrated: hydrate::Hydrated) -> Result<(), Fatal> {
             request_timeout: cfg.request_timeout,
             stream_idle_timeout: cfg.stream_idle_timeout,
             max_body_bytes: cfg.max_body_bytes,
+            consecutive_5xx_to_evict: cfg.consecutive_5xx_to_evict,
         },
     );
     let app = server::App {

@@ -41,7 +41,15 @@ impl Resolver for IpLiteral {
 
 /// An agent for talking to children with `config`.
 pub fn agent(config: Config) -> ureq::Agent {
-    ureq::Agent::with_parts(config, DefaultConnector::default(), IpLiteral)
+    agent_with(config, DefaultConnector::default())
+}
+
+/// An agent over `connector` (the default one, possibly wrapped).
+pub fn agent_with(
+    config: Config,
+    connector: impl ureq::unversioned::transport::Connector<()>,
+) -> ureq::Agent {
+    ureq::Agent::with_parts(config, connector, IpLiteral)
 }
 
 #[cfg(test)]

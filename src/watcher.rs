@@ -428,7 +428,7 @@ mod tests {
             base_camoufox: 2,
             step: 1,
         };
-        let (pool, mut rxs) = Pool::new(profiles, 1, plan, crate::config::Routing::LeastBusy);
+        let (pool, mut rxs) = Pool::new(profiles, 1, plan, Default::default());
         let (shutdown_tx, shutdown) = crossbeam_channel::bounded(0);
         let (hurry_tx, hurry) = crossbeam_channel::bounded(0);
         let settings = Settings {
