@@ -3,5 +3,6 @@
 
 mod common;
 mod core;
+mod frontdoor;
 mod proxy;
 mod s3;
