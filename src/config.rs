@@ -92,18 +92,14 @@ pub struct Config {
     pub keepalive_timeout: Duration,
     /// Open client connections at most, the probe reserve included.
     pub max_connections: usize,
-    pub routing: Routing,
+    /// Completions one child serves at once (0: no limit).
+    pub max_inflight_per_child: usize,
+    /// Completions that may wait for a child at once.
+    pub max_queue: usize,
+    pub queue_timeout: Duration,
+    /// Consecutive counted 5xx answers that evict a child.
+    pub consecutive_5xx_to_evict: u32,
     pub hydrate_only: bool,
-}
-
-/// How the proxy picks among ready children.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Routing {
-    /// The child with the fewest requests in flight (round-robin among equals).
-    LeastBusy,
-    /// Strict rotation, whatever the load (kept for comparison and for
-    /// operators who want it).
-    RoundRobin,
 }
 
 /// What the command line asked for.
@@ -285,9 +281,24 @@ const SETTINGS: &[Setting] = &[
         help: "longest silence of a streaming child before it is cut off",
     },
     Setting {
-        env: "ROUTING",
-        default: Some("least-busy"),
-        help: "how requests pick a child: least-busy or round-robin",
+        env: "MAX_INFLIGHT_PER_CHILD",
+        default: Some("1"),
+        help: "completions one child serves at once; more wait in the coordinator's queue (0: no limit)",
+    },
+    Setting {
+        env: "MAX_QUEUE",
+        default: Some("512"),
+        help: "completions that may wait for a free child; past it, 503 queue_full",
+    },
+    Setting {
+        env: "QUEUE_TIMEOUT_S",
+        default: Some("120"),
+        help: "longest wait for a free child; past it, 503 queue_timeout",
+    },
+    Setting {
+        env: "CONSECUTIVE_5XX_TO_EVICT",
+        default: Some("3"),
+        help: "answers of 500 or other non-gateway 5xx in a row that evict a child",
     },
     Setting {
         env: "MAX_BODY_BYTES",
@@ -552,17 +563,20 @@ impl Config {
             keepalive_timeout: secs("KEEPALIVE_TIMEOUT_S", 1, 3_600)?,
             max_connections: parse_num("MAX_CONNECTIONS", &need("MAX_CONNECTIONS"), 8, 1_000_000)?
                 as usize,
-            routing: match need("ROUTING").to_ascii_lowercase().as_str() {
-                "least-busy" => Routing::LeastBusy,
-                "round-robin" => Routing::RoundRobin,
-                _ => {
-                    return Err(invalid(
-                        "ROUTING",
-                        &need("ROUTING"),
-                        "least-busy or round-robin",
-                    ))
-                }
-            },
+            max_inflight_per_child: parse_num(
+                "MAX_INFLIGHT_PER_CHILD",
+                &need("MAX_INFLIGHT_PER_CHILD"),
+                0,
+                100_000,
+            )? as usize,
+            max_queue: parse_num("MAX_QUEUE", &need("MAX_QUEUE"), 0, 1_000_000)? as usize,
+            queue_timeout: secs("QUEUE_TIMEOUT_S", 1, 86_400)?,
+            consecutive_5xx_to_evict: parse_num(
+                "CONSECUTIVE_5XX_TO_EVICT",
+                &need("CONSECUTIVE_5XX_TO_EVICT"),
+                1,
+                1_000,
+            )? as u32,
             hydrate_only,
         })))
     }
@@ -688,6 +702,10 @@ mod tests {
         assert_eq!(c.header_timeout, Duration::from_secs(30));
         assert_eq!(c.keepalive_timeout, Duration::from_secs(75));
         assert_eq!(c.max_connections, 4096);
+        assert_eq!(c.max_inflight_per_child, 1);
+        assert_eq!(c.max_queue, 512);
+        assert_eq!(c.queue_timeout, Duration::from_secs(120));
+        assert_eq!(c.consecutive_5xx_to_evict, 3);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The probe endpoints: `/live` (the process answers), `/ready` (at least one
 //! child is ready and we are not shutting down) and `/health`, the deprecated
 //! alias of `/ready`. They read one pool snapshot and never do I/O besides
-//! answering, so they stay fast however busy the proxy is.
+//! answering, so they stay fast however busy the proxy is. `queue` is the
+//! rotation queue of profiles; requests waiting for a child are counted in
+//! `requests_waiting` (details at `GET /v1/queue`).
 
 use crate::pool::Snapshot;
 use crate::reply::{self, Reply};
@@ -34,6 +36,8 @@ pub fn ready_body(snap: &Snapshot) -> (u16, serde_json::Value) {
         "slots": snap.slots,
         "queue_length": snap.queue.len(),
         "queue": snap.queue,
+        "in_flight": snap.slots.iter().map(|s| s.in_flight).sum::<usize>(),
+        "requests_waiting": snap.requests_waiting,
     });
     (if ok { 200 } else { 503 }, body)
 }

@@ -9,6 +9,7 @@ mod admin;
 #[allow(dead_code)]
 mod book;
 mod config;
+mod dispatch;
 mod health;
 mod hydrate;
 mod logging;
@@ -123,7 +124,12 @@ fn run(cfg: &Config, hydrated: hydrate::Hydrated) -> Result<(), Fatal> {
     let identity = process::tree::Identity::new(&cfg.cache_dir);
     process::tree::stop_leftovers(&identity, cfg.stop_grace);
     let profile_count = hydrated.profiles.len();
-    let (pool, cmd_rxs) = pool::Pool::new(hydrated.profiles, cfg.pool_size, cfg.ports, cfg.routing);
+    let limits = dispatch::Limits {
+        per_child: cfg.max_inflight_per_child,
+        max_queue: cfg.max_queue,
+        queue_timeout: cfg.queue_timeout,
+    };
+    let (pool, cmd_rxs) = pool::Pool::new(hydrated.profiles, cfg.pool_size, cfg.ports, limits);
     info!(
         "{} slots for {profile_count} profiles ({} queued); child command: {}",
         pool.size(),
@@ -144,6 +150,7 @@ fn run(cfg: &Config, hydrated: hydrate::Hydrated) -> Result<(), Fatal> {
             request_timeout: cfg.request_timeout,
             stream_idle_timeout: cfg.stream_idle_timeout,
             max_body_bytes: cfg.max_body_bytes,
+            consecutive_5xx_to_evict: cfg.consecutive_5xx_to_evict,
         },
     );
     let app = server::App {

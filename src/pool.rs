@@ -1,7 +1,9 @@
 //! The pool: the one shared record of what every slot is doing and which
 //! profiles wait in the rotation queue, behind one mutex held only for short,
 //! I/O-free updates. Watchers write their slot's state here; the HTTP side
-//! reads snapshots (health) and leases ready children (proxy).
+//! reads snapshots (health). Which child gets a request is not decided here
+//! but by the dispatcher, which the pool tells of every slot move
+//! ([`Pool::apply`]) and of every eviction ([`Pool::evict`]).
 //!
 //! Invariant: every hydrated profile is in exactly one place at every moment,
 //! either held by a slot or waiting in the queue. `rotate` moves a slot's
@@ -9,14 +11,14 @@
 //! the lock, so no reader can observe a profile twice or not at all.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 
-use crate::config::{PortPlan, Ports, Routing};
+use crate::config::{PortPlan, Ports};
+use crate::dispatch::{ChildId, Dispatch, Limits, SlotView};
 use crate::hydrate::Profile;
 use crate::slot::{Event, State};
 
@@ -35,7 +37,26 @@ struct SlotInfo {
     /// Bumped at every spawn, so a late eviction cannot hit the successor.
     generation: u64,
     restarts: u32,
-    in_flight: Arc<AtomicUsize>,
+}
+
+impl SlotInfo {
+    /// What the dispatcher needs to know of this slot.
+    fn view(&self) -> SlotView {
+        match &self.state {
+            State::Ready { .. } => SlotView::Ready {
+                generation: self.generation,
+                port: self.ports.api,
+                profile: self
+                    .profile
+                    .as_ref()
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default(),
+            },
+            State::Waiting { until, .. } => SlotView::BackingOff { until: *until },
+            State::Stopped => SlotView::Gone,
+            State::Idle | State::Starting { .. } | State::Stopping { .. } => SlotView::Coming,
+        }
+    }
 }
 
 struct Inner {
@@ -47,11 +68,9 @@ struct Inner {
 pub struct Pool {
     inner: Mutex<Inner>,
     cmds: Vec<Sender<Cmd>>,
-    /// Where the round-robin among equally busy children starts next.
-    rr: AtomicUsize,
+    dispatch: Arc<Dispatch>,
     /// Every hydrated profile name, sorted; the invariant's reference.
     all: Vec<String>,
-    routing: Routing,
 }
 
 /// A point-in-time copy of one slot, for /ready and tests.
@@ -67,40 +86,29 @@ pub struct SlotSnapshot {
     /// Unix time in milliseconds when the slot entered its state.
     pub since_unix_ms: u64,
     pub restarts: u32,
+    /// Requests the dispatcher has on this slot's child now.
     pub in_flight: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
     pub slots: Vec<SlotSnapshot>,
+    /// The rotation queue: profiles waiting for a slot.
     pub queue: Vec<String>,
     pub shutting_down: bool,
-}
-
-/// A claim on one ready child for one request; releases itself on drop.
-#[derive(Debug)]
-pub struct Lease {
-    pub slot: usize,
-    pub generation: u64,
-    pub api_port: u16,
-    pub profile: String,
-    counter: Arc<AtomicUsize>,
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.counter.fetch_sub(1, Ordering::AcqRel);
-    }
+    /// Requests waiting in the dispatcher's queue for a child.
+    pub requests_waiting: usize,
 }
 
 impl Pool {
     /// The first `min(size, profiles)` profiles (in name order) get slots,
-    /// the rest queue. Returns each slot watcher's command receiver.
+    /// the rest queue; the slots' dispatcher applies `limits`. Returns each
+    /// slot watcher's command receiver.
     pub fn new(
         profiles: Vec<Profile>,
         size: usize,
         plan: PortPlan,
-        routing: Routing,
+        limits: Limits,
     ) -> (Arc<Pool>, Vec<Receiver<Cmd>>) {
         let mut all: Vec<String> = profiles.iter().map(|p| p.name.clone()).collect();
         all.sort();
@@ -120,9 +128,9 @@ impl Pool {
                 since: SystemTime::now(),
                 generation: 0,
                 restarts: 0,
-                in_flight: Arc::new(AtomicUsize::new(0)),
             });
         }
+        let dispatch = Dispatch::new(n, limits);
         let pool = Pool {
             inner: Mutex::new(Inner {
                 slots,
@@ -130,9 +138,8 @@ impl Pool {
                 shutting_down: false,
             }),
             cmds,
-            rr: AtomicUsize::new(0),
+            dispatch,
             all,
-            routing,
         };
         (Arc::new(pool), rxs)
     }
@@ -145,6 +152,11 @@ impl Pool {
 
     pub fn size(&self) -> usize {
         self.cmds.len()
+    }
+
+    /// The dispatcher of this pool's children.
+    pub fn dispatch(&self) -> &Arc<Dispatch> {
+        &self.dispatch
     }
 
     pub fn ports(&self, slot: usize) -> Ports {
@@ -161,27 +173,34 @@ impl Pool {
     }
 
     /// Move slot `slot` through `ev`; refused moves change nothing and
-    /// return false. A spawn starts a new generation.
+    /// return false. A spawn starts a new generation. The dispatcher hears
+    /// of every move (after the lock is released): a ready child opens its
+    /// route, any other state closes it. Only the slot's watcher applies
+    /// events to it, so the dispatcher hears them in order.
     pub fn apply(&self, slot: usize, ev: &Event) -> bool {
-        let mut inner = self.lock();
-        let s = &mut inner.slots[slot];
-        match s.state.next(ev) {
-            Some(next) => {
-                if matches!(ev, Event::Spawned { .. }) {
-                    if s.generation > 0 {
-                        s.restarts += 1;
+        let view = {
+            let mut inner = self.lock();
+            let s = &mut inner.slots[slot];
+            match s.state.next(ev) {
+                Some(next) => {
+                    if matches!(ev, Event::Spawned { .. }) {
+                        if s.generation > 0 {
+                            s.restarts += 1;
+                        }
+                        s.generation += 1;
                     }
-                    s.generation += 1;
+                    s.state = next;
+                    s.since = SystemTime::now();
+                    s.view()
                 }
-                s.state = next;
-                s.since = SystemTime::now();
-                true
+                None => {
+                    log::error!("slot {slot}: refused move {ev:?} from {}", s.state.name());
+                    return false;
+                }
             }
-            None => {
-                log::error!("slot {slot}: refused move {ev:?} from {}", s.state.name());
-                false
-            }
-        }
+        };
+        self.dispatch.set_slot(slot, view);
+        true
     }
 
     pub fn generation(&self, slot: usize) -> u64 {
@@ -202,17 +221,23 @@ impl Pool {
 
     pub fn begin_shutdown(&self) {
         self.lock().shutting_down = true;
+        self.dispatch.shut();
     }
 
     /// Ask slot `slot` to evict the child of `generation` (ignored by the
-    /// watcher if that child is already gone).
+    /// watcher if that child is already gone). The dispatcher stops sending
+    /// it requests at once, before the watcher acts.
     pub fn evict(&self, slot: usize, generation: u64, reason: String) {
+        self.dispatch.close(ChildId { slot, generation });
         if let Some(tx) = self.cmds.get(slot) {
             let _ = tx.send(Cmd::Evict { generation, reason });
         }
     }
 
     pub fn snapshot(&self) -> Snapshot {
+        // Read apart from our lock: the two locks are never held together.
+        let in_flight = self.dispatch.in_flight();
+        let requests_waiting = self.dispatch.waiting();
         let inner = self.lock();
         Snapshot {
             slots: inner
@@ -232,79 +257,18 @@ impl Pool {
                         .map(|d| d.as_millis() as u64)
                         .unwrap_or(0),
                     restarts: s.restarts,
-                    in_flight: s.in_flight.load(Ordering::Relaxed),
+                    in_flight: in_flight.get(i).copied().unwrap_or(0),
                 })
                 .collect(),
             queue: inner.queue.iter().map(|p| p.name.clone()).collect(),
             shutting_down: inner.shutting_down,
+            requests_waiting,
         }
     }
 
     /// Every profile is held by exactly one slot or queued exactly once.
     pub fn check_invariant(&self) -> Result<(), String> {
         check_placement(&self.snapshot(), &self.all)
-    }
-
-    /// Lease a ready child not in `tried`: with least-busy routing the one
-    /// with the fewest requests in flight (the choice rotates among equals),
-    /// with round-robin routing the next in turn.
-    pub fn acquire(&self, tried: &[usize]) -> Option<Lease> {
-        let inner = self.lock();
-        if inner.shutting_down {
-            return None;
-        }
-        let n = inner.slots.len();
-        let start = self.rr.fetch_add(1, Ordering::Relaxed);
-        let mut best: Option<(usize, usize)> = None;
-        for k in 0..n {
-            let i = (start + k) % n;
-            let s = &inner.slots[i];
-            if !matches!(s.state, State::Ready { .. }) || tried.contains(&i) {
-                continue;
-            }
-            let load = s.in_flight.load(Ordering::Acquire);
-            if best.is_none_or(|(_, b)| load < b) {
-                best = Some((i, load));
-            }
-            if self.routing == Routing::RoundRobin {
-                break;
-            }
-        }
-        let (i, _) = best?;
-        let s = &inner.slots[i];
-        s.in_flight.fetch_add(1, Ordering::AcqRel);
-        Some(Lease {
-            slot: i,
-            generation: s.generation,
-            api_port: s.ports.api,
-            profile: s
-                .profile
-                .as_ref()
-                .map(|p| p.name.clone())
-                .unwrap_or_default(),
-            counter: s.in_flight.clone(),
-        })
-    }
-
-    /// Ready children right now, for the proxy's fan-out (cancel).
-    pub fn ready_slots(&self) -> Vec<(usize, u16, String)> {
-        let inner = self.lock();
-        inner
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| matches!(s.state, State::Ready { .. }))
-            .map(|(i, s)| {
-                (
-                    i,
-                    s.ports.api,
-                    s.profile
-                        .as_ref()
-                        .map(|p| p.name.clone())
-                        .unwrap_or_default(),
-                )
-            })
-            .collect()
     }
 }
 
@@ -370,7 +334,7 @@ mod tests {
             profiles(&["a", "b", "c", "d"]),
             2,
             plan(),
-            Routing::LeastBusy,
+            Limits::default(),
         );
         assert_eq!(rx.len(), 2);
         let snap = pool.snapshot();
@@ -382,7 +346,7 @@ mod tests {
 
     #[test]
     fn pool_never_exceeds_profiles() {
-        let (pool, _) = Pool::new(profiles(&["a"]), 3, plan(), Routing::LeastBusy);
+        let (pool, _) = Pool::new(profiles(&["a"]), 3, plan(), Limits::default());
         assert_eq!(pool.size(), 1);
     }
 
@@ -392,7 +356,7 @@ mod tests {
             profiles(&["a", "b", "c", "d"]),
             2,
             plan(),
-            Routing::LeastBusy,
+            Limits::default(),
         );
         assert_eq!(pool.rotate(0).unwrap().name, "c");
         assert_eq!(pool.snapshot().queue, vec!["d", "a"]);
@@ -400,60 +364,49 @@ mod tests {
         assert_eq!(pool.rotate(0).unwrap().name, "a");
         assert_eq!(pool.snapshot().queue, vec!["b", "c"]);
         pool.check_invariant().unwrap();
-        let (solo, _) = Pool::new(profiles(&["a"]), 2, plan(), Routing::LeastBusy);
+        let (solo, _) = Pool::new(profiles(&["a"]), 2, plan(), Limits::default());
         assert_eq!(solo.rotate(0).unwrap().name, "a");
         solo.check_invariant().unwrap();
     }
 
     #[test]
     fn refused_moves_change_nothing() {
-        let (pool, _) = Pool::new(profiles(&["a"]), 1, plan(), Routing::LeastBusy);
+        let (pool, _) = Pool::new(profiles(&["a"]), 1, plan(), Limits::default());
         assert!(!pool.apply(0, &Event::BecameReady));
         assert_eq!(pool.state(0), State::Idle);
         assert_eq!(pool.generation(0), 0);
     }
 
     #[test]
-    fn leases_go_to_the_least_busy_ready_child() {
-        let (pool, _) = Pool::new(profiles(&["a", "b", "c"]), 3, plan(), Routing::LeastBusy);
-        assert!(pool.acquire(&[]).is_none());
+    fn the_dispatcher_follows_every_move_and_eviction() {
+        let (pool, _) = Pool::new(profiles(&["a", "b"]), 2, plan(), Limits::default());
+        let d = pool.dispatch().clone();
+        assert!(d.ready().is_empty());
         make_ready(&pool, 0);
-        make_ready(&pool, 2);
-        let l1 = pool.acquire(&[]).unwrap();
-        let l2 = pool.acquire(&[]).unwrap();
-        assert_ne!(l1.slot, l2.slot, "equal load alternates");
-        let l3 = pool.acquire(&[]).unwrap();
-        drop(l1);
-        let l4 = pool.acquire(&[]).unwrap();
-        assert_ne!(l4.slot, l3.slot, "the freed child is the least busy");
-        assert!(pool.acquire(&[0, 2]).is_none());
-        assert_eq!(pool.acquire(&[0]).unwrap().slot, 2);
-        drop((l2, l3, l4));
-        assert!(pool.snapshot().slots.iter().all(|s| s.in_flight == 0));
-        pool.begin_shutdown();
-        assert!(pool.acquire(&[]).is_none());
-    }
-
-    #[test]
-    fn round_robin_ignores_load() {
-        let (pool, _) = Pool::new(profiles(&["a", "b"]), 2, plan(), Routing::RoundRobin);
-        make_ready(&pool, 0);
-        make_ready(&pool, 1);
-        let picks: Vec<usize> = (0..4).map(|_| pool.acquire(&[]).unwrap().slot).collect();
-        assert_eq!(picks, vec![0, 1, 0, 1]);
-        let _busy = pool.acquire(&[]).unwrap();
-        let _busy2 = pool.acquire(&[]).unwrap();
-        let _held = pool.acquire(&[]).unwrap();
-        assert_eq!(
-            pool.acquire(&[]).unwrap().slot,
+        assert_eq!(d.ready(), vec![(0, 3100, "a".to_string())]);
+        let until = Instant::now() + std::time::Duration::from_secs(9);
+        assert!(pool.apply(
             1,
-            "the turn decides, not the load"
-        );
+            &Event::Backoff {
+                until,
+                reason: "r".into()
+            }
+        ));
+        assert_eq!(d.view().slots[1].state, "backoff");
+        // An eviction closes the route before the watcher acts on it.
+        pool.evict(0, pool.generation(0), "test".into());
+        assert!(d.ready().is_empty());
+        assert!(pool.apply(0, &Event::Stop(crate::slot::StopReason::Shutdown)));
+        assert!(pool.apply(0, &Event::Gone));
+        make_ready(&pool, 0);
+        assert_eq!(d.view().slots[0].generation, Some(2));
+        pool.begin_shutdown();
+        assert!(pool.snapshot().shutting_down);
     }
 
     #[test]
     fn generations_count_spawns() {
-        let (pool, _) = Pool::new(profiles(&["a"]), 1, plan(), Routing::LeastBusy);
+        let (pool, _) = Pool::new(profiles(&["a"]), 1, plan(), Limits::default());
         make_ready(&pool, 0);
         assert_eq!(pool.generation(0), 1);
         assert!(pool.apply(0, &Event::Stop(crate::slot::StopReason::Shutdown)));

@@ -31,6 +31,14 @@ pub enum ApiError {
     HeadersTooLarge,
     NoReadyChild,
     Overloaded,
+    /// `MAX_QUEUE` completions wait already.
+    QueueFull,
+    /// No child freed up within `QUEUE_TIMEOUT_S`.
+    QueueTimeout,
+    /// Cancelled through `POST /v1/cancel/{id}`.
+    Cancelled,
+    /// The child failed before answering and no retry could answer either.
+    ChildFailed,
     UpstreamTimeout,
     Internal,
 }
@@ -43,7 +51,14 @@ impl ApiError {
             ApiError::BadRequest => 400,
             ApiError::BodyTooLarge => 413,
             ApiError::HeadersTooLarge => 431,
-            ApiError::NoReadyChild | ApiError::Overloaded => 503,
+            ApiError::NoReadyChild
+            | ApiError::Overloaded
+            | ApiError::QueueFull
+            | ApiError::QueueTimeout => 503,
+            // A standard status every client library knows; the code says
+            // what happened.
+            ApiError::Cancelled => 409,
+            ApiError::ChildFailed => 502,
             ApiError::UpstreamTimeout => 504,
             ApiError::Internal => 500,
         }
@@ -59,6 +74,10 @@ impl ApiError {
             ApiError::HeadersTooLarge => ("invalid_request_error", "headers_too_large"),
             ApiError::NoReadyChild => ("server_error", "no_ready_child"),
             ApiError::Overloaded => ("server_error", "overloaded"),
+            ApiError::QueueFull => ("server_error", "queue_full"),
+            ApiError::QueueTimeout => ("server_error", "queue_timeout"),
+            ApiError::Cancelled => ("invalid_request_error", "request_cancelled"),
+            ApiError::ChildFailed => ("server_error", "child_failed"),
             ApiError::UpstreamTimeout => ("server_error", "upstream_timeout"),
             ApiError::Internal => ("server_error", "internal_error"),
         }
@@ -73,7 +92,14 @@ impl ApiError {
 
     /// Seconds a client should wait before trying again, where it applies.
     pub fn retry_after(self) -> Option<&'static str> {
-        matches!(self, ApiError::NoReadyChild | ApiError::Overloaded).then_some("5")
+        matches!(
+            self,
+            ApiError::NoReadyChild
+                | ApiError::Overloaded
+                | ApiError::QueueFull
+                | ApiError::QueueTimeout
+        )
+        .then_some("5")
     }
 
     pub fn reply(self, message: &str) -> Reply {
@@ -81,6 +107,16 @@ impl ApiError {
         match self.retry_after() {
             Some(after) => r.with_header(header("Retry-After", after)),
             None => r,
+        }
+    }
+
+    /// Like [`ApiError::reply`], with `Retry-After: retry_after` (seconds)
+    /// instead of the default where one applies.
+    pub fn reply_after(self, message: &str, retry_after: Option<u64>) -> Reply {
+        match retry_after {
+            Some(secs) => json(self.status(), &self.body(message))
+                .with_header(header("Retry-After", &secs.to_string())),
+            None => self.reply(message),
         }
     }
 }

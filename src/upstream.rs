@@ -44,13 +44,22 @@ impl Resolver for IpLiteral {
     }
 }
 
-/// An agent for talking to children with `config`, never through a proxy.
-pub fn agent(config: ConfigBuilder<AgentScope>) -> ureq::Agent {
-    ureq::Agent::with_parts(
-        config.proxy(None).build(),
-        DefaultConnector::default(),
-        IpLiteral,
-    )
+/// Where every child agent's configuration starts: no proxy.
+pub fn config_builder() -> ConfigBuilder<AgentScope> {
+    ureq::Agent::config_builder().proxy(None)
+}
+
+/// An agent for talking to children with `config` (from `config_builder`).
+pub fn agent(config: Config) -> ureq::Agent {
+    agent_with(config, DefaultConnector::default())
+}
+
+/// An agent over `connector` (the default one, possibly wrapped).
+pub fn agent_with(
+    config: Config,
+    connector: impl ureq::unversioned::transport::Connector<()>,
+) -> ureq::Agent {
+    ureq::Agent::with_parts(config, connector, IpLiteral)
 }
 
 #[cfg(test)]

@@ -106,10 +106,11 @@ pub fn spawn(
 
 fn health_agent() -> ureq::Agent {
     crate::upstream::agent(
-        ureq::Agent::config_builder()
+        crate::upstream::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_millis(1000)))
-            .max_idle_connections_per_host(1),
+            .max_idle_connections_per_host(1)
+            .build(),
     )
 }
 
@@ -498,7 +499,7 @@ http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
             base_camoufox: free_port(),
             step: 1,
         };
-        let (pool, mut rxs) = Pool::new(profiles, 1, plan, crate::config::Routing::LeastBusy);
+        let (pool, mut rxs) = Pool::new(profiles, 1, plan, Default::default());
         let (shutdown_tx, shutdown) = crossbeam_channel::bounded(0);
         let (hurry_tx, hurry) = crossbeam_channel::bounded(0);
         let settings = Settings {

@@ -3,7 +3,8 @@
 //! failover (refused, reset, 500), no retry after the first byte, body
 //! replay, deadlines, client disconnects, cancel routing, API keys, limits,
 //! pass-through of paths and statuses, least-busy routing, probes under 200
-//! open streams, and the official OpenAI Python SDK.
+//! open streams, and the official OpenAI Python SDK. The fleet queue, blame
+//! and request ids have their own module, `frontdoor`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -14,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
-fn knobs(k: Value) -> Value {
+pub(crate) fn knobs(k: Value) -> Value {
     json!({ "cookies": [], "testchild": k })
 }
 
@@ -30,7 +31,7 @@ fn agent() -> &'static ureq::Agent {
 }
 
 /// POST a JSON body with extra headers; the reply with its headers.
-fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+pub(crate) fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
     let mut rq = agent()
         .post(format!("http://127.0.0.1:{port}{path}"))
         .header("Content-Type", "application/json");
@@ -41,7 +42,7 @@ fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
     reply_of(&mut resp)
 }
 
-fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Reply {
+pub(crate) fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Reply {
     let mut rq = agent().get(format!("http://127.0.0.1:{port}{path}"));
     for (k, v) in headers {
         rq = rq.header(*k, *v);
@@ -62,13 +63,13 @@ fn reply_of(resp: &mut ureq::http::Response<ureq::Body>) -> Reply {
     }
 }
 
-fn chat(content: &str, stream: bool) -> String {
+pub(crate) fn chat(content: &str, stream: bool) -> String {
     json!({"model": "gemini-test", "stream": stream,
            "messages": [{"role": "user", "content": content}]})
     .to_string()
 }
 
-fn content_of(r: &Reply) -> String {
+pub(crate) fn content_of(r: &Reply) -> String {
     r.json()["choices"][0]["message"]["content"]
         .as_str()
         .unwrap_or_else(|| panic!("no content in {:?}", r.body))
@@ -76,7 +77,11 @@ fn content_of(r: &Reply) -> String {
 }
 
 /// Poll until `f` gives a value, up to `deadline`.
-fn wait_until_some<T>(what: &str, deadline: Instant, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_until_some<T>(
+    what: &str,
+    deadline: Instant,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let mut out = None;
     wait_until(what, deadline, || {
         out = f();
@@ -93,12 +98,12 @@ fn unix_ms() -> u64 {
 }
 
 /// The requests a child recorded (see the test child's `/_testchild/requests`).
-fn child_requests(api_port: u16) -> Vec<Value> {
+pub(crate) fn child_requests(api_port: u16) -> Vec<Value> {
     let r = http_get(api_port, "/_testchild/requests").expect("child answers");
     r.json().as_array().cloned().unwrap_or_default()
 }
 
-fn completions_seen(api_port: u16) -> usize {
+pub(crate) fn completions_seen(api_port: u16) -> usize {
     child_requests(api_port)
         .iter()
         .filter(|r| r["path"] == "/v1/chat/completions")
@@ -107,7 +112,7 @@ fn completions_seen(api_port: u16) -> usize {
 
 /// A raw HTTP/1.1 streaming request; returns the open socket after the
 /// request was written.
-fn open_stream(port: u16, body: &str, extra: &str) -> TcpStream {
+pub(crate) fn open_stream(port: u16, body: &str, extra: &str) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.set_nodelay(true).unwrap();
@@ -122,7 +127,7 @@ fn open_stream(port: u16, body: &str, extra: &str) -> TcpStream {
 
 /// Read SSE `data:` lines from a raw response as they arrive, with the
 /// unix-ms time each one arrived; stops at `[DONE]`, EOF or `max` events.
-fn read_events(s: TcpStream, max: usize) -> (String, Vec<(u64, String)>) {
+pub(crate) fn read_events(s: TcpStream, max: usize) -> (String, Vec<(u64, String)>) {
     let mut r = BufReader::new(s);
     let mut head = String::new();
     loop {
@@ -386,38 +391,62 @@ fn no_retry_once_the_client_has_bytes() {
 fn no_ready_child_gives_503_with_retry_after() {
     let dir = TestDir::new("no_ready_child_gives_503_with_retry_after");
     dir.write_profile("a", &knobs(json!({"never_ready": true})));
-    let c = Coordinator::start(&dir, Builder::new().pool_size(1));
-    let r = post(
-        c.ports.coordinator,
-        "/v1/chat/completions",
-        &[],
-        &chat("x", false),
-    );
+    let c = Coordinator::start(&dir, Builder::new().pool_size(1).env("QUEUE_TIMEOUT_S", 1));
+    // A GET never waits: refused at once.
+    let t = Instant::now();
+    let r = get(c.ports.coordinator, "/v1/models", &[]);
+    assert!(t.elapsed() < Duration::from_millis(500));
     assert_eq!(r.status, 503);
     assert!(r.header("Retry-After").is_some());
     let e = &r.json()["error"];
     assert_eq!(e["type"], "server_error");
     assert_eq!(e["code"], "no_ready_child");
-}
-
-#[test]
-fn all_children_failing_gives_503() {
-    let dir = TestDir::new("all_children_failing_gives_503");
-    dir.write_profile("a", &knobs(json!({"fail_status": 500})));
-    dir.write_profile("b", &knobs(json!({"fail_status": 502})));
-    let c = Coordinator::start(&dir, Builder::new().pool_size(2));
-    c.wait_all_ready(secs(10.0));
+    // A completion waits for the starting child, up to QUEUE_TIMEOUT_S.
+    let t = Instant::now();
     let r = post(
         c.ports.coordinator,
         "/v1/chat/completions",
         &[],
         &chat("x", false),
     );
-    assert_eq!(r.status, 503, "{}", r.body);
-    assert!(r.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("failed"));
+    assert!(t.elapsed() >= Duration::from_millis(900));
+    assert_eq!(r.status, 503);
+    assert!(r.header("Retry-After").is_some());
+    assert_eq!(r.json()["error"]["code"], "queue_timeout");
+}
+
+/// A request both children answer with 5xx is the request's problem: its
+/// client gets the second child's answer as it is, and at most one child
+/// (the one that answered a gateway error first, if it did) is evicted.
+#[test]
+fn a_request_every_child_fails_gets_the_last_answer_as_is() {
+    let dir = TestDir::new("a_request_every_child_fails_gets_the_last_answer_as_is");
+    dir.write_profile("a", &knobs(json!({"fail_status": 500})));
+    dir.write_profile("b", &knobs(json!({"fail_status": 500})));
+    let c = Coordinator::start(&dir, Builder::new().pool_size(2));
+    c.wait_all_ready(secs(10.0));
+    let pids: Vec<Option<i32>> = c.slots().iter().map(|s| s.pid).collect();
+    for i in 0..4 {
+        let r = post(
+            c.ports.coordinator,
+            "/v1/chat/completions",
+            &[],
+            &chat(&format!("x{i}"), false),
+        );
+        assert_eq!(r.status, 500, "{}", r.body);
+        assert_eq!(
+            r.json()["error"]["code"],
+            "testchild_fail",
+            "the child's own body"
+        );
+        assert!(
+            r.header("X-Testchild-Profile").is_some(),
+            "the child's headers"
+        );
+    }
+    let now: Vec<Option<i32>> = c.slots().iter().map(|s| s.pid).collect();
+    assert_eq!(now, pids, "nobody is evicted for a bad request");
+    assert!(c.stderr().contains("by two children"));
 }
 
 // ---------------------------------------------------------------------------
@@ -426,17 +455,17 @@ fn all_children_failing_gives_503() {
 #[test]
 fn slow_answers_are_not_failures_but_the_deadline_holds() {
     let dir = TestDir::new("slow_answers_are_not_failures_but_the_deadline_holds");
-    dir.write_profile("a", &knobs(json!({"completion_delay_ms": 2000})));
+    dir.write_profile("a", &knobs(json!({"completion_delay_ms": 1500})));
     let c = Coordinator::start(
         &dir,
         Builder::new()
             .pool_size(1)
-            .env("REQUEST_TIMEOUT_S", 3)
+            .env("REQUEST_TIMEOUT_S", 2)
             .env("STREAM_IDLE_TIMEOUT_S", 1),
     );
     c.wait_all_ready(secs(10.0));
-    // 2 s of silence is longer than the stream idle limit but this is not
-    // a stream, and it is within the request deadline.
+    // 1.5 s of silence is longer than the stream idle limit but the idle
+    // limit starts with the head, and it is within the request deadline.
     let t = Instant::now();
     let r = post(
         c.ports.coordinator,
@@ -445,22 +474,51 @@ fn slow_answers_are_not_failures_but_the_deadline_holds() {
         &chat("slow", false),
     );
     assert_eq!(r.status, 200);
-    assert!(t.elapsed() >= Duration::from_millis(1900));
-    // Two queued behind each other at the one child: the second needs ~4 s.
+    assert!(t.elapsed() >= Duration::from_millis(1400));
+    // Two at once: the second waits in the coordinator's queue, not inside
+    // the child, so its deadline only runs from when the child takes it.
     let port = c.ports.coordinator;
     let first =
         std::thread::spawn(move || post(port, "/v1/chat/completions", &[], &chat("1", false)));
     std::thread::sleep(Duration::from_millis(100));
     let t = Instant::now();
-    let r = post(port, "/v1/chat/completions", &[], &chat("2", false));
+    let r = post(port, "/v1/chat/completions", &[], &chat("2", true));
     let took = t.elapsed();
     assert_eq!(first.join().unwrap().status, 200);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(took >= Duration::from_millis(2500), "{took:?}");
+    assert_eq!(c.slots()[0].restarts, 0, "slow is not broken");
+}
+
+#[test]
+fn no_head_within_the_deadline_is_a_child_failure() {
+    let dir = TestDir::new("no_head_within_the_deadline_is_a_child_failure");
+    dir.write_profile("a", &knobs(json!({"completion_delay_ms": 5000})));
+    dir.write_profile("b", &knobs(json!({"completion_delay_ms": 5000})));
+    let c = Coordinator::start(
+        &dir,
+        Builder::new().pool_size(2).env("REQUEST_TIMEOUT_S", 1),
+    );
+    c.wait_all_ready(secs(10.0));
+    let t = Instant::now();
+    let r = post(
+        c.ports.coordinator,
+        "/v1/chat/completions",
+        &[],
+        &chat("x", false),
+    );
+    let took = t.elapsed();
     assert_eq!(r.status, 504, "{}", r.body);
     assert_eq!(r.json()["error"]["code"], "upstream_timeout");
+    assert!(r.header("X-Request-Id").is_some());
+    // One deadline per child tried (two), never the 5 s of the stall.
     assert!(
-        took < Duration::from_millis(3800),
+        took < Duration::from_millis(3500),
         "the deadline held ({took:?})"
     );
+    wait_until("one child to be evicted", secs(10.0), || {
+        c.slots().iter().map(|s| s.restarts).sum::<u64>() == 1
+    });
 }
 
 #[test]
@@ -491,15 +549,17 @@ fn a_silent_stream_is_cut_off_and_the_child_evicted() {
 // ---------------------------------------------------------------------------
 // Cancel
 
+/// An id the coordinator knows is cancelled by the coordinator (the running
+/// request's child connection is closed and its client answered at once);
+/// an id it does not know is a child's own, asked of every ready child.
 #[test]
-fn cancel_goes_to_the_child_holding_the_request() {
-    let dir = TestDir::new("cancel_goes_to_the_child_holding_the_request");
+fn cancel_by_our_id_or_by_the_childs() {
+    let dir = TestDir::new("cancel_by_our_id_or_by_the_childs");
     dir.write_profile("a", &knobs(json!({"completion_delay_ms": 4000})));
     dir.write_profile("b", &knobs(json!({"completion_delay_ms": 4000})));
     let c = Coordinator::start(&dir, Builder::new().pool_size(2));
     c.wait_all_ready(secs(10.0));
     let port = c.ports.coordinator;
-    let t = Instant::now();
     let pending = std::thread::spawn(move || {
         post(
             port,
@@ -508,25 +568,42 @@ fn cancel_goes_to_the_child_holding_the_request() {
             &chat("x", false),
         )
     });
-    wait_until("the request to be in flight", secs(3.0), || {
+    let busy = wait_until_some("the request to be in flight", secs(3.0), || {
         c.slots()
             .iter()
-            .any(|s| c.ready().1["slots"][s.slot as usize]["in_flight"].as_u64() == Some(1))
+            .position(|s| c.ready().1["slots"][s.slot as usize]["in_flight"].as_u64() == Some(1))
     });
+    let t = Instant::now();
     let r = post(port, "/v1/cancel/req-77", &[], "");
     assert_eq!(r.status, 200, "{}", r.body);
-    let acked = strings(&r.json()["acknowledged_by"]);
-    assert_eq!(acked.len(), 1, "only the holder is asked: {acked:?}");
+    assert_eq!(r.json()["cancelled"][0]["state"], "running", "{}", r.body);
     let done = pending.join().unwrap();
-    assert_eq!(content_of(&done), "cancelled");
-    assert!(
-        t.elapsed() < Duration::from_millis(3500),
-        "the completion ended early"
-    );
+    assert!(t.elapsed() < Duration::from_millis(1500), "ended early");
+    assert_eq!(done.status, 409, "{}", done.body);
+    assert_eq!(done.json()["error"]["code"], "request_cancelled");
+    assert_eq!(done.header("X-Request-Id"), Some("req-77"));
+    // A request the other child holds under its own id, unknown to us.
+    let other = c.slots()[1 - busy].ports.0;
+    let direct = std::thread::spawn(move || {
+        post(
+            other,
+            "/v1/chat/completions",
+            &[("X-Request-Id", "inner-1")],
+            &chat("x", false),
+        )
+    });
+    wait_until("the child to hold it", secs(3.0), || {
+        http_get(other, "/v1/queue").is_some_and(|r| r.json()["processing"] == true)
+    });
+    let r = post(port, "/v1/cancel/inner-1", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(strings(&r.json()["acknowledged_by"]).len(), 1, "{}", r.body);
+    assert_eq!(content_of(&direct.join().unwrap()), "cancelled");
     // Unknown ids go to every child; none knows it.
     let r = post(port, "/v1/cancel/nobody-knows", &[], "");
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"]["code"], "request_not_found");
+    assert_eq!(c.slots().iter().map(|s| s.restarts).sum::<u64>(), 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -655,7 +732,7 @@ fn other_paths_statuses_and_headers_pass_through() {
     c.wait_all_ready(secs(10.0));
     let port = c.ports.coordinator;
     let api = c.slots()[0].ports.0;
-    let r = get(port, "/v1/queue?verbose=1", &[]);
+    let r = get(port, "/v1/models?verbose=1", &[]);
     assert_eq!(r.status, 200);
     assert_eq!(
         r.header("X-Testchild-Profile"),
@@ -756,24 +833,21 @@ fn probes_stay_fast_under_200_open_streams() {
     let c = Coordinator::start(&dir, Builder::new().pool_size(2).env("HTTP_WORKERS", 4));
     c.wait_all_ready(secs(10.0));
     let port = c.ports.coordinator;
-    // 200 streams: the children serve one at a time, so 198 wait inside
-    // them, each holding a connection (and a coordinator thread) open.
+    // 200 streams: the children serve one at a time, so 198 wait in the
+    // coordinator's queue, each holding a connection (and a coordinator
+    // thread) open.
     let streams: Vec<TcpStream> = (0..200)
         .map(|_| open_stream(port, &chat("x", true), ""))
         .collect();
-    let mut in_flight = 0;
+    let mut held = 0;
     let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(30) && in_flight < 200 {
+    while t.elapsed() < Duration::from_secs(30) && held < 200 {
         let (_, body) = c.ready();
-        in_flight = body["slots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["in_flight"].as_u64().unwrap_or(0))
-            .sum::<u64>();
+        held = body["in_flight"].as_u64().unwrap_or(0)
+            + body["requests_waiting"].as_u64().unwrap_or(0);
         std::thread::sleep(POLL);
     }
-    assert_eq!(in_flight, 200, "requests in flight after {:?}", t.elapsed());
+    assert_eq!(held, 200, "requests held after {:?}", t.elapsed());
     let mut worst = Duration::ZERO;
     for _ in 0..20 {
         for path in ["/live", "/ready"] {

@@ -4,6 +4,7 @@
 mod common;
 mod conn;
 mod core;
+mod frontdoor;
 mod operate;
 mod proxy;
 mod realchild;

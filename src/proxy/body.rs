@@ -50,16 +50,22 @@ pub fn has_unread_body(rq: &Request) -> bool {
 /// Answer `rq` with `err` before (or instead of) reading the rest of its
 /// body; a request without a body left unread is answered as usual and its
 /// connection kept.
-pub fn refuse(mut rq: Request, err: ApiError, msg: &str) {
+pub fn refuse(mut rq: Request, rid: &str, err: ApiError, msg: &str) {
     if !has_unread_body(&rq) {
-        let _ = rq.respond(err.reply(msg));
+        let _ = rq.respond(
+            err.reply(msg)
+                .with_header(crate::reply::header("X-Request-Id", rid)),
+        );
         return;
     }
     rq.refuse_body();
     // Written by hand, as the relay writes heads: the raw writer carries no
     // `Connection` header of tiny_http's, and this connection is not reused.
     let body = err.body(msg).to_string().into_bytes();
-    let mut headers = vec![("Content-Type".to_string(), b"application/json".to_vec())];
+    let mut headers = vec![
+        ("Content-Type".to_string(), b"application/json".to_vec()),
+        ("X-Request-Id".to_string(), rid.as_bytes().to_vec()),
+    ];
     if let Some(after) = err.retry_after() {
         headers.push(("Retry-After".to_string(), after.as_bytes().to_vec()));
     }

@@ -1,57 +1,34 @@
-//! `POST /v1/cancel/{req_id}`: sent to the child known to hold that request
-//! (the proxy remembers the `X-Request-Id` of requests in flight), else to
-//! every ready child at once. 200 names the children that acknowledged; 404
-//! when none did.
+//! `POST /v1/cancel/{req_id}`. An id the coordinator knows (the
+//! `X-Request-Id` of a request it is proxying, sent by the client or made
+//! up) is cancelled here: a queued request leaves the queue and its client
+//! gets 409 `request_cancelled`; a running one has its child connection
+//! closed and its client's answer ended. Any other id is taken for a
+//! child's own request id and sent to every ready child at once: 200 names
+//! the children that acknowledged, 404 when none did.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::pool::Pool;
+use crate::dispatch::Dispatch;
 use crate::reply::{self, ApiError, Reply};
 
-/// Request ids of proxied requests in flight, and the slot serving each.
-#[derive(Default)]
-pub struct InFlight {
-    ids: Mutex<HashMap<String, (usize, u16, String)>>,
-}
-
-impl InFlight {
-    pub fn insert(&self, id: &str, slot: usize, port: u16, profile: &str) {
-        self.ids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), (slot, port, profile.to_string()));
-    }
-
-    pub fn remove(&self, id: &str) {
-        self.ids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-    }
-
-    fn get(&self, id: &str) -> Option<(usize, u16, String)> {
-        self.ids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-    }
-}
+use super::requests::Registry;
 
 /// `req_id` is the raw (still percent-encoded) path segment, forwarded as is.
 pub fn cancel(
     agent: &ureq::Agent,
-    pool: &Pool,
-    inflight: &InFlight,
+    registry: &Registry,
+    dispatch: &Dispatch,
     req_id: &str,
     auth: &[(String, Vec<u8>)],
 ) -> Reply {
-    let targets: Vec<(usize, u16, String)> = match inflight.get(req_id) {
-        Some(t) => vec![t],
-        None => pool.ready_slots(),
-    };
+    let done = registry.cancel(&percent_decode(req_id), dispatch);
+    if !done.is_empty() {
+        return reply::json(
+            200,
+            &serde_json::json!({ "success": true, "req_id": req_id, "cancelled": done }),
+        );
+    }
+    let targets = dispatch.ready();
     let acked: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = targets
             .iter()
@@ -85,4 +62,35 @@ pub fn cancel(
         200,
         &serde_json::json!({ "success": true, "req_id": req_id, "acknowledged_by": acked }),
     )
+}
+
+/// `%XX` escapes decoded; anything malformed is kept as it is.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(super::percent_decode("a%20b%2Fc"), "a b/c");
+        assert_eq!(super::percent_decode("100%"), "100%");
+        assert_eq!(super::percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(super::percent_decode("plain-id_7"), "plain-id_7");
+    }
 }

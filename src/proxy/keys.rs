@@ -1,6 +1,13 @@
 //! API keys: loaded once from the hydrated key file (one key per line, blank
 //! lines ignored) and checked in constant time. An empty set disables the
 //! check. Keys are never logged or echoed.
+//!
+//! The coordinator is lenient in what it accepts (`Authorization` with any
+//! case of `Bearer` and surrounding spaces, or `X-API-Key`, either one
+//! matching), the child is strict (exactly `Bearer ` + key, `X-API-Key` only
+//! without a Bearer header): so a request let in here reaches the child
+//! with exactly `Authorization: Bearer <the matched key>` and no other auth
+//! header (see [`Access`] and the proxy's header rewriting).
 
 use std::path::Path;
 
@@ -44,6 +51,7 @@ impl Keys {
 
     /// Whether `candidate` is one of the keys. Every key is compared in full
     /// whatever matches, so timing reveals nothing about which bytes agree.
+    #[cfg(test)]
     pub fn accepts(&self, candidate: &[u8]) -> bool {
         let mut found = 0u8;
         for k in &self.keys {
@@ -52,28 +60,79 @@ impl Keys {
         found == 1
     }
 
-    /// The key a request presents: `Authorization: Bearer <key>` or
-    /// `X-API-Key: <key>`; either may carry it.
-    pub fn request_allowed(&self, rq: &Request) -> bool {
-        if !self.enabled() {
-            return true;
-        }
-        let mut ok = false;
-        for h in rq.headers() {
-            let v = h.value.as_str().trim();
-            if h.field.equiv("Authorization") {
-                let token = v
-                    .split_once(' ')
-                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                    .map(|(_, t)| t.trim());
-                if let Some(t) = token {
-                    ok |= self.accepts(t.as_bytes());
-                }
-            } else if h.field.equiv("X-API-Key") {
-                ok |= self.accepts(v.as_bytes());
+    /// The listed key equal to `candidate`, if any. Every key is compared
+    /// in full whatever matches.
+    fn matching(&self, candidate: &[u8]) -> Option<&[u8]> {
+        let mut found = None;
+        for k in &self.keys {
+            if ct_eq(k, candidate) {
+                found = Some(k.as_slice());
             }
         }
-        ok
+        found
+    }
+
+    /// What a request's credentials allow: `Authorization: Bearer <key>` (any
+    /// case of the scheme) or `X-API-Key: <key>`; either may carry it.
+    pub fn access(&self, rq: &Request) -> Access<'_> {
+        if !self.enabled() {
+            return Access::NoKeys;
+        }
+        let mut found = None;
+        for h in rq.headers() {
+            let v = h.value.as_str().trim();
+            let candidate = if h.field.equiv("Authorization") {
+                v.split_once(' ')
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, t)| t.trim())
+            } else if h.field.equiv("X-API-Key") {
+                Some(v)
+            } else {
+                None
+            };
+            if let Some(m) = candidate.and_then(|c| self.matching(c.as_bytes())) {
+                found.get_or_insert(m);
+            }
+        }
+        found.map(Access::Key).unwrap_or(Access::Denied)
+    }
+}
+
+/// The outcome of the key check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access<'k> {
+    /// No key file: no check, credentials are forwarded as they came.
+    NoKeys,
+    /// This listed key was presented.
+    Key(&'k [u8]),
+    Denied,
+}
+
+/// Whether a header carries credentials (the ones rewritten on the way).
+pub fn is_auth_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("x-api-key")
+}
+
+/// The request's headers with their credentials made the child's one
+/// accepted form: with a matched key exactly `Authorization: Bearer <key>`;
+/// without a key check as they came; denied (on an open path) none.
+pub fn for_child(
+    access: Access<'_>,
+    mut headers: Vec<(String, Vec<u8>)>,
+) -> Vec<(String, Vec<u8>)> {
+    match access {
+        Access::NoKeys => headers,
+        Access::Key(k) => {
+            headers.retain(|(name, _)| !is_auth_header(name));
+            let mut v = b"Bearer ".to_vec();
+            v.extend_from_slice(k);
+            headers.push(("Authorization".to_string(), v));
+            headers
+        }
+        Access::Denied => {
+            headers.retain(|(name, _)| !is_auth_header(name));
+            headers
+        }
     }
 }
 
@@ -101,6 +160,33 @@ mod tests {
         assert!(k.accepts(b"alpha") && k.accepts(b"beta"));
         assert!(!k.accepts(b"alph") && !k.accepts(b"alphaa") && !k.accepts(b""));
         assert!(!Keys::parse("\n \n").enabled());
+    }
+
+    #[test]
+    fn the_child_gets_exactly_the_matched_key_as_bearer() {
+        let k = Keys::parse("alpha\nbeta\n");
+        let h = |pairs: &[(&str, &str)]| -> Vec<(String, Vec<u8>)> {
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.as_bytes().to_vec()))
+                .collect()
+        };
+        let out = for_child(
+            Access::Key(k.matching(b"beta").unwrap()),
+            h(&[
+                ("authorization", "bearer  nope"),
+                ("X-Api-Key", "beta"),
+                ("x-other", "1"),
+            ]),
+        );
+        assert_eq!(
+            out,
+            h(&[("x-other", "1"), ("Authorization", "Bearer beta")])
+        );
+        let out = for_child(Access::Denied, h(&[("Authorization", "x"), ("a", "b")]));
+        assert_eq!(out, h(&[("a", "b")]));
+        let same = h(&[("Authorization", "Bearer tok")]);
+        assert_eq!(for_child(Access::NoKeys, same.clone()), same);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! raw connection writer (`Request::into_writer`) and frames the body itself:
 //! `Content-Length` when the child gave one, else chunked (one chunk per read
 //! from the child, flushed at once), or close-delimited for HTTP/1.0 clients.
+//! Each piece is shown to an observer (the answer inspection) only after it
+//! was written and flushed, so looking never delays an event.
 
 use std::io::{self, Read, Write};
 
@@ -76,16 +78,18 @@ thread_local! {
 
 /// Copy the body from `src` to the client with `framing`. Chunked bodies are
 /// flushed after every read, so each event reaches the client as the child
-/// wrote it; memory stays one buffer whatever the size.
+/// wrote it; memory stays one buffer whatever the size. `observe` sees each
+/// piece once it has gone out.
 pub fn copy_body(
     src: &mut dyn Read,
     w: &mut dyn Write,
     framing: Framing,
+    observe: &mut dyn FnMut(&[u8]),
 ) -> Result<u64, RelayError> {
     if framing == Framing::NoBody {
         return Ok(0);
     }
-    BUF.with(|b| copy_with(src, w, framing, &mut b.borrow_mut()))
+    BUF.with(|b| copy_with(src, w, framing, &mut b.borrow_mut(), observe))
 }
 
 fn copy_with(
@@ -93,6 +97,7 @@ fn copy_with(
     w: &mut dyn Write,
     framing: Framing,
     buf: &mut [u8],
+    observe: &mut dyn FnMut(&[u8]),
 ) -> Result<u64, RelayError> {
     let mut frame = Vec::new();
     let mut total = 0u64;
@@ -120,6 +125,7 @@ fn copy_with(
                 }
             }
         }
+        observe(&buf[..n]);
     }
     if let Framing::Length(expected) = framing {
         if total != expected {
@@ -157,7 +163,7 @@ mod tests {
     fn chunked_framing_is_one_chunk_per_read() {
         let mut out = Vec::new();
         let mut src = Pieces(vec![b"data: 1\n\n", b"data: [DONE]\n\n"]);
-        copy_body(&mut src, &mut out, Framing::Chunked).unwrap();
+        copy_body(&mut src, &mut out, Framing::Chunked, &mut |_| {}).unwrap();
         assert_eq!(
             out,
             b"9\r\ndata: 1\n\n\r\ne\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
@@ -167,12 +173,21 @@ mod tests {
     #[test]
     fn length_framing_copies_verbatim_and_notices_short_bodies() {
         let mut out = Vec::new();
-        copy_body(&mut Pieces(vec![b"abc"]), &mut out, Framing::Length(3)).unwrap();
+        let mut seen = Vec::new();
+        copy_body(
+            &mut Pieces(vec![b"ab", b"c"]),
+            &mut out,
+            Framing::Length(3),
+            &mut |p| seen.push(p.to_vec()),
+        )
+        .unwrap();
+        assert_eq!(seen, vec![b"ab".to_vec(), b"c".to_vec()]);
         assert_eq!(out, b"abc");
         let err = copy_body(
             &mut Pieces(vec![b"ab"]),
             &mut Vec::new(),
             Framing::Length(3),
+            &mut |_| {},
         );
         assert!(matches!(err, Err(RelayError::Upstream(_))));
     }

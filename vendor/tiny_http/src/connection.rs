@@ -130,6 +130,17 @@ impl Connection {
         }
     }
 
+    /// aistudioproxy patch: the socket's descriptor, lent to a request (see
+    /// `Request::socket_fd`).
+    #[cfg(unix)]
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Self::Tcp(s) => s.as_raw_fd(),
+            Self::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
     pub(crate) fn try_clone(&self) -> std::io::Result<Self> {
         match self {
             // aistudioproxy patch: shared, not duplicated.

@@ -342,6 +342,17 @@ impl Request {
         self.link.socket.as_ref().and_then(Connection::tcp_stream)
     }
 
+    /// aistudioproxy patch: the client socket's descriptor, for a caller
+    /// that must watch it without taking it over (for example `poll` for a
+    /// hang-up while the request waits for a child). Borrowed: valid while
+    /// the request lives and is unanswered, never to be closed; `None` for
+    /// TLS and test requests, and once the request is answered.
+    #[cfg(unix)]
+    pub fn socket_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.response_writer.as_ref()?;
+        self.link.socket.as_ref().map(Connection::raw_fd)
+    }
+
     /// aistudioproxy patch: the connection was let in past the ordinary
     /// connection limit, into the reserve kept for probes (see
     /// [`Limits`](crate::Limits)); this is its only request.

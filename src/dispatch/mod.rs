@@ -1,0 +1,653 @@
+//! The dispatcher: the one place that decides which child gets a request.
+//!
+//! It owns, behind one mutex and with no thread of its own, the route to
+//! every ready child (slot, generation, port, profile, completions and other
+//! requests in use) and the fleet-wide FIFO of completions waiting for a
+//! child. A request leaves with a [`Ticket`]; dropping the ticket frees its
+//! place and, in the same step, hands the child to the oldest waiter that
+//! may use it, waking exactly that waiter (its own eventfd), so a freed child
+//! never sits idle while someone waits and nobody polls.
+//!
+//! Completions (`Kind::Completion`) count against `MAX_INFLIGHT_PER_CHILD`
+//! and wait when no ready child has a free place; everything else
+//! (`Kind::Other`: GETs, models) goes to the least busy ready child at once
+//! or is refused at once. The pool tells the dispatcher every slot change
+//! ([`Dispatch::set_slot`]); a waiter is refused at once only when no child
+//! can become ready any more. Runs on the HTTP worker threads that call it;
+//! the lock is held only for bookkeeping, never across I/O or a wait: wakes
+//! are signalled after it is released.
+
+mod ticket;
+mod wake;
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use log::warn;
+use serde::Serialize;
+
+pub use ticket::Ticket;
+use wake::{Wake, Woke};
+
+/// How many requests a child may serve and how long a request may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Completions one child serves at once; 0 means no limit.
+    pub per_child: usize,
+    /// Completions that may wait at once; past it, refused.
+    pub max_queue: usize,
+    /// Longest wait in the queue.
+    pub queue_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            per_child: 1,
+            max_queue: 512,
+            queue_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What a request is, for the dispatcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A completion (`POST` under `/v1/` other than cancel): limited, queued.
+    Completion,
+    /// Anything else: never limited, never queued.
+    Other,
+}
+
+/// One child: a slot's generation (bumped at every spawn).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct ChildId {
+    pub slot: usize,
+    pub generation: u64,
+}
+
+impl fmt::Display for ChildId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "slot {} generation {}", self.slot, self.generation)
+    }
+}
+
+/// What the pool tells the dispatcher about one slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotView {
+    /// Its child answers requests.
+    Ready {
+        generation: u64,
+        port: u16,
+        profile: String,
+    },
+    /// A child will come: idle, starting, or stopping before the next start.
+    Coming,
+    /// A child will come after a backoff ending at `until`.
+    BackingOff { until: Instant },
+    /// No child will come (stopped, or no profile to run).
+    Gone,
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Want {
+    /// The request's internal id: the key a cancel uses.
+    pub id: u64,
+    pub kind: Kind,
+    /// A child the request must not go to (the one that just failed it).
+    pub avoid: Option<ChildId>,
+    /// The client's socket, watched for a hang-up while the request waits.
+    /// Must stay open for the duration of the call.
+    pub client: Option<RawFd>,
+}
+
+/// Why a request gets no child.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// `MAX_QUEUE` requests wait already.
+    QueueFull {
+        retry_after: u64,
+    },
+    /// No child freed up within `QUEUE_TIMEOUT_S`.
+    QueueTimeout {
+        waited: Duration,
+        retry_after: u64,
+    },
+    /// No child is ready (for a request that does not wait), or none can
+    /// become ready any more.
+    NoChild {
+        retry_after: u64,
+    },
+    /// Only the child to avoid exists and it stays.
+    NoOtherChild,
+    ShuttingDown,
+    /// Cancelled by `POST /v1/cancel/{id}` while waiting.
+    Cancelled,
+    /// The client hung up while waiting.
+    ClientGone,
+    /// The waiter could not be set up (no file descriptor left).
+    Internal(String),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::QueueFull { .. } => f.write_str("the request queue is full"),
+            Refusal::QueueTimeout { waited, .. } => {
+                write!(f, "no child freed up within {:.1?}", waited)
+            }
+            Refusal::NoChild { .. } => f.write_str("no ready child"),
+            Refusal::NoOtherChild => f.write_str("no other child to try"),
+            Refusal::ShuttingDown => f.write_str("the coordinator is shutting down"),
+            Refusal::Cancelled => f.write_str("cancelled while queued"),
+            Refusal::ClientGone => f.write_str("the client went away while queued"),
+            Refusal::Internal(why) => write!(f, "cannot queue the request: {why}"),
+        }
+    }
+}
+
+/// The suggested wait when nothing better is known, in seconds.
+const DEFAULT_RETRY_AFTER: u64 = 5;
+
+/// A ready child and what it is doing.
+#[derive(Debug, Clone)]
+struct Route {
+    child: ChildId,
+    port: u16,
+    profile: String,
+    completions: usize,
+    others: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Slot {
+    Open(Route),
+    Coming,
+    BackingOff { until: Instant },
+    Gone,
+}
+
+struct Waiter {
+    id: u64,
+    avoid: Option<ChildId>,
+    since: Instant,
+    wake: Arc<Wake>,
+}
+
+/// A waiter's fate, decided under the lock and collected by the waiter.
+enum Decision {
+    Granted(Grant),
+    Refused(Refusal),
+}
+
+#[derive(Debug, Clone)]
+struct Grant {
+    child: ChildId,
+    port: u16,
+    profile: String,
+}
+
+/// Whether a waiter can still be served.
+#[derive(Debug, PartialEq, Eq)]
+enum Prospect {
+    Some,
+    OnlyAvoided,
+    None,
+}
+
+struct Inner {
+    slots: Vec<Slot>,
+    queue: VecDeque<Waiter>,
+    decided: HashMap<u64, Decision>,
+    /// Where the search for the least busy child starts next, so equally
+    /// busy children take turns.
+    turn: usize,
+    shutting_down: bool,
+}
+
+pub struct Dispatch {
+    inner: Mutex<Inner>,
+    limits: Limits,
+}
+
+impl fmt::Debug for Dispatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dispatch")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One slot as `/v1/queue` and `/ready` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteView {
+    pub slot: usize,
+    pub state: &'static str,
+    pub profile: Option<String>,
+    pub generation: Option<u64>,
+    pub completions: usize,
+    pub others: usize,
+}
+
+/// The queue and the routes at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct View {
+    pub queue_length: usize,
+    pub oldest_wait_ms: Option<u64>,
+    pub max_inflight_per_child: usize,
+    pub max_queue: usize,
+    pub queue_timeout_s: u64,
+    pub slots: Vec<RouteView>,
+}
+
+impl Dispatch {
+    /// `slots` slots, each with a child coming.
+    pub fn new(slots: usize, limits: Limits) -> Arc<Dispatch> {
+        Arc::new(Dispatch {
+            inner: Mutex::new(Inner {
+                slots: vec![Slot::Coming; slots],
+                queue: VecDeque::new(),
+                decided: HashMap::new(),
+                turn: 0,
+                shutting_down: false,
+            }),
+            limits,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every update under this lock completes before it is released and
+        // none can panic halfway, so a poisoned lock is still coherent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pool's report of slot `slot`: opens, replaces or closes its route.
+    /// A new route starts empty; tickets of an older generation no longer
+    /// count anywhere.
+    pub fn set_slot(&self, slot: usize, view: SlotView) {
+        let wakes = {
+            let mut inner = self.lock();
+            let Some(s) = inner.slots.get_mut(slot) else {
+                return;
+            };
+            *s = match view {
+                SlotView::Ready {
+                    generation,
+                    port,
+                    profile,
+                } => Slot::Open(Route {
+                    child: ChildId { slot, generation },
+                    port,
+                    profile,
+                    completions: 0,
+                    others: 0,
+                }),
+                SlotView::Coming => Slot::Coming,
+                SlotView::BackingOff { until } => Slot::BackingOff { until },
+                SlotView::Gone => Slot::Gone,
+            };
+            inner.settle(&self.limits)
+        };
+        signal(wakes);
+    }
+
+    /// Stop sending requests to `child` (it is being evicted); its slot
+    /// counts as coming. Ignored if the slot has moved on already.
+    pub fn close(&self, child: ChildId) {
+        let wakes = {
+            let mut inner = self.lock();
+            match inner.slots.get(child.slot) {
+                Some(Slot::Open(r)) if r.child == child => {
+                    inner.slots[child.slot] = Slot::Coming;
+                }
+                _ => return,
+            }
+            inner.settle(&self.limits)
+        };
+        signal(wakes);
+    }
+
+    /// No request gets a child any more; every waiter is refused.
+    pub fn shut(&self) {
+        let wakes = {
+            let mut inner = self.lock();
+            inner.shutting_down = true;
+            inner.settle(&self.limits)
+        };
+        signal(wakes);
+    }
+
+    /// A queued request with internal id `id` leaves the queue, refused as
+    /// cancelled. False when no such request waits.
+    pub fn cancel(&self, id: u64) -> bool {
+        let wake = {
+            let mut inner = self.lock();
+            let Some(i) = inner.queue.iter().position(|w| w.id == id) else {
+                return false;
+            };
+            let w = inner.queue.remove(i).expect("index found above");
+            inner
+                .decided
+                .insert(id, Decision::Refused(Refusal::Cancelled));
+            w.wake
+        };
+        wake.signal();
+        true
+    }
+
+    /// A child for `want`: at once if one has a free place, else (for a
+    /// completion) after waiting in the queue up to the queue timeout.
+    pub fn acquire(self: &Arc<Self>, want: Want) -> Result<Ticket, Refusal> {
+        let started = Instant::now();
+        let wake = {
+            let mut inner = self.lock();
+            if inner.shutting_down {
+                return Err(Refusal::ShuttingDown);
+            }
+            if let Some(g) = inner.take(&self.limits, want.kind, want.avoid) {
+                return Ok(Ticket::new(self.clone(), g, want.kind));
+            }
+            if want.kind == Kind::Other {
+                return Err(Refusal::NoChild {
+                    retry_after: inner.retry_after(),
+                });
+            }
+            match inner.prospect(want.avoid) {
+                Prospect::Some => {}
+                Prospect::OnlyAvoided => return Err(Refusal::NoOtherChild),
+                Prospect::None => {
+                    return Err(Refusal::NoChild {
+                        retry_after: DEFAULT_RETRY_AFTER,
+                    })
+                }
+            }
+            if inner.queue.len() >= self.limits.max_queue {
+                return Err(Refusal::QueueFull {
+                    retry_after: inner.retry_after(),
+                });
+            }
+            let wake = match Wake::new() {
+                Ok(w) => Arc::new(w),
+                Err(e) => {
+                    warn!("cannot queue a request: {e}");
+                    return Err(Refusal::Internal(e.to_string()));
+                }
+            };
+            inner.queue.push_back(Waiter {
+                id: want.id,
+                avoid: want.avoid,
+                since: started,
+                wake: wake.clone(),
+            });
+            wake
+        };
+        let deadline = started + self.limits.queue_timeout;
+        loop {
+            let woke = wake.wait(want.client, deadline);
+            let mut inner = self.lock();
+            if let Some(d) = inner.decided.remove(&want.id) {
+                drop(inner);
+                return match d {
+                    Decision::Granted(g) => {
+                        let ticket = Ticket::new(self.clone(), g, want.kind);
+                        if woke == Woke::ClientGone {
+                            // Granted as the client left: the place goes
+                            // straight to the next waiter.
+                            drop(ticket);
+                            return Err(Refusal::ClientGone);
+                        }
+                        Ok(ticket)
+                    }
+                    Decision::Refused(r) => Err(r),
+                };
+            }
+            match woke {
+                Woke::Signalled => continue,
+                Woke::ClientGone => {
+                    inner.queue.retain(|w| w.id != want.id);
+                    return Err(Refusal::ClientGone);
+                }
+                Woke::TimedOut => {
+                    if Instant::now() < deadline {
+                        continue;
+                    }
+                    inner.queue.retain(|w| w.id != want.id);
+                    return Err(Refusal::QueueTimeout {
+                        waited: started.elapsed(),
+                        retry_after: inner.retry_after(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// A ticket's place is free again: the child goes to the next waiter.
+    fn release(&self, child: ChildId, kind: Kind) {
+        let wakes = {
+            let mut inner = self.lock();
+            match inner.slots.get_mut(child.slot) {
+                Some(Slot::Open(r)) if r.child == child => match kind {
+                    Kind::Completion => r.completions = r.completions.saturating_sub(1),
+                    Kind::Other => r.others = r.others.saturating_sub(1),
+                },
+                // The route closed or moved on: the ticket counts nowhere.
+                _ => return,
+            }
+            inner.settle(&self.limits)
+        };
+        signal(wakes);
+    }
+
+    /// Ready children now: (slot, api port, profile), for the cancel fan-out.
+    pub fn ready(&self) -> Vec<(usize, u16, String)> {
+        self.lock()
+            .slots
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Open(r) => Some((r.child.slot, r.port, r.profile.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Requests in use of each slot's current child (0 when not ready).
+    pub fn in_flight(&self) -> Vec<usize> {
+        self.lock()
+            .slots
+            .iter()
+            .map(|s| match s {
+                Slot::Open(r) => r.completions + r.others,
+                _ => 0,
+            })
+            .collect()
+    }
+
+    /// Requests waiting in the queue now.
+    pub fn waiting(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    pub fn view(&self) -> View {
+        let inner = self.lock();
+        let now = Instant::now();
+        View {
+            queue_length: inner.queue.len(),
+            oldest_wait_ms: inner
+                .queue
+                .front()
+                .map(|w| now.duration_since(w.since).as_millis() as u64),
+            max_inflight_per_child: self.limits.per_child,
+            max_queue: self.limits.max_queue,
+            queue_timeout_s: self.limits.queue_timeout.as_secs(),
+            slots: inner
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| match s {
+                    Slot::Open(r) => RouteView {
+                        slot: i,
+                        state: "ready",
+                        profile: Some(r.profile.clone()),
+                        generation: Some(r.child.generation),
+                        completions: r.completions,
+                        others: r.others,
+                    },
+                    other => RouteView {
+                        slot: i,
+                        state: match other {
+                            Slot::BackingOff { .. } => "backoff",
+                            Slot::Gone => "gone",
+                            _ => "coming",
+                        },
+                        profile: None,
+                        generation: None,
+                        completions: 0,
+                        others: 0,
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Inner {
+    /// The least busy open route `kind` may use, other than `avoid`; equal
+    /// loads take turns.
+    fn pick(&self, limits: &Limits, kind: Kind, avoid: Option<ChildId>) -> Option<usize> {
+        let n = self.slots.len();
+        let mut best: Option<(usize, usize)> = None;
+        for k in 0..n {
+            let i = (self.turn + k) % n;
+            let Slot::Open(r) = &self.slots[i] else {
+                continue;
+            };
+            if Some(r.child) == avoid {
+                continue;
+            }
+            if kind == Kind::Completion && limits.per_child > 0 && r.completions >= limits.per_child
+            {
+                continue;
+            }
+            let load = r.completions + r.others;
+            if best.is_none_or(|(_, b)| load < b) {
+                best = Some((i, load));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// Pick and count a place on a child.
+    fn take(&mut self, limits: &Limits, kind: Kind, avoid: Option<ChildId>) -> Option<Grant> {
+        let i = self.pick(limits, kind, avoid)?;
+        self.turn = (i + 1) % self.slots.len().max(1);
+        let Slot::Open(r) = &mut self.slots[i] else {
+            unreachable!("pick returns open routes only")
+        };
+        match kind {
+            Kind::Completion => r.completions += 1,
+            Kind::Other => r.others += 1,
+        }
+        Some(Grant {
+            child: r.child,
+            port: r.port,
+            profile: r.profile.clone(),
+        })
+    }
+
+    fn prospect(&self, avoid: Option<ChildId>) -> Prospect {
+        if self.shutting_down {
+            return Prospect::None;
+        }
+        let mut avoided = false;
+        for s in &self.slots {
+            match s {
+                Slot::Open(r) if Some(r.child) == avoid => avoided = true,
+                Slot::Open(_) | Slot::Coming | Slot::BackingOff { .. } => return Prospect::Some,
+                Slot::Gone => {}
+            }
+        }
+        if avoided {
+            Prospect::OnlyAvoided
+        } else {
+            Prospect::None
+        }
+    }
+
+    /// Seconds a refused client should wait: while no child is ready and
+    /// every slot backs off, until the next start; else a few seconds.
+    fn retry_after(&self) -> u64 {
+        let mut next: Option<Instant> = None;
+        for s in &self.slots {
+            match s {
+                Slot::Open(_) | Slot::Coming => return DEFAULT_RETRY_AFTER,
+                Slot::BackingOff { until } => {
+                    next = Some(next.map_or(*until, |n| n.min(*until)));
+                }
+                Slot::Gone => {}
+            }
+        }
+        match next {
+            Some(t) => {
+                let left = t.saturating_duration_since(Instant::now());
+                (left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1)
+            }
+            None => DEFAULT_RETRY_AFTER,
+        }
+    }
+
+    /// Hand free places to waiters in arrival order (a waiter whose only
+    /// free child is the one it avoids does not hold up those behind it),
+    /// then refuse waiters that can no longer be served. Returns the wakes
+    /// to signal once the lock is released.
+    fn settle(&mut self, limits: &Limits) -> Vec<Arc<Wake>> {
+        let mut wakes = Vec::new();
+        let mut i = 0;
+        while i < self.queue.len() {
+            if self.pick(limits, Kind::Completion, None).is_none() {
+                break; // no free place anywhere
+            }
+            let avoid = self.queue[i].avoid;
+            match self.take(limits, Kind::Completion, avoid) {
+                Some(g) => {
+                    let w = self.queue.remove(i).expect("index in range");
+                    self.decided.insert(w.id, Decision::Granted(g));
+                    wakes.push(w.wake);
+                }
+                None => i += 1,
+            }
+        }
+        let mut i = 0;
+        while i < self.queue.len() {
+            let refusal = match self.prospect(self.queue[i].avoid) {
+                Prospect::Some => None,
+                Prospect::OnlyAvoided => Some(Refusal::NoOtherChild),
+                Prospect::None if self.shutting_down => Some(Refusal::ShuttingDown),
+                Prospect::None => Some(Refusal::NoChild {
+                    retry_after: DEFAULT_RETRY_AFTER,
+                }),
+            };
+            match refusal {
+                Some(r) => {
+                    let w = self.queue.remove(i).expect("index in range");
+                    self.decided.insert(w.id, Decision::Refused(r));
+                    wakes.push(w.wake);
+                }
+                None => i += 1,
+            }
+        }
+        wakes
+    }
+}
+
+fn signal(wakes: Vec<Arc<Wake>>) {
+    for w in wakes {
+        w.signal();
+    }
+}
+
+#[cfg(test)]
+mod tests;

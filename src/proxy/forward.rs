@@ -1,0 +1,617 @@
+//! One proxied request's steps: take a ticket from the dispatcher (waiting
+//! in its queue if every child is busy), send the request to that child,
+//! judge the answer's head, relay the answer while inspecting it, report
+//! the verdict; on a failure before any byte reached the client, try once
+//! more on another child.
+//!
+//! Blame: a child is evicted for its own failures only (refused, reset,
+//! no head in time, 502/503/504, broken or silent answer, quota
+//! exhausted), at most one child per request. Other 5xx count toward
+//! `CONSECUTIVE_5XX_TO_EVICT`, but only once another child has given a
+//! second opinion: when the retry answers 5xx too, the request is the
+//! problem, its client gets that answer as it is, and nobody is counted.
+
+use std::io::{Read, Write};
+use std::os::fd::RawFd;
+use std::time::{Instant, SystemTime};
+
+use log::{debug, info, warn};
+use tiny_http::{Method, Request};
+
+use crate::dispatch::{ChildId, Kind, Refusal, Ticket, Want};
+use crate::pool::Pool;
+use crate::reply::ApiError;
+
+use super::conns::Conn;
+use super::inspect::Inspector;
+use super::relay::{self, Framing, RelayError};
+use super::requests::Registration;
+use super::verdict::{Fault, Outcome, Verdict};
+use super::{respond, Proxy, HOP_BY_HOP};
+
+/// Largest error answer kept to be passed on after a retry.
+const MAX_KEPT_ANSWER: u64 = 1 << 20;
+
+pub(super) struct Exchange<'a> {
+    pub proxy: &'a Proxy,
+    pub pool: &'a Pool,
+    /// Internal id (unique).
+    pub id: u64,
+    /// The id the client knows.
+    pub rid: String,
+    pub method: Method,
+    pub url: String,
+    pub path: String,
+    /// Headers for the child (credentials already in the child's form).
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+    pub kind: Kind,
+    /// A chat completion: its answer is inspected for emptiness.
+    pub inspect: bool,
+    /// The client asked for an event stream.
+    pub streaming: bool,
+    pub client_close: bool,
+    pub http10: bool,
+    pub head_only: bool,
+    pub started: Instant,
+}
+
+/// A whole answer kept in memory (an error answer, to pass on as it is).
+struct Kept {
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+}
+
+/// An attempt that failed before anything reached the client.
+struct Failed {
+    child: ChildId,
+    profile: String,
+    verdict: Verdict,
+    /// The child's answer, when it gave one.
+    answer: Option<Kept>,
+}
+
+/// How one attempt ended.
+enum Step {
+    /// The answer went to the client in full.
+    Answered(Verdict),
+    /// Nothing reached the client: another child may be tried.
+    Failed(Failed),
+    /// The answer broke off after bytes reached the client (who was cut
+    /// off): no retry.
+    Broke(Fault),
+    /// Cancelled; `answered` when the client already had part of the answer
+    /// (and was cut off).
+    Cancelled { answered: bool },
+    /// The client went away mid-answer.
+    ClientLeft,
+}
+
+impl Exchange<'_> {
+    pub fn run(self, holder: &mut Option<Request>) {
+        let reg = self.proxy.requests.enter(self.id, &self.rid);
+        let dispatch = self.pool.dispatch().clone();
+        let mut first: Option<Failed> = None;
+        let mut evicted = false;
+        loop {
+            if reg.cancelled() {
+                return self.cancelled(holder);
+            }
+            reg.waiting();
+            let client = holder.as_ref().and_then(Request::socket_fd);
+            let want = Want {
+                id: self.id,
+                kind: self.kind,
+                avoid: first.as_ref().map(|f| f.child),
+                client,
+            };
+            let ticket = match dispatch.acquire(want) {
+                Ok(t) => t,
+                Err(r) => return self.refused(holder, r, first),
+            };
+            let retry = first.is_some();
+            match self.attempt(holder, &ticket, &reg) {
+                Step::Answered(v) => {
+                    self.report(&ticket, v, false);
+                    if let Some(f) = first {
+                        // A second opinion proved the first child wrong.
+                        self.settle(f, &mut evicted);
+                    }
+                    return;
+                }
+                Step::Broke(fault) => {
+                    let evict = !evicted;
+                    if evict {
+                        self.evict(ticket.child, &fault.to_string());
+                    }
+                    self.report(&ticket, Verdict::ChildFault(fault), evict);
+                    if let Some(f) = first {
+                        self.settle(f, &mut evicted);
+                    }
+                    return;
+                }
+                Step::Cancelled { answered } => {
+                    if !answered {
+                        self.cancelled(holder);
+                    }
+                    return;
+                }
+                Step::ClientLeft => return,
+                Step::Failed(f) if !retry => {
+                    info!(
+                        "{} {} ({}): slot {} profile {} {}; trying another child",
+                        self.method, self.path, self.rid, f.child.slot, f.profile, f.verdict
+                    );
+                    if f.verdict.evicts_at_once() {
+                        evicted = true;
+                        self.evict(f.child, &f.verdict.to_string());
+                        self.outcome(&f, true);
+                    }
+                    drop(ticket);
+                    first = Some(f);
+                }
+                Step::Failed(f2) => {
+                    drop(ticket);
+                    let f1 = first.take().expect("a retry follows a first failure");
+                    return self.second_failure(holder, f1, f2, &mut evicted);
+                }
+            }
+        }
+    }
+
+    /// Both attempts failed.
+    fn second_failure(
+        &self,
+        holder: &mut Option<Request>,
+        f1: Failed,
+        mut f2: Failed,
+        evicted: &mut bool,
+    ) {
+        let gave_5xx = f2.answer.is_some() && f2.verdict.status().is_some_and(|s| s >= 500);
+        if gave_5xx && !matches!(f2.verdict, Verdict::Exhausted { .. }) {
+            // Two children, two 5xx: the request is the problem.
+            let status = f2.verdict.status().unwrap_or(500);
+            warn!(
+                "{} {} ({}): answered {status} by two children; the client gets the second answer and neither child is blamed",
+                self.method, self.path, self.rid
+            );
+            if !f1.verdict.evicts_at_once() {
+                let s1 = f1.verdict.status().unwrap_or(status);
+                let mut f1 = f1;
+                f1.verdict = Verdict::RequestProblem { status: s1 };
+                self.outcome(&f1, false);
+            }
+            f2.verdict = Verdict::RequestProblem { status };
+            self.outcome(&f2, false);
+            return self.pass_on(holder, f2.answer.expect("checked above"));
+        }
+        // The second child failed by itself (no answer, or exhausted).
+        let evict = f2.verdict.evicts_at_once() && !*evicted;
+        if evict {
+            *evicted = true;
+            self.evict(f2.child, &f2.verdict.to_string());
+        }
+        self.outcome(&f2, evict);
+        let timed_out = f2.verdict == Verdict::ChildFault(Fault::NoHead);
+        let why = f2.verdict.to_string();
+        let f1_answer = {
+            let answer = f2.answer.take();
+            let mut f1 = f1;
+            let kept = f1.answer.take();
+            self.settle(f1, evicted);
+            answer.or(kept)
+        };
+        match f1_answer {
+            Some(a) => self.pass_on(holder, a),
+            None if timed_out => respond(
+                holder,
+                &self.rid,
+                ApiError::UpstreamTimeout
+                    .reply("the child did not answer within REQUEST_TIMEOUT_S, nor did another"),
+            ),
+            None => respond(
+                holder,
+                &self.rid,
+                ApiError::ChildFailed.reply(&format!(
+                    "two children failed this request; the last one {why}"
+                )),
+            ),
+        }
+    }
+
+    /// The first failure, once the request's fate is known: a counted 5xx
+    /// counts now (an eviction was already reported when it happened).
+    fn settle(&self, f: Failed, evicted: &mut bool) {
+        if f.verdict.evicts_at_once() {
+            return;
+        }
+        let strikes = self.proxy.strikes.strike(f.child);
+        let limit = self.proxy.settings.consecutive_5xx_to_evict;
+        let evict = strikes >= limit && !*evicted;
+        if evict {
+            *evicted = true;
+            self.evict(
+                f.child,
+                &format!("{} ({strikes} times in a row)", f.verdict),
+            );
+        }
+        self.outcome(&f, evict);
+    }
+
+    /// No child for the request (first try or retry).
+    fn refused(&self, holder: &mut Option<Request>, r: Refusal, first: Option<Failed>) {
+        let mut evicted = first.as_ref().is_some_and(|f| f.verdict.evicts_at_once());
+        let kept = first.and_then(|mut f| {
+            let a = f.answer.take();
+            self.settle(f, &mut evicted);
+            a
+        });
+        let err = match &r {
+            Refusal::Cancelled => return self.cancelled(holder),
+            Refusal::ClientGone => {
+                debug!("{} {} ({}): {r}", self.method, self.path, self.rid);
+                holder.take();
+                return;
+            }
+            _ if kept.is_some() => {
+                return self.pass_on(holder, kept.expect("checked"));
+            }
+            Refusal::QueueFull { retry_after } => (ApiError::QueueFull, Some(*retry_after)),
+            Refusal::QueueTimeout { retry_after, .. } => {
+                (ApiError::QueueTimeout, Some(*retry_after))
+            }
+            Refusal::NoChild { retry_after } => (ApiError::NoReadyChild, Some(*retry_after)),
+            Refusal::NoOtherChild => (ApiError::ChildFailed, None),
+            Refusal::ShuttingDown => (ApiError::NoReadyChild, None),
+            Refusal::Internal(_) => (ApiError::Overloaded, None),
+        };
+        let msg = match &r {
+            Refusal::QueueFull { .. } => {
+                "too many requests wait for a child (MAX_QUEUE); retry shortly".to_string()
+            }
+            Refusal::QueueTimeout { waited, .. } => format!(
+                "no child freed up within {:.0?} (QUEUE_TIMEOUT_S); retry shortly",
+                waited
+            ),
+            Refusal::NoChild { .. } => {
+                "no ready child to serve this request; retry shortly".to_string()
+            }
+            Refusal::NoOtherChild => {
+                "the child failed this request and no other child could try it".to_string()
+            }
+            other => format!("{other}; retry shortly"),
+        };
+        debug!("{} {} ({}): {r}", self.method, self.path, self.rid);
+        respond(holder, &self.rid, err.0.reply_after(&msg, err.1));
+    }
+
+    fn cancelled(&self, holder: &mut Option<Request>) {
+        info!("{} {} ({}): cancelled", self.method, self.path, self.rid);
+        respond(
+            holder,
+            &self.rid,
+            ApiError::Cancelled.reply(&format!("request {} was cancelled", self.rid)),
+        );
+    }
+
+    fn evict(&self, child: ChildId, why: &str) {
+        warn!(
+            "slot {}: {} {} ({}) failed: {why}; evicting it",
+            child.slot, self.method, self.path, self.rid
+        );
+        self.pool
+            .evict(child.slot, child.generation, why.to_string());
+    }
+
+    fn report(&self, ticket: &Ticket, verdict: Verdict, evicted: bool) {
+        if verdict == Verdict::Ok {
+            self.proxy.strikes.clear(ticket.child);
+        }
+        self.send_outcome(ticket.child, &ticket.profile, verdict, evicted);
+    }
+
+    fn outcome(&self, f: &Failed, evicted: bool) {
+        self.send_outcome(f.child, &f.profile, f.verdict.clone(), evicted);
+    }
+
+    fn send_outcome(&self, child: ChildId, profile: &str, verdict: Verdict, evicted: bool) {
+        if !matches!(verdict, Verdict::Ok | Verdict::ClientError { .. }) {
+            info!(
+                "slot {}: profile {profile}: {} {} ({}): {verdict}",
+                child.slot, self.method, self.path, self.rid
+            );
+        }
+        self.proxy.outcomes.report(Outcome {
+            child,
+            profile: profile.to_string(),
+            verdict,
+            request_id: self.rid.clone(),
+            evicted,
+            at: SystemTime::now(),
+        });
+    }
+
+    /// One try at the ticket's child.
+    fn attempt(&self, holder: &mut Option<Request>, ticket: &Ticket, reg: &Registration) -> Step {
+        let conn = self.proxy.conns.take(ticket.port);
+        if reg.running(conn.agent(), &ticket.profile).is_err() {
+            return Step::Cancelled { answered: false };
+        }
+        let failed = |verdict: Verdict, answer: Option<Kept>| {
+            Step::Failed(Failed {
+                child: ticket.child,
+                profile: ticket.profile.clone(),
+                verdict,
+                answer,
+            })
+        };
+        let mut resp = match self.send(&conn, ticket.port) {
+            Ok(r) => r,
+            Err(e) => {
+                if reg.cancelled() {
+                    return Step::Cancelled { answered: false };
+                }
+                let fault = match e {
+                    ureq::Error::Timeout(_) => Fault::NoHead,
+                    other => Fault::Connection(describe(&other)),
+                };
+                return failed(Verdict::ChildFault(fault), None);
+            }
+        };
+        conn.set_idle(Some(self.proxy.settings.stream_idle_timeout));
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if let Some(v) = Verdict::of_head(status, retry_after.as_deref()) {
+            let kept = keep(&mut resp);
+            if reg.cancelled() {
+                return Step::Cancelled { answered: false };
+            }
+            return failed(v, Some(kept));
+        }
+        let Some(rq) = holder.take() else {
+            return Step::ClientLeft;
+        };
+        let judge = self.inspect && status == 200;
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut inspector = Inspector::new(content_type.as_deref(), judge);
+        let result = self.relay(rq, resp, &mut inspector);
+        match result {
+            Ok(bytes) => {
+                let verdict = Verdict::of_answer(status, inspector.finish());
+                debug!(
+                    "{} {} ({}{}) -> {} {status} ({bytes} bytes) in {:.1?}",
+                    self.method,
+                    self.path,
+                    self.rid,
+                    if self.streaming { ", stream" } else { "" },
+                    ticket.profile,
+                    self.started.elapsed()
+                );
+                self.proxy.conns.give_back(ticket.port, conn);
+                Step::Answered(verdict)
+            }
+            Err(_) if reg.cancelled() => Step::Cancelled { answered: true },
+            Err(RelayError::Client(e)) => {
+                debug!(
+                    "{} {} ({}): client went away after {:.1?} ({e}); upstream closed",
+                    self.method,
+                    self.path,
+                    self.rid,
+                    self.started.elapsed()
+                );
+                Step::ClientLeft
+            }
+            Err(RelayError::Upstream(e)) => Step::Broke(if is_timeout(&e) {
+                Fault::Silent
+            } else {
+                Fault::Broken(e.to_string())
+            }),
+        }
+    }
+
+    /// Send the request; the head must come within `REQUEST_TIMEOUT_S`
+    /// (queueing inside a child included), later reads obey the idle cap.
+    fn send(
+        &self,
+        conn: &Conn,
+        port: u16,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let mut b = ureq::http::Request::builder()
+            .method(self.method.as_str())
+            .uri(format!("http://127.0.0.1:{port}{}", self.url));
+        for (k, v) in &self.headers {
+            b = b.header(k.as_str(), v.as_slice());
+        }
+        let bodiless = self.body.is_empty()
+            && matches!(
+                self.method,
+                Method::Get | Method::Head | Method::Delete | Method::Options
+            );
+        let head = Some(self.proxy.settings.request_timeout);
+        let agent = conn.agent();
+        let bad = |e: ureq::http::Error| ureq::Error::BadUri(e.to_string());
+        if bodiless {
+            let rq = b.body(()).map_err(bad)?;
+            let rq = agent
+                .configure_request(rq)
+                .timeout_send_request(head)
+                .timeout_recv_response(head)
+                .build();
+            agent.run(rq)
+        } else {
+            let rq = b.body(self.body.as_slice()).map_err(bad)?;
+            let rq = agent
+                .configure_request(rq)
+                .timeout_send_request(head)
+                .timeout_send_body(head)
+                .timeout_recv_response(head)
+                .build();
+            agent.run(rq)
+        }
+    }
+
+    /// Relay the child's answer: head first, then the body as it arrives.
+    /// When the child breaks off, the client's connection is cut so it
+    /// sees the break instead of waiting for the rest.
+    fn relay(
+        &self,
+        rq: Request,
+        mut resp: ureq::http::Response<ureq::Body>,
+        inspector: &mut Inspector,
+    ) -> Result<u64, RelayError> {
+        let status = resp.status().as_u16();
+        let length = resp
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let headers = self.answer_headers(&resp);
+        let no_body =
+            self.head_only || status == 204 || status == 304 || (100..200).contains(&status);
+        let framing = match (no_body, length, self.http10) {
+            (true, _, _) => Framing::NoBody,
+            (false, Some(n), _) => Framing::Length(n),
+            (false, None, true) => Framing::UntilClose,
+            (false, None, false) => Framing::Chunked,
+        };
+        let head_framing = if self.head_only {
+            length.map(Framing::Length).unwrap_or(Framing::NoBody)
+        } else {
+            framing
+        };
+        let client = rq.socket_fd();
+        // The writer keeps the client's socket open, so `client` stays
+        // valid while `w` lives.
+        let mut w = rq.into_writer();
+        let head = relay::head_bytes(
+            status,
+            &headers,
+            head_framing,
+            self.client_close || self.http10,
+        );
+        let mut reader = resp.body_mut().as_reader();
+        w.write_all(&head).map_err(RelayError::Client)?;
+        // A body of known length follows at once and is flushed with the
+        // head (one segment for a short answer); anything else may take a
+        // while (an event stream), so its head goes out now.
+        if !matches!(framing, Framing::Length(_)) {
+            w.flush().map_err(RelayError::Client)?;
+        }
+        let result = relay::copy_body(&mut reader, &mut w, framing, &mut |piece| {
+            inspector.feed(piece)
+        });
+        if let Err(RelayError::Upstream(_)) = &result {
+            cut_client(client);
+        }
+        drop(w);
+        result
+    }
+
+    /// The child's end-to-end headers, with our request id.
+    fn answer_headers(&self, resp: &ureq::http::Response<ureq::Body>) -> Vec<(String, Vec<u8>)> {
+        let named: Vec<String> = resp
+            .headers()
+            .get_all("connection")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+            .collect();
+        let mut headers: Vec<(String, Vec<u8>)> = resp
+            .headers()
+            .iter()
+            .filter(|(k, _)| {
+                !HOP_BY_HOP.contains(&k.as_str())
+                    && !named.iter().any(|n| n == k.as_str())
+                    && k.as_str() != "x-request-id"
+            })
+            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect();
+        headers.push(("X-Request-Id".to_string(), self.rid.as_bytes().to_vec()));
+        headers
+    }
+
+    /// Give the client a kept answer as the child gave it.
+    fn pass_on(&self, holder: &mut Option<Request>, kept: Kept) {
+        let Some(rq) = holder.take() else { return };
+        let mut headers: Vec<(String, Vec<u8>)> = kept
+            .headers
+            .into_iter()
+            .filter(|(k, _)| k != "x-request-id")
+            .collect();
+        headers.push(("X-Request-Id".to_string(), self.rid.as_bytes().to_vec()));
+        let framing = if self.head_only {
+            Framing::NoBody
+        } else {
+            Framing::Length(kept.body.len() as u64)
+        };
+        let mut w = rq.into_writer();
+        let head = relay::head_bytes(
+            kept.status,
+            &headers,
+            framing,
+            self.client_close || self.http10,
+        );
+        let _ = w.write_all(&head);
+        if !self.head_only {
+            let _ = w.write_all(&kept.body);
+        }
+        let _ = w.flush();
+    }
+}
+
+/// Read a (failed) answer whole, up to a bound, to pass it on later.
+fn keep(resp: &mut ureq::http::Response<ureq::Body>) -> Kept {
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()))
+        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect();
+    let mut body = Vec::new();
+    let _ = resp
+        .body_mut()
+        .as_reader()
+        .take(MAX_KEPT_ANSWER)
+        .read_to_end(&mut body);
+    Kept {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Shut the client's connection both ways.
+fn cut_client(fd: Option<RawFd>) {
+    if let Some(fd) = fd {
+        // SAFETY: the caller holds the request's writer, which keeps `fd`
+        // open; shutdown(2) does not close it.
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_RDWR);
+        }
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::TimedOut
+        || e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+            .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)))
+}
+
+fn describe(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::ConnectionFailed => "connection refused".to_string(),
+        ureq::Error::Timeout(t) => format!("silent too long ({t})"),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,265 @@
+//! Looking inside a completion's answer while it is relayed, to tell an
+//! empty one (the child's sign of an exhausted quota) from a real one.
+//!
+//! The relay hands every piece to [`Inspector::feed`] after writing it to
+//! the client, so inspection never delays an event. An event stream is
+//! scanned line by line as it arrives (a line may span pieces); a JSON
+//! answer is kept (up to a bound) and read at the end. Anything past the
+//! bounds, or of another type, is not judged.
+
+use serde_json::Value;
+
+use super::verdict::Emptiness;
+
+/// The child's way of reporting an error inside a 200 answer.
+const ERROR_MARK: &str = "[错误";
+/// Longest SSE line, and largest JSON answer, that is inspected.
+const MAX_INSPECTED: usize = 8 << 20;
+
+#[derive(Debug, PartialEq, Eq)]
+enum Mode {
+    Events,
+    Json,
+    Off,
+}
+
+#[derive(Debug)]
+pub struct Inspector {
+    mode: Mode,
+    /// The unfinished SSE line, or the whole JSON answer.
+    buf: Vec<u8>,
+    content: bool,
+    error_text: bool,
+    /// The end of the content seen so far, so a mark split across events
+    /// is still found.
+    tail: String,
+}
+
+impl Inspector {
+    /// An inspector for an answer of `content_type`; `judge` false (not a
+    /// completion, not a 200) turns it off.
+    pub fn new(content_type: Option<&str>, judge: bool) -> Inspector {
+        let ct = content_type.unwrap_or("").to_ascii_lowercase();
+        let mode = if !judge {
+            Mode::Off
+        } else if ct.starts_with("text/event-stream") {
+            Mode::Events
+        } else if ct.starts_with("application/json") {
+            Mode::Json
+        } else {
+            Mode::Off
+        };
+        Inspector {
+            mode,
+            buf: Vec::new(),
+            content: false,
+            error_text: false,
+            tail: String::new(),
+        }
+    }
+
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        match self.mode {
+            Mode::Off => {}
+            Mode::Json => {
+                if self.buf.len() + bytes.len() > MAX_INSPECTED {
+                    self.off();
+                } else {
+                    self.buf.extend_from_slice(bytes);
+                }
+            }
+            Mode::Events => {
+                while let Some(nl) = bytes.iter().position(|&b| b == b'\n') {
+                    if self.buf.is_empty() {
+                        self.line(&bytes[..nl]);
+                    } else {
+                        let mut line = std::mem::take(&mut self.buf);
+                        line.extend_from_slice(&bytes[..nl]);
+                        self.line(&line);
+                    }
+                    bytes = &bytes[nl + 1..];
+                }
+                if self.buf.len() + bytes.len() > MAX_INSPECTED {
+                    self.off();
+                } else {
+                    self.buf.extend_from_slice(bytes);
+                }
+            }
+        }
+    }
+
+    /// The answer ended normally: is it empty? `None` when it had content
+    /// or was not judged.
+    pub fn finish(mut self) -> Option<Emptiness> {
+        match self.mode {
+            Mode::Off => return None,
+            Mode::Json => {
+                let buf = std::mem::take(&mut self.buf);
+                match serde_json::from_slice::<Value>(&buf) {
+                    Ok(v) => self.choices(&v, "message"),
+                    Err(_) => return None,
+                }
+            }
+            Mode::Events => {
+                let rest = std::mem::take(&mut self.buf);
+                if !rest.is_empty() {
+                    self.line(&rest);
+                }
+            }
+        }
+        if self.error_text {
+            Some(Emptiness::ErrorText)
+        } else if !self.content {
+            Some(Emptiness::NoContent)
+        } else {
+            None
+        }
+    }
+
+    fn off(&mut self) {
+        self.mode = Mode::Off;
+        self.buf = Vec::new();
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return;
+        };
+        let data = data.trim_ascii();
+        if data.is_empty() || data == b"[DONE]" {
+            return;
+        }
+        if let Ok(v) = serde_json::from_slice::<Value>(data) {
+            self.choices(&v, "delta");
+        }
+    }
+
+    /// Look at `choices[].<part>` (`delta` of a chunk, `message` of a whole
+    /// answer) for content and tool calls.
+    fn choices(&mut self, v: &Value, part: &str) {
+        let Some(choices) = v.get("choices").and_then(Value::as_array) else {
+            return;
+        };
+        for c in choices {
+            let Some(p) = c.get(part) else { continue };
+            let tools = ["tool_calls", "function_call"]
+                .iter()
+                .any(|k| match p.get(*k) {
+                    Some(Value::Array(a)) => !a.is_empty(),
+                    Some(Value::Null) | None => false,
+                    Some(_) => true,
+                });
+            if tools {
+                self.content = true;
+            }
+            match p.get("content") {
+                Some(Value::String(s)) => self.text(s),
+                Some(Value::Array(parts)) => {
+                    for t in parts
+                        .iter()
+                        .filter_map(|x| x.get("text").and_then(Value::as_str))
+                    {
+                        self.text(t);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn text(&mut self, s: &str) {
+        if s.is_empty() {
+            return;
+        }
+        self.content = true;
+        self.tail.push_str(s);
+        if self.tail.contains(ERROR_MARK) {
+            self.error_text = true;
+        }
+        // Keep only as much as a split mark needs.
+        let keep = ERROR_MARK.len();
+        if self.tail.len() > keep {
+            let mut cut = self.tail.len() - keep;
+            while !self.tail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.tail.drain(..cut);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(pieces: &[&str]) -> Option<Emptiness> {
+        let mut i = Inspector::new(Some("text/event-stream; charset=utf-8"), true);
+        for p in pieces {
+            i.feed(p.as_bytes());
+        }
+        i.finish()
+    }
+
+    fn chunk(delta: &str) -> String {
+        format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{delta}}}]}}\n\n")
+    }
+
+    #[test]
+    fn streams() {
+        let role = chunk(r#"{"role":"assistant"}"#);
+        let hello = chunk(r#"{"content":"hello"}"#);
+        let empty = chunk(r#"{"content":""}"#);
+        let done = "data: [DONE]\n\n";
+        assert_eq!(events(&[&role, &hello, done]), None);
+        assert_eq!(
+            events(&[&role, &empty, done]),
+            Some(Emptiness::NoContent),
+            "quota exhausted: nothing but empty deltas"
+        );
+        // A line split across reads, CRLF line ends.
+        let crlf = hello.replace('\n', "\r\n");
+        let (a, b) = crlf.split_at(17);
+        assert_eq!(events(&[&role, a, b, done]), None);
+        let tool = chunk(r#"{"tool_calls":[{"index":0,"function":{"name":"f"}}]}"#);
+        assert_eq!(events(&[&tool, done]), None);
+        let err = chunk(r#"{"content":"[错误: quota]"}"#);
+        assert_eq!(events(&[&role, &err, done]), Some(Emptiness::ErrorText));
+        // The mark split between two events.
+        let e1 = chunk(r#"{"content":"ok [错"}"#);
+        let e2 = chunk(r#"{"content":"误: x]"}"#);
+        assert_eq!(events(&[&e1, &e2, done]), Some(Emptiness::ErrorText));
+        assert_eq!(events(&[done]), Some(Emptiness::NoContent));
+    }
+
+    #[test]
+    fn whole_answers() {
+        let judge = |body: &str| {
+            let mut i = Inspector::new(Some("application/json"), true);
+            i.feed(body.as_bytes());
+            i.finish()
+        };
+        let msg = |m: &str| format!(r#"{{"choices":[{{"message":{m}}}]}}"#);
+        assert_eq!(judge(&msg(r#"{"content":"hi"}"#)), None);
+        assert_eq!(judge(&msg(r#"{"content":""}"#)), Some(Emptiness::NoContent));
+        assert_eq!(
+            judge(&msg(r#"{"content":null}"#)),
+            Some(Emptiness::NoContent)
+        );
+        assert_eq!(
+            judge(&msg(r#"{"content":null,"tool_calls":[{"id":"x"}]}"#)),
+            None
+        );
+        assert_eq!(
+            judge(&msg(r#"{"content":"[错误: boom]"}"#)),
+            Some(Emptiness::ErrorText)
+        );
+        assert_eq!(judge("not json"), None, "not judged");
+        let mut off = Inspector::new(Some("text/plain"), true);
+        off.feed(b"whatever");
+        assert_eq!(off.finish(), None);
+        let mut off = Inspector::new(Some("application/json"), false);
+        off.feed(b"{}");
+        assert_eq!(off.finish(), None);
+    }
+}
