@@ -79,6 +79,14 @@ pub struct Config {
     pub child_command: Vec<String>,
     pub child_workdir: PathBuf,
     pub log_format: crate::logging::Format,
+    pub book: crate::book::Settings,
+    pub admin_socket: PathBuf,
+    /// `ADMIN_KEY` (a file named by `ADMIN_KEY_FILE` is read at start).
+    pub admin_key: Option<crate::admin::http::AdminKey>,
+    pub admin_key_file: Option<PathBuf>,
+    pub metrics_open: bool,
+    /// None: reload only on SIGHUP or `ctl reload`.
+    pub reload_interval: Option<Duration>,
     /// An operator's key file (`AUTH_KEY_FILE_PATH`); a hydrated key.txt wins.
     pub operator_key_file: Option<PathBuf>,
     pub http_workers: usize,
@@ -259,6 +267,41 @@ const SETTINGS: &[Setting] = &[
         env: "LOG_FORMAT",
         default: Some("text"),
         help: "the coordinator's log on stderr: text, or json (one object per line)",
+    },
+    Setting {
+        env: "EMPTY_ANSWERS_TO_ROTATE",
+        default: Some("2"),
+        help: "empty answers in a row that mark a profile exhausted (rotated out, cooled down)",
+    },
+    Setting {
+        env: "PROFILE_COOLDOWN_S",
+        default: Some("3600"),
+        help: "how long an exhausted profile rests when the child sent no Retry-After",
+    },
+    Setting {
+        env: "ADMIN_SOCKET",
+        default: None,
+        help: "the admin socket (default: AUTH_PROFILE_CACHE_DIR/admin.sock); see aistudioproxy ctl",
+    },
+    Setting {
+        env: "ADMIN_KEY",
+        default: None,
+        help: "enables /admin/ on the coordinator port with this key (never logged)",
+    },
+    Setting {
+        env: "ADMIN_KEY_FILE",
+        default: None,
+        help: "like ADMIN_KEY, the key being the file's first line",
+    },
+    Setting {
+        env: "METRICS_OPEN",
+        default: Some("false"),
+        help: "serve /metrics without an API key even when API keys are configured",
+    },
+    Setting {
+        env: "PROFILE_RELOAD_INTERVAL_S",
+        default: Some("0"),
+        help: "hydrate again and apply the changes every this many seconds (0: only on SIGHUP or ctl reload)",
     },
     Setting {
         env: "AUTH_KEY_FILE_PATH",
@@ -550,6 +593,34 @@ impl Config {
                 .map(abs)
                 .unwrap_or_else(|| cwd.to_path_buf()),
             operator_key_file: get("AUTH_KEY_FILE_PATH").map(abs),
+            book: crate::book::Settings {
+                empty_answers_to_rotate: parse_num(
+                    "EMPTY_ANSWERS_TO_ROTATE",
+                    &need("EMPTY_ANSWERS_TO_ROTATE"),
+                    1,
+                    1000,
+                )? as u32,
+                cooldown: secs("PROFILE_COOLDOWN_S", 1, 30 * 86_400)?,
+            },
+            admin_socket: get("ADMIN_SOCKET")
+                .map(abs)
+                .unwrap_or_else(|| abs(need("AUTH_PROFILE_CACHE_DIR")).join("admin.sock")),
+            admin_key: get("ADMIN_KEY").and_then(crate::admin::http::AdminKey::new),
+            admin_key_file: get("ADMIN_KEY_FILE").map(abs),
+            metrics_open: match need("METRICS_OPEN").to_ascii_lowercase().as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => return Err(invalid("METRICS_OPEN", &need("METRICS_OPEN"), "true or false")),
+            },
+            reload_interval: match parse_num(
+                "PROFILE_RELOAD_INTERVAL_S",
+                &need("PROFILE_RELOAD_INTERVAL_S"),
+                0,
+                30 * 86_400,
+            )? {
+                0 => None,
+                n => Some(Duration::from_secs(n)),
+            },
             log_format: match need("LOG_FORMAT").to_ascii_lowercase().as_str() {
                 "text" => crate::logging::Format::Text,
                 "json" => crate::logging::Format::Json,

@@ -11,6 +11,7 @@
 //! the lock, so no reader can observe a profile twice or not at all.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,13 +21,34 @@ use serde::Serialize;
 use crate::config::{PortPlan, Ports};
 use crate::dispatch::{ChildId, Dispatch, Limits, SlotView};
 use crate::hydrate::Profile;
-use crate::slot::{Event, State};
+use crate::book::{self, Book};
+use crate::slot::{Event, State, StopReason};
 
-/// Requests to a slot's watcher from elsewhere (the proxy).
+/// Requests to a slot's watcher from elsewhere (the proxy, the admin
+/// interface, the profile book).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cmd {
     /// Stop the child of this generation and rotate to the next profile.
     Evict { generation: u64, reason: String },
+    /// Take no new requests, let the in-flight ones finish (bounded), then
+    /// stop the child for `reason` and go on with `then`. `generation`
+    /// None: whatever child runs now.
+    Drain {
+        generation: Option<u64>,
+        reason: StopReason,
+        then: Then,
+    },
+    /// Which profiles may run changed: a slot waiting in cooldown looks again.
+    Wake,
+}
+
+/// What a slot does after a drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Start the same profile again.
+    Restart,
+    /// Start the next eligible profile of the queue.
+    Rotate,
 }
 
 struct SlotInfo {
@@ -52,8 +74,14 @@ impl SlotInfo {
                     .map(|p| p.name.clone())
                     .unwrap_or_default(),
             },
-            State::Waiting { until, .. } => SlotView::BackingOff { until: *until },
-            State::Stopped => SlotView::Gone,
+            State::Draining { .. } => SlotView::Draining {
+                generation: self.generation,
+            },
+            State::Waiting { until, .. } | State::Cooldown { until: Some(until) } => {
+                SlotView::BackingOff { until: *until }
+            }
+            // Every profile disabled: no child can come until an operator acts.
+            State::Cooldown { until: None } | State::Stopped => SlotView::Gone,
             State::Idle | State::Starting { .. } | State::Stopping { .. } => SlotView::Coming,
         }
     }
@@ -63,6 +91,8 @@ struct Inner {
     slots: Vec<SlotInfo>,
     queue: VecDeque<Profile>,
     shutting_down: bool,
+    /// Per-profile health: which profiles may run (see `book`).
+    book: Book,
 }
 
 pub struct Pool {
@@ -71,6 +101,9 @@ pub struct Pool {
     dispatch: Arc<Dispatch>,
     /// Every hydrated profile name, sorted; the invariant's reference.
     all: Vec<String>,
+    /// Where the book is saved; locked only to write that file, which keeps
+    /// two saves from interleaving.
+    saver: Mutex<Option<PathBuf>>,
 }
 
 /// A point-in-time copy of one slot, for /ready and tests.
@@ -136,10 +169,16 @@ impl Pool {
                 slots,
                 queue,
                 shutting_down: false,
+                book: Book::new(
+                    all.iter().map(String::as_str),
+                    Default::default(),
+                    book::Settings::default(),
+                ),
             }),
             cmds,
             dispatch,
             all,
+            saver: Mutex::new(None),
         };
         (Arc::new(pool), rxs)
     }
@@ -207,16 +246,11 @@ impl Pool {
         self.lock().slots[slot].generation
     }
 
-    /// The slot's profile goes to the back of the queue and the front of the
-    /// queue becomes the slot's profile (possibly the same one).
+    /// The slot's profile goes to the back of the queue and the first
+    /// queued profile that may run becomes the slot's (possibly the same
+    /// one); None, with every profile queued, when none may run now.
     pub fn rotate(&self, slot: usize) -> Option<Profile> {
-        let mut inner = self.lock();
-        if let Some(p) = inner.slots[slot].profile.take() {
-            inner.queue.push_back(p);
-        }
-        let next = inner.queue.pop_front();
-        inner.slots[slot].profile = next.clone();
-        next
+        take_next(&mut self.lock(), slot, SystemTime::now())
     }
 
     pub fn begin_shutdown(&self) {
@@ -270,6 +304,213 @@ impl Pool {
     pub fn check_invariant(&self) -> Result<(), String> {
         check_placement(&self.snapshot(), &self.all)
     }
+}
+
+/// What `/ready` and the admin status say about one profile.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileSnapshot {
+    /// running, queued, cooling or disabled.
+    pub state: &'static str,
+    /// The slot holding it, when one does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot: Option<usize>,
+    #[serde(flatten)]
+    pub health: book::Status,
+}
+
+/// Profile health: the book, and the placement decisions that use it. The
+/// book lives under the pool's one lock because rotation must see exactly
+/// the eligibility it acts on.
+impl Pool {
+    /// Adopt the book read at start, and the file it is saved to.
+    pub fn set_book(&self, book: Book, store: PathBuf) {
+        self.lock().book = book;
+        *self.saver.lock().unwrap_or_else(|p| p.into_inner()) = Some(store);
+    }
+
+    /// Save the book (serialised by `saver`, never under the pool's lock).
+    fn save_book(&self) {
+        let path = self.saver.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(path) = path.as_ref() else { return };
+        let entries = self.lock().book.entries().clone();
+        if let Err(e) = book::store::save(path, &entries) {
+            log::warn!("cannot save the profile state to {}: {e}", path.display());
+        }
+    }
+
+    /// The profile slot `slot` should start now: its own if it may run,
+    /// else the first of the queue that may (its own goes to the back).
+    /// None when no profile may run now.
+    pub fn current(&self, slot: usize) -> Option<Profile> {
+        let mut inner = self.lock();
+        let now = SystemTime::now();
+        if let Some(p) = &inner.slots[slot].profile {
+            if inner.book.eligible(&p.name, now) {
+                return Some(p.clone());
+            }
+        }
+        take_next(&mut inner, slot, now)
+    }
+
+    /// How long until some profile this pool holds may run again (a
+    /// cooldown ends); None when nothing is cooling (all disabled, or none).
+    pub fn next_eligible_in(&self) -> Option<std::time::Duration> {
+        let inner = self.lock();
+        let now = SystemTime::now();
+        let names = inner
+            .slots
+            .iter()
+            .filter_map(|s| s.profile.as_ref())
+            .chain(inner.queue.iter())
+            .map(|p| p.name.as_str());
+        inner
+            .book
+            .next_eligible_at(names, now)
+            .map(|t| t.duration_since(now).unwrap_or_default())
+    }
+
+    /// One completion of the child of `generation` on `slot` answered so.
+    /// An exhausted profile's slot is told to drain and rotate.
+    pub fn report(&self, slot: usize, generation: u64, answer: book::Answer) {
+        let verdict = {
+            let mut inner = self.lock();
+            let s = &inner.slots[slot];
+            if s.generation != generation {
+                return;
+            }
+            let Some(name) = s.profile.as_ref().map(|p| p.name.clone()) else {
+                return;
+            };
+            let v = inner.book.answer(&name, answer, SystemTime::now());
+            if let book::Verdict::Retire { reason, until } = v {
+                let left = until.duration_since(SystemTime::now()).unwrap_or_default();
+                log::warn!(
+                    "slot {slot}: profile {name} is {reason}: draining it, then it cools down for {}s",
+                    left.as_secs()
+                );
+            }
+            v
+        };
+        if let book::Verdict::Retire { .. } = verdict {
+            if let Some(tx) = self.cmds.get(slot) {
+                let _ = tx.send(Cmd::Drain {
+                    generation: Some(generation),
+                    reason: StopReason::Exhausted,
+                    then: Then::Rotate,
+                });
+            }
+            self.save_book();
+        }
+    }
+
+    /// A start of `profile` ended; it had become ready or not.
+    pub fn started(&self, profile: &str, became_ready: bool) {
+        let v = self
+            .lock()
+            .book
+            .started(profile, became_ready, SystemTime::now());
+        if let book::Verdict::Retire { until, .. } = v {
+            let left = until.duration_since(SystemTime::now()).unwrap_or_default();
+            log::warn!(
+                "profile {profile} failed to become ready {} times in a row: it cools down for {}s",
+                book::START_FAILURES_TO_COOL,
+                left.as_secs()
+            );
+        }
+        if !became_ready {
+            self.save_book();
+        }
+    }
+
+    /// Every profile with its state and health, in name order.
+    pub fn profiles(&self) -> Vec<ProfileSnapshot> {
+        let inner = self.lock();
+        let now = SystemTime::now();
+        inner
+            .book
+            .status(now)
+            .into_iter()
+            .map(|health| {
+                let slot = inner.slots.iter().position(|s| {
+                    s.profile.as_ref().is_some_and(|p| p.name == health.profile)
+                        && s.state.pid().is_some()
+                });
+                let state = if health.disabled {
+                    "disabled"
+                } else if slot.is_some() {
+                    "running"
+                } else if health.cooling_until_unix_ms.is_some() {
+                    "cooling"
+                } else {
+                    "queued"
+                };
+                ProfileSnapshot {
+                    state,
+                    slot,
+                    health,
+                }
+            })
+            .collect()
+    }
+
+    /// Clear a profile's cooldown and runs (an operator's reset). False
+    /// when no such profile is hydrated.
+    pub fn reset_profile(&self, name: &str) -> bool {
+        let done = self.lock().book.reset(name);
+        if done {
+            self.save_book();
+            self.wake_all();
+        }
+        done
+    }
+
+    /// Disable or enable a profile. Returns the slot running it (to be
+    /// drained by the caller when disabling), or Err when unknown.
+    pub fn set_disabled(&self, name: &str, disabled: bool) -> Result<Option<usize>, ()> {
+        let slot = {
+            let mut inner = self.lock();
+            if !inner.book.set_disabled(name, disabled) {
+                return Err(());
+            }
+            inner
+                .slots
+                .iter()
+                .position(|s| s.profile.as_ref().is_some_and(|p| p.name == name))
+        };
+        self.save_book();
+        self.wake_all();
+        Ok(slot)
+    }
+
+    /// Send `cmd` to the watcher of `slot`; false when there is no such slot.
+    pub fn command(&self, slot: usize, cmd: Cmd) -> bool {
+        self.cmds.get(slot).is_some_and(|tx| tx.send(cmd).is_ok())
+    }
+
+    /// Requests in flight on `slot` now.
+    pub fn in_flight(&self, slot: usize) -> usize {
+        self.dispatch.in_flight().get(slot).copied().unwrap_or(0)
+    }
+
+    pub fn wake_all(&self) {
+        for tx in &self.cmds {
+            let _ = tx.send(Cmd::Wake);
+        }
+    }
+}
+
+/// Put the slot's profile (if any) at the back of the queue and give the
+/// slot the first queued profile that may run at `now`; the others keep
+/// their order.
+fn take_next(inner: &mut Inner, slot: usize, now: SystemTime) -> Option<Profile> {
+    if let Some(p) = inner.slots[slot].profile.take() {
+        inner.queue.push_back(p);
+    }
+    let book = &inner.book;
+    let at = inner.queue.iter().position(|p| book.eligible(&p.name, now))?;
+    let next = inner.queue.remove(at);
+    inner.slots[slot].profile = next.clone();
+    next
 }
 
 /// The placement invariant over a snapshot: slots' profiles plus the queue

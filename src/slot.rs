@@ -19,6 +19,11 @@ pub enum State {
     Starting { pid: i32, deadline: Instant },
     /// Answered /health with status OK; receives traffic.
     Ready { pid: i32 },
+    /// Takes no new requests; its in-flight ones finish, then it stops.
+    Draining { pid: i32, reason: StopReason },
+    /// Every profile is cooling down or disabled: waits until `until` (or a
+    /// change: a reset, an enable, a reload) before taking one.
+    Cooldown { until: Option<Instant> },
     /// Its process group is being terminated.
     Stopping { pid: i32, reason: StopReason },
     /// Shut down for good.
@@ -31,6 +36,10 @@ pub enum StopReason {
     Exited(Exit),
     ReadyTimeout,
     Evicted(String),
+    /// The profile's account is out of quota: rotated out and cooled down.
+    Exhausted,
+    /// An operator asked (restart, rotate, disable) or a reload removed it.
+    Operator(String),
     Shutdown,
 }
 
@@ -41,6 +50,8 @@ impl StopReason {
             StopReason::Exited(_) => "exited",
             StopReason::ReadyTimeout => "ready_timeout",
             StopReason::Evicted(_) => "evicted",
+            StopReason::Exhausted => "exhausted",
+            StopReason::Operator(_) => "operator",
             StopReason::Shutdown => "shutdown",
         }
     }
@@ -52,6 +63,8 @@ impl fmt::Display for StopReason {
             StopReason::Exited(e) => write!(f, "exited ({e})"),
             StopReason::ReadyTimeout => f.write_str("not ready before the readiness deadline"),
             StopReason::Evicted(why) => write!(f, "evicted ({why})"),
+            StopReason::Exhausted => f.write_str("exhausted (empty answers or out of quota)"),
+            StopReason::Operator(what) => f.write_str(what),
             StopReason::Shutdown => f.write_str("coordinator shutting down"),
         }
     }
@@ -65,6 +78,8 @@ pub enum Event {
         deadline: Instant,
     },
     BecameReady,
+    /// Stop taking requests; stop once the in-flight ones are done.
+    Drain(StopReason),
     Stop(StopReason),
     /// The stopped group is gone; the slot may start its next profile.
     Gone,
@@ -73,6 +88,11 @@ pub enum Event {
         reason: String,
     },
     BackoffOver,
+    /// No profile may run now; wait until `until` (None: until a change).
+    Cooldown {
+        until: Option<Instant>,
+    },
+    CooldownOver,
     Shutdown,
 }
 
@@ -93,12 +113,21 @@ impl State {
             },
             (S::Waiting { .. }, E::BackoffOver) => S::Idle,
             (S::Starting { pid, .. }, E::BecameReady) => S::Ready { pid: *pid },
-            (S::Starting { pid, .. } | S::Ready { pid }, E::Stop(reason)) => S::Stopping {
+            (S::Ready { pid }, E::Drain(reason)) => S::Draining {
+                pid: *pid,
+                reason: reason.clone(),
+            },
+            (
+                S::Starting { pid, .. } | S::Ready { pid } | S::Draining { pid, .. },
+                E::Stop(reason),
+            ) => S::Stopping {
                 pid: *pid,
                 reason: reason.clone(),
             },
             (S::Stopping { .. }, E::Gone) => S::Idle,
-            (S::Idle | S::Waiting { .. }, E::Shutdown) => S::Stopped,
+            (S::Idle, E::Cooldown { until }) => S::Cooldown { until: *until },
+            (S::Cooldown { .. }, E::CooldownOver) => S::Idle,
+            (S::Idle | S::Waiting { .. } | S::Cooldown { .. }, E::Shutdown) => S::Stopped,
             _ => return None,
         })
     }
@@ -109,6 +138,8 @@ impl State {
             State::Waiting { .. } => "backoff",
             State::Starting { .. } => "starting",
             State::Ready { .. } => "ready",
+            State::Draining { .. } => "draining",
+            State::Cooldown { .. } => "cooldown",
             State::Stopping { .. } => "stopping",
             State::Stopped => "stopped",
         }
@@ -118,37 +149,56 @@ impl State {
     pub fn reason(&self) -> Option<String> {
         match self {
             State::Waiting { reason, .. } => Some(reason.clone()),
-            State::Stopping { reason, .. } => Some(reason.to_string()),
+            State::Draining { reason, .. } | State::Stopping { reason, .. } => {
+                Some(reason.to_string())
+            }
+            State::Cooldown { .. } => Some("every profile is cooling down or disabled".into()),
             _ => None,
         }
     }
 
     pub fn pid(&self) -> Option<i32> {
         match self {
-            State::Starting { pid, .. } | State::Ready { pid } | State::Stopping { pid, .. } => {
-                Some(*pid)
-            }
+            State::Starting { pid, .. }
+            | State::Ready { pid }
+            | State::Draining { pid, .. }
+            | State::Stopping { pid, .. } => Some(*pid),
             _ => None,
         }
     }
 }
 
 /// Crash-loop protection for one slot: the first restart is immediate, then
-/// 1 s doubling up to 5 min; a child that stayed ready for 10 min resets it.
-#[derive(Debug, Default)]
+/// 1 s doubling up to 5 min. It grows only for children that failed: never
+/// ready, or ended within `reset_after` (the readiness timeout) of becoming
+/// ready; a child that served longer, or was stopped on purpose (an
+/// operator, exhaustion), resets it.
+#[derive(Debug)]
 pub struct Backoff {
     failures: u32,
+    reset_after: Duration,
 }
 
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
-pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
 
 impl Backoff {
+    pub fn new(reset_after: Duration) -> Backoff {
+        Backoff {
+            failures: 0,
+            reset_after,
+        }
+    }
+
+    /// The slot's child was stopped on purpose: no failure to count.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
     /// A child ended after having been ready for `ready_for` (None: never
     /// ready). Returns how long to wait before the next start.
     pub fn after_end(&mut self, ready_for: Option<Duration>) -> Duration {
-        if ready_for.is_some_and(|d| d >= BACKOFF_RESET_AFTER) {
+        if ready_for.is_some_and(|d| d >= self.reset_after) {
             self.failures = 0;
         }
         let delay = match self.failures {
@@ -179,6 +229,11 @@ mod tests {
                 deadline: t,
             },
             State::Ready { pid: 7 },
+            State::Draining {
+                pid: 7,
+                reason: StopReason::Exhausted,
+            },
+            State::Cooldown { until: Some(t) },
             State::Stopping {
                 pid: 7,
                 reason: StopReason::ReadyTimeout,
@@ -194,6 +249,7 @@ mod tests {
                 deadline: t,
             },
             Event::BecameReady,
+            Event::Drain(StopReason::Exhausted),
             Event::Stop(StopReason::Evicted("x".into())),
             Event::Gone,
             Event::Backoff {
@@ -201,6 +257,8 @@ mod tests {
                 reason: "r".into(),
             },
             Event::BackoffOver,
+            Event::Cooldown { until: None },
+            Event::CooldownOver,
             Event::Shutdown,
         ]
     }
@@ -219,7 +277,12 @@ mod tests {
             ("starting", "BecameReady", "ready"),
             ("starting", "Stop", "stopping"),
             ("ready", "Stop", "stopping"),
+            ("ready", "Drain", "draining"),
+            ("draining", "Stop", "stopping"),
             ("stopping", "Gone", "idle"),
+            ("idle", "Cooldown", "cooldown"),
+            ("cooldown", "CooldownOver", "idle"),
+            ("cooldown", "Shutdown", "stopped"),
         ];
         for s in all_states(t) {
             for e in all_events(t) {
@@ -250,12 +313,15 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_to_a_cap_and_resets_after_long_readiness() {
-        let mut b = Backoff::default();
+    fn backoff_doubles_to_a_cap_and_resets_after_serving_past_the_ready_timeout() {
+        let ready_timeout = Duration::from_secs(60);
+        let mut b = Backoff::new(ready_timeout);
         let got: Vec<u64> = (0..12).map(|_| b.after_end(None).as_secs()).collect();
         assert_eq!(got, vec![0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
-        assert_eq!(b.after_end(Some(Duration::from_secs(599))).as_secs(), 300);
-        assert_eq!(b.after_end(Some(BACKOFF_RESET_AFTER)), Duration::ZERO);
+        assert_eq!(b.after_end(Some(Duration::from_secs(59))).as_secs(), 300);
+        assert_eq!(b.after_end(Some(ready_timeout)), Duration::ZERO);
         assert_eq!(b.after_end(None), BACKOFF_FIRST);
+        b.reset();
+        assert_eq!(b.after_end(None), Duration::ZERO);
     }
 }

@@ -23,7 +23,7 @@ use log::{error, info, warn};
 use crate::config::{Config, Ports};
 use crate::hydrate::Profile;
 use crate::metrics;
-use crate::pool::{Cmd, Pool};
+use crate::pool::{Cmd, Pool, Then};
 use crate::process::child::{self, Child, Exit};
 use crate::process::env;
 use crate::process::ports::{self, Busy};
@@ -38,6 +38,8 @@ const PORT_WAIT: Duration = Duration::from_secs(3);
 const PORT_RECHECK: Duration = Duration::from_millis(50);
 /// The shortest backoff after finding a port taken by a foreign process.
 const BACKOFF_PORT_MIN: Duration = Duration::from_secs(1);
+/// How often a draining slot looks at its requests in flight.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 /// What the watcher needs from the configuration, copied out once.
 #[derive(Clone)]
@@ -49,6 +51,8 @@ pub struct Settings {
     pub key_file: Option<PathBuf>,
     pub ready_timeout: Duration,
     pub stop_grace: Duration,
+    /// The longest a drain waits for requests in flight (REQUEST_TIMEOUT_S).
+    pub drain_timeout: Duration,
     /// Names this coordinator in every child's tag.
     pub identity: Identity,
 }
@@ -63,6 +67,7 @@ impl Settings {
             key_file,
             ready_timeout: cfg.ready_timeout,
             stop_grace: cfg.stop_grace,
+            drain_timeout: cfg.request_timeout,
             identity,
         }
     }
@@ -90,13 +95,14 @@ pub fn spawn(
             // Dropped when the thread ends: once every watcher's `done` is
             // gone, the main thread's receiver reports it.
             let _done = done;
+            let backoff = Backoff::new(settings.ready_timeout);
             Watcher {
                 slot,
                 pool,
                 cmds,
                 settings,
                 signals,
-                backoff: Backoff::default(),
+                backoff,
                 http: health_agent(),
                 starts: 0,
             }
@@ -128,15 +134,27 @@ struct Watcher {
 
 /// How one turn of the slot ended.
 enum Turn {
-    /// A child ran; it was ready for this long (None: never).
-    Ran(Option<Duration>),
+    /// A child ran.
+    Ran(RunEnd),
     /// Not started: a port of the slot is held by someone else.
     PortBusy(Busy),
+}
+
+struct RunEnd {
+    /// How long it was ready (None: never).
+    ready_for: Option<Duration>,
+    /// What the slot does next: the same profile again, or the next one.
+    then: Then,
+    /// Stopped on purpose (an operator, exhaustion), not by a failure: the
+    /// crash-loop backoff does not grow.
+    deliberate: bool,
 }
 
 /// How a child's watch ended.
 enum Ending {
     Stop(StopReason),
+    /// Drained on request, then stopped.
+    Drained(StopReason, Then),
     /// The child already exited; nothing to signal but stragglers.
     Exited(Exit),
 }
@@ -148,17 +166,12 @@ impl Watcher {
                 self.pool.apply(self.slot, &Event::Shutdown);
                 return;
             }
-            let Some(profile) = self.pool.profile(self.slot) else {
-                error!(
-                    "slot {}: no profile left to run; the slot stays empty",
-                    self.slot
-                );
-                self.pool.apply(self.slot, &Event::Shutdown);
-                let _ = self.signals.shutdown.recv();
-                return;
+            let Some(profile) = self.pool.current(self.slot) else {
+                self.wait_for_a_profile();
+                continue;
             };
-            let ready_for = match self.run_one(&profile) {
-                Turn::Ran(ready_for) => ready_for,
+            let end = match self.run_one(&profile) {
+                Turn::Ran(end) => end,
                 Turn::PortBusy(busy) => {
                     // The profile is not at fault: it keeps the slot and
                     // is tried again after the backoff.
@@ -175,7 +188,19 @@ impl Watcher {
                 self.pool.apply(self.slot, &Event::Shutdown);
                 return;
             }
-            let delay = self.backoff.after_end(ready_for);
+            if !end.deliberate {
+                self.pool.started(&profile.name, end.ready_for.is_some());
+            }
+            let delay = if end.deliberate {
+                self.backoff.reset();
+                Duration::ZERO
+            } else {
+                self.backoff.after_end(end.ready_for)
+            };
+            if end.then == Then::Restart {
+                info!("slot {}: starting profile {} again", self.slot, profile.name);
+                continue;
+            }
             let next = self.pool.rotate(self.slot);
             if let Err(e) = self.pool.check_invariant() {
                 error!("slot {}: profile invariant broken: {e}", self.slot);
@@ -194,6 +219,38 @@ impl Watcher {
             );
             self.back_off(delay, "repeated failures".into());
         }
+    }
+
+    /// No profile may run now (all cooling or disabled): wait, in state
+    /// cooldown, until the first cooldown ends, something changes (a reset,
+    /// an enable, a reload: `Cmd::Wake`) or shutdown.
+    fn wait_for_a_profile(&mut self) {
+        let wait = self.pool.next_eligible_in();
+        let until = wait.map(|d| Instant::now() + d);
+        self.pool.apply(self.slot, &Event::Cooldown { until });
+        match wait {
+            Some(d) => info!(
+                "slot {}: every profile is cooling down or disabled; waiting {}s for the first cooldown to end",
+                self.slot,
+                d.as_secs()
+            ),
+            None => warn!(
+                "slot {}: every profile is disabled; waiting for one to be enabled",
+                self.slot
+            ),
+        }
+        let timer = wait.map(after).unwrap_or_else(crossbeam_channel::never);
+        select! {
+            recv(self.signals.shutdown) -> _ => {}
+            recv(self.cmds) -> cmd => {
+                if cmd.is_err() {
+                    // The pool is gone: only shutdown remains.
+                    let _ = self.signals.shutdown.recv_timeout(Duration::from_secs(1));
+                }
+            }
+            recv(timer) -> _ => {}
+        }
+        self.pool.apply(self.slot, &Event::CooldownOver);
     }
 
     /// Wait `delay` in state backoff (shown with `reason`), or until shutdown.
@@ -233,7 +290,11 @@ impl Watcher {
                     "slot {}: cannot start {} for profile {}: {e} (check CHILD_COMMAND and CHILD_WORKDIR)",
                     self.slot, spec.program, profile.name
                 );
-                return Turn::Ran(None);
+                return Turn::Ran(RunEnd {
+                    ready_for: None,
+                    then: Then::Rotate,
+                    deliberate: false,
+                });
             }
         };
         let pid = child.pid();
@@ -258,9 +319,10 @@ impl Watcher {
             &profile.name,
             &mut ready_at,
         );
-        let reason = match &ending {
-            Ending::Stop(r) => r.clone(),
-            Ending::Exited(e) => StopReason::Exited(*e),
+        let (reason, then) = match &ending {
+            Ending::Stop(r) => (r.clone(), Then::Rotate),
+            Ending::Drained(r, then) => (r.clone(), *then),
+            Ending::Exited(e) => (StopReason::Exited(*e), Then::Rotate),
         };
         self.pool.apply(self.slot, &Event::Stop(reason.clone()));
         metrics::child_ended(self.slot, reason.label());
@@ -272,7 +334,7 @@ impl Watcher {
                 "slot {}: profile {} pid {pid} {reason}",
                 self.slot, profile.name
             ),
-            Ending::Stop(_) => info!(
+            Ending::Stop(_) | Ending::Drained(..) => info!(
                 "slot {}: stopping profile {} pid {pid}: {reason}",
                 self.slot, profile.name
             ),
@@ -292,7 +354,11 @@ impl Watcher {
             );
         }
         self.pool.apply(self.slot, &Event::Gone);
-        Turn::Ran(ready_at.map(|t| t.elapsed()))
+        Turn::Ran(RunEnd {
+            ready_for: ready_at.map(|t| t.elapsed()),
+            then,
+            deliberate: matches!(ending, Ending::Drained(..)),
+        })
     }
 
     /// The command line and environment of one start of `profile`.
@@ -376,9 +442,12 @@ impl Watcher {
     ) -> Ending {
         let exits = child.exit_events().clone();
         let url = format!("http://127.0.0.1:{api_port}/health");
+        // Set once a drain begins: what follows it, and its bound.
+        let mut draining: Option<(StopReason, Then, Instant)> = None;
         loop {
-            let waiting = ready_at.is_none();
-            let tick = if waiting {
+            let tick = if let Some((_, _, until)) = &draining {
+                after(DRAIN_POLL.min(until.saturating_duration_since(Instant::now())))
+            } else if ready_at.is_none() {
                 after(READY_POLL.min(deadline.saturating_duration_since(Instant::now())))
             } else {
                 crossbeam_channel::never()
@@ -394,11 +463,38 @@ impl Watcher {
                     Ok(Cmd::Evict { generation: g, reason }) if g == generation => {
                         return Ending::Stop(StopReason::Evicted(reason));
                     }
+                    Ok(Cmd::Drain { generation: g, reason, then })
+                        if g.is_none_or(|g| g == generation) && draining.is_none() =>
+                    {
+                        if ready_at.is_none() {
+                            // Nothing in flight before readiness.
+                            return Ending::Drained(reason, then);
+                        }
+                        info!(
+                            "slot {}: draining profile {name} pid {} ({reason}): no new requests, {} in flight",
+                            self.slot,
+                            child.pid(),
+                            self.pool.in_flight(self.slot)
+                        );
+                        self.pool.apply(self.slot, &Event::Drain(reason.clone()));
+                        draining = Some((reason, then, Instant::now() + self.settings.drain_timeout));
+                    }
                     Ok(_) => {}
                     Err(_) => return Ending::Stop(StopReason::Shutdown),
                 },
                 recv(tick) -> _ => {
-                    if is_ready(&self.http, &url) {
+                    if let Some((reason, then, until)) = &draining {
+                        let left = self.pool.in_flight(self.slot);
+                        if left == 0 || Instant::now() >= *until {
+                            if left > 0 {
+                                warn!(
+                                    "slot {}: profile {name}: {left} requests still in flight after the drain bound; stopping it anyway",
+                                    self.slot
+                                );
+                            }
+                            return Ending::Drained(reason.clone(), *then);
+                        }
+                    } else if is_ready(&self.http, &url) {
                         self.pool.apply(self.slot, &Event::BecameReady);
                         *ready_at = Some(Instant::now());
                         // The deadline is the start plus the readiness timeout.
@@ -510,6 +606,7 @@ http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
             key_file: None,
             ready_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(5),
             identity: Identity::new(&dir),
         };
         let thread = spawn(

@@ -38,6 +38,16 @@ pub struct Settings {
     pub cooldown: Duration,
 }
 
+impl Default for Settings {
+    /// `EMPTY_ANSWERS_TO_ROTATE` and `PROFILE_COOLDOWN_S` defaults.
+    fn default() -> Settings {
+        Settings {
+            empty_answers_to_rotate: 2,
+            cooldown: Duration::from_secs(3600),
+        }
+    }
+}
+
 /// Why a profile is cooling down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -254,6 +264,17 @@ impl Book {
         Verdict::Retire {
             reason,
             until: from_unix_ms(e.cooling_until_unix_ms.unwrap_or(0)),
+        }
+    }
+
+    /// Disable or enable `name`; false when there is no such profile.
+    pub fn set_disabled(&mut self, name: &str, disabled: bool) -> bool {
+        match self.entries.get_mut(name) {
+            Some(e) => {
+                e.disabled = disabled;
+                true
+            }
+            None => false,
         }
     }
 

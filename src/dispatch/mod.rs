@@ -84,6 +84,9 @@ pub enum SlotView {
         port: u16,
         profile: String,
     },
+    /// Its child takes no new requests; those in flight finish (a drain
+    /// before a restart, a rotation or a cooldown). A child will come.
+    Draining { generation: u64 },
     /// A child will come: idle, starting, or stopping before the next start.
     Coming,
     /// A child will come after a backoff ending at `until`.
@@ -166,6 +169,8 @@ struct Route {
 #[derive(Debug, Clone)]
 enum Slot {
     Open(Route),
+    /// Still counted, never picked.
+    Draining(Route),
     Coming,
     BackingOff { until: Instant },
     Gone,
@@ -286,6 +291,12 @@ impl Dispatch {
                     completions: 0,
                     others: 0,
                 }),
+                SlotView::Draining { generation } => match std::mem::replace(s, Slot::Coming) {
+                    Slot::Open(r) | Slot::Draining(r) if r.child.generation == generation => {
+                        Slot::Draining(r)
+                    }
+                    _ => Slot::Coming,
+                },
                 SlotView::Coming => Slot::Coming,
                 SlotView::BackingOff { until } => Slot::BackingOff { until },
                 SlotView::Gone => Slot::Gone,
@@ -430,7 +441,7 @@ impl Dispatch {
         let wakes = {
             let mut inner = self.lock();
             match inner.slots.get_mut(child.slot) {
-                Some(Slot::Open(r)) if r.child == child => match kind {
+                Some(Slot::Open(r) | Slot::Draining(r)) if r.child == child => match kind {
                     Kind::Completion => r.completions = r.completions.saturating_sub(1),
                     Kind::Other => r.others = r.others.saturating_sub(1),
                 },
@@ -460,7 +471,7 @@ impl Dispatch {
             .slots
             .iter()
             .map(|s| match s {
-                Slot::Open(r) => r.completions + r.others,
+                Slot::Open(r) | Slot::Draining(r) => r.completions + r.others,
                 _ => 0,
             })
             .collect()
@@ -499,6 +510,7 @@ impl Dispatch {
                     other => RouteView {
                         slot: i,
                         state: match other {
+                            Slot::Draining(_) => "draining",
                             Slot::BackingOff { .. } => "backoff",
                             Slot::Gone => "gone",
                             _ => "coming",
@@ -566,7 +578,9 @@ impl Inner {
         for s in &self.slots {
             match s {
                 Slot::Open(r) if Some(r.child) == avoid => avoided = true,
-                Slot::Open(_) | Slot::Coming | Slot::BackingOff { .. } => return Prospect::Some,
+                Slot::Open(_) | Slot::Draining(_) | Slot::Coming | Slot::BackingOff { .. } => {
+                    return Prospect::Some
+                }
                 Slot::Gone => {}
             }
         }
@@ -583,7 +597,7 @@ impl Inner {
         let mut next: Option<Instant> = None;
         for s in &self.slots {
             match s {
-                Slot::Open(_) | Slot::Coming => return DEFAULT_RETRY_AFTER,
+                Slot::Open(_) | Slot::Draining(_) | Slot::Coming => return DEFAULT_RETRY_AFTER,
                 Slot::BackingOff { until } => {
                     next = Some(next.map_or(*until, |n| n.min(*until)));
                 }
