@@ -152,13 +152,23 @@ pub fn s3_store(s3: &S3Settings, timeout: Duration) -> Result<cond::Store, Hydra
 #[cfg(test)]
 pub fn hydrate_s3_with(
     s3: &S3Settings,
-    credentials: s3::creds::Credentials,
+    credentials: ::s3::creds::Credentials,
     cache_dir: &Path,
     timeout: Duration,
 ) -> Result<(Hydrated, cond::Store), HydrateError> {
     let source = self::s3::S3Source::with_credentials(s3, credentials)?;
     let hydrated = hydrate_from(&source, cache_dir)?;
     Ok((hydrated, source.cond_store(timeout)?))
+}
+
+/// `s3_store` with fixed credentials, for unit tests.
+#[cfg(test)]
+pub fn s3_store_with(
+    s3: &S3Settings,
+    credentials: ::s3::creds::Credentials,
+    timeout: Duration,
+) -> Result<cond::Store, HydrateError> {
+    self::s3::S3Source::with_credentials(s3, credentials)?.cond_store(timeout)
 }
 
 /// Hydrate from the configured backend into the cache directory.
