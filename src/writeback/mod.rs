@@ -181,7 +181,8 @@ impl WriteBack {
     }
 
     /// With an explicit target (tests, and `new`). Removes working copies
-    /// an earlier run left in `running/` (call it before any child starts).
+    /// an earlier run left in `running/`: create one per run, before any
+    /// child starts (after a new hydration, call `rebase` instead).
     pub fn with_target(
         target: Target,
         cache_dir: &Path,
@@ -303,13 +304,14 @@ impl Inner {
     }
 
     /// Count `outcome` for `name` and log it: events every time, skip and
-    /// failure reasons once per profile and run (then at debug).
-    fn record(&self, name: &str, outcome: &Outcome, when: &str) {
+    /// failure reasons once per profile and run (then at debug; again after
+    /// a successful write). True when it logged above debug.
+    fn record(&self, name: &str, outcome: &Outcome, when: &str) -> bool {
         let now = now_ms();
         let first = {
             let mut profiles = self.lock();
             let Some(e) = profiles.get_mut(name) else {
-                return;
+                return false;
             };
             e.stats.last_unix_ms = Some(now);
             e.stats.last_outcome = Some(outcome.label());
@@ -333,6 +335,7 @@ impl Inner {
             };
             kind.is_some_and(|k| e.logged.insert(k))
         };
+        let said = matches!(outcome, Outcome::Written) || first;
         match outcome {
             Outcome::Written => {
                 info!("profile {name}: refreshed auth state written back ({when})")
@@ -349,9 +352,11 @@ impl Inner {
             Outcome::Failed(why) if first => warn!(
                 "profile {name}: write-back failed ({when}): {why}; retried next time (said once until it works)"
             ),
+            // Logged where they happen, with what the source holds.
             Outcome::Conflict | Outcome::Disabled => {}
             other => debug!("profile {name}: write-back {} ({when})", other.label()),
         }
+        said
     }
 
     fn set_base(&self, name: &str, base: Base) {

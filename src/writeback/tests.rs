@@ -185,6 +185,33 @@ fn local_profiles_are_left_alone_unless_all() {
     );
 }
 
+#[test]
+fn each_skip_reason_is_said_once_per_profile_until_a_write() {
+    let s = LocalSetup::new("said", "all");
+    let h = s.hydrate();
+    let wb = WriteBack::new(&s.cfg, &h);
+    let inner = &wb.inner;
+    let truncated = Outcome::Invalid(Invalid::NotJson("truncated"));
+    let failed = Outcome::Failed("x".into());
+    for (outcome, said) in [
+        (&Outcome::Unchanged, true),
+        (&Outcome::Unchanged, false),
+        (&truncated, true),
+        (&Outcome::Invalid(Invalid::NotJson("syntax error")), false),
+        (&Outcome::Unchanged, false),
+        (&Outcome::Invalid(Invalid::NotProfile), true),
+        (&failed, true),
+        (&failed, false),
+        (&Outcome::Written, true),
+        (&Outcome::Written, true),
+        (&Outcome::Unchanged, true),
+        (&failed, true),
+    ] {
+        assert_eq!(inner.record("a", outcome, "test"), said, "{outcome:?}");
+    }
+    assert_eq!(wb.stats()["a"].failed, 3);
+}
+
 // ---------------------------------------------------------------------------
 // Local write-back
 
