@@ -24,7 +24,9 @@
 //! on a short-lived named worker thread; a worker that outlives the deadline
 //! (a black-holed endpoint: attohttpc's connect timeout is 30 s and cannot
 //! be set through rust-s3) finishes in the background and still records its
-//! result, and the next call for that copy says it is busy.
+//! result; the next call for that copy waits for it within its own
+//! deadline (so `on_stop` still gets the child's last state out when it
+//! can), then says it is busy.
 //!
 //! Never: upload a copy that is not valid JSON or not a profile; overwrite a
 //! source that changed since we read it (S3 `If-Match`, local content
@@ -40,8 +42,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
 
@@ -290,7 +292,8 @@ impl WriteBack {
                     base,
                     settled: false,
                 }),
-                busy: AtomicBool::new(false),
+                busy: Mutex::new(false),
+                idle: Condvar::new(),
             }),
         })
     }
@@ -518,8 +521,10 @@ pub struct WorkingCopy {
 struct CopyShared {
     /// Locked only to read or replace the state, never across I/O.
     state: Mutex<CopyState>,
-    /// A write-back worker of this copy is running.
-    busy: AtomicBool,
+    /// A write-back worker of this copy is running; `idle` is notified
+    /// when it ends.
+    busy: Mutex<bool>,
+    idle: Condvar,
 }
 
 struct CopyState {
@@ -535,6 +540,29 @@ impl CopyShared {
     fn lock(&self) -> MutexGuard<'_, CopyState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn busy_lock(&self) -> MutexGuard<'_, bool> {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait until no worker runs (at most until `until`), then claim the
+    /// copy for a new one; None if a worker still runs then.
+    fn claim(self: &Arc<Self>, until: Instant) -> Option<BusyGuard> {
+        let mut busy = self.busy_lock();
+        while *busy {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            busy = self
+                .idle
+                .wait_timeout(busy, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *busy = true;
+        Some(BusyGuard(self.clone()))
+    }
 }
 
 /// Clears `busy` when the worker ends, however it ends.
@@ -542,7 +570,8 @@ struct BusyGuard(Arc<CopyShared>);
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
-        self.0.busy.store(false, Ordering::Release);
+        *self.0.busy_lock() = false;
+        self.0.idle.notify_all();
     }
 }
 
@@ -591,12 +620,12 @@ impl WorkingCopy {
         if settled {
             return Outcome::Conflict;
         }
-        if self.shared.busy.swap(true, Ordering::AcqRel) {
+        let until = Instant::now() + deadline;
+        let Some(guard) = self.shared.claim(until) else {
             let o = Outcome::Failed("the previous write-back has not finished".into());
             inner.record(&self.profile, &o, when);
             return o;
-        }
-        let guard = BusyGuard(self.shared.clone());
+        };
         let bytes = match read_capped(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::InvalidData => {
@@ -656,7 +685,7 @@ impl WorkingCopy {
             inner.record(&self.profile, &o, when);
             return o;
         }
-        match rx.recv_timeout(deadline) {
+        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
             Ok(o) => o,
             Err(_) => Outcome::Failed(format!(
                 "no answer within {deadline:?}; the write-back goes on in the background"

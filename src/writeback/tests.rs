@@ -741,6 +741,28 @@ impl Fake {
 }
 
 #[test]
+fn on_stop_waits_for_a_running_write_back_then_sends_the_last_state() {
+    let s = LocalSetup::new("stop-waits", "all");
+    let h = s.hydrate();
+    let wb = WriteBack::new(&s.cfg, &h);
+    let copy = wb.start(&profile_a(&h), 1).unwrap();
+    // A worker that is still busy (as after a timed-out tick) ...
+    let guard = copy.shared.claim(Instant::now()).unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop(guard);
+    });
+    fs::write(copy.path(), profile_json("last")).unwrap();
+    // ... is waited for within the deadline, and the last state goes out.
+    assert_eq!(copy.on_stop(), Outcome::Written);
+    assert_eq!(
+        fs::read_to_string(s.source()).unwrap(),
+        profile_json("last")
+    );
+    release.join().unwrap();
+}
+
+#[test]
 fn s3_a_denied_write_warns_once_and_turns_write_back_off() {
     // s3s-fs has one key pair with every permission, so the 403 a role
     // without s3:PutObject gets comes from a fake endpoint.
@@ -778,18 +800,21 @@ fn s3_a_store_that_never_answers_keeps_the_caller_only_until_the_deadline() {
         matches!(&o, Outcome::Failed(why) if why.contains("no answer within")),
         "{o:?}"
     );
-    // The worker is still waiting on the request: the next call says so at once.
-    let o = copy.tick();
+    // The worker is still waiting on the request: a call with a short
+    // deadline waits that long for it, then says so.
+    let t = Instant::now();
+    let o = copy.write_back("test", Duration::from_millis(200));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     assert!(
         matches!(&o, Outcome::Failed(why) if why.contains("has not finished")),
         "{o:?}"
     );
     // The request timeout ends the worker, which records its failure.
-    let deadline = Instant::now() + REQUEST_TIMEOUT + Duration::from_secs(5);
-    while copy.shared.busy.load(Ordering::Acquire) {
-        assert!(Instant::now() < deadline, "the worker did not end");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let idle = copy
+        .shared
+        .claim(Instant::now() + REQUEST_TIMEOUT + Duration::from_secs(5));
+    assert!(idle.is_some(), "the worker did not end");
+    drop(idle);
     let stats = &wb.stats()["a"];
     assert_eq!(stats.failed, 2, "{stats:?}");
     assert!(
