@@ -25,8 +25,7 @@ mod slot;
 mod tls;
 mod upstream;
 mod watcher;
-// Not wired into the slot watcher yet (the lead does that next).
-#[allow(dead_code)]
+#[allow(dead_code)] // wired into the slot watcher next
 mod writeback;
 
 use std::io::Write;

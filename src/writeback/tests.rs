@@ -741,6 +741,55 @@ impl Fake {
 }
 
 #[test]
+fn a_child_rewriting_its_copy_in_place_never_gets_a_torn_file_uploaded() {
+    // The real child's write: truncate, first half, pause, rest. Ticks race
+    // it; the source must only ever hold whole profiles.
+    let s = LocalSetup::new("torn", "all");
+    let h = s.hydrate();
+    let wb = WriteBack::new(&s.cfg, &h);
+    let copy = wb.start(&profile_a(&h), 1).unwrap();
+    let path = copy.path().to_path_buf();
+    let writer = std::thread::spawn(move || {
+        for i in 0..20 {
+            let text = profile_json(&format!("refresh-{i}"));
+            let mut f = OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap();
+            f.write_all(&text.as_bytes()[..text.len() / 2]).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+            f.write_all(&text.as_bytes()[text.len() / 2..]).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let (mut written, mut torn) = (0, 0);
+    while !writer.is_finished() {
+        match copy.tick() {
+            Outcome::Written => written += 1,
+            Outcome::Invalid(Invalid::NotJson(_)) => torn += 1,
+            Outcome::Unchanged => {}
+            other => panic!("{other:?}"),
+        }
+        let source = fs::read(s.source()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&source).expect("whole JSON");
+        assert!(decide::looks_like_profile(&v));
+    }
+    writer.join().unwrap();
+    // The last tick may have caught the last write already.
+    let last = copy.on_stop();
+    assert!(
+        matches!(last, Outcome::Written | Outcome::Unchanged),
+        "{last:?}"
+    );
+    assert_eq!(
+        fs::read_to_string(s.source()).unwrap(),
+        profile_json("refresh-19")
+    );
+    assert!(written >= 1, "written {written}, torn {torn}");
+}
+
+#[test]
 fn on_stop_waits_for_a_running_write_back_then_sends_the_last_state() {
     let s = LocalSetup::new("stop-waits", "all");
     let h = s.hydrate();
