@@ -21,6 +21,9 @@ fi
 
 # An S3-compatible server that checks request signatures; the S3 tests start
 # their own instances of it on 127.0.0.1. 0.14.1: later ones need a newer rustc.
+# It also enforces If-Match and If-None-Match: * on PutObject, which the
+# write-back tests rely on (tests/writeback.rs proves it); it ignores If-Match
+# on DeleteObject and cannot deny single permissions (fakes cover a 403).
 if ! command -v s3s-fs >/dev/null 2>&1; then
     say "installing s3s-fs 0.14.1 (cargo install)"
     cargo install --quiet --locked s3s-fs@0.14.1 --features binary

@@ -30,6 +30,19 @@ pub struct S3Settings {
     pub download_threads: usize,
 }
 
+/// Which profile sources get a child's refreshed auth state written back
+/// (`AUTH_WRITEBACK`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritebackMode {
+    /// Only profiles hydrated from S3 (the default: a local directory is
+    /// often a read-only secret volume).
+    S3,
+    /// S3 and local profile directories.
+    All,
+    /// Never; children still get a private working copy per start.
+    Off,
+}
+
 /// The port triple of slot `i` is `base + i * step` for each of the three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortPlan {
@@ -107,6 +120,10 @@ pub struct Config {
     pub queue_timeout: Duration,
     /// Consecutive counted 5xx answers that evict a child.
     pub consecutive_5xx_to_evict: u32,
+    /// Where refreshed auth state goes back to (`AUTH_WRITEBACK`).
+    pub writeback: WritebackMode,
+    /// How often a running child's working copy is checked for a refresh.
+    pub writeback_interval: Duration,
     pub hydrate_only: bool,
 }
 
@@ -342,6 +359,16 @@ const SETTINGS: &[Setting] = &[
         env: "CONSECUTIVE_5XX_TO_EVICT",
         default: Some("3"),
         help: "answers of 500 or other non-gateway 5xx in a row that evict a child",
+    },
+    Setting {
+        env: "AUTH_WRITEBACK",
+        default: Some("s3"),
+        help: "write children's refreshed auth state back to the profile source: s3, all (local too) or off",
+    },
+    Setting {
+        env: "AUTH_WRITEBACK_INTERVAL_S",
+        default: Some("600"),
+        help: "seconds between write-back checks of a running child's profile (also at its stop)",
     },
     Setting {
         env: "MAX_BODY_BYTES",
@@ -648,6 +675,19 @@ impl Config {
                 1,
                 1_000,
             )? as u32,
+            writeback: match need("AUTH_WRITEBACK").to_ascii_lowercase().as_str() {
+                "s3" => WritebackMode::S3,
+                "all" => WritebackMode::All,
+                "off" => WritebackMode::Off,
+                _ => {
+                    return Err(invalid(
+                        "AUTH_WRITEBACK",
+                        &need("AUTH_WRITEBACK"),
+                        "s3, all or off",
+                    ))
+                }
+            },
+            writeback_interval: secs("AUTH_WRITEBACK_INTERVAL_S", 1, 86_400)?,
             hydrate_only,
         })))
     }
@@ -777,6 +817,8 @@ mod tests {
         assert_eq!(c.max_queue, 512);
         assert_eq!(c.queue_timeout, Duration::from_secs(120));
         assert_eq!(c.consecutive_5xx_to_evict, 3);
+        assert_eq!(c.writeback, WritebackMode::S3);
+        assert_eq!(c.writeback_interval, Duration::from_secs(600));
     }
 
     #[test]
@@ -799,6 +841,28 @@ mod tests {
         assert_eq!(
             err(&[], &[("MAX_CONNECTIONS", "7")]),
             "invalid MAX_CONNECTIONS=\"7\": expected an integer from 8 to 1000000"
+        );
+    }
+
+    #[test]
+    fn writeback_settings_parse_and_refuse_in_one_line() {
+        let c = run(
+            &["--auth-writeback", "ALL"],
+            &[("AUTH_WRITEBACK_INTERVAL_S", "30")],
+        );
+        assert_eq!(c.writeback, WritebackMode::All);
+        assert_eq!(c.writeback_interval, Duration::from_secs(30));
+        assert_eq!(
+            run(&[], &[("AUTH_WRITEBACK", "off")]).writeback,
+            WritebackMode::Off
+        );
+        assert_eq!(
+            err(&[], &[("AUTH_WRITEBACK", "local")]),
+            "invalid AUTH_WRITEBACK=\"local\": expected s3, all or off"
+        );
+        assert_eq!(
+            err(&["--auth-writeback-interval-s=0"], &[]),
+            "invalid AUTH_WRITEBACK_INTERVAL_S=\"0\": expected an integer from 1 to 86400"
         );
     }
 

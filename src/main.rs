@@ -25,6 +25,8 @@ mod slot;
 mod tls;
 mod upstream;
 mod watcher;
+#[allow(dead_code)] // wired into the slot watcher next
+mod writeback;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

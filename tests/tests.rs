@@ -9,3 +9,4 @@ mod operate;
 mod proxy;
 mod realchild;
 mod s3;
+mod writeback;

@@ -8,18 +8,21 @@
 //! named and left out. Profile contents are credentials: they are never
 //! logged, and every file is written owner-only.
 
+pub mod cond;
 mod local;
 mod s3;
 mod stage;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
 use log::{info, warn};
 
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, S3Settings};
 
 /// One hydrated profile: its name (the file stem) and its staged file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +39,29 @@ pub struct Hydrated {
     pub profiles: Vec<Profile>,
     /// Names left out because they were not valid JSON.
     pub skipped: Vec<String>,
+    /// What each staged profile (by name) held when it came from its
+    /// source: the base a write-back compares against and conditions on.
+    pub bases: BTreeMap<String, Base>,
+}
+
+/// One profile as its source had it at hydration.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Base {
+    /// The bytes fetched (and staged).
+    pub content: Arc<[u8]>,
+    /// The object's ETag when it came from S3 and the answer carried one;
+    /// None for local files and for a cached set adopted without S3.
+    pub etag: Option<String>,
+}
+
+/// Credentials: shows the size, never the content.
+impl fmt::Debug for Base {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Base")
+            .field("bytes", &self.content.len())
+            .field("etag", &self.etag)
+            .finish()
+    }
 }
 
 impl Hydrated {
@@ -102,12 +128,47 @@ pub trait Source: Sync {
     fn list(&self) -> Result<Vec<String>, HydrateError>;
     /// The bytes of one profile listed by `list`.
     fn fetch(&self, name: &str) -> Result<Vec<u8>, HydrateError>;
+    /// `fetch`, with the version tag (S3 ETag) of what was fetched, where
+    /// the source has one.
+    fn fetch_versioned(&self, name: &str) -> Result<(Vec<u8>, Option<String>), HydrateError> {
+        Ok((self.fetch(name)?, None))
+    }
     /// The key file's bytes, or None when the source has none.
     fn key_file(&self) -> Result<Option<Vec<u8>>, HydrateError>;
     /// How many fetches may run at once.
     fn parallelism(&self) -> usize {
         1
     }
+}
+
+/// A client for conditional writes to the configured S3 profile prefix
+/// (write-back), whose requests each give up after `timeout`.
+pub fn s3_store(s3: &S3Settings, timeout: Duration) -> Result<cond::Store, HydrateError> {
+    s3::S3Source::new(s3)?.cond_store(timeout)
+}
+
+/// Hydrate from S3 with fixed credentials, and a conditional-write client
+/// for the same prefix: what `hydrate` and `s3_store` do, for unit tests.
+#[cfg(test)]
+pub fn hydrate_s3_with(
+    s3: &S3Settings,
+    credentials: ::s3::creds::Credentials,
+    cache_dir: &Path,
+    timeout: Duration,
+) -> Result<(Hydrated, cond::Store), HydrateError> {
+    let source = self::s3::S3Source::with_credentials(s3, credentials)?;
+    let hydrated = hydrate_from(&source, cache_dir)?;
+    Ok((hydrated, source.cond_store(timeout)?))
+}
+
+/// `s3_store` with fixed credentials, for unit tests.
+#[cfg(test)]
+pub fn s3_store_with(
+    s3: &S3Settings,
+    credentials: ::s3::creds::Credentials,
+    timeout: Duration,
+) -> Result<cond::Store, HydrateError> {
+    self::s3::S3Source::with_credentials(s3, credentials)?.cond_store(timeout)
 }
 
 /// Hydrate from the configured backend into the cache directory.
@@ -200,7 +261,8 @@ pub fn hydrate_from(source: &dyn Source, cache_dir: &Path) -> Result<Hydrated, H
     let results = fetch_all(source, &names)?;
     let mut staged = Vec::new();
     let mut skipped = Vec::new();
-    for (name, bytes) in names.iter().zip(results) {
+    let mut bases = BTreeMap::new();
+    for (name, (bytes, etag)) in names.iter().zip(results) {
         if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
             warn!(
                 "profile {name} {} is not valid JSON ({}), leaving it out",
@@ -212,6 +274,13 @@ pub fn hydrate_from(source: &dyn Source, cache_dir: &Path) -> Result<Hydrated, H
         }
         staging.write(name, &bytes)?;
         staged.push(name.clone());
+        bases.insert(
+            name.trim_end_matches(".json").to_string(),
+            Base {
+                content: bytes.into(),
+                etag,
+            },
+        );
     }
     if staged.is_empty() {
         return Err(HydrateError::NoProfiles {
@@ -229,7 +298,8 @@ pub fn hydrate_from(source: &dyn Source, cache_dir: &Path) -> Result<Hydrated, H
             source.key_location()
         ),
     }
-    let hydrated = staging.commit(key.as_deref(), skipped)?;
+    let mut hydrated = staging.commit(key.as_deref(), skipped)?;
+    hydrated.bases = bases;
     info!(
         "hydrated {} profiles ({} left out) into {} in {:.2?}",
         hydrated.profiles.len(),
@@ -258,7 +328,9 @@ impl ClassifyName for serde_json::Error {
 
 /// Fetch all names with at most `source.parallelism()` threads, in name
 /// order, logging progress every few seconds. The first failure wins.
-fn fetch_all(source: &dyn Source, names: &[String]) -> Result<Vec<Vec<u8>>, HydrateError> {
+type Fetched = (Vec<u8>, Option<String>);
+
+fn fetch_all(source: &dyn Source, names: &[String]) -> Result<Vec<Fetched>, HydrateError> {
     let threads = source.parallelism().clamp(1, names.len());
     let (job_tx, job_rx) = crossbeam_channel::unbounded::<usize>();
     let (res_tx, res_rx) = crossbeam_channel::unbounded();
@@ -274,7 +346,7 @@ fn fetch_all(source: &dyn Source, names: &[String]) -> Result<Vec<Vec<u8>>, Hydr
                 .name(format!("hydrate-{t}"))
                 .spawn_scoped(scope, move || {
                     for i in job_rx.iter() {
-                        let r = source.fetch(&names[i]);
+                        let r = source.fetch_versioned(&names[i]);
                         let failed = r.is_err();
                         if res_tx.send((i, r)).is_err() || failed {
                             break;
@@ -287,7 +359,7 @@ fn fetch_all(source: &dyn Source, names: &[String]) -> Result<Vec<Vec<u8>>, Hydr
                 })?;
         }
         drop(res_tx);
-        let mut out: Vec<Option<Vec<u8>>> = vec![None; names.len()];
+        let mut out: Vec<Option<Fetched>> = vec![None; names.len()];
         let mut done = 0usize;
         let mut last_report = Instant::now();
         while done < names.len() {

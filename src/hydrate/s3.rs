@@ -180,6 +180,24 @@ impl S3Source {
         }
         let (credentials, from) = resolve_credentials()?;
         info!("S3: using AWS credentials from {from}");
+        let bucket = self.build(credentials)?;
+        Ok(self.bucket.get_or_init(|| bucket))
+    }
+
+    /// With fixed credentials instead of the chain: unit tests run in
+    /// threads of one process and cannot each set the environment.
+    #[cfg(test)]
+    pub fn with_credentials(
+        s3: &S3Settings,
+        credentials: Credentials,
+    ) -> Result<S3Source, HydrateError> {
+        let source = S3Source::new(s3)?;
+        let bucket = source.build(credentials)?;
+        let _ = source.bucket.set(bucket);
+        Ok(source)
+    }
+
+    fn build(&self, credentials: Credentials) -> Result<Box<Bucket>, HydrateError> {
         let region = Region::Custom {
             region: self.region.clone(),
             endpoint: self.endpoint_url(),
@@ -196,12 +214,34 @@ impl S3Source {
         // Custom endpoints (MinIO, R2, Ceph, s3s) are addressed path-style;
         // on AWS a dotted bucket name would break the TLS wildcard match of
         // virtual-hosted addressing, so it goes path-style too.
-        let bucket = if self.endpoint.is_some() || self.bucket_name.contains('.') {
-            bucket.with_path_style()
-        } else {
-            bucket
-        };
-        Ok(self.bucket.get_or_init(|| bucket))
+        Ok(
+            if self.endpoint.is_some() || self.bucket_name.contains('.') {
+                bucket.with_path_style()
+            } else {
+                bucket
+            },
+        )
+    }
+
+    /// A client for conditional operations below `<prefix>/active/` with the
+    /// same credentials and addressing as hydration, each request bounded
+    /// by `timeout`.
+    pub fn cond_store(&self, timeout: Duration) -> Result<super::cond::Store, HydrateError> {
+        let bucket =
+            self.client()?
+                .with_request_timeout(timeout)
+                .map_err(|e| HydrateError::Source {
+                    message: format!(
+                        "cannot set up the S3 client for {}: {e}",
+                        self.url(&self.active_prefix)
+                    ),
+                    offline: false,
+                })?;
+        Ok(super::cond::Store::new(
+            bucket,
+            self.active_prefix.clone(),
+            self.endpoint_url(),
+        ))
     }
 
     /// One line naming the fix for a failed S3 request. `action` is what we
@@ -362,7 +402,7 @@ mod attohttpc_error {
 }
 
 /// The `<Code>` of an S3 XML error body; the rest of the body is never shown.
-fn error_code(body: &str) -> Option<&str> {
+pub(super) fn error_code(body: &str) -> Option<&str> {
     let start = body.find("<Code>")? + "<Code>".len();
     let len = body[start..].find("</Code>")?;
     let code = body[start..start + len].trim();
@@ -372,7 +412,7 @@ fn error_code(body: &str) -> Option<&str> {
     .then_some(code)
 }
 
-fn io_reason(e: &std::io::Error) -> String {
+pub(super) fn io_reason(e: &std::io::Error) -> String {
     use std::io::ErrorKind as K;
     let text = e.to_string();
     match e.kind() {
@@ -672,6 +712,10 @@ impl Source for S3Source {
     }
 
     fn fetch(&self, name: &str) -> Result<Vec<u8>, HydrateError> {
+        self.fetch_versioned(name).map(|(bytes, _)| bytes)
+    }
+
+    fn fetch_versioned(&self, name: &str) -> Result<(Vec<u8>, Option<String>), HydrateError> {
         let bucket = self.client()?;
         let key = format!("{}{name}", self.active_prefix);
         let url = self.url(&key);
@@ -688,7 +732,8 @@ impl Source for S3Source {
                 }
                 e => self.request_error(e, &format!("downloading {url}"), "s3:GetObject", &url),
             })?;
-        Ok(data.to_vec())
+        let etag = super::cond::etag_of(&data);
+        Ok((data.to_vec(), etag))
     }
 
     fn key_file(&self) -> Result<Option<Vec<u8>>, HydrateError> {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use log::{info, warn};
 
-use super::{HydrateError, Hydrated, Profile};
+use super::{Base, HydrateError, Hydrated, Profile};
 
 fn cache_err(path: &Path) -> impl FnOnce(std::io::Error) -> HydrateError + '_ {
     move |source| HydrateError::Cache {
@@ -214,6 +214,7 @@ fn read_set(cache_dir: &Path) -> Result<Hydrated, HydrateError> {
         key_file: key_path.is_file().then_some(key_path),
         profiles,
         skipped: Vec::new(),
+        bases: Default::default(),
     })
 }
 
@@ -224,11 +225,22 @@ pub fn adopt(cache_dir: &Path, reason: Option<&str>) -> Result<Hydrated, Hydrate
     let mut set = read_set(cache_dir).map_err(|_| HydrateError::NoProfiles {
         location: format!("in {}", active.display()),
     })?;
+    let mut bases = std::collections::BTreeMap::new();
     set.profiles.retain(|p| {
-        let ok = fs::read(&p.path)
+        let bytes = fs::read(&p.path)
             .ok()
-            .is_some_and(|b| serde_json::from_slice::<serde::de::IgnoredAny>(&b).is_ok());
-        if !ok {
+            .filter(|b| serde_json::from_slice::<serde::de::IgnoredAny>(b).is_ok());
+        let ok = bytes.is_some();
+        if let Some(bytes) = bytes {
+            // No version tag: the source's copy may differ from this cache.
+            bases.insert(
+                p.name.clone(),
+                Base {
+                    content: bytes.into(),
+                    etag: None,
+                },
+            );
+        } else {
             warn!(
                 "profile {}.json in {} is not valid JSON, leaving it out",
                 p.name,
@@ -238,6 +250,7 @@ pub fn adopt(cache_dir: &Path, reason: Option<&str>) -> Result<Hydrated, Hydrate
         }
         ok
     });
+    set.bases = bases;
     if set.profiles.is_empty() {
         return Err(HydrateError::NoProfiles {
             location: format!("in {}", active.display()),
