@@ -637,7 +637,13 @@ impl Config {
             metrics_open: match need("METRICS_OPEN").to_ascii_lowercase().as_str() {
                 "true" | "1" => true,
                 "false" | "0" => false,
-                _ => return Err(invalid("METRICS_OPEN", &need("METRICS_OPEN"), "true or false")),
+                _ => {
+                    return Err(invalid(
+                        "METRICS_OPEN",
+                        &need("METRICS_OPEN"),
+                        "true or false",
+                    ))
+                }
             },
             reload_interval: match parse_num(
                 "PROFILE_RELOAD_INTERVAL_S",

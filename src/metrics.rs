@@ -39,6 +39,7 @@ pub struct Metrics {
     ttfb_seconds: Histogram,
     queue_wait_seconds: Histogram,
     empty_answers: Family<Labels, Counter>,
+    writebacks: Family<Labels, Counter>,
     hydrations: Family<Labels, Counter>,
     hydration_seconds: Histogram,
     profiles_hydrated: Gauge,
@@ -82,6 +83,7 @@ impl Metrics {
             ttfb_seconds: seconds_buckets(),
             queue_wait_seconds: seconds_buckets(),
             empty_answers: Family::default(),
+            writebacks: Family::default(),
             hydrations: Family::default(),
             hydration_seconds: seconds_buckets(),
             profiles_hydrated: Gauge::default(),
@@ -142,6 +144,11 @@ impl Metrics {
                 "empty_answers",
                 "Completions answered with no content, by profile",
                 m.empty_answers.clone(),
+            );
+            r.register(
+                "writebacks",
+                "Write-backs of children's refreshed auth state, by profile and outcome",
+                m.writebacks.clone(),
             );
             r.register(
                 "hydrations",
@@ -296,6 +303,16 @@ pub fn empty_answer(profile: &str) {
     global()
         .empty_answers
         .get_or_create(&vec![("profile", profile.to_string())])
+        .inc();
+}
+
+pub fn writeback(profile: &str, outcome: &crate::writeback::Outcome) {
+    global()
+        .writebacks
+        .get_or_create(&vec![
+            ("profile", profile.to_string()),
+            ("outcome", outcome.kind().to_string()),
+        ])
         .inc();
 }
 

@@ -18,10 +18,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 
+use crate::book::{self, Book};
 use crate::config::{PortPlan, Ports};
 use crate::dispatch::{ChildId, Dispatch, Limits, SlotView};
 use crate::hydrate::Profile;
-use crate::book::{self, Book};
 use crate::slot::{Event, State, StopReason};
 
 /// Requests to a slot's watcher from elsewhere (the proxy, the admin
@@ -93,14 +93,17 @@ struct Inner {
     shutting_down: bool,
     /// Per-profile health: which profiles may run (see `book`).
     book: Book,
+    /// Every profile name placed (in a slot or the queue), sorted: the
+    /// invariant's reference; changed by reloads.
+    all: Vec<String>,
+    /// Profiles a reload removed that still hold a slot until it rotates.
+    removed: Vec<String>,
 }
 
 pub struct Pool {
     inner: Mutex<Inner>,
     cmds: Vec<Sender<Cmd>>,
     dispatch: Arc<Dispatch>,
-    /// Every hydrated profile name, sorted; the invariant's reference.
-    all: Vec<String>,
     /// Where the book is saved; locked only to write that file, which keeps
     /// two saves from interleaving.
     saver: Mutex<Option<PathBuf>>,
@@ -115,6 +118,9 @@ pub struct SlotSnapshot {
     pub state: &'static str,
     /// Why the slot is backing off or stopping, when it is.
     pub reason: Option<String>,
+    /// Unix ms when a slot backing off or in cooldown starts again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until_unix_ms: Option<u64>,
     pub pid: Option<i32>,
     /// Unix time in milliseconds when the slot entered its state.
     pub since_unix_ms: u64,
@@ -174,10 +180,11 @@ impl Pool {
                     Default::default(),
                     book::Settings::default(),
                 ),
+                all,
+                removed: Vec::new(),
             }),
             cmds,
             dispatch,
-            all,
             saver: Mutex::new(None),
         };
         (Arc::new(pool), rxs)
@@ -200,10 +207,6 @@ impl Pool {
 
     pub fn ports(&self, slot: usize) -> Ports {
         self.lock().slots[slot].ports
-    }
-
-    pub fn profile(&self, slot: usize) -> Option<Profile> {
-        self.lock().slots[slot].profile.clone()
     }
 
     #[cfg(test)]
@@ -284,6 +287,10 @@ impl Pool {
                     profile: s.profile.as_ref().map(|p| p.name.clone()),
                     state: s.state.name(),
                     reason: s.state.reason(),
+                    until_unix_ms: s.state.until().map(|t| {
+                        let left = t.saturating_duration_since(std::time::Instant::now());
+                        book::unix_ms(SystemTime::now() + left)
+                    }),
                     pid: s.state.pid(),
                     since_unix_ms: s
                         .since
@@ -302,8 +309,18 @@ impl Pool {
 
     /// Every profile is held by exactly one slot or queued exactly once.
     pub fn check_invariant(&self) -> Result<(), String> {
-        check_placement(&self.snapshot(), &self.all)
+        let all = self.lock().all.clone();
+        check_placement(&self.snapshot(), &all)
     }
+}
+
+/// What a reload changed in the placed profiles.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct ProfileChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Slots draining a removed profile.
+    pub draining: Vec<usize>,
 }
 
 /// What `/ready` and the admin status say about one profile.
@@ -329,7 +346,7 @@ impl Pool {
     }
 
     /// Save the book (serialised by `saver`, never under the pool's lock).
-    fn save_book(&self) {
+    pub fn save_book(&self) {
         let path = self.saver.lock().unwrap_or_else(|p| p.into_inner());
         let Some(path) = path.as_ref() else { return };
         let entries = self.lock().book.entries().clone();
@@ -345,7 +362,7 @@ impl Pool {
         let mut inner = self.lock();
         let now = SystemTime::now();
         if let Some(p) = &inner.slots[slot].profile {
-            if inner.book.eligible(&p.name, now) {
+            if inner.book.eligible(&p.name, now) && !inner.removed.contains(&p.name) {
                 return Some(p.clone());
             }
         }
@@ -487,6 +504,69 @@ impl Pool {
         self.cmds.get(slot).is_some_and(|tx| tx.send(cmd).is_ok())
     }
 
+    /// Adopt a new hydrated set (a reload): new profiles join the back of
+    /// the queue, removed ones leave it, and a removed one that holds a slot
+    /// stays placed until that slot rotates; its slot is told to drain.
+    /// Profiles in both keep their place (their new content is used at
+    /// their next start).
+    pub fn apply_profiles(&self, fresh: Vec<Profile>) -> ProfileChanges {
+        let mut changes = ProfileChanges::default();
+        {
+            let mut inner = self.lock();
+            let names: Vec<String> = fresh.iter().map(|p| p.name.clone()).collect();
+            for p in fresh {
+                if !inner.all.contains(&p.name) {
+                    changes.added.push(p.name.clone());
+                    inner.book.ensure(&p.name);
+                    inner.all.push(p.name.clone());
+                    inner.queue.push_back(p);
+                } else if let Some(i) = inner.removed.iter().position(|n| *n == p.name) {
+                    // Removed by an earlier reload and back before its slot rotated.
+                    inner.removed.remove(i);
+                }
+            }
+            let gone: Vec<String> = inner
+                .all
+                .iter()
+                .filter(|n| !names.contains(n) && !inner.removed.contains(n))
+                .cloned()
+                .collect();
+            for name in gone {
+                changes.removed.push(name.clone());
+                inner.queue.retain(|p| p.name != name);
+                match inner
+                    .slots
+                    .iter()
+                    .position(|s| s.profile.as_ref().is_some_and(|p| p.name == name))
+                {
+                    Some(slot) => {
+                        inner.removed.push(name);
+                        changes.draining.push(slot);
+                    }
+                    None => {
+                        inner.all.retain(|n| *n != name);
+                        inner.book.forget(&name);
+                    }
+                }
+            }
+            inner.all.sort();
+        }
+        for &slot in &changes.draining {
+            self.command(
+                slot,
+                Cmd::Drain {
+                    generation: None,
+                    reason: StopReason::Operator("profile removed by a reload".into()),
+                    then: Then::Rotate,
+                },
+            );
+        }
+        if !changes.added.is_empty() {
+            self.wake_all();
+        }
+        changes
+    }
+
     /// Requests in flight on `slot` now.
     pub fn in_flight(&self, slot: usize) -> usize {
         self.dispatch.in_flight().get(slot).copied().unwrap_or(0)
@@ -504,10 +584,20 @@ impl Pool {
 /// their order.
 fn take_next(inner: &mut Inner, slot: usize, now: SystemTime) -> Option<Profile> {
     if let Some(p) = inner.slots[slot].profile.take() {
-        inner.queue.push_back(p);
+        if let Some(i) = inner.removed.iter().position(|n| *n == p.name) {
+            // Removed by a reload: it leaves with its slot.
+            inner.removed.remove(i);
+            inner.all.retain(|n| *n != p.name);
+            inner.book.forget(&p.name);
+        } else {
+            inner.queue.push_back(p);
+        }
     }
     let book = &inner.book;
-    let at = inner.queue.iter().position(|p| book.eligible(&p.name, now))?;
+    let at = inner
+        .queue
+        .iter()
+        .position(|p| book.eligible(&p.name, now))?;
     let next = inner.queue.remove(at);
     inner.slots[slot].profile = next.clone();
     next

@@ -67,10 +67,13 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 use tiny_http::{Admission, Method, Request};
 
+use crate::admin::{self, http::AdminKey};
+use crate::control::Fleet;
 use crate::health;
+use crate::metrics;
 use crate::pool::Pool;
 use crate::proxy::Proxy;
-use crate::reply::ApiError;
+use crate::reply::{self, ApiError};
 
 /// A client silent this long mid-upload, or not reading what we send for
 /// this long, is dropped (per read or write; waiting for a head is bounded
@@ -171,7 +174,12 @@ impl RefusalLog {
 /// What request handlers can reach.
 pub struct App {
     pub pool: Arc<Pool>,
-    pub proxy: Proxy,
+    pub proxy: Arc<Proxy>,
+    pub fleet: Arc<Fleet>,
+    /// `/admin/` exists only with a key.
+    pub admin_key: Option<AdminKey>,
+    /// `/metrics` without an API key even when keys are configured.
+    pub metrics_open: bool,
 }
 
 struct Shared {
@@ -443,6 +451,26 @@ fn route(holder: &mut Option<Request>, app: &App, spare_ok: bool) {
         }
         "/health" if probe => {
             let _ = rq.respond(health::ready(&app.pool.snapshot(), true));
+        }
+        "/metrics" if probe => {
+            if !app.metrics_open && !app.proxy.key_ok(&rq) {
+                let _ = rq.respond(ApiError::InvalidApiKey.reply(
+                    "/metrics needs an API key (send Authorization: Bearer <key>), or set METRICS_OPEN=true",
+                ));
+                return;
+            }
+            let text = metrics::global().render(&app.fleet.metrics_view());
+            let _ = rq.respond(
+                tiny_http::Response::from_string(text).with_header(reply::header(
+                    "Content-Type",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )),
+            );
+        }
+        p if p == "/admin" || p.starts_with("/admin/") => {
+            let mut rq = rq;
+            let answer = admin::http::handle(&mut rq, app.admin_key.as_ref(), app.fleet.as_ref());
+            let _ = rq.respond(answer);
         }
         p if p.starts_with("/v1/") || p == "/v1" => {
             if !spare_ok {

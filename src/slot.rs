@@ -145,6 +145,15 @@ impl State {
         }
     }
 
+    /// When a waiting slot starts again, where its state says.
+    pub fn until(&self) -> Option<Instant> {
+        match self {
+            State::Waiting { until, .. } => Some(*until),
+            State::Cooldown { until } => *until,
+            _ => None,
+        }
+    }
+
     /// Why the slot is not serving, where its state says.
     pub fn reason(&self) -> Option<String> {
         match self {

@@ -29,6 +29,7 @@ use crate::process::env;
 use crate::process::ports::{self, Busy};
 use crate::process::tree::{self, Identity};
 use crate::slot::{Backoff, Event, StopReason};
+use crate::writeback::{self, WorkingCopy, WriteBack};
 
 /// How often a starting child's /health is asked.
 const READY_POLL: Duration = Duration::from_millis(20);
@@ -55,10 +56,17 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Names this coordinator in every child's tag.
     pub identity: Identity,
+    /// Working copies of profiles, and their write-back.
+    pub writeback: WriteBack,
 }
 
 impl Settings {
-    pub fn new(cfg: &Config, key_file: Option<PathBuf>, identity: Identity) -> Settings {
+    pub fn new(
+        cfg: &Config,
+        key_file: Option<PathBuf>,
+        identity: Identity,
+        writeback: WriteBack,
+    ) -> Settings {
         Settings {
             command: cfg.child_command.clone(),
             workdir: cfg.child_workdir.clone(),
@@ -69,6 +77,7 @@ impl Settings {
             stop_grace: cfg.stop_grace,
             drain_timeout: cfg.request_timeout,
             identity,
+            writeback,
         }
     }
 }
@@ -198,7 +207,10 @@ impl Watcher {
                 self.backoff.after_end(end.ready_for)
             };
             if end.then == Then::Restart {
-                info!("slot {}: starting profile {} again", self.slot, profile.name);
+                info!(
+                    "slot {}: starting profile {} again",
+                    self.slot, profile.name
+                );
                 continue;
             }
             let next = self.pool.rotate(self.slot);
@@ -281,8 +293,25 @@ impl Watcher {
             return Turn::PortBusy(busy);
         }
         self.starts += 1;
+        let failed = RunEnd {
+            ready_for: None,
+            then: Then::Rotate,
+            deliberate: false,
+        };
+        // The child's own copy of its profile: hydration and reload never
+        // touch it, and what the child writes into it is written back.
+        let copy = match self.settings.writeback.start(profile, self.starts) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(
+                    "slot {}: cannot make the working copy of profile {}: {e} (is AUTH_PROFILE_CACHE_DIR writable?)",
+                    self.slot, profile.name
+                );
+                return Turn::Ran(failed);
+            }
+        };
         let tag = self.settings.identity.tag(self.slot, self.starts);
-        let spec = self.spec(profile, &ports, tag);
+        let spec = self.spec(profile, copy.path(), &ports, tag);
         let mut child = match Child::spawn(&spec) {
             Ok(c) => c,
             Err(e) => {
@@ -290,11 +319,7 @@ impl Watcher {
                     "slot {}: cannot start {} for profile {}: {e} (check CHILD_COMMAND and CHILD_WORKDIR)",
                     self.slot, spec.program, profile.name
                 );
-                return Turn::Ran(RunEnd {
-                    ready_for: None,
-                    then: Then::Rotate,
-                    deliberate: false,
-                });
+                return Turn::Ran(failed);
             }
         };
         let pid = child.pid();
@@ -313,10 +338,10 @@ impl Watcher {
         let mut ready_at: Option<Instant> = None;
         let ending = self.watch(
             &mut child,
+            &copy,
             generation,
             deadline,
             ports.api,
-            &profile.name,
             &mut ready_at,
         );
         let (reason, then) = match &ending {
@@ -354,6 +379,14 @@ impl Watcher {
             );
         }
         self.pool.apply(self.slot, &Event::Gone);
+        // The child is gone, its shutdown write with it: the last state goes back.
+        note_writeback(self.slot, copy.profile(), &copy.on_stop());
+        if let Err(e) = copy.finish() {
+            warn!(
+                "slot {}: cannot remove the working copy of profile {}: {e}",
+                self.slot, profile.name
+            );
+        }
         Turn::Ran(RunEnd {
             ready_for: ready_at.map(|t| t.elapsed()),
             then,
@@ -361,8 +394,15 @@ impl Watcher {
         })
     }
 
-    /// The command line and environment of one start of `profile`.
-    fn spec(&self, profile: &Profile, ports: &Ports, tag: String) -> child::Spec {
+    /// The command line and environment of one start of `profile`, whose
+    /// auth file for this start is `auth`.
+    fn spec(
+        &self,
+        profile: &Profile,
+        auth: &std::path::Path,
+        ports: &Ports,
+        tag: String,
+    ) -> child::Spec {
         let mut args: Vec<String> = self.settings.command[1..].to_vec();
         args.extend([
             "--server-port".to_string(),
@@ -372,7 +412,7 @@ impl Watcher {
             "--camoufox-debug-port".to_string(),
             ports.camoufox.to_string(),
             "--active-auth-json".to_string(),
-            profile.path.display().to_string(),
+            auth.display().to_string(),
         ]);
         if self.settings.headless {
             args.push("--headless".to_string());
@@ -434,13 +474,20 @@ impl Watcher {
     fn watch(
         &mut self,
         child: &mut Child,
+        copy: &WorkingCopy,
         generation: u64,
         deadline: Instant,
         api_port: u16,
-        name: &str,
         ready_at: &mut Option<Instant>,
     ) -> Ending {
+        let name = copy.profile();
         let exits = child.exit_events().clone();
+        let wb = &self.settings.writeback;
+        let writebacks = if wb.enabled() {
+            crossbeam_channel::tick(wb.interval())
+        } else {
+            crossbeam_channel::never()
+        };
         let url = format!("http://127.0.0.1:{api_port}/health");
         // Set once a drain begins: what follows it, and its bound.
         let mut draining: Option<(StopReason, Then, Instant)> = None;
@@ -459,6 +506,7 @@ impl Watcher {
                     return Ending::Exited(e);
                 }
                 recv(self.signals.shutdown) -> _ => return Ending::Stop(StopReason::Shutdown),
+                recv(writebacks) -> _ => note_writeback(self.slot, name, &copy.tick()),
                 recv(self.cmds) -> cmd => match cmd {
                     Ok(Cmd::Evict { generation: g, reason }) if g == generation => {
                         return Ending::Stop(StopReason::Evicted(reason));
@@ -507,6 +555,15 @@ impl Watcher {
                 }
             }
         }
+    }
+}
+
+/// Log what a write-back did when it did something; skips and failures
+/// are logged (once) by the write-back itself.
+fn note_writeback(slot: usize, profile: &str, outcome: &writeback::Outcome) {
+    metrics::writeback(profile, outcome);
+    if matches!(outcome, writeback::Outcome::Written) {
+        info!("slot {slot}: profile {profile}: refreshed auth state written back");
     }
 }
 

@@ -258,7 +258,7 @@ pub fn status_table(status: &Value, now: SystemTime) -> String {
     let q = &status["queue"];
     out.push_str(&format!(
         "\nqueue: {} waiting, oldest {}\n",
-        q["length"].as_u64().unwrap_or(0),
+        q["queue_length"].as_u64().unwrap_or(0),
         q["oldest_wait_ms"]
             .as_u64()
             .map(human)
@@ -382,7 +382,7 @@ mod tests {
                 {"slot": 1, "profile": "bob", "state": "backoff", "since_unix_ms": 9_988_000u64,
                  "restarts": 3, "in_flight": 0, "last_error": "camoufox port 127.0.0.1:9223 is in use"}
             ],
-            "queue": {"length": 2, "oldest_wait_ms": 1200},
+            "queue": {"queue_length": 2, "oldest_wait_ms": 1200},
             "profiles": [
                 {"profile": "alice", "state": "running"},
                 {"profile": "carol", "state": "queued"},

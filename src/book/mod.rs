@@ -267,6 +267,16 @@ impl Book {
         }
     }
 
+    /// Start keeping a record for `name` (a profile a reload added).
+    pub fn ensure(&mut self, name: &str) {
+        self.entry(name);
+    }
+
+    /// Drop the record of `name` (a profile a reload removed).
+    pub fn forget(&mut self, name: &str) {
+        self.entries.remove(name);
+    }
+
     /// Disable or enable `name`; false when there is no such profile.
     pub fn set_disabled(&mut self, name: &str, disabled: bool) -> bool {
         match self.entries.get_mut(name) {

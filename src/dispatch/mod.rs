@@ -172,7 +172,9 @@ enum Slot {
     /// Still counted, never picked.
     Draining(Route),
     Coming,
-    BackingOff { until: Instant },
+    BackingOff {
+        until: Instant,
+    },
     Gone,
 }
 

@@ -215,6 +215,23 @@ pub fn hydrate(cfg: &Config) -> Result<Hydrated, HydrateError> {
     }
 }
 
+/// Hydrate again for a reload: like `hydrate`, but a source that cannot be
+/// reached is an error (the running set stays) instead of a fallback to the
+/// cache, which is what already runs.
+pub fn rehydrate(cfg: &Config) -> Result<Hydrated, HydrateError> {
+    let active = cfg.cache_dir.join("active");
+    match cfg.backend {
+        Backend::Local if same_dir(&cfg.local_profile_dir, &active) => {
+            stage::adopt(&cfg.cache_dir, None)
+        }
+        Backend::Local => hydrate_from(
+            &local::LocalDir::new(&cfg.local_profile_dir),
+            &cfg.cache_dir,
+        ),
+        Backend::S3 => hydrate_from(&s3::S3Source::new(&cfg.s3)?, &cfg.cache_dir),
+    }
+}
+
 fn same_dir(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,

@@ -147,6 +147,8 @@ impl Exchange<'_> {
                         evicted = true;
                         self.evict(f.child, &f.verdict.to_string());
                         self.outcome(&f, true);
+                    } else if f.verdict.exhausted() {
+                        self.outcome(&f, false);
                     }
                     drop(ticket);
                     first = Some(f);
@@ -176,7 +178,7 @@ impl Exchange<'_> {
                 "{} {} ({}): answered {status} by two children; the client gets the second answer and neither child is blamed",
                 self.method, self.path, self.rid
             );
-            if !f1.verdict.evicts_at_once() {
+            if !f1.verdict.evicts_at_once() && !f1.verdict.exhausted() {
                 let s1 = f1.verdict.status().unwrap_or(status);
                 let mut f1 = f1;
                 f1.verdict = Verdict::RequestProblem { status: s1 };
@@ -223,7 +225,8 @@ impl Exchange<'_> {
     /// The first failure, once the request's fate is known: a counted 5xx
     /// counts now (an eviction was already reported when it happened).
     fn settle(&self, f: Failed, evicted: &mut bool) {
-        if f.verdict.evicts_at_once() {
+        if f.verdict.evicts_at_once() || f.verdict.exhausted() {
+            // Reported when it happened.
             return;
         }
         let strikes = self.proxy.strikes.strike(f.child);

@@ -10,8 +10,27 @@
 //! header (see [`Access`] and the proxy's header rewriting).
 
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use tiny_http::Request;
+
+/// The keys in force, replaced whole by a reload; readers take the `Arc`
+/// and check against it, so a reload never changes a check midway.
+pub struct KeyRing(RwLock<Arc<Keys>>);
+
+impl KeyRing {
+    pub fn new(keys: Keys) -> KeyRing {
+        KeyRing(RwLock::new(Arc::new(keys)))
+    }
+
+    pub fn current(&self) -> Arc<Keys> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn replace(&self, keys: Keys) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+    }
+}
 
 pub struct Keys {
     keys: Vec<Vec<u8>>,

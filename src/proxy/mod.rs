@@ -28,7 +28,7 @@ use crate::dispatch::Kind;
 use crate::pool::Pool;
 use crate::reply::{self, ApiError, Reply};
 use body::BodyError;
-use keys::{Access, Keys};
+use keys::{Access, KeyRing, Keys};
 
 /// Request headers that describe one connection, not the request; never
 /// forwarded (plus any header the client's `Connection` names).
@@ -72,7 +72,7 @@ pub struct Proxy {
     conns: conns::Conns,
     /// For the cancel fan-out to children.
     agent: ureq::Agent,
-    keys: Keys,
+    keys: KeyRing,
     settings: Settings,
     requests: requests::Registry,
     strikes: verdict::Strikes,
@@ -84,6 +84,16 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Whether `rq` passes the API key check (always, without keys).
+    pub fn key_ok(&self, rq: &Request) -> bool {
+        self.keys.current().access(rq) != Access::Denied
+    }
+
+    /// Check requests against `keys` from now on (a reload).
+    pub fn set_keys(&self, keys: Keys) {
+        self.keys.replace(keys);
+    }
+
     pub fn new(keys: Keys, settings: Settings) -> Proxy {
         let config = crate::upstream::config_builder()
             .http_status_as_error(false)
@@ -103,7 +113,7 @@ impl Proxy {
         Proxy {
             agent: conns.shared_agent(),
             conns,
-            keys,
+            keys: KeyRing::new(keys),
             settings,
             requests: requests::Registry::default(),
             strikes: verdict::Strikes::default(),
@@ -142,7 +152,8 @@ impl Proxy {
 
         // Keys first: nothing else of an unauthorised request is read.
         let open = path == "/v1/models" || method == Method::Options;
-        let access = self.keys.access(rq);
+        let keys = self.keys.current();
+        let access = keys.access(rq);
         if access == Access::Denied && !open {
             self.refuse(
                 holder,

@@ -107,10 +107,16 @@ impl Verdict {
         }
     }
 
-    /// Whether the child is evicted as soon as this is known. Exhaustion
-    /// rotates the profile out too.
+    /// Whether the child is evicted as soon as this is known.
     pub fn evicts_at_once(&self) -> bool {
-        matches!(self, Verdict::ChildFault(_) | Verdict::Exhausted { .. })
+        matches!(self, Verdict::ChildFault(_))
+    }
+
+    /// Whether the profile's account is out of quota: not the child's
+    /// fault, so no eviction; its outcome makes the profile book drain the
+    /// slot gracefully, rotate it and cool the profile down.
+    pub fn exhausted(&self) -> bool {
+        matches!(self, Verdict::Exhausted { .. })
     }
 
     /// The status of a failed answer (for the client, or a log line).

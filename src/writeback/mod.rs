@@ -81,7 +81,19 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// A short label for status and metrics.
+    /// One fixed word, for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Written => "written",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Invalid(_) => "invalid",
+            Outcome::Conflict => "conflict",
+            Outcome::Failed(_) => "failed",
+            Outcome::Disabled => "disabled",
+        }
+    }
+
+    /// A short label for status.
     pub fn label(&self) -> String {
         match self {
             Outcome::Written => "written".into(),

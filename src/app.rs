@@ -1,0 +1,338 @@
+//! `run`: start the components in order, wire their channels, supervise
+//! until a termination signal, and shut down in the reverse order.
+//!
+//! Start: signals and the orphan reaper; what an earlier run left behind is
+//! stopped; the pool (slots, rotation queue, profile book read from disk)
+//! and the dispatcher; the proxy and its outcome listener (verdicts feed the
+//! book); the HTTP front door (before any child, so a taken port fails
+//! fast); the admin socket and the reload thread; then one watcher per slot.
+//! Shutdown: `/ready` turns 503, the dispatcher refuses, every watcher
+//! drains nothing and stops its child's tree with the grace (a second signal
+//! cuts it short), then the threads are joined.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{after, select, Receiver};
+use log::{error, info, warn};
+
+use crate::admin::http::AdminKey;
+use crate::admin::socket::AdminSocket;
+use crate::book::{self, Book};
+use crate::config::Config;
+use crate::control::Fleet;
+use crate::hydrate::Hydrated;
+use crate::pool::Pool;
+use crate::process;
+use crate::proxy::{self, verdict};
+use crate::reload::{self, Reloader};
+use crate::writeback::WriteBack;
+use crate::{dispatch, metrics, server, signals, watcher};
+
+pub struct Fatal {
+    pub message: String,
+    pub code: u8,
+}
+
+fn fatal(code: u8) -> impl FnOnce(String) -> Fatal {
+    move |message| Fatal { message, code }
+}
+
+/// Supervise until a signal, then shut down.
+pub fn run(cfg: &Config, hydrated: Hydrated) -> Result<(), Fatal> {
+    std::fs::create_dir_all(&cfg.log_dir).map_err(|e| Fatal {
+        message: format!(
+            "cannot create {}: {e}; set COORDINATOR_LOG_DIR to a writable directory",
+            cfg.log_dir.display()
+        ),
+        code: 1,
+    })?;
+    let sigs = signals::install().map_err(fatal(1))?;
+    let reaper = process::reaper::Reaper::start()
+        .map_err(|e| format!("cannot start the orphan reaper: {e}"))
+        .map_err(fatal(1))?;
+    let key_file = choose_key_file(cfg, hydrated.key_file.clone())?;
+    if let Some(k) = &key_file {
+        info!("AUTH_KEY_FILE_PATH={} is handed to children", k.display());
+    }
+    let admin_key = admin_key(cfg)?;
+    // Before any child of ours runs: what an earlier run left is stopped.
+    let identity = process::tree::Identity::new(&cfg.cache_dir);
+    process::tree::stop_leftovers(&identity, cfg.stop_grace);
+    let writeback = WriteBack::new(cfg, &hydrated);
+
+    let (pool, cmd_rxs) = new_pool(cfg, &hydrated);
+    let proxy = Arc::new(new_proxy(cfg, key_file.as_deref())?);
+    let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
+    let outcomes = listen_to_outcomes(&proxy, pool.clone(), shutdown_rx.clone())
+        .map_err(|e| format!("cannot start the outcome listener: {e}"))
+        .map_err(fatal(1))?;
+    let reloader = Arc::new(Reloader::new(
+        cfg,
+        pool.clone(),
+        proxy.clone(),
+        writeback.clone(),
+    ));
+    let fleet = Arc::new(Fleet {
+        pool: pool.clone(),
+        log_dir: cfg.log_dir.clone(),
+        reloader: reloader.clone(),
+    });
+    let app = server::App {
+        pool: pool.clone(),
+        proxy,
+        fleet: fleet.clone(),
+        admin_key,
+        metrics_open: cfg.metrics_open,
+    };
+    let conn = server::ConnSettings {
+        header_timeout: cfg.header_timeout,
+        keepalive_timeout: cfg.keepalive_timeout,
+        max_connections: cfg.max_connections,
+    };
+    // The HTTP side comes up before any child, so a taken port fails fast.
+    let http = server::HttpServer::start(&cfg.host, cfg.port, cfg.http_workers, conn, app)
+        .map_err(|e| Fatal {
+            message: e.0,
+            code: 1,
+        })?;
+    let admin = AdminSocket::start(&cfg.admin_socket, fleet)
+        .map_err(|e| e.to_string())
+        .map_err(fatal(1))?;
+    info!(
+        "admin socket at {} (aistudioproxy ctl)",
+        cfg.admin_socket.display()
+    );
+    let reloads = reload::spawn(
+        reloader,
+        sigs.hup.clone(),
+        cfg.reload_interval,
+        shutdown_rx.clone(),
+    )
+    .map_err(|e| format!("cannot start the reload thread: {e}"))
+    .map_err(fatal(1))?;
+
+    let (hurry_tx, hurry_rx) = crossbeam_channel::bounded::<()>(0);
+    let flags = watcher::Signals {
+        shutdown: shutdown_rx,
+        hurry: hurry_rx,
+    };
+    let settings = watcher::Settings::new(cfg, key_file, identity, writeback);
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+    let mut watchers = Vec::new();
+    for (slot, cmds) in cmd_rxs.into_iter().enumerate() {
+        let spawned = watcher::spawn(
+            slot,
+            pool.clone(),
+            cmds,
+            settings.clone(),
+            flags.clone(),
+            done_tx.clone(),
+        );
+        match spawned {
+            Ok(h) => watchers.push(h),
+            Err(e) => error!("cannot start the watcher of slot {slot}: {e}"),
+        }
+    }
+    drop(done_tx);
+
+    let first = sigs.stop.recv().unwrap_or("signal channel closed");
+    let grace = cfg.stop_grace;
+    info!("{first} received: shutting down (children get {grace:?} to exit; a second signal skips it)");
+    pool.begin_shutdown();
+    drop(shutdown_tx);
+    wait_for_watchers(&done_rx, &sigs.stop, grace, hurry_tx);
+    for w in watchers.into_iter().chain([outcomes, reloads]) {
+        if w.is_finished() {
+            let _ = w.join();
+        }
+    }
+    admin.stop();
+    http.stop(Instant::now() + Duration::from_millis(150));
+    reaper.stop();
+    pool.save_book();
+    info!("shutdown complete");
+    Ok(())
+}
+
+/// The pool, with the profile book saved by an earlier run (a corrupt or
+/// unreadable file is reported and ignored).
+fn new_pool(cfg: &Config, hydrated: &Hydrated) -> (Arc<Pool>, Vec<Receiver<crate::pool::Cmd>>) {
+    let limits = dispatch::Limits {
+        per_child: cfg.max_inflight_per_child,
+        max_queue: cfg.max_queue,
+        queue_timeout: cfg.queue_timeout,
+    };
+    let profile_count = hydrated.profiles.len();
+    let (pool, cmd_rxs) = Pool::new(hydrated.profiles.clone(), cfg.pool_size, cfg.ports, limits);
+    let store = book::store::path_in(&cfg.cache_dir);
+    let saved = book::store::load(&store).unwrap_or_else(|e| {
+        warn!("{e}; starting with no saved profile state");
+        Default::default()
+    });
+    let names: Vec<&str> = hydrated.profiles.iter().map(|p| p.name.as_str()).collect();
+    let book = Book::new(names, saved, cfg.book);
+    let cooling = book
+        .status(std::time::SystemTime::now())
+        .iter()
+        .filter(|s| s.cooling_until_unix_ms.is_some())
+        .count();
+    if cooling > 0 {
+        info!("{cooling} profiles are still cooling down from an earlier run");
+    }
+    pool.set_book(book, store);
+    info!(
+        "{} slots for {profile_count} profiles ({} queued); child command: {}",
+        pool.size(),
+        profile_count - pool.size(),
+        cfg.child_command.join(" ")
+    );
+    (pool, cmd_rxs)
+}
+
+fn new_proxy(cfg: &Config, key_file: Option<&std::path::Path>) -> Result<proxy::Proxy, Fatal> {
+    let keys = proxy::keys::Keys::load(key_file).map_err(|e| Fatal {
+        message: format!("cannot read the key file: {e}; check AUTH_PROFILE_CACHE_DIR/key.txt"),
+        code: 1,
+    })?;
+    if keys.enabled() {
+        info!("API keys enforced on /v1/* ({} keys loaded)", keys.len());
+    }
+    Ok(proxy::Proxy::new(
+        keys,
+        proxy::Settings {
+            request_timeout: cfg.request_timeout,
+            stream_idle_timeout: cfg.stream_idle_timeout,
+            max_body_bytes: cfg.max_body_bytes,
+            consecutive_5xx_to_evict: cfg.consecutive_5xx_to_evict,
+        },
+    ))
+}
+
+/// Feed every completion's verdict into the profile book (empty answers
+/// and exhaustion cool a profile down), on a thread of its own so the HTTP
+/// workers only send on a channel.
+fn listen_to_outcomes(
+    proxy: &proxy::Proxy,
+    pool: Arc<Pool>,
+    shutdown: Receiver<()>,
+) -> std::io::Result<JoinHandle<()>> {
+    let (tx, rx) = crossbeam_channel::unbounded::<verdict::Outcome>();
+    proxy.report_outcomes(tx);
+    std::thread::Builder::new()
+        .name("outcomes".into())
+        .spawn(move || loop {
+            select! {
+                recv(shutdown) -> _ => return,
+                recv(rx) -> o => {
+                    let Ok(o) = o else { return };
+                    let answer = match o.verdict {
+                        verdict::Verdict::Ok => book::Answer::Served,
+                        verdict::Verdict::EmptyAnswer(_) => {
+                            metrics::empty_answer(&o.profile);
+                            book::Answer::Empty
+                        }
+                        verdict::Verdict::Exhausted { retry_after, .. } => {
+                            book::Answer::Exhausted { retry_after }
+                        }
+                        _ => continue,
+                    };
+                    pool.report(o.child.slot, o.child.generation, answer);
+                }
+            }
+        })
+}
+
+/// Until every watcher is done, or the grace (plus a margin) is over; a
+/// second signal drops `hurry`, which cuts the children's grace short.
+fn wait_for_watchers(
+    done: &Receiver<()>,
+    sigs: &Receiver<&'static str>,
+    grace: Duration,
+    hurry: crossbeam_channel::Sender<()>,
+) {
+    let deadline = Instant::now() + grace + Duration::from_millis(800);
+    let mut hurry = Some(hurry);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        select! {
+            // Disconnected once every watcher thread has ended.
+            recv(done) -> _ => return,
+            recv(sigs) -> s => {
+                if hurry.take().is_some() {
+                    warn!("{} received again: killing children now", s.unwrap_or("signal"));
+                }
+            }
+            recv(after(left)) -> _ => {
+                warn!("slot watchers did not finish within the grace period; exiting anyway");
+                return;
+            }
+        }
+    }
+}
+
+/// The admin key: `ADMIN_KEY`, or the first line of `ADMIN_KEY_FILE`.
+fn admin_key(cfg: &Config) -> Result<Option<AdminKey>, Fatal> {
+    if cfg.admin_key.is_some() {
+        return Ok(cfg.admin_key.clone());
+    }
+    let Some(path) = &cfg.admin_key_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| Fatal {
+        message: format!(
+            "ADMIN_KEY_FILE={} cannot be read ({e}): point it at a readable file or unset it",
+            path.display()
+        ),
+        code: 2,
+    })?;
+    match AdminKey::new(text.lines().next().unwrap_or("").to_string()) {
+        Some(k) => Ok(Some(k)),
+        None => Err(Fatal {
+            message: format!(
+                "ADMIN_KEY_FILE={} holds no key on its first line",
+                path.display()
+            ),
+            code: 2,
+        }),
+    }
+}
+
+/// The key file the coordinator checks and hands to children: a hydrated
+/// key.txt wins over the operator's `AUTH_KEY_FILE_PATH`, which must be
+/// readable when it is used (children would each fail at start otherwise).
+fn choose_key_file(cfg: &Config, hydrated: Option<PathBuf>) -> Result<Option<PathBuf>, Fatal> {
+    match (hydrated, &cfg.operator_key_file) {
+        (Some(h), Some(op)) => {
+            if *op != h {
+                info!(
+                    "the hydrated key file {} wins over AUTH_KEY_FILE_PATH={}",
+                    h.display(),
+                    op.display()
+                );
+            }
+            Ok(Some(h))
+        }
+        (Some(h), None) => Ok(Some(h)),
+        (None, Some(op)) => match std::fs::File::open(op).and_then(|f| f.metadata()) {
+            Ok(m) if m.is_file() => Ok(Some(op.clone())),
+            Ok(_) => Err(Fatal {
+                message: format!(
+                    "AUTH_KEY_FILE_PATH={} is not a file: point it at a key file (one key per line) or unset it",
+                    op.display()
+                ),
+                code: 2,
+            }),
+            Err(e) => Err(Fatal {
+                message: format!(
+                    "AUTH_KEY_FILE_PATH={} cannot be read ({e}): point it at a readable key file or unset it",
+                    op.display()
+                ),
+                code: 2,
+            }),
+        },
+        (None, None) => Ok(None),
+    }
+}

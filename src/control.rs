@@ -1,0 +1,217 @@
+//! What the operator's admin operations do. Each one is logged once (what,
+//! which slot or profile, through which interface), decided here against
+//! the pool, and carried out by the slots' own watchers through commands:
+//! a restart or a rotation drains the slot first (no new requests, the
+//! in-flight ones finish within `REQUEST_TIMEOUT_S`), so no admin call
+//! waits on a child and no request is cut off by one.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use log::info;
+use serde_json::{json, Value};
+
+use crate::admin::proto::{self, Request};
+use crate::admin::{Control, Via};
+use crate::metrics;
+use crate::pool::{Cmd, Pool, Then};
+use crate::reload::Reloader;
+use crate::slot::StopReason;
+
+/// The most of a log file `logs` reads from its end.
+const MAX_LOG_TAIL: u64 = 4 * 1024 * 1024;
+
+pub struct Fleet {
+    pub pool: Arc<Pool>,
+    pub log_dir: PathBuf,
+    pub reloader: Arc<Reloader>,
+}
+
+impl Control for Fleet {
+    fn handle(&self, rq: Request, via: Via) -> Value {
+        if rq.changes_anything() {
+            info!("admin ({via}): {}", rq.describe());
+        }
+        match rq {
+            Request::Status => proto::ok(self.status()),
+            Request::Restart { slot } => {
+                self.drain(slot, Then::Restart, "restart requested by the operator")
+            }
+            Request::Rotate { slot } => {
+                self.drain(slot, Then::Rotate, "rotation requested by the operator")
+            }
+            Request::Disable { profile } => match self.pool.set_disabled(&profile, true) {
+                Err(()) => unknown(&profile),
+                Ok(Some(slot)) => {
+                    self.pool.command(
+                        slot,
+                        Cmd::Drain {
+                            generation: None,
+                            reason: StopReason::Operator(format!("profile {profile} disabled")),
+                            then: Then::Rotate,
+                        },
+                    );
+                    proto::ok(json!({
+                        "message": format!("profile {profile} disabled; slot {slot} drains it and rotates")
+                    }))
+                }
+                Ok(None) => proto::ok(json!({ "message": format!("profile {profile} disabled") })),
+            },
+            Request::Enable { profile } => match self.pool.set_disabled(&profile, false) {
+                Err(()) => unknown(&profile),
+                Ok(_) => proto::ok(json!({ "message": format!("profile {profile} enabled") })),
+            },
+            Request::Reset { profile } => {
+                if self.pool.reset_profile(&profile) {
+                    proto::ok(json!({
+                        "message": format!("profile {profile}: cooldown and failure counts cleared")
+                    }))
+                } else {
+                    unknown(&profile)
+                }
+            }
+            Request::Reload => match self.reloader.reload("ctl") {
+                Ok(report) => proto::ok(json!({ "message": report.to_string(), "reload": report })),
+                Err(e) => proto::error(format!("reload failed, nothing changed: {e}")),
+            },
+            Request::Logs { profile, lines } => self.logs(&profile, lines),
+        }
+    }
+}
+
+fn unknown(profile: &str) -> Value {
+    proto::error(format!(
+        "no profile named {profile:?}: see the profiles of ctl status"
+    ))
+}
+
+impl Fleet {
+    /// What a metrics scrape reports as current state.
+    pub fn metrics_view(&self) -> metrics::View {
+        let snap = self.pool.snapshot();
+        let route = self.pool.dispatch().view();
+        let profiles = self.pool.profiles();
+        metrics::View {
+            slots: snap
+                .slots
+                .iter()
+                .map(|s| (s.slot, s.state.to_string()))
+                .collect(),
+            queue_length: route.queue_length,
+            in_flight: route
+                .slots
+                .iter()
+                .map(|r| (r.slot, r.completions + r.others))
+                .collect(),
+            cooldown_left: profiles
+                .iter()
+                .filter_map(|p| Some((p.health.profile.clone(), p.health.cooldown_left_s?)))
+                .collect(),
+            profiles: profiles
+                .into_iter()
+                .map(|p| (p.health.profile, p.state))
+                .collect(),
+        }
+    }
+
+    /// Everything `ctl status` shows.
+    pub fn status(&self) -> Value {
+        let snap = self.pool.snapshot();
+        json!({
+            "slots": snap.slots.iter().map(|s| json!({
+                "slot": s.slot,
+                "profile": s.profile,
+                "state": s.state,
+                "pid": s.pid,
+                "since_unix_ms": s.since_unix_ms,
+                "restarts": s.restarts,
+                "in_flight": s.in_flight,
+                "last_error": s.reason,
+                "ports": s.ports,
+            })).collect::<Vec<_>>(),
+            "queue": self.pool.dispatch().view(),
+            "rotation_queue": snap.queue,
+            "profiles": self.pool.profiles(),
+            "last_reload": self.reloader.last(),
+            "shutting_down": snap.shutting_down,
+        })
+    }
+
+    fn drain(&self, slot: usize, then: Then, why: &str) -> Value {
+        let snap = self.pool.snapshot();
+        let Some(s) = snap.slots.get(slot) else {
+            return proto::error(format!(
+                "no slot {slot}: slots are 0 to {}",
+                snap.slots.len().saturating_sub(1)
+            ));
+        };
+        let cmd = Cmd::Drain {
+            generation: None,
+            reason: StopReason::Operator(why.to_string()),
+            then,
+        };
+        if !self.pool.command(slot, cmd) {
+            return proto::error(format!("slot {slot} is shutting down"));
+        }
+        let what = if then == Then::Restart {
+            "restarts"
+        } else {
+            "rotates"
+        };
+        proto::ok(json!({
+            "message": format!(
+                "slot {slot} ({}) drains {} in-flight requests, then {what}",
+                s.profile.as_deref().unwrap_or("-"),
+                s.in_flight
+            )
+        }))
+    }
+
+    fn logs(&self, profile: &str, lines: usize) -> Value {
+        if !self
+            .pool
+            .profiles()
+            .iter()
+            .any(|p| p.health.profile == profile)
+        {
+            return unknown(profile);
+        }
+        let path = self.log_dir.join(format!("{profile}.log"));
+        match tail(&path, lines) {
+            Ok(l) => proto::ok(json!({ "profile": profile, "lines": l })),
+            Err(e) => proto::error(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+}
+
+/// The last `n` lines of a file, reading at most `MAX_LOG_TAIL` bytes.
+fn tail(path: &std::path::Path, n: usize) -> std::io::Result<Vec<String>> {
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let from = len.saturating_sub(MAX_LOG_TAIL);
+    f.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::new();
+    f.take(MAX_LOG_TAIL).read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let mut all: Vec<&str> = text.lines().collect();
+    if from > 0 && !all.is_empty() {
+        all.remove(0); // cut mid-line
+    }
+    let start = all.len().saturating_sub(n);
+    Ok(all[start..].iter().map(|s| s.to_string()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_gives_the_last_lines() {
+        let p = std::env::temp_dir().join(format!("aisp-tail-{}", std::process::id()));
+        std::fs::write(&p, "a\nb\nc\nd\n").unwrap();
+        assert_eq!(tail(&p, 2).unwrap(), vec!["c", "d"]);
+        assert_eq!(tail(&p, 10).unwrap().len(), 4);
+        std::fs::remove_file(&p).unwrap();
+    }
+}

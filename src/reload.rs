@@ -1,0 +1,192 @@
+//! Reload without restart: hydrate again from the source (local or S3) into
+//! a fresh staging set, swapped in atomically as at start, then apply what
+//! changed. New profiles join the back of the rotation queue; removed ones
+//! leave it, and a removed one that is running is drained and its slot
+//! rotates; a changed one is used at its next start (every child runs on a
+//! working copy of its own, so no file changes under a running child); the
+//! key file is read again and the edge check uses it at once.
+//!
+//! A failed reload (source unreachable, bad credentials, no profiles, an
+//! unreadable key file) changes nothing that runs: one warning, and it
+//! counts in the metrics. Triggers: SIGHUP, `ctl reload`, and every
+//! `PROFILE_RELOAD_INTERVAL_S` when set; reloads never overlap. The timer
+//! and SIGHUP are served by one named thread, stopped by the shutdown
+//! channel.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{never, select, tick, Receiver};
+use log::{info, warn};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::book::unix_ms;
+use crate::config::Config;
+use crate::hydrate;
+use crate::metrics;
+use crate::pool::{Pool, ProfileChanges};
+use crate::proxy::keys::Keys;
+use crate::proxy::Proxy;
+use crate::writeback::WriteBack;
+
+/// What one successful reload did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    pub profiles: usize,
+    #[serde(flatten)]
+    pub changes: ProfileChanges,
+    pub keys: usize,
+}
+
+impl fmt::Display for ReloadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "reloaded {} profiles: {} added, {} removed ({} slots draining), {} API keys",
+            self.profiles,
+            self.changes.added.len(),
+            self.changes.removed.len(),
+            self.changes.draining.len(),
+            self.keys
+        )
+    }
+}
+
+/// How the last reload ended, for `/ready` and `ctl status`.
+#[derive(Debug, Clone)]
+struct Last {
+    at: SystemTime,
+    trigger: &'static str,
+    result: Result<ReloadReport, String>,
+}
+
+pub struct Reloader {
+    cfg: Config,
+    pool: Arc<Pool>,
+    proxy: Arc<Proxy>,
+    writeback: WriteBack,
+    last: Mutex<Option<Last>>,
+    /// Held for the whole of one reload: reloads never overlap.
+    running: Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(cfg: &Config, pool: Arc<Pool>, proxy: Arc<Proxy>, writeback: WriteBack) -> Reloader {
+        Reloader {
+            cfg: cfg.clone(),
+            pool,
+            proxy,
+            writeback,
+            last: Mutex::new(None),
+            running: Mutex::new(()),
+        }
+    }
+
+    /// Hydrate again and apply the changes; `trigger` names who asked.
+    pub fn reload(&self, trigger: &'static str) -> Result<ReloadReport, String> {
+        let _one = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let began = Instant::now();
+        let result = self.reload_once();
+        let took = began.elapsed();
+        match &result {
+            Ok(r) => {
+                info!("reload ({trigger}): {r} in {took:.1?}");
+                metrics::hydrated("reload", "ok", took, Some(r.profiles));
+            }
+            Err(e) => {
+                warn!("reload ({trigger}) failed, nothing changed: {e}");
+                metrics::hydrated("reload", "failed", took, None);
+            }
+        }
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Last {
+            at: SystemTime::now(),
+            trigger,
+            result: result.clone(),
+        });
+        result
+    }
+
+    fn reload_once(&self) -> Result<ReloadReport, String> {
+        let hydrated = hydrate::rehydrate(&self.cfg).map_err(|e| e.to_string())?;
+        // The keys first, so a bad key file refuses the reload before any
+        // profile change: the hydrated key.txt wins over the operator's file.
+        let key_file: Option<PathBuf> = hydrated
+            .key_file
+            .clone()
+            .or_else(|| self.cfg.operator_key_file.clone());
+        let keys = Keys::load(key_file.as_deref()).map_err(|e| {
+            format!(
+                "cannot read the key file {}: {e}",
+                key_file
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            )
+        })?;
+        let key_count = keys.len();
+        self.proxy.set_keys(keys);
+        self.writeback.rebase(&hydrated);
+        let profiles = hydrated.profiles.len();
+        let changes = self.pool.apply_profiles(hydrated.profiles);
+        Ok(ReloadReport {
+            profiles,
+            changes,
+            keys: key_count,
+        })
+    }
+
+    /// The last reload as JSON (null before the first).
+    pub fn last(&self) -> Value {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match last.as_ref() {
+            None => Value::Null,
+            Some(l) => match &l.result {
+                Ok(r) => json!({
+                    "at_unix_ms": unix_ms(l.at),
+                    "trigger": l.trigger,
+                    "outcome": "ok",
+                    "report": r,
+                }),
+                Err(e) => json!({
+                    "at_unix_ms": unix_ms(l.at),
+                    "trigger": l.trigger,
+                    "outcome": "failed",
+                    "error": e,
+                }),
+            },
+        }
+    }
+}
+
+/// The thread that reloads on SIGHUP (`hup`) and every `interval`, until
+/// `shutdown` closes.
+pub fn spawn(
+    reloader: Arc<Reloader>,
+    hup: Receiver<()>,
+    interval: Option<Duration>,
+    shutdown: Receiver<()>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            let timer = interval.map(tick).unwrap_or_else(never);
+            loop {
+                select! {
+                    recv(shutdown) -> _ => return,
+                    recv(hup) -> r => {
+                        if r.is_err() {
+                            return;
+                        }
+                        let _ = reloader.reload("SIGHUP");
+                    }
+                    recv(timer) -> _ => {
+                        let _ = reloader.reload("interval");
+                    }
+                }
+            }
+        })
+}
