@@ -26,7 +26,10 @@ const KEEP_PER_PORT: usize = 32;
 
 pub struct Conns {
     config: ureq::config::Config,
-    free: Mutex<HashMap<u16, Vec<Conn>>>,
+    /// Per port, the child generation the kept agents talked to, and them:
+    /// a replacement child on the same port never gets its predecessor's
+    /// dead connections.
+    free: Mutex<HashMap<u16, (u64, Vec<Conn>)>>,
 }
 
 /// One agent, for one request at a time.
@@ -49,13 +52,19 @@ impl Conns {
         crate::upstream::agent(self.config.clone())
     }
 
-    pub fn take(&self, port: u16) -> Conn {
-        let kept = self
-            .free
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&port)
-            .and_then(Vec::pop);
+    /// An agent for the child of `generation` on `port`.
+    pub fn take(&self, port: u16, generation: u64) -> Conn {
+        let kept = {
+            let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+            match free.get_mut(&port) {
+                Some((g, list)) if *g == generation => list.pop(),
+                Some(entry) => {
+                    *entry = (generation, Vec::new());
+                    None
+                }
+                None => None,
+            }
+        };
         kept.unwrap_or_else(|| {
             let idle_ms = Arc::new(AtomicU64::new(0));
             let connector = DefaultConnector::default().chain(IdleCap {
@@ -68,12 +77,20 @@ impl Conns {
         })
     }
 
-    /// Keep `conn` for the next request to `port` (only after a clean
-    /// exchange: a cut or failed one is dropped instead).
-    pub fn give_back(&self, port: u16, conn: Conn) {
+    /// Keep `conn` for the next request to the child of `generation` on
+    /// `port` (only after a clean exchange: a cut or failed one is dropped).
+    pub fn give_back(&self, port: u16, generation: u64, conn: Conn) {
         conn.set_idle(None);
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        let list = free.entry(port).or_default();
+        let (g, list) = free.entry(port).or_insert((generation, Vec::new()));
+        if *g != generation {
+            // A newer child took the port meanwhile, or this one is stale.
+            if generation < *g {
+                return;
+            }
+            *g = generation;
+            list.clear();
+        }
         if list.len() < KEEP_PER_PORT {
             list.push(conn);
         }

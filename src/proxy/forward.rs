@@ -337,7 +337,7 @@ impl Exchange<'_> {
 
     /// One try at the ticket's child.
     fn attempt(&self, holder: &mut Option<Request>, ticket: &Ticket, reg: &Registration) -> Step {
-        let conn = self.proxy.conns.take(ticket.port);
+        let conn = self.proxy.conns.take(ticket.port, ticket.child.generation);
         if reg.running(conn.agent(), &ticket.profile).is_err() {
             return Step::Cancelled { answered: false };
         }
@@ -399,7 +399,9 @@ impl Exchange<'_> {
                     ticket.profile,
                     self.started.elapsed()
                 );
-                self.proxy.conns.give_back(ticket.port, conn);
+                self.proxy
+                    .conns
+                    .give_back(ticket.port, ticket.child.generation, conn);
                 Step::Answered(verdict)
             }
             Err(_) if reg.cancelled() => Step::Cancelled { answered: true },

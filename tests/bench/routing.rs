@@ -1,18 +1,23 @@
-//! Benchmark: least-busy routing against round-robin, with children of
-//! unequal speed.
+//! Benchmark: the coordinator's fleet queue against queues inside the
+//! children, with children of unequal speed.
 //!
 //! Two test children serve one completion at a time (as the real child does
 //! against its one browser page): `fast` takes 10 ms, `slow` 40 ms. Eight
 //! closed-loop clients send non-streamed completions through the
-//! coordinator, once with `ROUTING=least-busy` (the default) and once with
-//! `ROUTING=round-robin`, each on a fresh coordinator.
+//! coordinator, once with `MAX_INFLIGHT_PER_CHILD=1` (the default: one
+//! completion per child, the rest wait in the coordinator's one queue and
+//! go to whichever child frees up first) and once with
+//! `MAX_INFLIGHT_PER_CHILD=0` (no limit: every request goes at once to the
+//! least busy child and waits in that child's own queue), each on a fresh
+//! coordinator.
 //!
-//! Why this shape shows the effect: round-robin hands the slow child half of
-//! all requests whatever its queue, so its queue absorbs most clients and the
-//! pair delivers at most 2 x 25 = 50 req/s. Least-busy keeps the number in
-//! flight equal, so the fast child serves four requests for each slow one:
-//! up to 100 + 25 = 125 req/s, and by Little's law a mean latency of about
-//! 8 / 125 = 64 ms instead of 8 / 50 = 160 ms.
+//! Why this shape shows the effect: with queues inside the children, a
+//! request is bound to its child on arrival, so requests sit behind the slow
+//! child while the fast one may be idle; least-busy keeps the counts equal
+//! (four each), so about a fifth of requests wait for 40 ms services. The
+//! fleet queue binds a request only when a child is free, so the fast child
+//! never idles while requests wait: up to 100 + 25 = 125 req/s with every
+//! wait spent in one FIFO.
 //!
 //! `BENCH_ROUTING_MS` (default 3000) sets the measured window of each run.
 
@@ -37,7 +42,7 @@ fn main() {
             .unwrap_or(3000),
     );
 
-    println!("== routing: least-busy vs round-robin, children of unequal speed ==");
+    println!("== routing: fleet queue (MAX_INFLIGHT_PER_CHILD=1) vs queues in children (0) ==");
     println!(
         "children: fast (completion_delay_ms {FAST_MS}) and slow ({SLOW_MS}), one completion at a time each"
     );
@@ -46,29 +51,28 @@ fn main() {
         measure.as_secs_f64()
     );
     println!(
-        "ideal: least-busy ~{:.0} req/s, round-robin ~{:.0} req/s",
+        "ideal: ~{:.0} req/s when neither child idles while requests wait",
         1000.0 / FAST_MS as f64 + 1000.0 / SLOW_MS as f64,
-        2.0 * 1000.0 / SLOW_MS as f64
     );
     println!();
     println!(
         "{:<12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>4} {:>5}   served by",
         "routing", "mean", "p50", "p90", "p99", "req/s", "n", "err", "starv"
     );
-    let least = run("least-busy", measure);
-    let rr = run("round-robin", measure);
-    let (l, r) = (least.latency(), rr.latency());
+    let fleet = run("fleet-queue", "1", measure);
+    let inner = run("child-queues", "0", measure);
+    let (f, i) = (fleet.latency(), inner.latency());
     println!();
     println!(
-        "least-busy / round-robin: mean {} p50 {} p99 {} | throughput {}",
-        ratio(l.mean, r.mean),
-        ratio(l.p50, r.p50),
-        ratio(l.p99, r.p99),
-        ratio(least.throughput(), rr.throughput())
+        "fleet-queue / child-queues: mean {} p50 {} p99 {} | throughput {}",
+        ratio(f.mean, i.mean),
+        ratio(f.p50, i.p50),
+        ratio(f.p99, i.p99),
+        ratio(fleet.throughput(), inner.throughput())
     );
 }
 
-fn run(routing: &str, measure: Duration) -> LoadResult {
+fn run(routing: &str, max_inflight: &str, measure: Duration) -> LoadResult {
     let spec = CoordinatorSpec {
         pool_size: 2,
         profiles: vec![
@@ -81,7 +85,7 @@ fn run(routing: &str, measure: Duration) -> LoadResult {
                 json!({"testchild": {"completion_delay_ms": SLOW_MS}}),
             ),
         ],
-        env: vec![("ROUTING".into(), routing.into())],
+        env: vec![("MAX_INFLIGHT_PER_CHILD".into(), max_inflight.into())],
         wait_ready: 2,
     };
     let coord = Coordinator::start(&spec);
