@@ -79,6 +79,7 @@ pub fn run(cfg: &Config, hydrated: Hydrated) -> Result<(), Fatal> {
         pool: pool.clone(),
         log_dir: cfg.log_dir.clone(),
         reloader: reloader.clone(),
+        writeback: writeback.clone(),
     });
     let app = server::App {
         pool: pool.clone(),

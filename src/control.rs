@@ -18,6 +18,7 @@ use crate::metrics;
 use crate::pool::{Cmd, Pool, Then};
 use crate::reload::Reloader;
 use crate::slot::StopReason;
+use crate::writeback::WriteBack;
 
 /// The most of a log file `logs` reads from its end.
 const MAX_LOG_TAIL: u64 = 4 * 1024 * 1024;
@@ -26,6 +27,7 @@ pub struct Fleet {
     pub pool: Arc<Pool>,
     pub log_dir: PathBuf,
     pub reloader: Arc<Reloader>,
+    pub writeback: WriteBack,
 }
 
 impl Control for Fleet {
@@ -132,10 +134,26 @@ impl Fleet {
             })).collect::<Vec<_>>(),
             "queue": self.pool.dispatch().view(),
             "rotation_queue": snap.queue,
-            "profiles": self.pool.profiles(),
+            "profiles": self.profiles(),
             "last_reload": self.reloader.last(),
             "shutting_down": snap.shutting_down,
         })
+    }
+
+    /// Every profile's state and health, with its last write-back.
+    fn profiles(&self) -> Vec<Value> {
+        let wb = self.writeback.stats();
+        self.pool
+            .profiles()
+            .into_iter()
+            .map(|p| {
+                let mut v = serde_json::to_value(&p).unwrap_or(Value::Null);
+                if let Some(stats) = wb.get(&p.health.profile) {
+                    v["writeback"] = serde_json::to_value(stats).unwrap_or(Value::Null);
+                }
+                v
+            })
+            .collect()
     }
 
     fn drain(&self, slot: usize, then: Then, why: &str) -> Value {

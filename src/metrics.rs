@@ -276,11 +276,11 @@ pub fn child_ready(after: Duration) {
 }
 
 /// One proxied request ended with `status`, served by `slot` (None: the
-/// coordinator answered itself).
+/// coordinator answered itself); `took` when its duration is known.
 pub fn request_done(
     slot: Option<usize>,
     status: u16,
-    took: Duration,
+    took: Option<Duration>,
     first_byte: Option<Duration>,
 ) {
     let m = global();
@@ -289,7 +289,9 @@ pub fn request_done(
     m.requests
         .get_or_create(&vec![("slot", slot), ("class", class)])
         .inc();
-    m.request_seconds.observe(took.as_secs_f64());
+    if let Some(t) = took {
+        m.request_seconds.observe(t.as_secs_f64());
+    }
     if let Some(t) = first_byte {
         m.ttfb_seconds.observe(t.as_secs_f64());
     }
@@ -348,7 +350,7 @@ mod tests {
         request_done(
             Some(1),
             200,
-            Duration::from_millis(5),
+            Some(Duration::from_millis(5)),
             Some(Duration::from_millis(2)),
         );
         let text = global().render(&View {

@@ -665,6 +665,18 @@ http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
             stop_grace: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(5),
             identity: Identity::new(&dir),
+            writeback: WriteBack::with_target(
+                writeback::Target::Off("unit test".into()),
+                &dir,
+                &crate::hydrate::Hydrated {
+                    profiles_dir: dir.clone(),
+                    key_file: None,
+                    profiles: Vec::new(),
+                    skipped: Vec::new(),
+                    bases: Default::default(),
+                },
+                Duration::from_secs(600),
+            ),
         };
         let thread = spawn(
             0,

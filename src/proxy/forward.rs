@@ -19,6 +19,7 @@ use log::{debug, info, warn};
 use tiny_http::{Method, Request};
 
 use crate::dispatch::{ChildId, Kind, Refusal, Ticket, Want};
+use crate::metrics;
 use crate::pool::Pool;
 use crate::reply::ApiError;
 
@@ -58,6 +59,8 @@ pub(super) struct Exchange<'a> {
 
 /// A whole answer kept in memory (an error answer, to pass on as it is).
 struct Kept {
+    /// The slot whose child gave it.
+    slot: Option<usize>,
     status: u16,
     headers: Vec<(String, Vec<u8>)>,
     body: Vec<u8>,
@@ -106,10 +109,14 @@ impl Exchange<'_> {
                 avoid: first.as_ref().map(|f| f.child),
                 client,
             };
+            let asked = Instant::now();
             let ticket = match dispatch.acquire(want) {
                 Ok(t) => t,
                 Err(r) => return self.refused(holder, r, first),
             };
+            if self.kind == Kind::Completion {
+                metrics::queue_waited(asked.elapsed());
+            }
             let retry = first.is_some();
             match self.attempt(holder, &ticket, &reg) {
                 Step::Answered(v) => {
@@ -363,6 +370,7 @@ impl Exchange<'_> {
             }
         };
         conn.set_idle(Some(self.proxy.settings.stream_idle_timeout));
+        let first_byte = self.started.elapsed();
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -370,7 +378,8 @@ impl Exchange<'_> {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         if let Some(v) = Verdict::of_head(status, retry_after.as_deref()) {
-            let kept = keep(&mut resp);
+            let mut kept = keep(&mut resp);
+            kept.slot = Some(ticket.child.slot);
             if reg.cancelled() {
                 return Step::Cancelled { answered: false };
             }
@@ -387,6 +396,12 @@ impl Exchange<'_> {
             .map(str::to_string);
         let mut inspector = Inspector::new(content_type.as_deref(), judge);
         let result = self.relay(rq, resp, &mut inspector);
+        metrics::request_done(
+            Some(ticket.child.slot),
+            status,
+            Some(self.started.elapsed()),
+            Some(first_byte),
+        );
         match result {
             Ok(bytes) => {
                 let verdict = Verdict::of_answer(status, inspector.finish());
@@ -547,6 +562,7 @@ impl Exchange<'_> {
     /// Give the client a kept answer as the child gave it.
     fn pass_on(&self, holder: &mut Option<Request>, kept: Kept) {
         let Some(rq) = holder.take() else { return };
+        metrics::request_done(kept.slot, kept.status, Some(self.started.elapsed()), None);
         let mut headers: Vec<(String, Vec<u8>)> = kept
             .headers
             .into_iter()
@@ -589,6 +605,7 @@ fn keep(resp: &mut ureq::http::Response<ureq::Body>) -> Kept {
         .take(MAX_KEPT_ANSWER)
         .read_to_end(&mut body);
     Kept {
+        slot: None,
         status,
         headers,
         body,

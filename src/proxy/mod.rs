@@ -272,8 +272,11 @@ fn with_id(r: Reply, rid: &str) -> Reply {
 }
 
 /// Answer the request in `holder` (if still there) with `r` and its id.
+/// Answer with a coordinator-made reply (counted in the metrics as served
+/// by no slot).
 fn respond(holder: &mut Option<Request>, rid: &str, r: Reply) {
     if let Some(rq) = holder.take() {
+        crate::metrics::request_done(None, r.status_code().0, None, None);
         let _ = rq.respond(with_id(r, rid));
     }
 }
