@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 # Not --quiet: the first build compiles every dependency (about 90 s), and
 # a silent terminal for that long looks like a hang.
 if [ -x target/debug/aistudioproxy ] && [ -x target/debug/aisp-testchild ]; then
-    echo "demo: building (up to date in a second or two)..." >&2
+    echo "demo: building..." >&2
 else
     echo "demo: building (first time about 90 s)..." >&2
 fi
