@@ -26,7 +26,7 @@ DOCKERFILE = ROOT / "docker" / "Dockerfile.prod"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.prod.sh"
 COMPOSE = ROOT / "docker" / "docker-compose.yml"
 K8S_DIR = ROOT / "deploy" / "kubernetes"
-SCRIPTS = [ROOT / "scripts" / "build-static.sh", ROOT / "scripts" / "container-smoke.sh"]
+SCRIPTS = [ROOT / "scripts" / n for n in ("build-static.sh", "container-smoke.sh", "demo.sh")]
 
 # The binary's defaults (each also a long CLI flag).
 DEFAULTS = {
@@ -223,6 +223,7 @@ def test_smoke_publishes_only_the_coordinator_port():
     published = [p for line in runs for p in re.findall(r"\s(?:-p|--publish)[ =]\"?([^\s\"]+)", line)]
     assert published, "container-smoke.sh publishes no port"
     assert_only_coordinator_port("container-smoke.sh", [int(p.rsplit(":", 1)[1]) for p in published])
+    assert "TESTCHILD_REAL_CHILD=1" in smoke, "the smoke run must use the test child's real-child mode"
 
 
 # ---------------------------------------------------------------- compose
