@@ -26,7 +26,7 @@ DOCKERFILE = ROOT / "docker" / "Dockerfile.prod"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.prod.sh"
 COMPOSE = ROOT / "docker" / "docker-compose.yml"
 K8S_DIR = ROOT / "deploy" / "kubernetes"
-SCRIPTS = [ROOT / "scripts" / "build-static.sh", ROOT / "scripts" / "container-smoke.sh"]
+SCRIPTS = [ROOT / "scripts" / n for n in ("build-static.sh", "container-smoke.sh", "demo.sh")]
 
 # The binary's defaults (each also a long CLI flag).
 DEFAULTS = {
@@ -62,6 +62,30 @@ KNOWN_VARS = set(DEFAULTS) | {
 PORT = int(DEFAULTS["COORDINATOR_PORT"])
 READY_TIMEOUT = int(DEFAULTS["READY_TIMEOUT_S"])
 CHILD_GRACE = int(DEFAULTS["CHILD_STOP_GRACE_S"])
+
+
+def child_ports(settings=None):
+    """Every port a child of the fleet binds: the three of each slot.
+
+    The child serves its API on all interfaces, with unprotected routes
+    outside /v1/ (one lists the API keys), so none of these may ever be
+    published; only COORDINATOR_PORT is.
+    """
+    s = dict(DEFAULTS)
+    s.update(settings or {})
+    step, pool = int(s["PORT_STEP"]), int(s["POOL_SIZE"])
+    return {
+        int(s[base]) + i * step
+        for base in ("BASE_API_PORT", "BASE_STREAM_PORT", "BASE_CAMOUFOX_PORT")
+        for i in range(pool)
+    }
+
+
+def assert_only_coordinator_port(where, published, settings=None):
+    """`published`: the container ports a file exposes or publishes."""
+    leaked = set(published) & child_ports(settings)
+    assert not leaked, f"{where} exposes child ports {sorted(leaked)}"
+    assert set(published) == {PORT}, f"{where} exposes {sorted(set(published))}, only {PORT} may be"
 
 
 def need_tool(name, path=None):
@@ -161,6 +185,15 @@ def test_dockerfile_stage_contract(name):
     assert entry and entry[-1].startswith("["), "exec-form ENTRYPOINT, so the process gets signals"
 
 
+def test_dockerfile_exposes_only_the_coordinator_port():
+    for name, stage in dockerfile_stages().items():
+        exposed = [int(p.split("/")[0]) for i, a in stage if i == "EXPOSE" for p in a.split()]
+        if name == "builder":
+            assert not exposed
+        else:
+            assert_only_coordinator_port(f"Dockerfile stage {name}", exposed, env_of(stage))
+
+
 def test_runtime_healthcheck_uses_live_and_entrypoint_execs():
     stage = dockerfile_stages()["runtime"]
     hc = [a for i, a in stage if i == "HEALTHCHECK"]
@@ -181,6 +214,16 @@ def test_smoke_image_mirrors_the_coordinator_stage():
         assert f"{k}={v}" in smoke, f"container-smoke.sh lacks ENV {k}={v}"
     assert "USER 65532:65532" in smoke and "WORKDIR /app" in smoke
     assert "CHILD_GRACE=10 " in smoke
+
+
+def test_smoke_publishes_only_the_coordinator_port():
+    smoke = (ROOT / "scripts" / "container-smoke.sh").read_text()
+    runs = [line for line in re.sub(r"\\\n", " ", smoke).splitlines() if "podman run" in line]
+    assert runs, "container-smoke.sh runs no container"
+    published = [p for line in runs for p in re.findall(r"\s(?:-p|--publish)[ =]\"?([^\s\"]+)", line)]
+    assert published, "container-smoke.sh publishes no port"
+    assert_only_coordinator_port("container-smoke.sh", [int(p.rsplit(":", 1)[1]) for p in published])
+    assert "TESTCHILD_REAL_CHILD=1" in smoke, "the smoke run must use the test child's real-child mode"
 
 
 # ---------------------------------------------------------------- compose
@@ -209,6 +252,26 @@ def test_compose_is_complete():
     assert any("/live" in str(part) for part in svc["healthcheck"]["test"])
     assert svc["build"]["dockerfile"] == "docker/Dockerfile.prod"
     assert (COMPOSE.parent / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
+
+
+def compose_container_ports(entry):
+    """The container ports of one compose `ports:` entry, short or long form."""
+    if isinstance(entry, dict):
+        target = str(entry["target"])
+    else:
+        target = str(entry).split("/")[0].rsplit(":", 1)[-1]
+    lo, _, hi = target.partition("-")
+    return list(range(int(lo), int(hi or lo) + 1))
+
+
+def test_compose_publishes_only_the_coordinator_port():
+    doc = yaml.safe_load(COMPOSE.read_text())
+    for name, svc in doc["services"].items():
+        env = {k: str(v) for k, v in svc.get("environment", {}).items()}
+        published = [p for e in svc.get("ports", []) for p in compose_container_ports(e)]
+        published += [p for e in svc.get("expose", []) for p in compose_container_ports(e)]
+        assert_only_coordinator_port(f"compose service {name}", published, env)
+        assert svc.get("network_mode") != "host", "host networking would put the child ports on the host"
 
 
 # ------------------------------------------------------------- kubernetes
@@ -301,6 +364,44 @@ def test_k8s_config_and_service():
     (sp,) = svc["spec"]["ports"]
     assert resolve_port(c, sp["targetPort"]) == PORT
     assert pod["serviceAccountName"] == k8s_kind("ServiceAccount")["metadata"]["name"]
+
+
+def test_k8s_publishes_only_the_coordinator_port():
+    _, pod, c = pod_container()
+    cm = k8s_kind("ConfigMap")["data"]
+    assert not pod.get("hostNetwork"), "host networking would put the child ports on the node"
+    for ctr in pod["containers"] + pod.get("initContainers", []):
+        assert not any("hostPort" in p for p in ctr.get("ports", [])), "no hostPort"
+    assert_only_coordinator_port("Deployment containerPort", [p["containerPort"] for p in c["ports"]], cm)
+    svc = k8s_kind("Service")
+    assert svc["spec"].get("type", "ClusterIP") == "ClusterIP"
+    targets = [resolve_port(c, p.get("targetPort", p["port"])) for p in svc["spec"]["ports"]]
+    assert_only_coordinator_port("Service targetPort", targets, cm)
+    assert_only_coordinator_port("Service port", [p["port"] for p in svc["spec"]["ports"]], cm)
+
+
+def test_k8s_network_policy_admits_only_the_coordinator_port():
+    _, pod, c = pod_container()
+    cm = k8s_kind("ConfigMap")["data"]
+    np = k8s_kind("NetworkPolicy")
+    spec = np["spec"]
+    labels = k8s_kind("Deployment")["spec"]["template"]["metadata"]["labels"]
+    sel = spec["podSelector"]
+    assert sel.get("matchLabels"), "the policy must select the coordinator pods, not every pod"
+    assert not sel.get("matchExpressions")
+    assert sel["matchLabels"].items() <= labels.items(), "the policy does not select the coordinator pods"
+    assert "Ingress" in spec["policyTypes"]
+    rules = spec["ingress"]
+    assert rules, "an empty ingress list would block the coordinator too"
+    allowed = []
+    for rule in rules:
+        # A rule without ports would admit every port, the children's too.
+        assert rule.get("ports"), f"ingress rule without ports admits everything: {rule}"
+        for p in rule["ports"]:
+            assert p.get("protocol", "TCP") == "TCP"
+            assert "endPort" not in p, "a port range could reach the children"
+            allowed.append(resolve_port(c, p["port"]))
+    assert_only_coordinator_port("NetworkPolicy ingress", allowed, cm)
 
 
 # ------------------------------------------------------------- entrypoint
