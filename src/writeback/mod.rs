@@ -290,10 +290,11 @@ impl WriteBack {
             }
         };
         make_private_dir(&self.inner.running)?;
-        let path = self
-            .inner
-            .running
-            .join(format!("{}.{start}.json", profile.name));
+        // A directory per start keeps the file's own name the profile's:
+        // children (the real one, the test child) name the profile after it.
+        let dir = self.inner.running.join(format!("{}.{start}", profile.name));
+        make_private_dir(&dir)?;
+        let path = dir.join(format!("{}.json", profile.name));
         write_private(&path, &base.content)?;
         Ok(WorkingCopy {
             wb: self.clone(),
@@ -613,7 +614,11 @@ impl WorkingCopy {
     pub fn finish(mut self) -> std::io::Result<()> {
         let path = std::mem::take(&mut self.path);
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+            Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        match path.parent().map(fs::remove_dir) {
+            Some(Err(e)) if e.kind() != ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
     }
@@ -710,6 +715,9 @@ impl Drop for WorkingCopy {
     fn drop(&mut self) {
         if !self.path.as_os_str().is_empty() {
             let _ = fs::remove_file(&self.path);
+            if let Some(dir) = self.path.parent() {
+                let _ = fs::remove_dir(dir);
+            }
         }
     }
 }
@@ -761,7 +769,20 @@ fn sweep(running: &Path) {
     };
     let mut n = 0usize;
     for e in entries.flatten() {
-        if e.file_type().is_ok_and(|t| t.is_file()) && fs::remove_file(e.path()).is_ok() {
+        let removed = match e.file_type() {
+            Ok(t) if t.is_file() => fs::remove_file(e.path()).is_ok(),
+            // One start's directory: its profile file, then itself.
+            Ok(t) if t.is_dir() => {
+                if let Ok(files) = fs::read_dir(e.path()) {
+                    for f in files.flatten() {
+                        let _ = fs::remove_file(f.path());
+                    }
+                }
+                fs::remove_dir(e.path()).is_ok()
+            }
+            _ => false,
+        };
+        if removed {
             n += 1;
         }
     }
