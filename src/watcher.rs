@@ -641,9 +641,13 @@ http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
         std::fs::create_dir_all(&dir).unwrap();
         let profiles = ["a", "b"]
             .iter()
-            .map(|n| Profile {
-                name: n.to_string(),
-                path: dir.join(format!("{n}.json")),
+            .map(|n| {
+                let path = dir.join(format!("{n}.json"));
+                std::fs::write(&path, br#"{"cookies": []}"#).unwrap();
+                Profile {
+                    name: n.to_string(),
+                    path,
+                }
             })
             .collect();
         let plan = PortPlan {

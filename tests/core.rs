@@ -749,10 +749,17 @@ fn children_get_their_ports_profile_and_headless_flag() {
         assert_eq!(info["camoufox_debug_port"], camoufox);
         assert_eq!(info["headless"], true, "headless is the default");
         assert_eq!(info["api_key_required"], false, "no key.txt, no keys");
+        // A working copy of its own, under running/, named like the profile.
+        let auth = std::path::PathBuf::from(info["auth_json"].as_str().unwrap());
+        assert!(
+            auth.starts_with(dir.cache_dir().join("running")),
+            "{auth:?}"
+        );
+        assert_eq!(auth.file_name().unwrap(), format!("{name}.json").as_str());
         assert_eq!(
-            info["auth_json"],
-            json!(dir.cache_dir().join(format!("active/{name}.json"))),
-            "the child reads the staged copy"
+            std::fs::read(&auth).unwrap(),
+            std::fs::read(dir.cache_dir().join(format!("active/{name}.json"))).unwrap(),
+            "the copy holds the staged profile"
         );
     }
 }

@@ -131,7 +131,8 @@ pub fn ask(socket: &std::path::Path, request: &Request) -> Result<Value, String>
             socket.display()
         )
     };
-    let mut s = UnixStream::connect(socket).map_err(no_coordinator)?;
+    let (_dir, at) = super::socket::reachable(socket).map_err(no_coordinator)?;
+    let mut s = UnixStream::connect(at).map_err(no_coordinator)?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
     let line = serde_json::to_string(request).map_err(|e| e.to_string())?;

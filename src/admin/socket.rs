@@ -56,6 +56,26 @@ impl fmt::Display for SocketError {
 
 impl std::error::Error for SocketError {}
 
+/// `sun_path` holds 108 bytes; longer paths (a deep cache directory) are
+/// reached through the parent directory's descriptor instead.
+const SUN_PATH_MAX: usize = 100;
+
+/// A path `bind`/`connect` accept for `path`, and the directory handle that
+/// must stay open while it is used: for a long path,
+/// `/proc/self/fd/<dir>/<name>`, which the kernel resolves through the
+/// open directory.
+pub fn reachable(path: &Path) -> std::io::Result<(Option<std::fs::File>, PathBuf)> {
+    if path.as_os_str().len() <= SUN_PATH_MAX {
+        return Ok((None, path.to_path_buf()));
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok((None, path.to_path_buf()));
+    };
+    let handle = std::fs::File::open(dir)?;
+    let short = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd())).join(name);
+    Ok((Some(handle), short))
+}
+
 pub struct AdminSocket {
     path: PathBuf,
     stop: Arc<AtomicBool>,
@@ -64,17 +84,18 @@ pub struct AdminSocket {
 
 impl AdminSocket {
     pub fn start(path: &Path, control: Arc<dyn Control>) -> Result<AdminSocket, SocketError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| SocketError::Bind(path.into(), e))?;
+        }
+        let (_dir, at) = reachable(path).map_err(|e| SocketError::Bind(path.into(), e))?;
         if path.exists() {
-            if UnixStream::connect(path).is_ok() {
+            if UnixStream::connect(&at).is_ok() {
                 return Err(SocketError::InUse(path.to_path_buf()));
             }
             // Left by a coordinator that did not stop cleanly.
             let _ = std::fs::remove_file(path);
         }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| SocketError::Bind(path.into(), e))?;
-        }
-        let listener = UnixListener::bind(path).map_err(|e| SocketError::Bind(path.into(), e))?;
+        let listener = UnixListener::bind(&at).map_err(|e| SocketError::Bind(path.into(), e))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| SocketError::Bind(path.into(), e))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -107,7 +128,9 @@ impl AdminSocket {
     fn shut(&mut self) {
         self.stop.store(true, Ordering::Release);
         // Wake the accept with a connection of our own.
-        let _ = UnixStream::connect(&self.path);
+        if let Ok((_dir, at)) = reachable(&self.path) {
+            let _ = UnixStream::connect(at);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -187,7 +210,8 @@ mod tests {
     }
 
     fn ask(path: &Path, line: &str) -> Value {
-        let mut s = UnixStream::connect(path).unwrap();
+        let (_dir, at) = reachable(path).unwrap();
+        let mut s = UnixStream::connect(at).unwrap();
         writeln!(s, "{line}").unwrap();
         let mut out = String::new();
         BufReader::new(s).read_line(&mut out).unwrap();
@@ -196,7 +220,12 @@ mod tests {
 
     #[test]
     fn one_request_one_answer_private_socket_and_clean_stop() {
-        let dir = std::env::temp_dir().join(format!("aisp-admin-{}", std::process::id()));
+        // Longer than sun_path allows: reached through the directory.
+        let dir = std::env::temp_dir().join(format!(
+            "aisp-admin-{}-{}",
+            std::process::id(),
+            "a-long-directory-name".repeat(5)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("admin.sock");
         let echo = Arc::new(Echo(Mutex::new(Vec::new())));

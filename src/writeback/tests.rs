@@ -118,8 +118,8 @@ fn a_working_copy_is_private_to_one_start_and_hydration_never_touches_it() {
     let one = wb.start(&a, 1).unwrap();
     let two = wb.start(&a, 2).unwrap();
     let running = s.cfg.cache_dir.join("running");
-    assert_eq!(one.path(), running.join("a.1.json"));
-    assert_eq!(two.path(), running.join("a.2.json"));
+    assert_eq!(one.path(), running.join("a.1/a.json"));
+    assert_eq!(two.path(), running.join("a.2/a.json"));
     assert_eq!(mode(&running), 0o700);
     assert_eq!(mode(one.path()), 0o600);
     assert_eq!(fs::read(one.path()).unwrap(), fs::read(&a.path).unwrap());
