@@ -137,6 +137,8 @@ pub struct Snapshot {
     pub shutting_down: bool,
     /// Requests waiting in the dispatcher's queue for a child.
     pub requests_waiting: usize,
+    /// Every profile with its state and health.
+    pub profiles: Vec<ProfileSnapshot>,
 }
 
 impl Pool {
@@ -304,6 +306,7 @@ impl Pool {
             queue: inner.queue.iter().map(|p| p.name.clone()).collect(),
             shutting_down: inner.shutting_down,
             requests_waiting,
+            profiles: profiles_of(&inner),
         }
     }
 
@@ -441,33 +444,7 @@ impl Pool {
 
     /// Every profile with its state and health, in name order.
     pub fn profiles(&self) -> Vec<ProfileSnapshot> {
-        let inner = self.lock();
-        let now = SystemTime::now();
-        inner
-            .book
-            .status(now)
-            .into_iter()
-            .map(|health| {
-                let slot = inner.slots.iter().position(|s| {
-                    s.profile.as_ref().is_some_and(|p| p.name == health.profile)
-                        && s.state.pid().is_some()
-                });
-                let state = if health.disabled {
-                    "disabled"
-                } else if slot.is_some() {
-                    "running"
-                } else if health.cooling_until_unix_ms.is_some() {
-                    "cooling"
-                } else {
-                    "queued"
-                };
-                ProfileSnapshot {
-                    state,
-                    slot,
-                    health,
-                }
-            })
-            .collect()
+        profiles_of(&self.lock())
     }
 
     /// Clear a profile's cooldown and runs (an operator's reset). False
@@ -577,6 +554,36 @@ impl Pool {
             let _ = tx.send(Cmd::Wake);
         }
     }
+}
+
+/// Every profile with its state and health, in name order.
+fn profiles_of(inner: &Inner) -> Vec<ProfileSnapshot> {
+    let now = SystemTime::now();
+    inner
+        .book
+        .status(now)
+        .into_iter()
+        .map(|health| {
+            let slot = inner.slots.iter().position(|s| {
+                s.profile.as_ref().is_some_and(|p| p.name == health.profile)
+                    && s.state.pid().is_some()
+            });
+            let state = if health.disabled {
+                "disabled"
+            } else if slot.is_some() {
+                "running"
+            } else if health.cooling_until_unix_ms.is_some() {
+                "cooling"
+            } else {
+                "queued"
+            };
+            ProfileSnapshot {
+                state,
+                slot,
+                health,
+            }
+        })
+        .collect()
 }
 
 /// Put the slot's profile (if any) at the back of the queue and give the
