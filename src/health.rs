@@ -38,6 +38,7 @@ pub fn ready_body(snap: &Snapshot) -> (u16, serde_json::Value) {
         "queue": snap.queue,
         "in_flight": snap.slots.iter().map(|s| s.in_flight).sum::<usize>(),
         "requests_waiting": snap.requests_waiting,
+        "profiles": snap.profiles,
     });
     (if ok { 200 } else { 503 }, body)
 }

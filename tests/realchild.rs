@@ -415,3 +415,24 @@ fn the_kill_storm_in_real_child_mode_leaves_nothing() {
         tree_survivors(&dir)
     );
 }
+
+#[test]
+fn a_corrupt_profile_state_file_is_reported_and_ignored() {
+    let dir = TestDir::new("a_corrupt_profile_state_file_is_reported_and_ignored");
+    dir.write_profiles(&["a", "b"]);
+    std::fs::create_dir_all(dir.cache_dir()).unwrap();
+    let state = dir.cache_dir().join("profile-state.json");
+    std::fs::write(&state, b"{\"version\": 1, \"profiles\": {\"a\": [not json").unwrap();
+    let c = Coordinator::start(&dir, Builder::new());
+    c.wait_all_ready(secs(10.0));
+    let log = c.stderr();
+    assert!(
+        log.lines().any(|l| l.contains("profile-state.json")
+            && l.contains("starting with no saved profile state")),
+        "{log}"
+    );
+    let (_, ready) = c.ready();
+    let profiles = ready["profiles"].as_array().unwrap();
+    assert_eq!(profiles.len(), 2);
+    assert!(profiles.iter().all(|p| p["state"] == "running"), "{ready}");
+}
