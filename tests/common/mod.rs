@@ -420,6 +420,11 @@ fn agent() -> &'static ureq::Agent {
 pub fn http_get(port: u16, path: &str) -> Option<Reply> {
     let url = format!("http://127.0.0.1:{port}{path}");
     let mut resp = agent().get(&url).call().ok()?;
+    reply_of(&mut resp)
+}
+
+/// An answer read whole; None when its body could not be read.
+fn reply_of(resp: &mut ureq::http::Response<ureq::Body>) -> Option<Reply> {
     let status = resp.status().as_u16();
     let headers = resp
         .headers()
@@ -914,18 +919,7 @@ pub fn post_json_with(
         rq = rq.header(*k, *v);
     }
     let mut resp = rq.send(body.to_string()).ok()?;
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
-    let body = resp.body_mut().read_to_string().ok()?;
-    Some(Reply {
-        status,
-        headers,
-        body,
-    })
+    reply_of(&mut resp)
 }
 
 /// POST a JSON body with no extra headers.
