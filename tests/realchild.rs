@@ -436,3 +436,72 @@ fn a_corrupt_profile_state_file_is_reported_and_ignored() {
     assert_eq!(profiles.len(), 2);
     assert!(profiles.iter().all(|p| p["state"] == "running"), "{ready}");
 }
+
+#[test]
+fn the_test_childs_browser_refuses_a_taken_camoufox_port() {
+    // The real browser cannot start on a taken debug port; neither does ours:
+    // run the test child by hand, without a coordinator.
+    let dir = TestDir::new("the_test_childs_browser_refuses_a_taken_camoufox_port");
+    dir.write_profile("a", &real(json!({})));
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let camoufox = held.local_addr().unwrap().port();
+    let free = |_: ()| {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let started = Instant::now();
+    let out = std::process::Command::new(TESTCHILD)
+        .args(["--server-port", &free(()).to_string()])
+        .args(["--stream-port", &free(()).to_string()])
+        .args(["--camoufox-debug-port", &camoufox.to_string()])
+        .arg("--active-auth-json")
+        .arg(dir.profiles_dir().join("a.json"))
+        .arg("--headless")
+        .env("TESTCHILD_PID_DIR", dir.pid_dir())
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "camoufox debug port 127.0.0.1:{camoufox} is already in use"
+        )),
+        "{text}"
+    );
+    assert!(
+        took >= Duration::from_millis(250),
+        "exits after a short delay, took {took:?}"
+    );
+    wait_no_survivors(&dir, Duration::from_secs(3));
+}
+
+#[test]
+fn a_dead_browser_shows_as_failing_requests_and_the_child_is_replaced() {
+    let dir = TestDir::new("a_dead_browser_shows_as_failing_requests_and_the_child_is_replaced");
+    dir.write_profile("a", &real(json!({})));
+    dir.write_profile("b", &real(json!({})));
+    let c = Coordinator::start(&dir, real_builder().pool_size(1));
+    c.wait_all_ready(secs(15.0));
+    let first = slot_of(&c, 0);
+    let browser = browser_of(&dir, "a", secs(5.0));
+    send_signal_to(browser, libc::SIGKILL);
+    wait_until("the browser to die", secs(5.0), || process_gone(browser));
+    // The child itself still says it is healthy.
+    let health = http_get(c.ports.api, "/health").expect("the child answers /health");
+    assert_eq!(health.status, 200, "{}", health.body);
+    // A completion meets the dead page (503 from the child): the child is
+    // blamed and replaced, and the retry or the next request is served.
+    let body = json!({"model": "gemini-test", "messages": [{"role": "user", "content": "hi"}]});
+    let _ = post_json(c.ports.coordinator, "/v1/chat/completions", &body);
+    wait_until("a replacement on the slot", secs(15.0), || {
+        let s = slot_of(&c, 0);
+        s.state == "ready" && s.pid != first.pid
+    });
+    let ok = post_json(c.ports.coordinator, "/v1/chat/completions", &body).unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert!(c.stderr().contains("answered 503"), "{}", c.stderr());
+}
