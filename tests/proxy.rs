@@ -476,17 +476,30 @@ fn slow_answers_are_not_failures_but_the_deadline_holds() {
     assert_eq!(r.status, 200);
     assert!(t.elapsed() >= Duration::from_millis(1400));
     // Two at once: the second waits in the coordinator's queue, not inside
-    // the child, so its deadline only runs from when the child takes it.
+    // the child, so its deadline only runs from when the child takes it:
+    // its head comes about 3 s after it was sent, past REQUEST_TIMEOUT_S,
+    // and it still succeeds. (Both are non-streamed: a streamed head
+    // leaves the child as soon as its turn comes, so it would not test the
+    // deadline, and its 1.5 s of silence after the head is rightly cut
+    // off by the 1 s idle limit.)
     let port = c.ports.coordinator;
+    let api = c.slots()[0].ports.0;
     let first =
         std::thread::spawn(move || post(port, "/v1/chat/completions", &[], &chat("1", false)));
-    std::thread::sleep(Duration::from_millis(100));
+    wait_until("the first to reach the child", secs(3.0), || {
+        http_get(api, "/v1/queue").is_some_and(|r| r.json()["processing"] == true)
+    });
     let t = Instant::now();
-    let r = post(port, "/v1/chat/completions", &[], &chat("2", true));
+    let r = post(port, "/v1/chat/completions", &[], &chat("2", false));
     let took = t.elapsed();
     assert_eq!(first.join().unwrap().status, 200);
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(took >= Duration::from_millis(2500), "{took:?}");
+    let waited: u64 = r
+        .header("X-Testchild-Queue-Wait-Ms")
+        .and_then(|v| v.parse().ok())
+        .expect("the child says how long it queued the request");
+    assert!(waited < 100, "it waited {waited} ms inside the child");
     assert_eq!(c.slots()[0].restarts, 0, "slow is not broken");
 }
 
@@ -551,7 +564,10 @@ fn a_silent_stream_is_cut_off_and_the_child_evicted() {
 
 /// An id the coordinator knows is cancelled by the coordinator (the running
 /// request's child connection is closed and its client answered at once);
-/// an id it does not know is a child's own, asked of every ready child.
+/// an id it does not know is a child's own (its 7-character id, the one in
+/// `/v1/queue` and in `chatcmpl-<req_id>-...`), asked of every ready child.
+/// The child cancels only what still waits inside it, never the one it is
+/// serving, and answers that client 499 itself.
 #[test]
 fn cancel_by_our_id_or_by_the_childs() {
     let dir = TestDir::new("cancel_by_our_id_or_by_the_childs");
@@ -582,23 +598,52 @@ fn cancel_by_our_id_or_by_the_childs() {
     assert_eq!(done.status, 409, "{}", done.body);
     assert_eq!(done.json()["error"]["code"], "request_cancelled");
     assert_eq!(done.header("X-Request-Id"), Some("req-77"));
-    // A request the other child holds under its own id, unknown to us.
-    let other = c.slots()[1 - busy].ports.0;
-    let direct = std::thread::spawn(move || {
-        post(
-            other,
-            "/v1/chat/completions",
-            &[("X-Request-Id", "inner-1")],
-            &chat("x", false),
-        )
+    // The closed connection frees the child (it looks every 0.3 s).
+    let busy_api = c.slots()[busy].ports.0;
+    wait_until("the cancelled child to stop", secs(3.0), || {
+        http_get(busy_api, "/v1/queue").is_some_and(|r| r.json()["processing"] == false)
     });
-    wait_until("the child to hold it", secs(3.0), || {
+    // Two requests the other child holds, unknown to us: one it serves,
+    // one waiting inside it behind the first.
+    let other_slot = &c.slots()[1 - busy];
+    let (other, other_profile) = (other_slot.ports.0, other_slot.profile.clone().unwrap());
+    let holder = open_stream(other, &chat("hold", false), "");
+    wait_until("the child to serve the first", secs(3.0), || {
         http_get(other, "/v1/queue").is_some_and(|r| r.json()["processing"] == true)
     });
-    let r = post(port, "/v1/cancel/inner-1", &[], "");
+    let queued = std::thread::spawn(move || {
+        post(other, "/v1/chat/completions", &[], &chat("inside", false))
+    });
+    let inner = wait_until_some("the second to wait inside the child", secs(3.0), || {
+        let q = http_get(other, "/v1/queue")?.json();
+        q["items"][0]["req_id"].as_str().map(String::from)
+    });
+    let running = http_get(other, "/v1/queue").unwrap().json()["processing_req_id"]
+        .as_str()
+        .expect("the served one has an id")
+        .to_string();
+    // The one being served cannot be cancelled by its id: no child says yes.
+    let r = post(port, &format!("/v1/cancel/{running}"), &[], "");
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "request_not_found");
+    let t = Instant::now();
+    let r = post(port, &format!("/v1/cancel/{inner}"), &[], "");
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(strings(&r.json()["acknowledged_by"]).len(), 1, "{}", r.body);
-    assert_eq!(content_of(&direct.join().unwrap()), "cancelled");
+    assert_eq!(
+        strings(&r.json()["acknowledged_by"]),
+        vec![other_profile],
+        "{}",
+        r.body
+    );
+    let gone = queued.join().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "answered at once"
+    );
+    assert_eq!(gone.status, 499, "{}", gone.body);
+    let detail = gone.json()["detail"].as_str().unwrap_or("").to_string();
+    assert!(detail.starts_with(&format!("[{inner}]")), "{detail}");
+    drop(holder);
     // Unknown ids go to every child; none knows it.
     let r = post(port, "/v1/cancel/nobody-knows", &[], "");
     assert_eq!(r.status, 404);
