@@ -3,7 +3,9 @@
 //! (waiting, work-conserving hand-off, queue full and queue timeout,
 //! clients that leave while queued), request ids and cancel of queued and
 //! running requests, blame (a bad request evicts nobody, counted 5xx, a
-//! restart is waited for), and the one key form the child accepts.
+//! restart is waited for), exhaustion (empty answers and a 502 with
+//! `Retry-After` cool a profile, across restarts), and the one key form the
+//! child accepts.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -588,4 +590,204 @@ fn an_http10_client_waits_and_is_served() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("echo=old"), "{answer}");
     assert_eq!(holder.join().unwrap().status, 200);
+}
+
+// ---------------------------------------------------------------------------
+// Exhaustion: empty answers and Retry-After cool a profile down
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One profile of `/ready`'s `profiles` list.
+fn profile_view(c: &Coordinator, name: &str) -> Value {
+    let (_, ready) = c.ready();
+    ready["profiles"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["profile"] == name).cloned())
+        .unwrap_or_else(|| panic!("no profile {name} in {ready}"))
+}
+
+/// A streamed completion read to its end: (status line and headers, the
+/// content of its deltas, whether it ended with `[DONE]`).
+fn streamed(port: u16, text: &str) -> (String, String, bool) {
+    let (head, events) = read_events(open_stream(port, &chat(text, true), ""), 1000);
+    let done = events.last().is_some_and(|e| e.1 == "[DONE]");
+    let content = events
+        .iter()
+        .filter(|e| e.1 != "[DONE]")
+        .filter_map(|e| serde_json::from_str::<Value>(&e.1).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    (head, content, done)
+}
+
+fn file_mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// The child's sign of an exhausted account is a streamed 200 with nothing
+/// in it. EMPTY_ANSWERS_TO_ROTATE of them in a row retire the profile: its
+/// slot drains and rotates to the next one, the profile cools for
+/// PROFILE_COOLDOWN_S, and that survives a restart of the coordinator and a
+/// crash of the child now on the slot.
+#[test]
+fn empty_answers_rotate_and_cool_a_profile() {
+    let dir = TestDir::new("empty_answers_rotate_and_cool_a_profile");
+    dir.write_profile("a", &knobs(json!({"exhaust_after": 1})));
+    dir.write_profile("b", &knobs(json!({})));
+    dir.write_profile("c", &knobs(json!({})));
+    let builder = Builder::new()
+        .pool_size(1)
+        .env("EMPTY_ANSWERS_TO_ROTATE", 2)
+        .env("PROFILE_COOLDOWN_S", 600);
+    let c = Coordinator::start(&dir, builder.clone());
+    c.wait_all_ready(secs(10.0));
+    assert_eq!(c.slots()[0].profile.as_deref(), Some("a"));
+    let port = c.ports.coordinator;
+    let r = completion(port, &[], "served");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(content_of(&r), "profile=a echo=served");
+    // a's account is now spent: its streams come back empty.
+    let (head, content, done) = streamed(port, "empty-1");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(content.is_empty() && done, "{content:?} done={done}");
+    // The verdict reaches the book just after the answer went out.
+    wait_until("the empty answer to be counted", secs(3.0), || {
+        profile_view(&c, "a")["empty_in_a_row"] == 1
+    });
+    let a = profile_view(&c, "a");
+    assert_eq!(a["state"], "running", "{a}");
+    assert_eq!(
+        c.slots()[0].profile.as_deref(),
+        Some("a"),
+        "one empty answer is not enough"
+    );
+    let (head, content, done) = streamed(port, "empty-2");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(content.is_empty() && done, "{content:?} done={done}");
+    let retired_at = now_unix_ms();
+    wait_until("slot 0 to rotate away from a", secs(10.0), || {
+        let s = &c.slots()[0];
+        s.profile.as_deref() != Some("a") && s.state == "ready"
+    });
+    let log = c.stderr();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("stopping profile a") && l.contains("exhausted")),
+        "{log}"
+    );
+    let a = profile_view(&c, "a");
+    assert_eq!(a["state"], "cooling", "{a}");
+    assert_eq!(a["reason"], "exhausted", "{a}");
+    let until = a["cooling_until_unix_ms"].as_u64().expect("until when");
+    let expect = retired_at + 600_000;
+    assert!(
+        until.abs_diff(expect) < 5_000,
+        "until {until}, expected about {expect}"
+    );
+    let state = dir.cache_dir().join("profile-state.json");
+    assert_eq!(file_mode(&state), 0o600);
+    let first_slot_profile = c.slots()[0].profile.clone();
+    drop(c);
+
+    // A new coordinator on the same cache directory keeps a cooling.
+    let c = Coordinator::start(&dir, builder);
+    c.wait_all_ready(secs(10.0));
+    let s = c.slots();
+    assert_ne!(s[0].profile.as_deref(), Some("a"), "{s:?}");
+    assert_eq!(
+        s[0].profile, first_slot_profile,
+        "the first eligible profile, in name order"
+    );
+    let a = profile_view(&c, "a");
+    assert_eq!(
+        (a["state"].as_str(), a["reason"].as_str()),
+        (Some("cooling"), Some("exhausted")),
+        "{a}"
+    );
+    assert_eq!(
+        a["cooling_until_unix_ms"].as_u64(),
+        Some(until),
+        "the same cooldown: {a}"
+    );
+    assert_eq!(file_mode(&state), 0o600);
+
+    // The child on the slot dies: its replacement is never a.
+    let pid = s[0].pid.expect("a ready child has a pid");
+    send_signal_to(pid, libc::SIGKILL);
+    wait_until("the slot to come back", secs(10.0), || {
+        let s = &c.slots()[0];
+        assert_ne!(s.profile.as_deref(), Some("a"), "back on a: {s:?}");
+        s.state == "ready" && s.pid.is_some_and(|p| p != pid)
+    });
+    assert_eq!(profile_view(&c, "a")["state"], "cooling");
+    let r = completion(c.ports.coordinator, &[], "after");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!content_of(&r).starts_with("profile=a "), "{}", r.body);
+}
+
+/// A non-streamed answer of an exhausted account is a 502 with
+/// `Retry-After`: the profile cools for exactly that long (not
+/// PROFILE_COOLDOWN_S), and the slot rotates away from it.
+#[test]
+fn a_502_with_retry_after_cools_the_profile_that_long() {
+    let dir = TestDir::new("a_502_with_retry_after_cools_the_profile_that_long");
+    dir.write_profile(
+        "a",
+        &knobs(json!({"exhaust_after": 1, "exhaust_retry_after_s": 120})),
+    );
+    dir.write_profile("b", &knobs(json!({})));
+    let c = Coordinator::start(
+        &dir,
+        Builder::new().pool_size(1).env("PROFILE_COOLDOWN_S", 3600),
+    );
+    c.wait_all_ready(secs(10.0));
+    let port = c.ports.coordinator;
+    assert_eq!(completion(port, &[], "served").status, 200);
+    let sent = now_unix_ms();
+    let r = completion(port, &[], "spent");
+    eprintln!("the exhausted request got {} {}", r.status, r.body);
+    // Retried on another child if one is there by then (the replacement on
+    // this one slot usually is not yet), else the child's 502 as it is.
+    let passed_on = r.status == 502
+        && r.header("Retry-After") == Some("120")
+        && r.json()["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("quota exhausted"));
+    let served_by_b = r.status == 200 && content_of(&r) == "profile=b echo=spent";
+    assert!(
+        passed_on || served_by_b,
+        "{} {:?} {}",
+        r.status,
+        r.headers,
+        r.body
+    );
+    wait_until("a to cool", secs(10.0), || {
+        profile_view(&c, "a")["state"] == "cooling"
+    });
+    let a = profile_view(&c, "a");
+    assert_eq!(a["reason"], "exhausted", "{a}");
+    let until = a["cooling_until_unix_ms"].as_u64().expect("until when");
+    let expect = sent + 120_000;
+    assert!(
+        until >= sent + 119_000 && until <= now_unix_ms() + 121_000,
+        "until {until}, expected about {expect}"
+    );
+    wait_until("slot 0 to rotate to b", secs(10.0), || {
+        let s = &c.slots()[0];
+        s.profile.as_deref() == Some("b") && s.state == "ready"
+    });
 }
