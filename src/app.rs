@@ -212,9 +212,9 @@ fn new_proxy(cfg: &Config, key_file: Option<&std::path::Path>) -> Result<proxy::
     ))
 }
 
-/// Feed every completion's verdict into the profile book (empty answers
-/// and exhaustion cool a profile down), on a thread of its own so the HTTP
-/// workers only send on a channel.
+/// Feed every completion's verdict into the profile book (empty answers in
+/// a row cool a profile down), on a thread of its own so the HTTP workers
+/// only send on a channel.
 fn listen_to_outcomes(
     proxy: &proxy::Proxy,
     pool: Arc<Pool>,
@@ -235,9 +235,7 @@ fn listen_to_outcomes(
                             metrics::empty_answer(&o.profile);
                             book::Answer::Empty
                         }
-                        verdict::Verdict::Exhausted { retry_after, .. } => {
-                            book::Answer::Exhausted { retry_after }
-                        }
+                        // Exhaustion is reported by the proxy itself, at once.
                         _ => continue,
                     };
                     pool.report(o.child.slot, o.child.generation, answer);

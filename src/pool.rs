@@ -412,6 +412,10 @@ impl Pool {
             v
         };
         if let book::Verdict::Retire { .. } = verdict {
+            // No new requests from now on: the dispatcher counts the slot as
+            // draining (a child will come) before its watcher even hears of it.
+            self.dispatch
+                .set_slot(slot, SlotView::Draining { generation });
             if let Some(tx) = self.cmds.get(slot) {
                 let _ = tx.send(Cmd::Drain {
                     generation: Some(generation),

@@ -332,6 +332,16 @@ impl Exchange<'_> {
                 child.slot, self.method, self.path, self.rid
             );
         }
+        if let Verdict::Exhausted { retry_after, .. } = verdict {
+            // At once, not through the listener: the slot must be draining
+            // before this request's retry asks for a child, so that it waits
+            // for the replacement instead of finding no other child.
+            self.pool.report(
+                child.slot,
+                child.generation,
+                crate::book::Answer::Exhausted { retry_after },
+            );
+        }
         self.proxy.outcomes.report(Outcome {
             child,
             profile: profile.to_string(),
