@@ -3,7 +3,8 @@
 //! alias of `/ready`. They read one pool snapshot and never do I/O besides
 //! answering, so they stay fast however busy the proxy is. `queue` is the
 //! rotation queue of profiles; requests waiting for a child are counted in
-//! `requests_waiting` (details at `GET /v1/queue`).
+//! `requests_waiting` (details at `GET /v1/queue`); `profiles` lists every
+//! profile with its state (running, queued, cooling, disabled) and health.
 
 use crate::pool::Snapshot;
 use crate::reply::{self, Reply};
@@ -38,6 +39,7 @@ pub fn ready_body(snap: &Snapshot) -> (u16, serde_json::Value) {
         "queue": snap.queue,
         "in_flight": snap.slots.iter().map(|s| s.in_flight).sum::<usize>(),
         "requests_waiting": snap.requests_waiting,
+        "profiles": snap.profiles,
     });
     (if ok { 200 } else { 503 }, body)
 }
