@@ -421,7 +421,7 @@ pub fn help_text() -> String {
             default
         ));
     }
-    out.push_str("\nRUST_LOG sets the log filter (default info). Logs go to stderr.\n");
+    out.push_str("\nRUST_LOG sets the log filter (default info,s3=error). Logs go to stderr.\n");
     out
 }
 

@@ -3,7 +3,8 @@
 //! alias of `/ready`. They read one pool snapshot and never do I/O besides
 //! answering, so they stay fast however busy the proxy is. `queue` is the
 //! rotation queue of profiles; requests waiting for a child are counted in
-//! `requests_waiting` (details at `GET /v1/queue`).
+//! `requests_waiting` (details at `GET /v1/queue`); `profiles` lists every
+//! profile with its state (running, queued, cooling, disabled) and health.
 
 use crate::pool::Snapshot;
 use crate::reply::{self, Reply};

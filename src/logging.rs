@@ -20,9 +20,16 @@ pub enum Format {
     Json,
 }
 
+/// What is logged when `RUST_LOG` is unset: info, except rust-s3 (target
+/// `s3`), whose only warning ("Retrying safe S3 request after transient
+/// failure") names neither the store nor the error and precedes our own
+/// line that names both; its errors still show.
+const DEFAULT_FILTER: &str = "info,s3=error";
+
 /// Install the logger (once, at start). `RUST_LOG` filters as usual.
 pub fn init(format: Format) {
-    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    let mut b =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(DEFAULT_FILTER));
     b.target(env_logger::Target::Stderr);
     match format {
         Format::Text => {

@@ -4,7 +4,11 @@
 //! leave it, and a removed one that is running is drained and its slot
 //! rotates; a changed one is used at its next start (every child runs on a
 //! working copy of its own, so no file changes under a running child); the
-//! key file is read again and the edge check uses it at once.
+//! key file is read again and the edge check uses it at once. A child reads
+//! its key file only at start and checks keys itself, so a child started
+//! before a key change would refuse a new key the coordinator lets in:
+//! when the set of keys changed, every slot drains and restarts its child,
+//! and requests wait in the fleet queue meanwhile.
 //!
 //! A failed reload (source unreachable, bad credentials, no profiles, an
 //! unreadable key file) changes nothing that runs: one warning, and it
@@ -28,9 +32,10 @@ use crate::book::unix_ms;
 use crate::config::Config;
 use crate::hydrate;
 use crate::metrics;
-use crate::pool::{Pool, ProfileChanges};
+use crate::pool::{Cmd, Pool, ProfileChanges, Then};
 use crate::proxy::keys::Keys;
 use crate::proxy::Proxy;
+use crate::slot::StopReason;
 use crate::writeback::WriteBack;
 
 /// What one successful reload did.
@@ -40,6 +45,8 @@ pub struct ReloadReport {
     #[serde(flatten)]
     pub changes: ProfileChanges,
     pub keys: usize,
+    /// The set of API keys changed: every child restarts to read it.
+    pub keys_changed: bool,
 }
 
 impl fmt::Display for ReloadReport {
@@ -52,7 +59,11 @@ impl fmt::Display for ReloadReport {
             self.changes.removed.len(),
             self.changes.draining.len(),
             self.keys
-        )
+        )?;
+        if self.keys_changed {
+            f.write_str(" (changed: every child restarts to read them)")?;
+        }
+        Ok(())
     }
 }
 
@@ -128,14 +139,29 @@ impl Reloader {
             )
         })?;
         let key_count = keys.len();
-        self.proxy.set_keys(keys);
+        let keys_changed = self.proxy.set_keys(keys);
         self.writeback.rebase(&hydrated);
         let profiles = hydrated.profiles.len();
         let changes = self.pool.apply_profiles(hydrated.profiles);
+        if keys_changed {
+            for slot in (0..self.pool.size()).filter(|s| !changes.draining.contains(s)) {
+                self.pool.command(
+                    slot,
+                    Cmd::Drain {
+                        generation: None,
+                        reason: StopReason::Operator(
+                            "the API keys changed: restarting to read them".into(),
+                        ),
+                        then: Then::Restart,
+                    },
+                );
+            }
+        }
         Ok(ReloadReport {
             profiles,
             changes,
             keys: key_count,
+            keys_changed,
         })
     }
 

@@ -64,6 +64,17 @@ impl Keys {
         self.keys.len()
     }
 
+    /// The same set of keys, in any order.
+    pub fn same_set(&self, other: &Keys) -> bool {
+        let sorted = |k: &Keys| {
+            let mut v = k.keys.clone();
+            v.sort();
+            v.dedup();
+            v
+        };
+        sorted(self) == sorted(other)
+    }
+
     pub fn enabled(&self) -> bool {
         !self.keys.is_empty()
     }
@@ -179,6 +190,15 @@ mod tests {
         assert!(k.accepts(b"alpha") && k.accepts(b"beta"));
         assert!(!k.accepts(b"alph") && !k.accepts(b"alphaa") && !k.accepts(b""));
         assert!(!Keys::parse("\n \n").enabled());
+    }
+
+    #[test]
+    fn key_sets_compare_in_any_order() {
+        let k = Keys::parse("alpha\nbeta\n");
+        assert!(k.same_set(&Keys::parse("beta\n\nalpha")));
+        assert!(!k.same_set(&Keys::parse("alpha")));
+        assert!(!k.same_set(&Keys::parse("alpha\nbeta\ngamma")));
+        assert!(Keys::none().same_set(&Keys::parse("\n")));
     }
 
     #[test]

@@ -89,9 +89,12 @@ impl Proxy {
         self.keys.current().access(rq) != Access::Denied
     }
 
-    /// Check requests against `keys` from now on (a reload).
-    pub fn set_keys(&self, keys: Keys) {
+    /// Check requests against `keys` from now on (a reload); true when
+    /// the set differs from the one in force.
+    pub fn set_keys(&self, keys: Keys) -> bool {
+        let changed = !self.keys.current().same_set(&keys);
         self.keys.replace(keys);
+        changed
     }
 
     pub fn new(keys: Keys, settings: Settings) -> Proxy {
