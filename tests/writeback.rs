@@ -865,3 +865,36 @@ fn writeback_e2e_reload_never_touches_a_running_childs_copy() {
     });
     assert!(!c.stderr().contains("replaced since"), "{}", c.stderr());
 }
+
+#[test]
+fn writeback_e2e_a_profile_removed_from_the_bucket_is_not_recreated() {
+    // s3s-fs answers If-Match on a missing key 412 (AWS: 404 NoSuchKey);
+    // either way the profile is gone, and write-back must say so and leave
+    // it gone.
+    let s3 = S3Server::start();
+    let b = bucket(&s3, BUCKET);
+    s3.put(
+        BUCKET,
+        "active/a.json",
+        refreshing(0).to_string().as_bytes(),
+    );
+    let dir = TestDir::new("writeback_e2e_removed");
+    let mut c = Coordinator::start(
+        &dir,
+        s3_coordinator(&s3.endpoint()).env("AUTH_WRITEBACK_INTERVAL_S", 1),
+    );
+    c.wait_all_ready(secs(10.0));
+    assert_eq!(status(b.delete_object("active/a.json")), 204);
+    completion(c.ports.api);
+    let removed =
+        "profile a: s3://auth/active/a.json was removed since it was hydrated; not recreating it";
+    wait_until("the removal to be noticed", secs(5.0), || {
+        c.stderr().contains(removed)
+    });
+    c.send_signal(libc::SIGTERM);
+    assert!(c.wait_exit(secs(15.0)).success(), "{}", c.stderr());
+    let log = c.stderr();
+    assert_eq!(count(&log, removed), 1, "{log}");
+    assert!(!log.contains("replaced since"), "{log}");
+    assert!(!object_path(&s3, "a").exists(), "recreated");
+}

@@ -482,8 +482,13 @@ impl Inner {
         let file = format!("{name}.json");
         match e {
             CondError::PreconditionFailed => {
-                // Someone (an operator) uploaded in the meantime: theirs wins.
+                // Someone (an operator) uploaded in the meantime: theirs
+                // wins. Or removed it: a server may answer If-Match on a
+                // missing key 412 (s3s-fs does) rather than 404.
                 match store.get_with_etag(&file) {
+                    Err(CondError::NotFound) => {
+                        return self.s3_failure(store, name, url, CondError::NotFound, permission)
+                    }
                     Ok((theirs, tag)) => {
                         warn!(
                             "profile {name}: {url} was replaced since it was hydrated; keeping that version (used at the next start), not this child's refresh"
