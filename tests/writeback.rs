@@ -898,3 +898,33 @@ fn writeback_e2e_a_profile_removed_from_the_bucket_is_not_recreated() {
     assert!(!log.contains("replaced since"), "{log}");
     assert!(!object_path(&s3, "a").exists(), "recreated");
 }
+
+// ---------------------------------------------------------------------------
+// The production container: the coordinator hydrates itself, as PID 1
+
+#[test]
+fn writeback_container_a_sigterm_during_hydration_ends_the_run_at_once() {
+    // The image's entrypoint now execs the coordinator, which hydrates from
+    // its own source (so write-back and reloads reach it). As PID 1 a
+    // signal without a handler is ignored, so the coordinator handles
+    // SIGTERM from its first line: proven here by the exit code (143 from
+    // the handler; the default action would report a signal, not a code)
+    // against an endpoint that accepts connections and never answers.
+    let hole = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://127.0.0.1:{}", hole.local_addr().unwrap().port());
+    let dir = TestDir::new("writeback_container_sigterm");
+    let mut c = Coordinator::spawn(&dir, s3_coordinator(&endpoint));
+    wait_until("hydration to be under way", secs(10.0), || {
+        c.stderr().contains("S3: using AWS credentials")
+    });
+    let sent = std::time::Instant::now();
+    c.send_signal(libc::SIGTERM);
+    let status = c.wait_exit(secs(5.0));
+    assert_eq!(status.code(), Some(143), "{status:?}\n{}", c.stderr());
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        sent.elapsed()
+    );
+    drop(hole);
+}
