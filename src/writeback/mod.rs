@@ -4,7 +4,7 @@
 //!
 //! What it owns:
 //! - [`WorkingCopy`]: one private file per child start,
-//!   `AUTH_PROFILE_CACHE_DIR/running/<profile>.<start>.json` (dir 0700, file
+//!   `AUTH_PROFILE_CACHE_DIR/running/<profile>.<start>/<profile>.json` (dirs 0700, file
 //!   0600), given to the child as `--active-auth-json`. The child rewrites it
 //!   (truncate-and-write, so it may be read half-written); hydration never
 //!   touches `running/` (it only swaps `active/` and removes its own
