@@ -41,7 +41,13 @@ fn fatal(code: u8) -> impl FnOnce(String) -> Fatal {
 }
 
 /// Supervise until a signal, then shut down.
-pub fn run(cfg: &Config, hydrated: Hydrated) -> Result<(), Fatal> {
+/// `early` (see `signals::exit_on_sigterm`) is dropped once the
+/// supervisor's own signal handlers are in place.
+pub fn run(
+    cfg: &Config,
+    hydrated: Hydrated,
+    early: Option<signals::EarlyExit>,
+) -> Result<(), Fatal> {
     std::fs::create_dir_all(&cfg.log_dir).map_err(|e| Fatal {
         message: format!(
             "cannot create {}: {e}; set COORDINATOR_LOG_DIR to a writable directory",
@@ -50,6 +56,7 @@ pub fn run(cfg: &Config, hydrated: Hydrated) -> Result<(), Fatal> {
         code: 1,
     })?;
     let sigs = signals::install().map_err(fatal(1))?;
+    drop(early);
     let reaper = process::reaper::Reaper::start()
         .map_err(|e| format!("cannot start the orphan reaper: {e}"))
         .map_err(fatal(1))?;

@@ -63,6 +63,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    // A stop signal during hydration ends the run at once, even as PID 1.
+    let early = match signals::exit_on_sigterm() {
+        Ok(e) => Some(e),
+        Err(e) => {
+            log::warn!("{e}; a SIGTERM during hydration waits for it to end");
+            None
+        }
+    };
     let began = Instant::now();
     let hydrated = match hydrate::hydrate(&cfg) {
         Ok(h) => {
@@ -79,7 +87,7 @@ fn main() -> ExitCode {
         let _ = writeln!(out, "{}", hydrated.summary_json());
         return ExitCode::SUCCESS;
     }
-    match app::run(&cfg, hydrated) {
+    match app::run(&cfg, hydrated, early) {
         Ok(()) => ExitCode::SUCCESS,
         Err(app::Fatal { message, code }) => {
             eprintln!("aistudioproxy: {message}");

@@ -122,6 +122,9 @@ impl Reloader {
     }
 
     fn reload_once(&self) -> Result<ReloadReport, String> {
+        // Before anything is read: write-backs from now on are newer than
+        // what this hydration may read.
+        let since = self.writeback.mark();
         let hydrated = hydrate::rehydrate(&self.cfg).map_err(|e| e.to_string())?;
         // The keys first, so a bad key file refuses the reload before any
         // profile change: the hydrated key.txt wins over the operator's file.
@@ -140,7 +143,7 @@ impl Reloader {
         })?;
         let key_count = keys.len();
         let keys_changed = self.proxy.set_keys(keys);
-        self.writeback.rebase(&hydrated);
+        self.writeback.rebase(&hydrated, since);
         let profiles = hydrated.profiles.len();
         let changes = self.pool.apply_profiles(hydrated.profiles);
         if keys_changed {

@@ -3,6 +3,12 @@
 //! has exactly one owner; they only send on channels: the termination
 //! signals' names on one (read by the main thread), SIGHUP on another (read
 //! by the reload thread). SIGCHLD belongs to the reaper.
+//!
+//! Before `install`, from the first line of `main`: [`exit_on_sigterm`]
+//! makes a SIGTERM end the process at once (hydration is all that runs
+//! then). As PID 1 in a container a signal without a handler is ignored,
+//! so without it a `docker stop` during a long S3 hydration would wait for
+//! the hydration to end.
 
 use crossbeam_channel::Receiver;
 use signal_hook::consts::{SIGHUP, SIGTERM};
@@ -13,6 +19,26 @@ pub struct Installed {
     pub stop: Receiver<&'static str>,
     /// One message per SIGHUP.
     pub hup: Receiver<()>,
+}
+
+/// While alive, SIGTERM ends the process with 143 (128 + 15, what a shell
+/// reports for it). Drop it once `install` has run: until then both would
+/// act on a SIGTERM, and this one exits first.
+pub struct EarlyExit(signal_hook::SigId);
+
+/// SIGTERM only: ctrlc refuses SIGINT once any handler is installed, and
+/// Ctrl-C comes from a terminal, where we are seldom PID 1.
+pub fn exit_on_sigterm() -> Result<EarlyExit, String> {
+    // SAFETY: the action only calls _exit(2), which is async-signal-safe.
+    unsafe { signal_hook::low_level::register(SIGTERM, || signal_hook::low_level::exit(143)) }
+        .map(EarlyExit)
+        .map_err(|e| format!("cannot install the early SIGTERM handler: {e}"))
+}
+
+impl Drop for EarlyExit {
+    fn drop(&mut self) {
+        signal_hook::low_level::unregister(self.0);
+    }
 }
 
 pub fn install() -> Result<Installed, String> {

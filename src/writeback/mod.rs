@@ -4,7 +4,7 @@
 //!
 //! What it owns:
 //! - [`WorkingCopy`]: one private file per child start,
-//!   `AUTH_PROFILE_CACHE_DIR/running/<profile>.<start>.json` (dir 0700, file
+//!   `AUTH_PROFILE_CACHE_DIR/running/<profile>.<start>/<profile>.json` (dirs 0700, file
 //!   0600), given to the child as `--active-auth-json`. The child rewrites it
 //!   (truncate-and-write, so it may be read half-written); hydration never
 //!   touches `running/` (it only swaps `active/` and removes its own
@@ -41,7 +41,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -143,6 +143,9 @@ struct Inner {
     interval: Duration,
     /// Set by the first 403 on a write: no more attempts this run.
     denied: AtomicBool,
+    /// Numbers each base learned from the source during the run (a write,
+    /// or a newer version found by a refused one); see `mark`.
+    learned: AtomicU64,
     /// Profile name -> its entry. Locked only to read or update one entry,
     /// never across I/O: the watchers of all slots share it.
     profiles: Mutex<BTreeMap<String, Entry>>,
@@ -154,6 +157,8 @@ struct Entry {
     stats: Stats,
     /// Skip and failure reasons already logged for this profile.
     logged: BTreeSet<&'static str>,
+    /// The `learned` number of `base` (0: from a hydration).
+    learned_at: u64,
 }
 
 impl Entry {
@@ -162,6 +167,7 @@ impl Entry {
             base,
             stats: Stats::default(),
             logged: BTreeSet::new(),
+            learned_at: 0,
         }
     }
 }
@@ -227,18 +233,36 @@ impl WriteBack {
                 running,
                 interval,
                 denied: AtomicBool::new(false),
+                learned: AtomicU64::new(0),
                 profiles: Mutex::new(profiles),
             }),
         }
     }
 
-    /// Adopt the bases of a new hydration (the source is authoritative);
-    /// counters are kept. Copies already running keep their own base.
-    pub fn rebase(&self, hydrated: &Hydrated) {
+    /// Where the run's knowledge of its sources stands; take it before a
+    /// new hydration starts reading and give it to `rebase`.
+    pub fn mark(&self) -> u64 {
+        self.inner.learned.load(Ordering::SeqCst)
+    }
+
+    /// Adopt the bases of a new hydration (the source is authoritative),
+    /// except where a write-back learned a newer base after `since` (the
+    /// `mark` taken before that hydration read anything): the hydration
+    /// may have read the object before our write, and adopting it would
+    /// start the next child on the older login and refuse its write-back
+    /// as a conflict with our own. Counters are kept. Copies already
+    /// running keep their own base.
+    pub fn rebase(&self, hydrated: &Hydrated, since: u64) {
         let mut profiles = self.inner.lock();
         for (name, base) in &hydrated.bases {
             match profiles.get_mut(name) {
-                Some(e) => e.base = base.clone(),
+                Some(e) if e.learned_at > since => {
+                    debug!("profile {name}: keeping the base written back during the reload")
+                }
+                Some(e) => {
+                    e.base = base.clone();
+                    e.learned_at = 0;
+                }
                 None => {
                     profiles.insert(name.clone(), Entry::new(base.clone()));
                 }
@@ -376,7 +400,10 @@ impl Inner {
     }
 
     fn set_base(&self, name: &str, base: Base) {
-        if let Some(e) = self.lock().get_mut(name) {
+        let mut profiles = self.lock();
+        if let Some(e) = profiles.get_mut(name) {
+            // Numbered under the lock, so numbers follow the order of updates.
+            e.learned_at = self.learned.fetch_add(1, Ordering::SeqCst) + 1;
             e.base = base;
         }
     }
@@ -482,8 +509,13 @@ impl Inner {
         let file = format!("{name}.json");
         match e {
             CondError::PreconditionFailed => {
-                // Someone (an operator) uploaded in the meantime: theirs wins.
+                // Someone (an operator) uploaded in the meantime: theirs
+                // wins. Or removed it: a server may answer If-Match on a
+                // missing key 412 (s3s-fs does) rather than 404.
                 match store.get_with_etag(&file) {
+                    Err(CondError::NotFound) => {
+                        return self.s3_failure(store, name, url, CondError::NotFound, permission)
+                    }
                     Ok((theirs, tag)) => {
                         warn!(
                             "profile {name}: {url} was replaced since it was hydrated; keeping that version (used at the next start), not this child's refresh"

@@ -874,3 +874,31 @@ fn s3_a_store_that_never_answers_keeps_the_caller_only_until_the_deadline() {
         "{stats:?}"
     );
 }
+
+#[test]
+fn a_reload_that_read_the_source_before_a_write_back_keeps_the_written_base() {
+    let s = LocalSetup::new("rebase-race", "all");
+    let h = s.hydrate();
+    let wb = WriteBack::new(&s.cfg, &h);
+    let a = profile_a(&h);
+    let copy = wb.start(&a, 1).unwrap();
+    // A reload starts and reads the source ...
+    let since = wb.mark();
+    let stale = s.hydrate();
+    // ... while the child's refresh is written back; then it applies.
+    fs::write(copy.path(), profile_json("refreshed-1")).unwrap();
+    assert_eq!(copy.tick(), Outcome::Written);
+    wb.rebase(&stale, since);
+    let base = |wb: &WriteBack| String::from_utf8(wb.base_of("a").unwrap().content.to_vec());
+    assert_eq!(base(&wb).unwrap(), profile_json("refreshed-1"));
+    // A reload that starts after the write adopts what it read (an
+    // operator's edit here).
+    let since = wb.mark();
+    fs::write(s.source(), profile_json("operator")).unwrap();
+    wb.rebase(&s.hydrate(), since);
+    assert_eq!(base(&wb).unwrap(), profile_json("operator"));
+    // And so does every later one, until the next write.
+    fs::write(s.source(), profile_json("operator-2")).unwrap();
+    wb.rebase(&s.hydrate(), wb.mark());
+    assert_eq!(base(&wb).unwrap(), profile_json("operator-2"));
+}

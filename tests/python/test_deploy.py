@@ -405,20 +405,29 @@ def test_k8s_network_policy_admits_only_the_coordinator_port():
 
 
 # ------------------------------------------------------------- entrypoint
+#
+# The entrypoint execs the coordinator and nothing else: the coordinator
+# hydrates from its own source, so S3 write-back and reloads reach that
+# source (an earlier entrypoint forced PROFILE_BACKEND=local at the staged
+# copy, which turned both off in production).
 
 FAKE_BIN = textwrap.dedent(
     """\
     #!/bin/sh
-    # Stand-in for aistudioproxy: --hydrate-only answers from $FAKE_*,
-    # anything else prints the environment the coordinator would see.
-    if [ "$1" = --hydrate-only ]; then
-        [ -n "${FAKE_STDERR:-}" ] && printf '%s\\n' "$FAKE_STDERR" >&2
-        printf '%s\\n' "${FAKE_JSON:-}"
-        exit "${FAKE_RC:-0}"
+    # Stand-in for aistudioproxy: prints what the coordinator would see, or
+    # fails as told by $FAKE_*.
+    if [ "${1:-}" = --hydrate-only ]; then
+        echo "the entrypoint must not hydrate: the coordinator does" >&2
+        exit 99
     fi
+    if [ -n "${FAKE_RC:-}" ]; then
+        printf '%s\\n' "$FAKE_STDERR" >&2
+        exit "$FAKE_RC"
+    fi
+    printf 'PID=%s\\n' "$$"
     printf 'ARGS=%s\\n' "$*"
-    printf 'PROFILE_BACKEND=%s\\n' "$PROFILE_BACKEND"
-    printf 'LOCAL_PROFILE_DIR=%s\\n' "$LOCAL_PROFILE_DIR"
+    printf 'PROFILE_BACKEND=%s\\n' "${PROFILE_BACKEND-<unset>}"
+    printf 'LOCAL_PROFILE_DIR=%s\\n' "${LOCAL_PROFILE_DIR-<unset>}"
     printf 'AUTH_KEY_FILE_PATH=%s\\n' "${AUTH_KEY_FILE_PATH-<unset>}"
     """
 )
@@ -438,56 +447,45 @@ def run_entrypoint(tmp_path, args=(), bin_path=None, **env):
     return r, seen
 
 
-def test_entrypoint_exports_key_and_forces_local(tmp_path):
+@pytest.mark.parametrize("backend", ["s3", "local"])
+def test_entrypoint_execs_the_coordinator_on_its_own_source(tmp_path, backend):
     r, seen = run_entrypoint(
         tmp_path,
         ["--", "python3", "launch_camoufox.py"],
-        PROFILE_BACKEND="s3",
-        FAKE_JSON='{"key_file":"/tmp/auth_profiles/key.txt","profiles":3,"profiles_dir":"/tmp/auth_profiles/active"}',
+        PROFILE_BACKEND=backend,
+        LOCAL_PROFILE_DIR="/profiles/active",
+        AUTH_KEY_FILE_PATH="/run/secrets/key.txt",
     )
     assert r.returncode == 0, explain(r)
-    assert seen["PROFILE_BACKEND"] == "local"
-    assert seen["LOCAL_PROFILE_DIR"] == "/tmp/auth_profiles/active"
-    assert seen["AUTH_KEY_FILE_PATH"] == "/tmp/auth_profiles/key.txt"
+    assert seen["PROFILE_BACKEND"] == backend, "the backend reaches the coordinator unchanged"
+    assert seen["LOCAL_PROFILE_DIR"] == "/profiles/active"
+    assert seen["AUTH_KEY_FILE_PATH"] == "/run/secrets/key.txt"
     assert seen["ARGS"] == "-- python3 launch_camoufox.py"
-    assert "hydrated 3 profile(s) from s3" in r.stderr
-    assert not list(tmp_path.glob("aistudioproxy-hydrate.*")), "temp file left behind"
+    assert r.stderr == "", "the entrypoint adds no output of its own"
+    assert list(tmp_path.iterdir()) == [tmp_path / "fake-aistudioproxy"], "nothing left behind"
 
 
-def test_entrypoint_without_key_file(tmp_path):
-    r, seen = run_entrypoint(
-        tmp_path, FAKE_JSON='{"profiles_dir": "/c/active", "key_file": null, "profiles": 1}'
-    )
+def test_entrypoint_leaves_unset_settings_unset(tmp_path):
+    r, seen = run_entrypoint(tmp_path)
     assert r.returncode == 0, explain(r)
+    assert seen["PROFILE_BACKEND"] == seen["LOCAL_PROFILE_DIR"] == "<unset>"
     assert seen["AUTH_KEY_FILE_PATH"] == "<unset>"
-    assert seen["LOCAL_PROFILE_DIR"] == "/c/active"
-    assert "API key checks are disabled" in r.stderr
-
-
-def test_entrypoint_accepts_pretty_printed_json(tmp_path):
-    r, seen = run_entrypoint(
-        tmp_path, FAKE_JSON='{\n  "profiles_dir": "/c/active",\n  "key_file": "/c/key.txt",\n  "profiles": 2\n}'
-    )
-    assert r.returncode == 0, explain(r)
-    assert (seen["LOCAL_PROFILE_DIR"], seen["AUTH_KEY_FILE_PATH"]) == ("/c/active", "/c/key.txt")
 
 
 @pytest.mark.parametrize("rc", [1, 2])
 def test_entrypoint_fails_fast_with_the_binarys_line(tmp_path, rc):
     line = "aistudioproxy: No auth profiles found in /profiles/active"
-    r, seen = run_entrypoint(tmp_path, FAKE_RC=str(rc), FAKE_STDERR=line)
+    r, _ = run_entrypoint(tmp_path, FAKE_RC=str(rc), FAKE_STDERR=line)
     assert r.returncode == rc, explain(r)
     assert r.stderr.strip() == line, "the entrypoint must add nothing to the binary's one line"
-    assert "ARGS" not in seen, "the coordinator must not start after a failed hydration"
 
 
 def find_real_binary():
-    for p in (
-        os.environ.get("AISTUDIOPROXY_TEST_BIN"),
-        ROOT / "target" / "static" / "aistudioproxy",
-        ROOT / "target" / "debug" / "aistudioproxy",
-        ROOT / "target" / "release" / "aistudioproxy",
-    ):
+    """$AISTUDIOPROXY_TEST_BIN, else the newest build (a static build left
+    from an older commit must not stand in for the current source)."""
+    builds = [ROOT / "target" / d / "aistudioproxy" for d in ("static", "debug", "release")]
+    builds = sorted((b for b in builds if b.is_file()), key=lambda b: b.stat().st_mtime, reverse=True)
+    for p in [os.environ.get("AISTUDIOPROXY_TEST_BIN"), *builds]:
         if p and Path(p).is_file():
             r = run([str(p), "--help"])
             if "hydrate-only" in r.stdout + r.stderr:
@@ -495,34 +493,77 @@ def find_real_binary():
     return None
 
 
-def test_entrypoint_with_the_real_hydration(tmp_path):
-    """The real `--hydrate-only` output, parsed by the entrypoint; the final
-    exec goes to a stand-in so no coordinator starts."""
+def real_binary():
     real = find_real_binary()
     if real is None:
-        pytest.skip("no aistudioproxy binary with --hydrate-only built yet")
-    src = tmp_path / "src"
-    (src / "active").mkdir(parents=True)
-    (src / "active" / "alpha.json").write_text('{"cookies": [], "origins": []}')
-    (src / "active" / "bravo.json").write_text('{"cookies": [], "origins": []}')
-    (src / "key.txt").write_text("sk-test\n")
-    wrapper = tmp_path / "wrapper"
-    wrapper.write_text(
-        f'#!/bin/sh\nif [ "$1" = --hydrate-only ]; then exec {shlex.quote(str(real))} "$@"; fi\n'
-        + FAKE_BIN.split("\n", 1)[1]
-    )
-    wrapper.chmod(0o755)
-    cache = tmp_path / "cache"
-    r, seen = run_entrypoint(
+        pytest.skip("no aistudioproxy binary built yet")
+    return real
+
+
+def test_entrypoint_with_the_real_binary_fails_with_its_one_line(tmp_path):
+    """The real coordinator behind the entrypoint: an empty profile source
+    ends the container at once with the binary's line and code 1."""
+    real = real_binary()
+    (tmp_path / "src" / "active").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    r, _ = run_entrypoint(
         tmp_path,
-        bin_path=wrapper,
+        bin_path=real,
         PROFILE_BACKEND="local",
-        LOCAL_PROFILE_DIR=str(src / "active"),
-        AUTH_PROFILE_CACHE_DIR=str(cache),
+        LOCAL_PROFILE_DIR=str(tmp_path / "src" / "active"),
+        AUTH_PROFILE_CACHE_DIR=str(tmp_path / "cache"),
+        CHILD_COMMAND="true",
+        CHILD_WORKDIR=str(tmp_path / "work"),
+        COORDINATOR_PORT="0",
     )
-    assert r.returncode == 0, explain(r)
-    staged = Path(seen["LOCAL_PROFILE_DIR"])
-    assert staged.resolve() == (cache / "active").resolve()
-    assert sorted(p.name for p in staged.glob("*.json")) == ["alpha.json", "bravo.json"]
-    assert Path(seen["AUTH_KEY_FILE_PATH"]).read_text().strip() == "sk-test"
-    assert seen["PROFILE_BACKEND"] == "local"
+    assert r.returncode == 1, explain(r)
+    errors = [l for l in r.stderr.splitlines() if l.startswith("aistudioproxy:")]
+    assert errors == [f"aistudioproxy: No auth profiles found in {tmp_path / 'src' / 'active'}"], explain(r)
+
+
+def test_entrypoint_with_the_real_binary_stops_on_sigterm_during_an_s3_download(tmp_path):
+    """What the old entrypoint did by running hydration in the background:
+    a stop during a long S3 download takes effect at once. The coordinator
+    now does it itself (its SIGTERM handler is in place before hydration,
+    so it holds as PID 1 too): 143 against an endpoint that never answers."""
+    import socket
+    import time
+
+    real = real_binary()
+    (tmp_path / "work").mkdir()
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(16)
+    env = {
+        "PATH": os.environ["PATH"],
+        "AISTUDIOPROXY_BIN": str(real),
+        "PROFILE_BACKEND": "s3",
+        "AUTH_PROFILE_S3_BUCKET": "b",
+        "AUTH_PROFILE_S3_ENDPOINT": f"http://127.0.0.1:{hole.getsockname()[1]}",
+        "AUTH_PROFILE_S3_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "AKIATEST",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AUTH_PROFILE_CACHE_DIR": str(tmp_path / "cache"),
+        "CHILD_COMMAND": "true",
+        "CHILD_WORKDIR": str(tmp_path / "work"),
+    }
+    sh = shutil.which("dash") or "/bin/sh"
+    p = subprocess.Popen([sh, str(ENTRYPOINT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        # The exec keeps the pid: once the coordinator runs, it is p.pid.
+        while "aistudioproxy" not in Path(f"/proc/{p.pid}/cmdline").read_bytes().decode(errors="replace"):
+            assert time.monotonic() < deadline, "the entrypoint never exec'd the coordinator"
+            time.sleep(0.01)
+        time.sleep(0.3)  # into the listing request, which never gets an answer
+        assert p.poll() is None, p.communicate()
+        sent = time.monotonic()
+        p.terminate()
+        _, err = p.communicate(timeout=5)
+        assert p.returncode == 143, err
+        assert time.monotonic() - sent < 1.0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+        hole.close()
