@@ -14,6 +14,7 @@ mod hydrate;
 mod logging;
 mod metrics;
 mod pool;
+mod private;
 mod process;
 mod proxy;
 mod reload;

@@ -25,36 +25,11 @@ fn cache_err(path: &Path) -> impl FnOnce(std::io::Error) -> HydrateError + '_ {
 
 /// Write `bytes` to `path` atomically: a 0600 temp file beside it, then rename.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), HydrateError> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let _ = fs::remove_file(&tmp);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(cache_err(path))
+    crate::private::write_atomic(path, bytes).map_err(cache_err(path))
 }
 
 fn make_private_dir(dir: &Path) -> Result<(), HydrateError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(cache_err(dir))
+    crate::private::make_dir(dir).map_err(cache_err(dir))
 }
 
 /// A new profile set being assembled; dropped without `commit`, it vanishes.

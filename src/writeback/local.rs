@@ -6,9 +6,8 @@
 //! steps: an operator's edit landing between them (a few microseconds) is
 //! overwritten; one landing any time before is kept.
 
-use std::fs::{self, OpenOptions};
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 /// What a conditional local replace found.
@@ -52,47 +51,14 @@ pub fn replace_if_unchanged(
     if current != expected {
         return Ok(Replace::Changed(current));
     }
-    write_atomic(&target, bytes)?;
+    crate::private::write_atomic(&target, bytes)?;
     Ok(Replace::Done)
-}
-
-/// A 0600 temp file beside `path`, fsynced, renamed over it, and the
-/// directory fsynced: a reader sees the old or the new file, never a mix.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.writeback-{}", std::process::id()));
-    let result = (|| {
-        let _ = fs::remove_file(&tmp);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // The umask cannot widen it, but be explicit about credentials.
-        f.set_permissions(fs::Permissions::from_mode(0o600))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn tmp(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("aisp-wb-local-{tag}-{}", std::process::id()));

@@ -39,7 +39,7 @@ mod local;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -770,12 +770,7 @@ fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 fn make_private_dir(dir: &Path) -> std::io::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    // It may have existed with other bits.
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+    crate::private::make_dir(dir)
 }
 
 /// A fresh 0600 file holding `bytes` (a leftover of the same name goes).
