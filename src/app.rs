@@ -29,7 +29,7 @@ use crate::process;
 use crate::proxy::{self, verdict};
 use crate::reload::{self, Reloader};
 use crate::writeback::WriteBack;
-use crate::{dispatch, metrics, server, signals, watcher};
+use crate::{dispatch, fleet, metrics, server, signals, watcher};
 
 pub struct Fatal {
     pub message: String,
@@ -71,6 +71,8 @@ pub fn run(
     let writeback = WriteBack::new(cfg, &hydrated);
 
     let (pool, cmd_rxs) = new_pool(cfg, &hydrated);
+    // Before any watcher: with leases on, no profile runs unleased.
+    let leaser = start_leaser(cfg, &pool)?;
     let proxy = Arc::new(new_proxy(cfg, key_file.as_deref())?);
     let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
     let outcomes = listen_to_outcomes(&proxy, pool.clone(), shutdown_rx.clone())
@@ -152,6 +154,11 @@ pub fn run(
     pool.begin_shutdown();
     drop(shutdown_tx);
     wait_for_watchers(&done_rx, &sigs.stop, grace, hurry_tx);
+    // Every child is stopped: give the leases back so other replicas take
+    // the profiles over at once.
+    if let Some(l) = leaser {
+        l.stop();
+    }
     for w in watchers.into_iter().chain([outcomes, reloads]) {
         if w.is_finished() {
             let _ = w.join();
@@ -163,6 +170,72 @@ pub fn run(
     pool.save_book();
     info!("shutdown complete");
     Ok(())
+}
+
+/// How long one lease request may take: well inside a renewal interval.
+fn lease_request_timeout(ttl: Duration) -> Duration {
+    (ttl / 6).clamp(Duration::from_millis(500), Duration::from_secs(5))
+}
+
+/// The running leaser: stopped by closing `stop`, which releases the leases.
+struct LeaserHandle {
+    stop: crossbeam_channel::Sender<()>,
+    done: Receiver<()>,
+    thread: JoinHandle<()>,
+}
+
+impl LeaserHandle {
+    /// Stop the leaser and wait (bounded) for it to release its leases.
+    fn stop(self) {
+        drop(self.stop);
+        // Disconnected when the thread ends; its writes are each bounded.
+        if let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+            self.done.recv_timeout(Duration::from_secs(15))
+        {
+            warn!("the leaser did not release its leases in time; they expire by themselves");
+            return;
+        }
+        let _ = self.thread.join();
+    }
+}
+
+/// With `PROFILE_LEASES=s3`: prove the store honours conditional writes,
+/// then start the leaser and make the pool run only leased profiles.
+fn start_leaser(cfg: &Config, pool: &Arc<Pool>) -> Result<Option<LeaserHandle>, Fatal> {
+    let crate::config::Leases::S3 { ttl, replica } = &cfg.leases else {
+        return Ok(None);
+    };
+    let store = crate::hydrate::s3_lease_store(&cfg.s3, lease_request_timeout(*ttl))
+        .map_err(|e| e.to_string())
+        .map_err(fatal(1))?;
+    fleet::leaser::probe(&store, replica).map_err(|e| Fatal {
+        code: match e {
+            fleet::leaser::LeaseError::Unsafe { .. } => 2,
+            fleet::leaser::LeaseError::Probe { .. } => 1,
+        },
+        message: e.to_string(),
+    })?;
+    let timing = fleet::lease::Timing {
+        ttl: *ttl,
+        stop_grace: cfg.stop_grace,
+    };
+    info!(
+        "profile leases in {} as replica {replica}: TTL {}s, renewed every {}s, children kept {}s past the last renewal",
+        store.location(),
+        ttl.as_secs(),
+        timing.renew_every().as_secs_f32(),
+        timing.keep_for().as_secs_f32()
+    );
+    let stats = Arc::new(fleet::Stats::new(replica));
+    let (tx, rx) = crossbeam_channel::unbounded();
+    pool.enable_leases(tx, stats.clone());
+    let leaser = fleet::leaser::Leaser::new(store, replica.clone(), timing, pool.clone(), stats);
+    let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
+    let thread = fleet::leaser::spawn(leaser, rx, stop_rx, done_tx)
+        .map_err(|e| format!("cannot start the leaser thread: {e}"))
+        .map_err(fatal(1))?;
+    Ok(Some(LeaserHandle { stop, done, thread }))
 }
 
 /// The pool, with the profile book saved by an earlier run (a corrupt or

@@ -43,6 +43,19 @@ pub enum WritebackMode {
     Off,
 }
 
+/// Profile leases in the bucket (`PROFILE_LEASES`): several coordinators
+/// over one bucket never drive one account twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leases {
+    Off,
+    S3 {
+        /// `LEASE_TTL_S`.
+        ttl: Duration,
+        /// `REPLICA_ID`, default the host name.
+        replica: String,
+    },
+}
+
 /// The port triple of slot `i` is `base + i * step` for each of the three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortPlan {
@@ -124,6 +137,7 @@ pub struct Config {
     pub writeback: WritebackMode,
     /// How often a running child's working copy is checked for a refresh.
     pub writeback_interval: Duration,
+    pub leases: Leases,
     pub hydrate_only: bool,
 }
 
@@ -369,6 +383,21 @@ const SETTINGS: &[Setting] = &[
         env: "AUTH_WRITEBACK_INTERVAL_S",
         default: Some("600"),
         help: "seconds between write-back checks of a running child's profile (also at its stop)",
+    },
+    Setting {
+        env: "PROFILE_LEASES",
+        default: Some("off"),
+        help: "off, or s3: start a profile only while holding its lease in <prefix>/leases/ (several coordinators over one bucket; S3 backend only)",
+    },
+    Setting {
+        env: "LEASE_TTL_S",
+        default: Some("60"),
+        help: "lifetime of a profile lease, renewed every third of it; a dead replica's profiles move after about this long",
+    },
+    Setting {
+        env: "REPLICA_ID",
+        default: None,
+        help: "this coordinator's name in lease objects, unique among the replicas (default: the host name)",
     },
     Setting {
         env: "MAX_BODY_BYTES",
@@ -694,9 +723,77 @@ impl Config {
                 }
             },
             writeback_interval: secs("AUTH_WRITEBACK_INTERVAL_S", 1, 86_400)?,
+            leases: leases(
+                &need("PROFILE_LEASES"),
+                backend,
+                secs("LEASE_TTL_S", 3, 86_400)?,
+                secs("CHILD_STOP_GRACE_S", 0, 3_600)?,
+                get("REPLICA_ID")
+                    .or_else(|| env.get("HOSTNAME").filter(|h| !h.is_empty()).cloned()),
+            )?,
             hydrate_only,
         })))
     }
+}
+
+/// `PROFILE_LEASES` and its settings, checked together: S3 only, a TTL
+/// that fits the stop grace, a usable replica id.
+fn leases(
+    mode: &str,
+    backend: Backend,
+    ttl: Duration,
+    stop_grace: Duration,
+    replica: Option<String>,
+) -> Result<Leases, ConfigError> {
+    match mode.to_ascii_lowercase().as_str() {
+        "off" | "" => return Ok(Leases::Off),
+        "s3" => {}
+        _ => return Err(invalid("PROFILE_LEASES", mode, "off or s3")),
+    }
+    if backend != Backend::S3 {
+        return Err(ConfigError::Conflict(
+            "PROFILE_LEASES=s3 needs PROFILE_BACKEND=s3: leases live in the profile bucket".into(),
+        ));
+    }
+    crate::fleet::lease::Timing { ttl, stop_grace }
+        .check()
+        .map_err(ConfigError::Conflict)?;
+    let replica = match replica {
+        Some(r) => r,
+        None => host_name().ok_or_else(|| {
+            ConfigError::Conflict(
+                "PROFILE_LEASES=s3 needs a replica id: set REPLICA_ID (no host name found)".into(),
+            )
+        })?,
+    };
+    let ok = !replica.is_empty()
+        && replica.len() <= 128
+        && replica
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        return Err(invalid(
+            "REPLICA_ID",
+            &replica,
+            "1 to 128 letters, digits, '.', '_' or '-'",
+        ));
+    }
+    Ok(Leases::S3 { ttl, replica })
+}
+
+/// The kernel's host name (a pod's name under Kubernetes).
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most
+    // that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8(buf[..end].to_vec())
+        .ok()
+        .filter(|h| !h.is_empty())
 }
 
 fn invalid(name: &'static str, value: &str, expected: impl Into<String>) -> ConfigError {
@@ -870,6 +967,36 @@ mod tests {
             err(&["--auth-writeback-interval-s=0"], &[]),
             "invalid AUTH_WRITEBACK_INTERVAL_S=\"0\": expected an integer from 1 to 86400"
         );
+    }
+
+    #[test]
+    fn leases_need_s3_a_fitting_ttl_and_a_replica_id() {
+        assert_eq!(run(&[], &[]).leases, Leases::Off);
+        let s3 = [
+            ("PROFILE_BACKEND", "s3"),
+            ("PROFILE_LEASES", "s3"),
+            ("REPLICA_ID", "pod-1"),
+        ];
+        assert_eq!(
+            run(&[], &s3).leases,
+            Leases::S3 {
+                ttl: Duration::from_secs(60),
+                replica: "pod-1".into()
+            }
+        );
+        let e = err(&[], &[("PROFILE_LEASES", "s3")]);
+        assert!(e.contains("needs PROFILE_BACKEND=s3"), "{e}");
+        let e = err(&[], &[s3[0], s3[1], s3[2], ("LEASE_TTL_S", "20")]);
+        assert!(e.contains("LEASE_TTL_S=20 is too short"), "{e}");
+        let e = err(&[], &[s3[0], s3[1], ("REPLICA_ID", "a/b")]);
+        assert!(e.contains("REPLICA_ID"), "{e}");
+        let e = err(&[], &[("PROFILE_LEASES", "yes")]);
+        assert!(e.contains("off or s3"), "{e}");
+        // The host name when no REPLICA_ID is given.
+        match run(&[], &[s3[0], s3[1], ("HOSTNAME", "web-7")]).leases {
+            Leases::S3 { replica, .. } => assert_eq!(replica, "web-7"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

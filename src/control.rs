@@ -114,6 +114,7 @@ impl Fleet {
                 .into_iter()
                 .map(|p| (p.health.profile, p.state))
                 .collect(),
+            leases_held: snap.leases.as_ref().map_or(0, |l| l.held.len()),
         }
     }
 
@@ -137,6 +138,7 @@ impl Fleet {
             "profiles": self.profiles(),
             "last_reload": self.reloader.last(),
             "shutting_down": snap.shutting_down,
+            "leases": snap.leases,
         })
     }
 

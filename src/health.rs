@@ -28,7 +28,7 @@ pub fn ready_body(snap: &Snapshot) -> (u16, serde_json::Value) {
         .filter_map(|s| s.profile.as_deref())
         .collect();
     let ok = !ready.is_empty() && !snap.shutting_down;
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "status": if ok { "ready" } else { "degraded" },
         "ready_children": ready,
         "unhealthy_children": unhealthy,
@@ -41,6 +41,9 @@ pub fn ready_body(snap: &Snapshot) -> (u16, serde_json::Value) {
         "requests_waiting": snap.requests_waiting,
         "profiles": snap.profiles,
     });
+    if let Some(l) = &snap.leases {
+        body["leases"] = serde_json::to_value(l).unwrap_or_default();
+    }
     (if ok { 200 } else { 503 }, body)
 }
 

@@ -9,6 +9,7 @@ mod book;
 mod config;
 mod control;
 mod dispatch;
+mod fleet;
 mod health;
 mod hydrate;
 mod logging;

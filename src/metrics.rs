@@ -39,6 +39,8 @@ pub struct Metrics {
     ttfb_seconds: Histogram,
     queue_wait_seconds: Histogram,
     empty_answers: Family<Labels, Counter>,
+    lease_events: Family<Labels, Counter>,
+    leases_held: Gauge,
     writebacks: Family<Labels, Counter>,
     hydrations: Family<Labels, Counter>,
     hydration_seconds: Histogram,
@@ -63,6 +65,8 @@ pub struct View {
     pub in_flight: Vec<(usize, usize)>,
     /// `(profile, seconds left)` for cooling profiles.
     pub cooldown_left: Vec<(String, u64)>,
+    /// Profile leases held now (0 without leasing).
+    pub leases_held: usize,
 }
 
 fn seconds_buckets() -> Histogram {
@@ -83,6 +87,8 @@ impl Metrics {
             ttfb_seconds: seconds_buckets(),
             queue_wait_seconds: seconds_buckets(),
             empty_answers: Family::default(),
+            lease_events: Family::default(),
+            leases_held: Gauge::default(),
             writebacks: Family::default(),
             hydrations: Family::default(),
             hydration_seconds: seconds_buckets(),
@@ -139,6 +145,16 @@ impl Metrics {
                 "queue_wait_seconds",
                 "Time requests waited in the fleet queue for a child",
                 m.queue_wait_seconds.clone(),
+            );
+            r.register(
+                "lease_events",
+                "Profile lease events (PROFILE_LEASES=s3): taken, taken_over, lost, released",
+                m.lease_events.clone(),
+            );
+            r.register(
+                "leases_held",
+                "Profile leases this replica holds now",
+                m.leases_held.clone(),
             );
             r.register(
                 "empty_answers",
@@ -217,6 +233,7 @@ impl Metrics {
                 .set(n as i64);
         }
         self.queue_length.set(view.queue_length as i64);
+        self.leases_held.set(view.leases_held as i64);
         self.in_flight.clear();
         for (slot, n) in &view.in_flight {
             self.in_flight
@@ -301,6 +318,14 @@ pub fn queue_waited(d: Duration) {
     global().queue_wait_seconds.observe(d.as_secs_f64());
 }
 
+/// A profile lease was taken, taken over, lost or released.
+pub fn lease_event(event: &'static str) {
+    global()
+        .lease_events
+        .get_or_create(&vec![("event", event.to_string())])
+        .inc();
+}
+
 pub fn empty_answer(profile: &str) {
     global()
         .empty_answers
@@ -359,6 +384,7 @@ mod tests {
             queue_length: 3,
             in_flight: vec![(0, 1)],
             cooldown_left: vec![("b".into(), 42)],
+            leases_held: 2,
         });
         for needle in [
             "aistudioproxy_child_starts_total{slot=\"0\"}",
@@ -368,6 +394,7 @@ mod tests {
             "aistudioproxy_slots{state=\"starting\"} 0",
             "aistudioproxy_profiles{state=\"cooling\"} 1",
             "aistudioproxy_queue_length 3",
+            "aistudioproxy_leases_held 2",
             "aistudioproxy_cooldown_seconds_left{profile=\"b\"} 42",
             "aistudioproxy_build_info{version=",
             "aistudioproxy_request_duration_seconds_bucket",

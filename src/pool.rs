@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::book::{self, Book};
 use crate::config::{PortPlan, Ports};
 use crate::dispatch::{ChildId, Dispatch, Limits, SlotView};
+use crate::fleet::{Release, StatsView};
 use crate::hydrate::Profile;
 use crate::slot::{Event, State, StopReason};
 
@@ -40,6 +41,9 @@ pub enum Cmd {
     },
     /// Which profiles may run changed: a slot waiting in cooldown looks again.
     Wake,
+    /// The lease of the profile of the child of `generation` is lost:
+    /// stop it at once, no drain (another replica may soon start it).
+    LeaseLost { generation: u64, why: String },
 }
 
 /// What a slot does after a drain.
@@ -98,6 +102,48 @@ struct Inner {
     all: Vec<String>,
     /// Profiles a reload removed that still hold a slot until it rotates.
     removed: Vec<String>,
+    /// With `PROFILE_LEASES=s3`: the profiles whose lease we hold; only
+    /// those may run.
+    leases: Option<Leases>,
+}
+
+/// The pool's side of the profile leases (see `fleet`).
+struct Leases {
+    held: std::collections::BTreeSet<String>,
+    /// To the leaser: a held profile left its slot.
+    releases: Sender<Release>,
+}
+
+impl Inner {
+    /// May `name` start now: the book allows it and, when leasing, we hold
+    /// its lease.
+    fn may_run(&self, name: &str, now: SystemTime) -> bool {
+        self.book.eligible(name, now) && self.leases.as_ref().is_none_or(|l| l.held.contains(name))
+    }
+
+    /// `name` left its slot: give its lease back (when we hold it).
+    fn release(&mut self, name: &str) {
+        let cooling = cooling_of(&self.book, name);
+        if let Some(l) = &mut self.leases {
+            if l.held.remove(name) {
+                // Unbounded: never blocks under the lock.
+                let _ = l.releases.send(Release {
+                    profile: name.to_string(),
+                    cooling,
+                });
+            }
+        }
+    }
+}
+
+/// The book's cooldown of `name` as a lease records it.
+fn cooling_of(book: &Book, name: &str) -> Option<(u64, String)> {
+    let st = book.status(SystemTime::now());
+    let s = st.into_iter().find(|s| s.profile == name)?;
+    Some((
+        s.cooling_until_unix_ms?,
+        s.reason.map(|r| r.to_string()).unwrap_or_default(),
+    ))
 }
 
 pub struct Pool {
@@ -107,6 +153,8 @@ pub struct Pool {
     /// Where the book is saved; locked only to write that file, which keeps
     /// two saves from interleaving.
     saver: Mutex<Option<PathBuf>>,
+    /// The leaser's figures, shown in snapshots; set once with leasing.
+    lease_stats: std::sync::OnceLock<Arc<crate::fleet::Stats>>,
 }
 
 /// A point-in-time copy of one slot, for /ready and tests.
@@ -139,6 +187,9 @@ pub struct Snapshot {
     pub requests_waiting: usize,
     /// Every profile with its state and health.
     pub profiles: Vec<ProfileSnapshot>,
+    /// With `PROFILE_LEASES=s3`: the leases held, taken, lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leases: Option<StatsView>,
 }
 
 impl Pool {
@@ -184,10 +235,12 @@ impl Pool {
                 ),
                 all,
                 removed: Vec::new(),
+                leases: None,
             }),
             cmds,
             dispatch,
             saver: Mutex::new(None),
+            lease_stats: std::sync::OnceLock::new(),
         };
         (Arc::new(pool), rxs)
     }
@@ -307,6 +360,7 @@ impl Pool {
             shutting_down: inner.shutting_down,
             requests_waiting,
             profiles: profiles_of(&inner),
+            leases: self.lease_stats.get().map(|s| s.view()),
         }
     }
 
@@ -365,7 +419,7 @@ impl Pool {
         let mut inner = self.lock();
         let now = SystemTime::now();
         if let Some(p) = &inner.slots[slot].profile {
-            if inner.book.eligible(&p.name, now) && !inner.removed.contains(&p.name) {
+            if inner.may_run(&p.name, now) && !inner.removed.contains(&p.name) {
                 return Some(p.clone());
             }
         }
@@ -560,6 +614,114 @@ impl Pool {
     }
 }
 
+/// The pool's side of the profile leases: only held profiles run; the
+/// leaser asks what we want, grants, and takes away; a profile leaving its
+/// slot is released (`take_next`).
+impl Pool {
+    /// Turn leasing on: from now on only profiles granted by the leaser
+    /// run; releases go to `releases`.
+    pub fn enable_leases(&self, releases: Sender<Release>, stats: Arc<crate::fleet::Stats>) {
+        self.lock().leases = Some(Leases {
+            held: Default::default(),
+            releases,
+        });
+        let _ = self.lease_stats.set(stats);
+    }
+
+    /// Is leasing on?
+    pub fn leasing(&self) -> bool {
+        self.lock().leases.is_some()
+    }
+
+    /// How many more leases the slots could use, and the profiles we could
+    /// run if we held them (queue order, then the slots' own).
+    pub fn lease_demand(&self) -> (usize, Vec<String>) {
+        let inner = self.lock();
+        let Some(l) = &inner.leases else {
+            return (0, Vec::new());
+        };
+        if inner.shutting_down {
+            return (0, Vec::new());
+        }
+        let want = inner.slots.len().saturating_sub(l.held.len());
+        let now = SystemTime::now();
+        let candidates = inner
+            .queue
+            .iter()
+            .chain(inner.slots.iter().filter_map(|s| s.profile.as_ref()))
+            .map(|p| p.name.clone())
+            .filter(|n| {
+                !l.held.contains(n) && inner.book.eligible(n, now) && !inner.removed.contains(n)
+            })
+            .collect();
+        (want, candidates)
+    }
+
+    /// The leaser took these leases: the slots may run them.
+    pub fn lease_granted(&self, names: &[String]) {
+        {
+            let mut inner = self.lock();
+            let shutting_down = inner.shutting_down;
+            let Some(l) = &mut inner.leases else { return };
+            for n in names {
+                if shutting_down {
+                    // Too late to run it: give it straight back.
+                    let _ = l.releases.send(Release {
+                        profile: n.clone(),
+                        cooling: None,
+                    });
+                } else {
+                    l.held.insert(n.clone());
+                }
+            }
+        }
+        self.wake_all();
+    }
+
+    /// The lease of `name` is lost: it may not run, and a slot running it
+    /// stops its child at once.
+    pub fn lease_lost(&self, name: &str, why: String) {
+        let target = {
+            let mut inner = self.lock();
+            if let Some(l) = &mut inner.leases {
+                l.held.remove(name);
+            }
+            inner
+                .slots
+                .iter()
+                .position(|s| s.profile.as_ref().is_some_and(|p| p.name == name))
+                .map(|i| (i, inner.slots[i].generation))
+        };
+        if let Some((slot, generation)) = target {
+            self.dispatch.close(ChildId { slot, generation });
+            self.command(slot, Cmd::LeaseLost { generation, why });
+        }
+    }
+
+    /// May the child of `name` keep running (leasing off, or we hold it)?
+    pub fn lease_ok(&self, name: &str) -> bool {
+        self.lock()
+            .leases
+            .as_ref()
+            .is_none_or(|l| l.held.contains(name))
+    }
+
+    /// Profiles whose slot has a child process now.
+    pub fn running_profiles(&self) -> Vec<String> {
+        self.lock()
+            .slots
+            .iter()
+            .filter(|s| s.state.pid().is_some())
+            .filter_map(|s| s.profile.as_ref().map(|p| p.name.clone()))
+            .collect()
+    }
+
+    /// The book's cooldown of `name`, as a lease records it.
+    pub fn cooling_of(&self, name: &str) -> Option<(u64, String)> {
+        cooling_of(&self.lock().book, name)
+    }
+}
+
 /// Every profile with its state and health, in name order.
 fn profiles_of(inner: &Inner) -> Vec<ProfileSnapshot> {
     let now = SystemTime::now();
@@ -595,6 +757,7 @@ fn profiles_of(inner: &Inner) -> Vec<ProfileSnapshot> {
 /// their order.
 fn take_next(inner: &mut Inner, slot: usize, now: SystemTime) -> Option<Profile> {
     if let Some(p) = inner.slots[slot].profile.take() {
+        inner.release(&p.name);
         if let Some(i) = inner.removed.iter().position(|n| *n == p.name) {
             // Removed by a reload: it leaves with its slot.
             inner.removed.remove(i);
@@ -604,11 +767,10 @@ fn take_next(inner: &mut Inner, slot: usize, now: SystemTime) -> Option<Profile>
             inner.queue.push_back(p);
         }
     }
-    let book = &inner.book;
     let at = inner
         .queue
         .iter()
-        .position(|p| book.eligible(&p.name, now))?;
+        .position(|p| inner.may_run(&p.name, now))?;
     let next = inner.queue.remove(at);
     inner.slots[slot].profile = next.clone();
     next
@@ -756,5 +918,49 @@ mod tests {
         make_ready(&pool, 0);
         assert_eq!(pool.generation(0), 2);
         assert_eq!(pool.snapshot().slots[0].restarts, 1);
+    }
+
+    #[test]
+    fn with_leases_only_held_profiles_run_and_leaving_a_slot_releases() {
+        let (pool, rxs) = Pool::new(profiles(&["a", "b", "c"]), 2, plan(), Limits::default());
+        let (tx, releases) = crossbeam_channel::unbounded();
+        pool.enable_leases(tx, Arc::new(crate::fleet::Stats::new("me")));
+        assert_eq!(pool.current(0), None, "nothing held: nothing runs");
+        let (want, cands) = pool.lease_demand();
+        assert_eq!(want, 2);
+        assert_eq!(cands.len(), 3);
+        pool.lease_granted(&["c".to_string()]);
+        assert_eq!(rxs[0].try_recv(), Ok(Cmd::Wake));
+        assert_eq!(pool.current(0).unwrap().name, "c");
+        assert_eq!(pool.lease_demand().0, 1);
+        assert!(!pool.lease_demand().1.contains(&"c".to_string()));
+        // c leaves its slot: its lease goes back, with no cooldown.
+        assert_eq!(pool.rotate(0), None);
+        assert_eq!(
+            releases.try_recv(),
+            Ok(Release {
+                profile: "c".into(),
+                cooling: None
+            })
+        );
+        pool.check_invariant().unwrap();
+        // A lost lease stops the child of the slot at once.
+        pool.lease_granted(&["b".to_string()]);
+        assert_eq!(pool.current(1).unwrap().name, "b");
+        make_ready(&pool, 1);
+        while rxs[1].try_recv().is_ok() {}
+        pool.lease_lost("b", "taken by x".into());
+        assert!(!pool.lease_ok("b"));
+        assert_eq!(
+            rxs[1].try_recv(),
+            Ok(Cmd::LeaseLost {
+                generation: 1,
+                why: "taken by x".into()
+            })
+        );
+        assert!(pool.dispatch().ready().is_empty(), "its route closes first");
+        // Released on the way out, since we no longer hold it: no message.
+        assert_eq!(pool.rotate(1), None);
+        assert!(releases.try_recv().is_err());
     }
 }

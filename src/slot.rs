@@ -40,6 +40,9 @@ pub enum StopReason {
     Exhausted,
     /// An operator asked (restart, rotate, disable) or a reload removed it.
     Operator(String),
+    /// Its profile's lease is lost (another replica holds it, or it could
+    /// not be renewed in time): stopped at once, without a drain.
+    LeaseLost(String),
     Shutdown,
 }
 
@@ -52,6 +55,7 @@ impl StopReason {
             StopReason::Evicted(_) => "evicted",
             StopReason::Exhausted => "exhausted",
             StopReason::Operator(_) => "operator",
+            StopReason::LeaseLost(_) => "lease_lost",
             StopReason::Shutdown => "shutdown",
         }
     }
@@ -65,6 +69,7 @@ impl fmt::Display for StopReason {
             StopReason::Evicted(why) => write!(f, "evicted ({why})"),
             StopReason::Exhausted => f.write_str("exhausted (empty answers or out of quota)"),
             StopReason::Operator(what) => f.write_str(what),
+            StopReason::LeaseLost(why) => write!(f, "lease lost ({why})"),
             StopReason::Shutdown => f.write_str("coordinator shutting down"),
         }
     }

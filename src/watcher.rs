@@ -246,12 +246,19 @@ impl Watcher {
                 self.slot,
                 d.as_secs()
             ),
+            None if self.pool.leasing() => {}
             None => warn!(
                 "slot {}: every profile is disabled; waiting for one to be enabled",
                 self.slot
             ),
         }
         let timer = wait.map(after).unwrap_or_else(crossbeam_channel::never);
+        if wait.is_none() && self.pool.leasing() {
+            info!(
+                "slot {}: waiting for the lease of a profile (the others run elsewhere or cool down)",
+                self.slot
+            );
+        }
         select! {
             recv(self.signals.shutdown) -> _ => {}
             recv(self.cmds) -> cmd => {
@@ -336,14 +343,21 @@ impl Watcher {
         );
 
         let mut ready_at: Option<Instant> = None;
-        let ending = self.watch(
-            &mut child,
-            &copy,
-            generation,
-            deadline,
-            ports.api,
-            &mut ready_at,
-        );
+        // A lease lost between `current` and the spawn sent its stop to the
+        // old generation, drained above: look again, after the drain, so
+        // a later loss reaches this generation's watch.
+        let ending = if self.pool.lease_ok(&profile.name) {
+            self.watch(
+                &mut child,
+                &copy,
+                generation,
+                deadline,
+                ports.api,
+                &mut ready_at,
+            )
+        } else {
+            Ending::Stop(StopReason::LeaseLost("lost while the child started".into()))
+        };
         let (reason, then) = match &ending {
             Ending::Stop(r) => (r.clone(), Then::Rotate),
             Ending::Drained(r, then) => (r.clone(), *then),
@@ -390,7 +404,11 @@ impl Watcher {
         Turn::Ran(RunEnd {
             ready_for: ready_at.map(|t| t.elapsed()),
             then,
-            deliberate: matches!(ending, Ending::Drained(..)),
+            // A lost lease is no failure of the profile: no backoff for it.
+            deliberate: matches!(
+                ending,
+                Ending::Drained(..) | Ending::Stop(StopReason::LeaseLost(_))
+            ),
         })
     }
 
@@ -510,6 +528,10 @@ impl Watcher {
                 recv(self.cmds) -> cmd => match cmd {
                     Ok(Cmd::Evict { generation: g, reason }) if g == generation => {
                         return Ending::Stop(StopReason::Evicted(reason));
+                    }
+                    // Even mid-drain: another replica may start it soon.
+                    Ok(Cmd::LeaseLost { generation: g, why }) if g == generation => {
+                        return Ending::Stop(StopReason::LeaseLost(why));
                     }
                     Ok(Cmd::Drain { generation: g, reason, then })
                         if g.is_none_or(|g| g == generation) && draining.is_none() =>

@@ -93,6 +93,17 @@ impl Store {
         }
     }
 
+    /// The same client for the sibling folder `dir` of `active/`
+    /// (`<prefix>/<dir>/`): the profile leases live in `leases/`.
+    pub fn beside(&self, dir: &str) -> Store {
+        let parent = self.prefix.strip_suffix("active/").unwrap_or(&self.prefix);
+        Store {
+            bucket: self.bucket.clone(),
+            prefix: format!("{parent}{dir}/"),
+            endpoint: self.endpoint.clone(),
+        }
+    }
+
     /// The object key of the file name `name` (`<name>.json`).
     pub fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
@@ -106,6 +117,11 @@ impl Store {
     /// `s3://bucket/<prefix>/active/`, for messages.
     pub fn location(&self) -> String {
         format!("s3://{}/{}", self.bucket.name, self.prefix)
+    }
+
+    /// The endpoint URL, for messages.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     /// A clone of the client that sends `header: value` too.
@@ -144,7 +160,6 @@ impl Store {
     }
 
     /// Create `name` only where no object is; the new ETag.
-    #[allow(dead_code)] // for the profile lease (the next feature); tested below
     pub fn put_if_absent(&self, name: &str, bytes: &[u8]) -> Result<Option<String>, CondError> {
         let b = self.with_header("if-none-match", "*")?;
         self.put(&b, name, bytes)
@@ -152,7 +167,6 @@ impl Store {
 
     /// Delete `name` only while its ETag is still `etag`, where the server
     /// honours the condition (see the module docs: s3s-fs does not).
-    #[allow(dead_code)] // for the profile lease (the next feature); tested below
     pub fn delete_if_match(&self, name: &str, etag: &str) -> Result<(), CondError> {
         let b = self.with_header("if-match", etag)?;
         b.delete_object(self.key(name))

@@ -147,6 +147,11 @@ pub fn s3_store(s3: &S3Settings, timeout: Duration) -> Result<cond::Store, Hydra
     s3::S3Source::new(s3)?.cond_store(timeout)
 }
 
+/// A client for the profile leases below `<prefix>/leases/`.
+pub fn s3_lease_store(s3: &S3Settings, timeout: Duration) -> Result<cond::Store, HydrateError> {
+    Ok(s3_store(s3, timeout)?.beside("leases"))
+}
+
 /// Hydrate from S3 with fixed credentials, and a conditional-write client
 /// for the same prefix: what `hydrate` and `s3_store` do, for unit tests.
 #[cfg(test)]

@@ -96,6 +96,11 @@ pub struct TestDir {
 impl TestDir {
     /// A fresh directory for the test `name` (use the test function's name).
     pub fn new(name: &str) -> TestDir {
+        TestDir::with_deadline(name, TEST_DEADLINE)
+    }
+
+    /// Like `new`, for a test that needs longer than `TEST_DEADLINE`.
+    pub fn with_deadline(name: &str, deadline: Duration) -> TestDir {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let path = std::env::temp_dir().join(format!(
             "aisp-test-{name}-{}-{}",
@@ -113,10 +118,10 @@ impl TestDir {
             .name(format!("watchdog-{name}"))
             .spawn(move || {
                 if let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-                    rx.recv_timeout(TEST_DEADLINE)
+                    rx.recv_timeout(deadline)
                 {
                     eprintln!(
-                        "WATCHDOG: test {test} ran longer than {TEST_DEADLINE:?}; killing its coordinators and exiting"
+                        "WATCHDOG: test {test} ran longer than {deadline:?}; killing its coordinators and exiting"
                     );
                     for pid in LIVE.lock().unwrap_or_else(|p| p.into_inner()).iter() {
                         // SAFETY: plain kill(2) of a process we started.

@@ -1,0 +1,442 @@
+//! Profile leases (`PROFILE_LEASES=s3`) end to end: several real
+//! coordinators over one bucket of a real S3 server on 127.0.0.1.
+//!
+//! The server is moto's (`tests/python/serial_s3.py`, from `.venv`), run
+//! serving one request at a time so each conditional write is checked and
+//! applied atomically; it enforces `If-None-Match: *` and `If-Match` on
+//! PutObject (and `If-Match` on DeleteObject). s3s-fs, the S3 tests'
+//! server, enforces the PutObject preconditions too but checks them without
+//! a lock, so two racing takes could both pass: fine for write-back, not
+//! for a storm of takeovers. `--lax` makes the same server ignore every
+//! precondition, for the refusal test.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::common::{self, secs, wait_until, Builder, Coordinator, TestDir};
+
+const BUCKET: &str = "fleet";
+const PREFIX: &str = "team";
+const TTL_S: u64 = 6;
+
+/// moto's S3 server on 127.0.0.1, killed on Drop.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start(lax: bool) -> Moto {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let python = root.join(".venv/bin/python");
+        assert!(
+            python.is_file(),
+            "{} missing: run scripts/test.sh once (it installs tests/python/requirements.txt)",
+            python.display()
+        );
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut cmd = Command::new(python);
+        cmd.arg(root.join("tests/python/serial_s3.py"))
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if lax {
+            cmd.arg("--lax");
+        }
+        let child = cmd.spawn().expect("start moto");
+        let m = Moto { child, port };
+        wait_until("moto to listen", secs(30.0), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert_eq!(m.request("PUT", &format!("/{BUCKET}"), b"").0, 200);
+        m
+    }
+
+    /// One HTTP/1.0 request; (status, body). moto checks no signature,
+    /// but wants an `Authorization` header to know the account.
+    fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect moto");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nAuthorization: AWS4-HMAC-SHA256 \
+             Credential=AKIATEST/20240101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0\r\n\
+             Content-Length: {}\r\n\r\n",
+            self.port,
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out).to_string();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+        (status, body.to_string())
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn put_profiles(&self, names: &[&str]) {
+        for n in names {
+            let body = serde_json::json!({ "cookies": [], "name": n }).to_string();
+            let (code, _) = self.request(
+                "PUT",
+                &format!("/{BUCKET}/{PREFIX}/active/{n}.json"),
+                body.as_bytes(),
+            );
+            assert_eq!(code, 200);
+        }
+    }
+
+    /// Every lease object: (key, document).
+    fn leases(&self) -> Vec<(String, serde_json::Value)> {
+        let (_, list) = self.request(
+            "GET",
+            &format!("/{BUCKET}?list-type=2&prefix={PREFIX}/leases/"),
+            b"",
+        );
+        list.split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split_once("</Key>").map(|x| x.0.to_string()))
+            .map(|k| {
+                let (_, doc) = self.request("GET", &format!("/{BUCKET}/{k}"), b"");
+                (k, serde_json::from_str(&doc).unwrap_or_default())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn builder(moto: &Moto, replica: &str) -> Builder {
+    Builder::new()
+        .pool_size(2)
+        .grace_s(2)
+        .env("PROFILE_BACKEND", "s3")
+        .env("AUTH_PROFILE_S3_BUCKET", BUCKET)
+        .env("AUTH_PROFILE_S3_PREFIX", PREFIX)
+        .env("AUTH_PROFILE_S3_ENDPOINT", moto.endpoint())
+        .env("AWS_ACCESS_KEY_ID", "AKIATEST")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AUTH_WRITEBACK", "off")
+        .env("PROFILE_LEASES", "s3")
+        .env("LEASE_TTL_S", TTL_S)
+        .env("REPLICA_ID", replica)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The profiles with a child process on the coordinator at `port` (empty
+/// when it does not answer).
+fn running(port: u16) -> BTreeSet<String> {
+    let Some(r) = common::http_get(port, "/ready") else {
+        return BTreeSet::new();
+    };
+    common::slots(&r.json())
+        .into_iter()
+        .filter(|s| s.pid.is_some())
+        .filter_map(|s| s.profile)
+        .collect()
+}
+
+#[test]
+fn a_store_that_ignores_preconditions_is_refused_at_start() {
+    let moto = Moto::start(true);
+    moto.put_profiles(&["a"]);
+    let dir = TestDir::new("lease_lax_store");
+    let done = Coordinator::run_to_exit(&dir, builder(&moto, "r1"));
+    assert_eq!(done.status.code(), Some(2), "{}", done.stderr);
+    let line = done
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("aistudioproxy: "))
+        .unwrap_or_else(|| panic!("no error line: {}", done.stderr));
+    assert!(
+        line.contains("does not honour S3 conditional writes") && line.contains(&moto.endpoint()),
+        "{line}"
+    );
+    assert!(running_children(&dir).is_empty());
+}
+
+fn running_children(dir: &TestDir) -> Vec<(i32, String)> {
+    common::tree_survivors(dir)
+}
+
+#[test]
+fn leases_are_refused_without_the_s3_backend() {
+    let dir = TestDir::new("lease_local");
+    dir.write_profiles(&["a"]);
+    let done = Coordinator::run_to_exit(
+        &dir,
+        Builder::new()
+            .env("PROFILE_LEASES", "s3")
+            .env("REPLICA_ID", "x"),
+    );
+    assert_eq!(done.status.code(), Some(2));
+    assert!(
+        done.stderr
+            .contains("PROFILE_LEASES=s3 needs PROFILE_BACKEND=s3"),
+        "{}",
+        done.stderr
+    );
+}
+
+/// What the sampler saw.
+#[derive(Default)]
+struct Samples {
+    rounds: u64,
+    /// A profile certainly running on two coordinators at once: seen on X,
+    /// then on Y, then on X again, within one round.
+    doubles: Vec<String>,
+    /// Seen on two coordinators in one pass (may be a handoff between
+    /// two samples).
+    naive: u64,
+}
+
+/// Sample `/ready` of every live coordinator twice per round, every 50 ms.
+fn sampler(
+    live: Arc<Mutex<BTreeMap<String, u16>>>,
+    stop: Arc<AtomicBool>,
+    out: Arc<Mutex<Samples>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let begun = Instant::now();
+            let who: Vec<(String, u16)> = live
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            let first: Vec<BTreeSet<String>> = who.iter().map(|(_, p)| running(*p)).collect();
+            let second: Vec<BTreeSet<String>> = who.iter().map(|(_, p)| running(*p)).collect();
+            let mut o = out.lock().unwrap();
+            o.rounds += 1;
+            for x in 0..who.len() {
+                for y in x + 1..who.len() {
+                    o.naive += first[x].intersection(&first[y]).count() as u64;
+                    // x is sampled before y in each pass: x, y, x or y, x, y
+                    // in sample order proves both ran it at one moment.
+                    let all: BTreeSet<&String> = first[x].union(&first[y]).collect();
+                    for p in all {
+                        let xyx =
+                            first[x].contains(p) && first[y].contains(p) && second[x].contains(p);
+                        let yxy =
+                            first[y].contains(p) && second[x].contains(p) && second[y].contains(p);
+                        if xyx || yxy {
+                            o.doubles.push(format!(
+                                "{p} on {} and {} at {}",
+                                who[x].0,
+                                who[y].0,
+                                now_ms()
+                            ));
+                        }
+                    }
+                }
+            }
+            drop(o);
+            std::thread::sleep(Duration::from_millis(50).saturating_sub(begun.elapsed()));
+        }
+    })
+}
+
+/// Where each profile runs now, over the coordinators in `live`.
+fn placement(live: &Mutex<BTreeMap<String, u16>>) -> BTreeMap<String, String> {
+    let who: Vec<(String, u16)> = live
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    let mut m = BTreeMap::new();
+    for (id, port) in who {
+        for p in running(port) {
+            m.insert(p, id.clone());
+        }
+    }
+    m
+}
+
+#[test]
+fn three_coordinators_never_drive_one_profile_twice_through_a_storm() {
+    let moto = Moto::start(false);
+    let names = ["p1", "p2", "p3", "p4", "p5", "p6", "p7"];
+    moto.put_profiles(&names);
+    let dirs: Vec<TestDir> = (0..5)
+        .map(|i| TestDir::with_deadline(&format!("lease_storm{i}"), Duration::from_secs(240)))
+        .collect();
+    let live: Arc<Mutex<BTreeMap<String, u16>>> = Default::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples: Arc<Mutex<Samples>> = Default::default();
+    let sampling = sampler(live.clone(), stop.clone(), samples.clone());
+
+    let mut coords: BTreeMap<String, Coordinator> = BTreeMap::new();
+    for (i, id) in ["ra", "rb", "rc"].iter().enumerate() {
+        let c = Coordinator::start(&dirs[i], builder(&moto, id));
+        live.lock()
+            .unwrap()
+            .insert(id.to_string(), c.ports.coordinator);
+        coords.insert(id.to_string(), c);
+    }
+    let started = Instant::now();
+    wait_until("six profiles to run", secs(40.0), || {
+        placement(&live).len() == 6
+    });
+    let spread: BTreeMap<String, usize> =
+        placement(&live)
+            .values()
+            .fold(BTreeMap::new(), |mut m, id| {
+                *m.entry(id.clone()).or_default() += 1;
+                m
+            });
+    eprintln!("spread at start: {spread:?}");
+
+    // Child kills: each dies, its slot rotates, its lease moves on.
+    for round in 0..6 {
+        let (id, _) = coords.iter().nth(round % 3).unwrap();
+        let port = live.lock().unwrap()[id];
+        if let Some(pid) = common::slots(&common::http_get(port, "/ready").unwrap().json())
+            .iter()
+            .find_map(|s| s.pid)
+        {
+            common::send_signal_to(pid, libc::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    wait_until("six profiles to run after the kills", secs(30.0), || {
+        placement(&live).len() == 6
+    });
+
+    // A rolling update: a new pod (rd) comes up, then rb gets SIGTERM.
+    let rd = Coordinator::start(&dirs[3], builder(&moto, "rd"));
+    live.lock()
+        .unwrap()
+        .insert("rd".into(), rd.ports.coordinator);
+    coords.insert("rd".into(), rd);
+    std::thread::sleep(Duration::from_secs(2));
+    let of_rb: Vec<String> = placement(&live)
+        .into_iter()
+        .filter(|(_, id)| id == "rb")
+        .map(|(p, _)| p)
+        .collect();
+    assert!(!of_rb.is_empty(), "rb runs nothing before its SIGTERM");
+    let t = Instant::now();
+    coords["rb"].send_signal(libc::SIGTERM);
+    let mut rb = coords.remove("rb").unwrap();
+    wait_until(
+        // ra, rc and rd have six slots for seven profiles: every slot
+        // runs, one with a profile of rb's (rd had one slot free).
+        &format!("a profile of rb's {of_rb:?} to run elsewhere"),
+        secs(30.0),
+        || {
+            let now = placement(&live);
+            let elsewhere: BTreeMap<&String, &String> =
+                now.iter().filter(|(_, id)| *id != "rb").collect();
+            elsewhere.len() == 6 && of_rb.iter().any(|p| elsewhere.contains_key(p))
+        },
+    );
+    let after_sigterm = t.elapsed();
+    rb.wait_exit(secs(20.0));
+    live.lock().unwrap().remove("rb");
+
+    // A crash: rc is SIGKILLed; re (new) takes over once its leases expire.
+    let re = Coordinator::start(&dirs[4], builder(&moto, "re"));
+    live.lock()
+        .unwrap()
+        .insert("re".into(), re.ports.coordinator);
+    coords.insert("re".into(), re);
+    std::thread::sleep(Duration::from_secs(2));
+    let of_rc: Vec<String> = placement(&live)
+        .into_iter()
+        .filter(|(_, id)| id == "rc")
+        .map(|(p, _)| p)
+        .collect();
+    assert!(!of_rc.is_empty(), "rc runs nothing before its SIGKILL");
+    let t = Instant::now();
+    coords["rc"].send_signal(libc::SIGKILL);
+    let mut rc = coords.remove("rc").unwrap();
+    live.lock().unwrap().remove("rc");
+    wait_until(
+        // ra, rd and re: six slots again, one free for rc's profiles.
+        &format!("a profile of rc's {of_rc:?} to run elsewhere"),
+        secs(TTL_S as f64 + 20.0),
+        || {
+            let now = placement(&live);
+            now.len() == 6 && of_rc.iter().any(|p| now.contains_key(p))
+        },
+    );
+    let after_sigkill = t.elapsed();
+    rc.wait_exit(secs(5.0));
+    // Its children died with it (PDEATHSIG).
+    common::wait_no_survivors(&dirs[2], Duration::from_secs(5));
+
+    // The lease writes of a replica that ran the whole time.
+    let ra_ready = coords["ra"].ready().1;
+    let writes = ra_ready["leases"]["writes"].as_u64().unwrap_or(0);
+    let per_minute = writes as f64 * 60.0 / started.elapsed().as_secs_f64();
+
+    // Everyone stops; every lease ends released or expired, no child left.
+    for c in coords.values() {
+        c.send_signal(libc::SIGTERM);
+    }
+    for c in coords.values_mut() {
+        c.wait_exit(secs(20.0));
+    }
+    live.lock().unwrap().clear();
+    stop.store(true, Ordering::Relaxed);
+    sampling.join().unwrap();
+    for d in &dirs {
+        common::wait_no_survivors(d, Duration::from_secs(5));
+    }
+    let leases = moto.leases();
+    assert!(!leases.is_empty(), "no lease objects were written");
+    for (key, doc) in &leases {
+        let expires = doc["expires_unix_ms"].as_u64().unwrap_or(u64::MAX);
+        assert!(
+            expires <= now_ms(),
+            "{key} still held after every coordinator stopped: {doc}"
+        );
+    }
+    let s = samples.lock().unwrap();
+    eprintln!(
+        "LEASE STORM: {} rounds sampled; double-held samples: {} (naive same-pass overlaps: {}); \
+         takeover after SIGTERM {after_sigterm:.1?}, after SIGKILL {after_sigkill:.1?} (TTL {TTL_S}s); \
+         ra wrote {writes} leases in {:.0?} = {per_minute:.1}/min",
+        s.rounds,
+        s.doubles.len(),
+        s.naive,
+        started.elapsed()
+    );
+    assert!(s.doubles.is_empty(), "double-held: {:?}", s.doubles);
+    assert!(after_sigterm < Duration::from_secs(5), "{after_sigterm:?}");
+    assert!(
+        after_sigkill < Duration::from_secs(TTL_S + 5),
+        "{after_sigkill:?}"
+    );
+}
