@@ -277,39 +277,117 @@ def test_compose_publishes_only_the_coordinator_port():
 # ------------------------------------------------------------- kubernetes
 
 
-def k8s_docs():
+OVERLAYS = K8S_DIR / "overlays"
+KUSTOMIZE_API = "kustomize.config.k8s.io/v1beta1"
+
+
+def kustomization(kdir):
+    """The kustomization of `kdir`, checked to use plain resources only.
+
+    The manifests use nothing of kustomize but `resources` (files, and
+    directories holding a kustomization): no patches, generators, name
+    prefixes or common labels. So rendering is reading the files, and this
+    module's checks see exactly what `kubectl apply -k` sends. A field that
+    would transform the resources fails here, rather than being ignored by
+    the offline render.
+    """
+    kust = yaml.safe_load((kdir / "kustomization.yaml").read_text())
+    assert kust["apiVersion"] == KUSTOMIZE_API and kust["kind"] == "Kustomization", kdir
+    extra = set(kust) - {"apiVersion", "kind", "resources"}
+    assert not extra, f"{kdir}: {sorted(extra)} would transform the resources; the offline render reads files only"
+    return kust
+
+
+def render(kdir, _above=()):
+    """`kubectl kustomize kdir`, offline, for plain resources: the documents
+    of every listed file, directories recursively, each resource once."""
+    kdir = kdir.resolve()
+    assert kdir not in _above, f"kustomization cycle through {kdir}"
     docs = []
-    for f in sorted(K8S_DIR.glob("*.yaml")):
-        docs += [d for d in yaml.safe_load_all(f.read_text()) if d]
+    for entry in kustomization(kdir)["resources"]:
+        path = (kdir / entry).resolve()
+        if path.is_dir():
+            docs += render(path, _above + (kdir,))
+        else:
+            assert path.is_file(), f"{kdir}: resource {entry} does not exist"
+            assert path.is_relative_to(kdir), f"{kdir}: {entry} lies outside the kustomization (kustomize refuses it)"
+            docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    ids = [(d["kind"], d["metadata"]["name"]) for d in docs]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    assert not dupes, f"{kdir}: resources listed twice: {dupes}"
     return docs
 
 
-def k8s_kind(kind):
-    found = [d for d in k8s_docs() if d["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+VARIANTS = ["single"]
+
+
+def k8s_docs(variant):
+    return render(OVERLAYS / variant)
+
+
+def k8s_kind(variant, kind):
+    found = [d for d in k8s_docs(variant) if d["kind"] == kind]
+    assert len(found) == 1, f"{variant}: expected one {kind}, found {len(found)}"
     return found[0]
 
 
-def test_k8s_schema_valid():
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_k8s_schema_valid(variant):
     kv = pytest.importorskip("kubernetes_validate")
-    for f in sorted(K8S_DIR.glob("*.yaml")):
-        for d in yaml.safe_load_all(f.read_text()):
-            if not d or d["kind"] == "Kustomization":
-                continue
-            kv.validate(d, kv.utils.latest_version(), strict=True)
+    for d in k8s_docs(variant):
+        kv.validate(d, kv.utils.latest_version(), strict=True)
 
 
-def test_kustomization_lists_every_manifest():
-    kust = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
-    files = {f.name for f in K8S_DIR.glob("*.yaml")} - {"kustomization.yaml"}
-    assert set(kust["resources"]) == files
+def test_every_manifest_is_in_a_kustomization():
+    """Each directory's kustomization lists every manifest beside it, and
+    each manifest is in some variant: no file that nothing applies."""
+    listed = set()
+    for kfile in K8S_DIR.rglob("kustomization.yaml"):
+        kdir = kfile.parent
+        entries = kustomization(kdir)["resources"]
+        files = {f.name for f in kdir.glob("*.yaml")} - {"kustomization.yaml"}
+        assert files <= set(entries), f"{kdir} does not list {sorted(files - set(entries))}"
+        listed |= {(kdir / f).resolve() for f in files}
+    rendered = set()
+    for variant in VARIANTS:
+        for kdir in [OVERLAYS / variant, K8S_DIR / "base"]:
+            rendered |= {(kdir / e).resolve() for e in kustomization(kdir)["resources"]}
+    assert listed <= rendered, f"manifests in no variant: {sorted(map(str, listed - rendered))}"
+    assert sorted(p.name for p in OVERLAYS.iterdir()) == sorted(VARIANTS)
 
 
-def pod_container():
-    dep = k8s_kind("Deployment")
+def test_default_kustomization_is_the_single_variant():
+    """`kubectl apply -k deploy/kubernetes`, the command of earlier
+    releases, still creates the single-replica variant and nothing else."""
+    assert kustomization(K8S_DIR)["resources"] == ["overlays/single"]
+    assert render(K8S_DIR) == k8s_docs("single")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_offline_render_matches_kustomize(variant):
+    """Where kubectl (or kustomize) is installed, its render equals ours.
+    Skipped without it, in CI too: scripts/test.sh does not install it, and
+    the offline render refuses every transforming field anyway."""
+    tool = shutil.which("kubectl") or shutil.which("kustomize")
+    if not tool:
+        pytest.skip("neither kubectl nor kustomize is installed")
+    cmd = [tool, "kustomize", str(OVERLAYS / variant)] if tool.endswith("kubectl") else [tool, "build", str(OVERLAYS / variant)]
+    r = run(cmd)
+    assert r.returncode == 0, explain(r)
+    key = lambda d: (d["kind"], d["metadata"]["name"])
+    theirs = sorted((d for d in yaml.safe_load_all(r.stdout) if d), key=key)
+    assert theirs == sorted(k8s_docs(variant), key=key)
+
+
+def pod_container(variant):
+    dep = k8s_kind(variant, "Deployment")
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     return dep, pod, c
+
+
+def config(variant):
+    return k8s_kind(variant, "ConfigMap")["data"]
 
 
 def resolve_port(c, port):
@@ -319,8 +397,9 @@ def resolve_port(c, port):
     return p
 
 
-def test_k8s_probes_match_the_binary():
-    _, pod, c = pod_container()
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_k8s_probes_match_the_binary(variant):
+    _, pod, c = pod_container(variant)
     live, ready, start = c["livenessProbe"], c["readinessProbe"], c["startupProbe"]
     assert live["httpGet"]["path"] == "/live"
     assert ready["httpGet"]["path"] == "/ready"
@@ -332,60 +411,81 @@ def test_k8s_probes_match_the_binary():
     assert window > READY_TIMEOUT, f"startup window {window}s <= READY_TIMEOUT_S {READY_TIMEOUT}s"
 
 
-def test_k8s_stop_and_security():
-    dep, pod, c = pod_container()
-    cm = k8s_kind("ConfigMap")["data"]
-    grace = int(cm.get("CHILD_STOP_GRACE_S", CHILD_GRACE))
-    assert pod["terminationGracePeriodSeconds"] > grace
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_k8s_security(variant):
+    _, pod, c = pod_container(variant)
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     req = c["resources"]["requests"]
     assert req["cpu"] and req["memory"]
-    # Two pods on one profile set would drive the same accounts twice.
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_k8s_cache_dir_is_the_pods_own(variant):
+    """AUTH_PROFILE_CACHE_DIR is an emptyDir: each pod stages, and keeps
+    its working copies and profile book, in a directory of its own."""
+    _, pod, c = pod_container(variant)
+    cache = config(variant).get("AUTH_PROFILE_CACHE_DIR", DEFAULTS["AUTH_PROFILE_CACHE_DIR"])
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == cache]
+    (vol,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert "emptyDir" in vol, f"{variant}: the cache dir must be an emptyDir, not shared storage: {vol}"
+
+
+def test_k8s_single_is_one_replica_recreated_without_leases():
+    """Two pods of the single variant would drive the same accounts twice
+    (it holds no leases): one replica, and Recreate, even during a rollout."""
+    dep, pod, _ = pod_container("single")
+    cm = config("single")
+    assert dep["spec"]["replicas"] == 1
     assert dep["spec"]["strategy"]["type"] == "Recreate"
-    mounts = {m["mountPath"] for m in c["volumeMounts"]}
-    assert cm["AUTH_PROFILE_CACHE_DIR"] in mounts
+    assert cm.get("PROFILE_LEASES", "off") == "off"
+    assert not [d for d in k8s_docs("single") if d["kind"] == "PodDisruptionBudget"]
+    grace = int(cm.get("CHILD_STOP_GRACE_S", CHILD_GRACE))
+    assert pod["terminationGracePeriodSeconds"] > grace
 
 
-def test_k8s_config_and_service():
-    _, pod, c = pod_container()
-    cm = k8s_kind("ConfigMap")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_k8s_config_and_service(variant):
+    _, pod, c = pod_container(variant)
+    cm = k8s_kind(variant, "ConfigMap")
     assert c["envFrom"][0]["configMapRef"]["name"] == cm["metadata"]["name"]
     data = cm["data"]
     assert not set(data) - KNOWN_VARS, f"unknown variables: {set(data) - KNOWN_VARS}"
     for k, v in data.items():
         if k in DEFAULTS and k != "PROFILE_BACKEND":
             assert v == DEFAULTS[k], f"ConfigMap {k}={v!r}, binary default {DEFAULTS[k]!r}"
-    svc = k8s_kind("Service")
-    labels = k8s_kind("Deployment")["spec"]["template"]["metadata"]["labels"]
+    svc = k8s_kind(variant, "Service")
+    labels = k8s_kind(variant, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= labels.items()
     (sp,) = svc["spec"]["ports"]
     assert resolve_port(c, sp["targetPort"]) == PORT
-    assert pod["serviceAccountName"] == k8s_kind("ServiceAccount")["metadata"]["name"]
+    assert pod["serviceAccountName"] == k8s_kind(variant, "ServiceAccount")["metadata"]["name"]
 
 
-def test_k8s_publishes_only_the_coordinator_port():
-    _, pod, c = pod_container()
-    cm = k8s_kind("ConfigMap")["data"]
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_k8s_publishes_only_the_coordinator_port(variant):
+    _, pod, c = pod_container(variant)
+    cm = config(variant)
     assert not pod.get("hostNetwork"), "host networking would put the child ports on the node"
     for ctr in pod["containers"] + pod.get("initContainers", []):
         assert not any("hostPort" in p for p in ctr.get("ports", [])), "no hostPort"
     assert_only_coordinator_port("Deployment containerPort", [p["containerPort"] for p in c["ports"]], cm)
-    svc = k8s_kind("Service")
+    svc = k8s_kind(variant, "Service")
     assert svc["spec"].get("type", "ClusterIP") == "ClusterIP"
     targets = [resolve_port(c, p.get("targetPort", p["port"])) for p in svc["spec"]["ports"]]
     assert_only_coordinator_port("Service targetPort", targets, cm)
     assert_only_coordinator_port("Service port", [p["port"] for p in svc["spec"]["ports"]], cm)
 
 
-def test_k8s_network_policy_admits_only_the_coordinator_port():
-    _, pod, c = pod_container()
-    cm = k8s_kind("ConfigMap")["data"]
-    np = k8s_kind("NetworkPolicy")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_k8s_network_policy_admits_only_the_coordinator_port(variant):
+    _, pod, c = pod_container(variant)
+    cm = config(variant)
+    np = k8s_kind(variant, "NetworkPolicy")
     spec = np["spec"]
-    labels = k8s_kind("Deployment")["spec"]["template"]["metadata"]["labels"]
+    labels = k8s_kind(variant, "Deployment")["spec"]["template"]["metadata"]["labels"]
     sel = spec["podSelector"]
     assert sel.get("matchLabels"), "the policy must select the coordinator pods, not every pod"
     assert not sel.get("matchExpressions")
