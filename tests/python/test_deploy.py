@@ -58,7 +58,11 @@ KNOWN_VARS = set(DEFAULTS) | {
     "AWS_SESSION_TOKEN",
     "AWS_SHARED_CREDENTIALS_FILE",
     "AWS_PROFILE",
+    "PROFILE_LEASES",
+    "LEASE_TTL_S",
 }
+# The lease settings' defaults (not in DEFAULTS: the images set no lease ENV).
+LEASE_DEFAULTS = {"PROFILE_LEASES": "off", "LEASE_TTL_S": "60"}
 PORT = int(DEFAULTS["COORDINATOR_PORT"])
 READY_TIMEOUT = int(DEFAULTS["READY_TIMEOUT_S"])
 CHILD_GRACE = int(DEFAULTS["CHILD_STOP_GRACE_S"])
@@ -310,7 +314,8 @@ def render(kdir, _above=()):
             docs += render(path, _above + (kdir,))
         else:
             assert path.is_file(), f"{kdir}: resource {entry} does not exist"
-            assert path.is_relative_to(kdir), f"{kdir}: {entry} lies outside the kustomization (kustomize refuses it)"
+            # kustomize loads files only from inside the kustomization's root.
+            assert path.is_relative_to(kdir), f"{kdir}: {entry} lies outside the kustomization"
             docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
     ids = [(d["kind"], d["metadata"]["name"]) for d in docs]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
@@ -318,7 +323,12 @@ def render(kdir, _above=()):
     return docs
 
 
-VARIANTS = ["single"]
+# overlays/<variant>: single (one replica, Recreate, no leases) and fleet-s3
+# (several replicas over one bucket, profile leases, rolling updates).
+VARIANTS = ["single", "fleet-s3"]
+FLEET = "fleet-s3"
+# The oldest Kubernetes the README names (the fleet's preStop `sleep`).
+K8S_MIN_VERSION = "1.30.0"
 
 
 def k8s_docs(variant):
@@ -335,7 +345,8 @@ def k8s_kind(variant, kind):
 def test_k8s_schema_valid(variant):
     kv = pytest.importorskip("kubernetes_validate")
     for d in k8s_docs(variant):
-        kv.validate(d, kv.utils.latest_version(), strict=True)
+        for version in (K8S_MIN_VERSION, kv.utils.latest_version()):
+            kv.validate(d, version, strict=True)
 
 
 def test_every_manifest_is_in_a_kustomization():
@@ -371,8 +382,8 @@ def test_offline_render_matches_kustomize(variant):
     tool = shutil.which("kubectl") or shutil.which("kustomize")
     if not tool:
         pytest.skip("neither kubectl nor kustomize is installed")
-    cmd = [tool, "kustomize", str(OVERLAYS / variant)] if tool.endswith("kubectl") else [tool, "build", str(OVERLAYS / variant)]
-    r = run(cmd)
+    sub = "kustomize" if tool.endswith("kubectl") else "build"
+    r = run([tool, sub, str(OVERLAYS / variant)])
     assert r.returncode == 0, explain(r)
     key = lambda d: (d["kind"], d["metadata"]["name"])
     theirs = sorted((d for d in yaml.safe_load_all(r.stdout) if d), key=key)
@@ -442,8 +453,149 @@ def test_k8s_single_is_one_replica_recreated_without_leases():
     assert dep["spec"]["strategy"]["type"] == "Recreate"
     assert cm.get("PROFILE_LEASES", "off") == "off"
     assert not [d for d in k8s_docs("single") if d["kind"] == "PodDisruptionBudget"]
+    assert "lifecycle" not in pod["containers"][0], "no preStop: the variant stays as it was"
+
+
+def source_number(path, pattern, what):
+    """A constant of the coordinator's stop sequence, read from its source,
+    so that the grace arithmetic below cannot drift from the binary."""
+    m = re.search(pattern, (ROOT / path).read_text())
+    assert m, (
+        f"{path} no longer has {what} ({pattern!r}): the stop sequence changed; redo the "
+        "terminationGracePeriodSeconds arithmetic in deploy/kubernetes/overlays/*/deployment.yaml"
+    )
+    return int(m.group(1)) if m.groups() else None
+
+
+def stop_budget(variant):
+    """Worst-case seconds from the kubelet's stop to the coordinator's exit.
+
+    preStop sleep (before the SIGTERM), no drain on SIGTERM (the watcher's
+    shutdown arm stops the child at once; REQUEST_TIMEOUT_S bounds drains
+    for rotations only), the wait for the slots (CHILD_STOP_GRACE_S plus a
+    slack), with leases the wait for their release, and the HTTP stop.
+    """
+    _, pod, c = pod_container(variant)
+    cm = config(variant)
+    source_number(
+        "src/watcher.rs",
+        r"recv\(self\.signals\.shutdown\) -> _ => return Ending::Stop\(StopReason::Shutdown\)",
+        "a SIGTERM that stops the child without a drain",
+    )
+    slack_ms = source_number(
+        "src/app.rs", r"Instant::now\(\) \+ grace \+ Duration::from_millis\((\d+)\)", "the wait for the slots"
+    )
+    lease_s = source_number(
+        "src/app.rs", r"self\.done\.recv_timeout\(Duration::from_secs\((\d+)\)\)", "the wait for the lease release"
+    )
+    http_ms = source_number(
+        "src/app.rs", r"http\.stop\(Instant::now\(\) \+ Duration::from_millis\((\d+)\)\)", "the HTTP stop"
+    )
+    pre_stop = c.get("lifecycle", {}).get("preStop")
+    if pre_stop:
+        assert set(pre_stop) == {"sleep"}, f"{variant}: a preStop other than sleep has no known length: {pre_stop}"
+        pre_stop_s = pre_stop["sleep"]["seconds"]
+    else:
+        pre_stop_s = 0
     grace = int(cm.get("CHILD_STOP_GRACE_S", CHILD_GRACE))
-    assert pod["terminationGracePeriodSeconds"] > grace
+    leases = cm.get("PROFILE_LEASES", "off") == "s3"
+    return pre_stop_s + 0 + grace + slack_ms / 1000 + (lease_s if leases else 0) + http_ms / 1000
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_k8s_grace_period_covers_the_stop(variant):
+    _, pod, _ = pod_container(variant)
+    budget = stop_budget(variant)
+    period = pod["terminationGracePeriodSeconds"]
+    assert period > budget, f"{variant}: terminationGracePeriodSeconds {period} <= worst-case stop {budget:.2f} s"
+
+
+def test_k8s_fleet_stop_numbers_match_the_comment():
+    """The deployment's comment states the sum; keep it the same number."""
+    text = (OVERLAYS / FLEET / "deployment.yaml").read_text()
+    _, pod, _ = pod_container(FLEET)
+    period = pod["terminationGracePeriodSeconds"]
+    assert f"= {stop_budget(FLEET):.2f} s  ->  terminationGracePeriodSeconds: {period}" in text
+
+
+def percent_or_int(value, replicas, round_up):
+    if isinstance(value, int):
+        return value
+    n = int(value.rstrip("%")) * replicas / 100
+    return int(-(-n // 1)) if round_up else int(n)
+
+
+def test_k8s_fleet_rolls_one_pod_at_a_time_without_surge():
+    """maxSurge 0: an old pod is stopped (releasing its profiles) before its
+    replacement is counted; an extra pod that must be ready before any old
+    one stops could find every profile leased and stall the rollout."""
+    dep, _, _ = pod_container(FLEET)
+    replicas = dep["spec"]["replicas"]
+    assert replicas > 1
+    strategy = dep["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    ru = strategy["rollingUpdate"]
+    assert percent_or_int(ru["maxSurge"], replicas, round_up=True) == 0
+    unavailable = percent_or_int(ru["maxUnavailable"], replicas, round_up=False)
+    assert 1 <= unavailable < replicas, "a rollout must make progress and keep a pod serving"
+
+
+def test_k8s_fleet_pdb_selects_the_pods():
+    dep, _, _ = pod_container(FLEET)
+    (pdb,) = [d for d in k8s_docs(FLEET) if d["kind"] == "PodDisruptionBudget"]
+    sel = pdb["spec"]["selector"]
+    assert not sel.get("matchExpressions")
+    assert sel["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert sel["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    replicas = dep["spec"]["replicas"]
+    spec = pdb["spec"]
+    if "maxUnavailable" in spec:
+        allowed = percent_or_int(spec["maxUnavailable"], replicas, round_up=True)
+    else:
+        allowed = replicas - percent_or_int(spec["minAvailable"], replicas, round_up=True)
+    # A drain must make progress, and a pod must stay.
+    assert 1 <= allowed < replicas, f"the budget allows {allowed} of {replicas} pods down"
+    # A pod that is not ready serves nothing: it must not block a drain.
+    assert spec.get("unhealthyPodEvictionPolicy") == "AlwaysAllow"
+
+
+def test_k8s_fleet_leases_profiles_from_s3():
+    _, pod, c = pod_container(FLEET)
+    cm = config(FLEET)
+    assert cm["PROFILE_BACKEND"] == "s3" and cm["AUTH_PROFILE_S3_BUCKET"]
+    assert cm["PROFILE_LEASES"] == "s3"
+    # The coordinator's TTL check (fleet::lease::Timing::check): a holder keeps
+    # its child TTL - TTL/6 - grace after a renewal, which must exceed TTL/3
+    # (the renewal period) by a second.
+    ttl = int(cm.get("LEASE_TTL_S", LEASE_DEFAULTS["LEASE_TTL_S"]))
+    grace = int(cm.get("CHILD_STOP_GRACE_S", CHILD_GRACE))
+    assert ttl - ttl / 6 - grace >= ttl / 3 + 1, f"LEASE_TTL_S={ttl} is refused with CHILD_STOP_GRACE_S={grace}"
+    # One id per pod: never in the shared ConfigMap, always the pod's name.
+    assert "REPLICA_ID" not in cm
+    (rid,) = [e for e in c["env"] if e["name"] == "REPLICA_ID"]
+    assert rid == {"name": "REPLICA_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    assert pod["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/ready"
+
+
+def test_k8s_fleet_pod_is_the_single_pod_plus_the_fleet_changes():
+    """Two full Deployments, no patches: everything but the fleet's own
+    changes must stay the same in both (security, resources, volumes, ...)."""
+    import copy
+
+    single, fleet = (copy.deepcopy(k8s_kind(v, "Deployment")) for v in ("single", FLEET))
+    for dep in (single, fleet):
+        for k in ("replicas", "strategy"):
+            dep["spec"].pop(k)
+        pod = dep["spec"]["template"]["spec"]
+        pod.pop("terminationGracePeriodSeconds")
+        c = pod["containers"][0]
+        assert c["startupProbe"]["httpGet"].pop("path")
+    fpod = fleet["spec"]["template"]["spec"]
+    fpod.pop("topologySpreadConstraints")
+    fc = fpod["containers"][0]
+    fc.pop("lifecycle")
+    fc["env"] = [e for e in fc["env"] if e["name"] != "REPLICA_ID"]
+    assert fleet == single
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -453,9 +605,10 @@ def test_k8s_config_and_service(variant):
     assert c["envFrom"][0]["configMapRef"]["name"] == cm["metadata"]["name"]
     data = cm["data"]
     assert not set(data) - KNOWN_VARS, f"unknown variables: {set(data) - KNOWN_VARS}"
+    defaults = {**DEFAULTS, **LEASE_DEFAULTS}
     for k, v in data.items():
-        if k in DEFAULTS and k != "PROFILE_BACKEND":
-            assert v == DEFAULTS[k], f"ConfigMap {k}={v!r}, binary default {DEFAULTS[k]!r}"
+        if k in defaults and k not in ("PROFILE_BACKEND", "PROFILE_LEASES"):
+            assert v == defaults[k], f"ConfigMap {k}={v!r}, binary default {defaults[k]!r}"
     svc = k8s_kind(variant, "Service")
     labels = k8s_kind(variant, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= labels.items()
