@@ -6,9 +6,11 @@
 //! and the dispatcher; the proxy and its outcome listener (verdicts feed the
 //! book); the HTTP front door (before any child, so a taken port fails
 //! fast); the admin socket and the reload thread; then one watcher per slot.
-//! Shutdown: `/ready` turns 503, the dispatcher refuses, every watcher
-//! drains nothing and stops its child's tree with the grace (a second signal
-//! cuts it short), then the threads are joined.
+//! Shutdown: `/ready` turns 503 at once; requests in flight and queued are
+//! served until none is left or `SHUTDOWN_DRAIN_S` passes; then the
+//! dispatcher refuses, every watcher stops its child's tree with the grace,
+//! leases are released, and the threads are joined. A second signal skips
+//! the drain and the grace.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -150,10 +152,21 @@ pub fn run(
 
     let first = sigs.stop.recv().unwrap_or("signal channel closed");
     let grace = cfg.stop_grace;
-    info!("{first} received: shutting down (children get {grace:?} to exit; a second signal skips it)");
+    info!(
+        "{first} received: shutting down (requests in flight get up to {:?}, then children {grace:?} to exit; a second signal skips both)",
+        cfg.shutdown_drain
+    );
     pool.begin_shutdown();
+    let hurried = drain(&pool, &sigs.stop, cfg.shutdown_drain);
+    pool.dispatch().shut();
     drop(shutdown_tx);
-    wait_for_watchers(&done_rx, &sigs.stop, grace, hurry_tx);
+    let hurry = if hurried {
+        drop(hurry_tx);
+        None
+    } else {
+        Some(hurry_tx)
+    };
+    wait_for_watchers(&done_rx, &sigs.stop, grace, hurry);
     // Every child is stopped: give the leases back so other replicas take
     // the profiles over at once.
     if let Some(l) = leaser {
@@ -324,16 +337,50 @@ fn listen_to_outcomes(
         })
 }
 
+/// The drain before the children stop: `/ready` already says 503, so load
+/// balancers stop sending; what is in flight or queued is served until the
+/// dispatcher is idle or `bound` passes. True when a second signal cut it
+/// short (the children's grace is then skipped too).
+fn drain(pool: &Pool, sigs: &Receiver<&'static str>, bound: Duration) -> bool {
+    let deadline = Instant::now() + bound;
+    let started = Instant::now();
+    loop {
+        let d = pool.dispatch();
+        let busy = d.waiting() + d.in_flight().iter().sum::<usize>();
+        if busy == 0 {
+            if started.elapsed() > DRAIN_POLL {
+                info!("requests drained in {:.1?}", started.elapsed());
+            }
+            return false;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            warn!("{busy} requests still in flight or queued after SHUTDOWN_DRAIN_S; stopping the children anyway");
+            return false;
+        }
+        select! {
+            recv(sigs) -> s => {
+                warn!("{} received again: not waiting for {busy} requests; killing children now", s.unwrap_or("signal"));
+                return true;
+            }
+            recv(after(DRAIN_POLL.min(left))) -> _ => {}
+        }
+    }
+}
+
+/// How often the shutdown drain looks at what is left.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+
 /// Until every watcher is done, or the grace (plus a margin) is over; a
 /// second signal drops `hurry`, which cuts the children's grace short.
 fn wait_for_watchers(
     done: &Receiver<()>,
     sigs: &Receiver<&'static str>,
     grace: Duration,
-    hurry: crossbeam_channel::Sender<()>,
+    hurry: Option<crossbeam_channel::Sender<()>>,
 ) {
     let deadline = Instant::now() + grace + Duration::from_millis(800);
-    let mut hurry = Some(hurry);
+    let mut hurry = hurry;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         select! {

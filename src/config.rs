@@ -105,6 +105,8 @@ pub struct Config {
     pub child_command: Vec<String>,
     pub child_workdir: PathBuf,
     pub log_format: crate::logging::Format,
+    /// On SIGTERM, the longest wait for requests in flight and queued.
+    pub shutdown_drain: Duration,
     pub book: crate::book::Settings,
     pub admin_socket: PathBuf,
     /// `ADMIN_KEY` (a file named by `ADMIN_KEY_FILE` is read at start).
@@ -298,6 +300,11 @@ const SETTINGS: &[Setting] = &[
         env: "LOG_FORMAT",
         default: Some("text"),
         help: "the coordinator's log on stderr: text, or json (one object per line)",
+    },
+    Setting {
+        env: "SHUTDOWN_DRAIN_S",
+        default: Some("30"),
+        help: "on SIGTERM, how long requests in flight and queued may take before children are stopped (0: none)",
     },
     Setting {
         env: "EMPTY_ANSWERS_TO_ROTATE",
@@ -649,6 +656,7 @@ impl Config {
                 .map(abs)
                 .unwrap_or_else(|| cwd.to_path_buf()),
             operator_key_file: get("AUTH_KEY_FILE_PATH").map(abs),
+            shutdown_drain: secs("SHUTDOWN_DRAIN_S", 0, 3_600)?,
             book: crate::book::Settings {
                 empty_answers_to_rotate: parse_num(
                     "EMPTY_ANSWERS_TO_ROTATE",

@@ -311,9 +311,10 @@ impl Pool {
         take_next(&mut self.lock(), slot, SystemTime::now())
     }
 
+    /// `/ready` says 503 from now on; the dispatcher keeps serving until
+    /// the caller shuts it (after the shutdown drain).
     pub fn begin_shutdown(&self) {
         self.lock().shutting_down = true;
-        self.dispatch.shut();
     }
 
     /// Ask slot `slot` to evict the child of `generation` (ignored by the

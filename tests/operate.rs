@@ -1194,3 +1194,68 @@ fn json_logs_parse_name_slot_profile_and_pid_and_hold_no_key() {
     assert_eq!(disable[0]["profile"], "alice");
     assert!(!log.contains("sk-very-secret-key") && !log.contains("sk-wrong-guess"));
 }
+
+#[test]
+fn sigterm_drains_requests_in_flight_and_queued_before_stopping_children() {
+    let dir = TestDir::new("sigterm_drains_requests_in_flight_and_queued_before_stopping_children");
+    dir.write_profile("a", &knobbed("a", json!({"completion_delay_ms": 1200})));
+    let mut c = Coordinator::start(&dir, Builder::new().pool_size(1));
+    c.wait_all_ready(secs(10.0));
+    let port = c.ports.coordinator;
+    // One completion runs, one waits in the front-door queue behind it.
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                post_json_with(port, "/v1/chat/completions", &chat_body(), &[]).map(|r| r.status)
+            })
+        })
+        .collect();
+    wait_until("one running and one queued", secs(5.0), || {
+        let (_, body) = c.ready();
+        body["in_flight"] == 1 && body["requests_waiting"] == 1
+    });
+    let sent = std::time::Instant::now();
+    c.send_signal(libc::SIGTERM);
+    wait_until("/ready to say 503", secs(2.0), || c.ready().0 == 503);
+    let statuses: Vec<Option<u16>> = clients.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(
+        statuses,
+        vec![Some(200), Some(200)],
+        "both were served before the stop"
+    );
+    let status = c.wait_exit(secs(15.0));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        sent.elapsed() >= std::time::Duration::from_millis(1500),
+        "the drain waited for both completions"
+    );
+    let log = c.stderr();
+    assert!(log.contains("requests drained in"), "{log}");
+    wait_no_survivors(&dir, std::time::Duration::from_secs(3));
+}
+
+#[test]
+fn a_second_signal_skips_the_drain() {
+    let dir = TestDir::new("a_second_signal_skips_the_drain");
+    dir.write_profile("a", &knobbed("a", json!({"completion_delay_ms": 20000})));
+    let mut c = Coordinator::start(&dir, Builder::new().pool_size(1).grace_s(10));
+    c.wait_all_ready(secs(10.0));
+    let port = c.ports.coordinator;
+    let client = std::thread::spawn(move || {
+        post_json_with(port, "/v1/chat/completions", &chat_body(), &[]).map(|r| r.status)
+    });
+    wait_until("a request in flight", secs(5.0), || {
+        c.ready().1["in_flight"] == 1
+    });
+    c.send_signal(libc::SIGTERM);
+    wait_until("/ready to say 503", secs(2.0), || c.ready().0 == 503);
+    let sent = std::time::Instant::now();
+    c.send_signal(libc::SIGTERM);
+    c.wait_exit(secs(5.0));
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        sent.elapsed()
+    );
+    let _ = client.join();
+}

@@ -60,6 +60,7 @@ KNOWN_VARS = set(DEFAULTS) | {
     "AWS_PROFILE",
     "PROFILE_LEASES",
     "LEASE_TTL_S",
+    "SHUTDOWN_DRAIN_S",
 }
 # The lease settings' defaults (not in DEFAULTS: the images set no lease ENV).
 LEASE_DEFAULTS = {"PROFILE_LEASES": "off", "LEASE_TTL_S": "60"}
@@ -470,17 +471,22 @@ def source_number(path, pattern, what):
 def stop_budget(variant):
     """Worst-case seconds from the kubelet's stop to the coordinator's exit.
 
-    preStop sleep (before the SIGTERM), no drain on SIGTERM (the watcher's
-    shutdown arm stops the child at once; REQUEST_TIMEOUT_S bounds drains
-    for rotations only), the wait for the slots (CHILD_STOP_GRACE_S plus a
-    slack), with leases the wait for their release, and the HTTP stop.
+    preStop sleep (before the SIGTERM), the shutdown drain (requests in
+    flight and queued, at most SHUTDOWN_DRAIN_S), the wait for the slots
+    (CHILD_STOP_GRACE_S plus a slack), with leases the wait for their
+    release, and the HTTP stop.
     """
     _, pod, c = pod_container(variant)
     cm = config(variant)
+    default_drain = source_number(
+        "src/config.rs",
+        r'env: "SHUTDOWN_DRAIN_S",\s*default: Some\("(\d+)"\)',
+        "the default shutdown drain",
+    )
     source_number(
-        "src/watcher.rs",
-        r"recv\(self\.signals\.shutdown\) -> _ => return Ending::Stop\(StopReason::Shutdown\)",
-        "a SIGTERM that stops the child without a drain",
+        "src/app.rs",
+        r"let hurried = drain\(&pool, &sigs\.stop, cfg\.shutdown_drain\);",
+        "the shutdown drain before the children stop",
     )
     slack_ms = source_number(
         "src/app.rs", r"Instant::now\(\) \+ grace \+ Duration::from_millis\((\d+)\)", "the wait for the slots"
@@ -498,8 +504,9 @@ def stop_budget(variant):
     else:
         pre_stop_s = 0
     grace = int(cm.get("CHILD_STOP_GRACE_S", CHILD_GRACE))
+    drain_s = int(cm.get("SHUTDOWN_DRAIN_S", default_drain))
     leases = cm.get("PROFILE_LEASES", "off") == "s3"
-    return pre_stop_s + 0 + grace + slack_ms / 1000 + (lease_s if leases else 0) + http_ms / 1000
+    return pre_stop_s + drain_s + grace + slack_ms / 1000 + (lease_s if leases else 0) + http_ms / 1000
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
