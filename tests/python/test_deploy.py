@@ -253,7 +253,7 @@ def test_compose_is_complete():
     assert "cache" in doc["volumes"]
     # Docker's stop timeout must outlast the children's grace.
     grace = int(re.fullmatch(r"(\d+)s", svc["stop_grace_period"]).group(1))
-    assert grace > int(env["CHILD_STOP_GRACE_S"])
+    assert grace > int(env["CHILD_STOP_GRACE_S"]) + int(env.get("SHUTDOWN_DRAIN_S", 30))
     assert any("/live" in str(part) for part in svc["healthcheck"]["test"])
     assert svc["build"]["dockerfile"] == "docker/Dockerfile.prod"
     assert (COMPOSE.parent / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
