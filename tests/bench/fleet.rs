@@ -46,7 +46,9 @@ use std::time::Duration;
 use serde_json::json;
 use support::haproxy::{find_haproxy, haproxy_version, HaProxy};
 use support::openloop::{poisson_schedule, OpenLoop, OpenLoopResult};
-use support::pcap::{completions, find_tcpdump, handoffs, service_us, Capture, Segment};
+use support::pcap::{
+    completions, find_tcpdump, handoffs, service_samples, service_us, Capture, Segment,
+};
 use support::{chat_body, find_nginx, post_json, summarize_ns, Coordinator, CoordinatorSpec};
 use support::{Nginx, Summary};
 
@@ -171,17 +173,20 @@ fn main() {
         names.join(", "),
         capacity()
     );
-    println!("coordinator: MAX_INFLIGHT_PER_CHILD=1 (fleet FIFO queue)");
+    println!(
+        "coordinator :{}: MAX_INFLIGHT_PER_CHILD=1 (fleet FIFO queue)",
+        coord.port
+    );
     if let Some(h) = &haproxy {
         println!(
-            "haproxy: {} threads, balance {}, maxconn 1 per server, timeout queue 120s, keep-alive both sides",
-            h.threads, h.balance
+            "haproxy :{}: {} threads, balance {}, maxconn 1 per server, timeout queue 120s, keep-alive both sides",
+            h.port, h.threads, h.balance
         );
     }
     if let Some(n) = &nginx {
         println!(
-            "nginx: {} workers, least_conn, keepalive 64, proxy_buffering off, no queue (requests wait inside the children)",
-            n.workers
+            "nginx :{}: {} workers, least_conn, keepalive 64, proxy_buffering off, no queue (requests wait inside the children)",
+            n.port, n.workers
         );
     }
     println!(
@@ -192,8 +197,8 @@ fn main() {
     );
     println!();
     println!(
-        "{:>3} {:>4} {:<12} {:>7} {:>7} {:>7} {:>7} {:>7}   {}",
-        "rep", "load", "config", "req/s", "ideal", "mean", "p50", "p99", "served by"
+        "{:>3} {:>4} {:<12} {:>7} {:>7} {:>7} {:>7} {:>7}   served by",
+        "rep", "load", "config", "req/s", "ideal", "mean", "p50", "p99"
     );
 
     let mut runs: Vec<Run> = Vec::new();
@@ -258,6 +263,9 @@ fn main() {
         Err(e) => (None, e),
     };
 
+    if let (Some(dir), Some(segs)) = (std::env::var_os("BENCH_FLEET_DUMP"), &segs) {
+        dump(std::path::Path::new(&dir), &runs, segs, &children);
+    }
     report(&runs, &configs, segs.as_deref(), &children, &capture_note);
     if let Some(segs) = &segs {
         measured_ideal(&runs, &schedules, segs, &children, measure);
@@ -455,7 +463,7 @@ fn report(
     println!();
     println!("-- handoff: a child freeing up -> the next waiting request reaching it (µs) --");
     println!(
-        "method: tcpdump on lo records every data segment to and from the children's ports with the kernel's timestamp. A completion reaches a child with its request's first segment and frees it with the last segment of its answer. A gap counts when, at the moment a child frees up, some request sent by a client has not yet reached any child (clients' send times against the segments' arrival times, same wall clock), and runs to the next request reaching that child. Requests that reached the child while it was still busy waited inside the child: counted as 'inside', no gap. Pooled over the repetitions."
+        "method: tcpdump on lo records every data segment to and from the children's ports with the kernel's timestamp. A completion reaches a child with its request's first segment and frees it with the last segment of its answer. A gap counts when, at the moment a child frees up, some request sent by a client has not yet reached any child (clients' send times against the segments' arrival times, same wall clock), and runs to the next request reaching that child. Requests that reached the child while it was still busy waited inside the child: counted as 'inside', no gap. Pooled over the repetitions. fast p50/p99: the fast child's own service time (nominal 10 ms) on its port, in µs: how much the shared machine delays processes in the same runs."
     );
     let Some(segs) = segs else {
         println!("(no capture: {capture_note})");
@@ -463,16 +471,22 @@ fn report(
     };
     println!("capture: {capture_note}");
     println!(
-        "{:>4} {:<12} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}",
-        "load", "config", "p50", "p90", "p99", "max", "n", "inside", "idle"
+        "{:>4} {:<12} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} | {:>9} {:>9}",
+        "load", "config", "p50", "p90", "p99", "max", "n", "inside", "idle", "fast p50", "fast p99"
     );
     for (li, &load) in LOADS.iter().enumerate() {
         for (name, _) in configs {
             let mut gaps = Vec::new();
             let (mut inside, mut idle, mut total) = (0, 0, 0);
+            let mut svc: Vec<u64> = Vec::new();
             for r in runs.iter().filter(|r| r.load == li && r.config == *name) {
                 let served = completions(segs, children, r.span_us.0, r.span_us.1);
                 let h = handoffs(&served, children, &r.sent_us);
+                svc.extend(
+                    service_samples(&served, children[0])
+                        .iter()
+                        .map(|&us| (us.max(0) as u64) * 1000),
+                );
                 gaps.extend(h.gaps_us);
                 inside += h.inside;
                 idle += h.idle;
@@ -487,8 +501,9 @@ fn report(
                     format!("{:.0}", ms * 1000.0)
                 }
             };
+            let f = summarize_ns(&svc);
             println!(
-                "{:>3.0}% {:<12} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}   (of {total} completions seen)",
+                "{:>3.0}% {:<12} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} | {:>9.0} {:>9.0}   (of {total} completions seen)",
                 load * 100.0,
                 name,
                 us(s.p50),
@@ -497,7 +512,9 @@ fn report(
                 us(s.max),
                 s.n,
                 inside,
-                idle
+                idle,
+                f.p50 * 1000.0,
+                f.p99 * 1000.0
             );
         }
     }
@@ -556,6 +573,29 @@ fn measured_ideal(
             median(sims.iter().map(|s| s.1.mean).collect()),
             median(sims.iter().map(|s| s.1.p50).collect()),
             median(sims.iter().map(|s| s.1.p99).collect()),
+        );
+    }
+}
+
+/// With `BENCH_FLEET_DUMP=<dir>`: each run's completions as the children's
+/// ports saw them and its clients' send times, as CSV, to check the
+/// handoff figures by other means.
+fn dump(dir: &std::path::Path, runs: &[Run], segs: &[Segment], children: &[u16]) {
+    let _ = std::fs::create_dir_all(dir);
+    for (i, r) in runs.iter().enumerate() {
+        let served = completions(segs, children, r.span_us.0, r.span_us.1);
+        let mut out = String::from("child,arrived_us,freed_us\n");
+        for s in &served {
+            out.push_str(&format!("{},{},{}\n", s.child, s.arrived_us, s.freed_us));
+        }
+        let _ = std::fs::write(
+            dir.join(format!("{i:02}-{}-{}-served.csv", r.config, r.load)),
+            out,
+        );
+        let sent: String = r.sent_us.iter().map(|t| format!("{t}\n")).collect();
+        let _ = std::fs::write(
+            dir.join(format!("{i:02}-{}-{}-sent.csv", r.config, r.load)),
+            sent,
         );
     }
 }

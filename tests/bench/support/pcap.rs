@@ -60,9 +60,10 @@ impl Capture {
         let mut cmd = Command::new(binary);
         // -s 128: headers and the first bytes of data are enough; -B: a
         // 16 MiB kernel buffer so nothing is dropped under load; -Z root:
-        // keep writing into our temp dir; -n: no name look-ups.
+        // keep writing into our temp dir; -U: write each packet as it
+        // comes; -n: no name look-ups.
         cmd.args([
-            "-i", "lo", "-n", "-s", "128", "-B", "16384", "-Z", "root", "-w",
+            "-i", "lo", "-n", "-s", "128", "-B", "16384", "-Z", "root", "-U", "-w",
         ])
         .arg(&file)
         .arg(&filter)
@@ -103,6 +104,10 @@ impl Capture {
             return;
         };
         let pgid = p.id() as i32;
+        // The kernel hands tcpdump its packets in blocks, a partly filled
+        // one after at most 1 s (tcpdump's buffer timeout); what is still
+        // in a block at SIGINT is lost, so the last one is let through.
+        std::thread::sleep(Duration::from_millis(1500));
         // SIGINT: tcpdump flushes its file and prints its counts.
         kill_group(pgid, libc::SIGINT);
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -357,10 +362,10 @@ fn idle_others(served: &[Served], child: u16, t: i64) -> usize {
     others.len() - busy.len()
 }
 
-/// Median time from arrival to freeing per child, for completions that did
-/// not wait inside the child (the child's own service time as seen on its
+/// Times from arrival to freeing at `child`, for completions that did not
+/// wait inside the child (the child's own service time as seen on its
 /// port), in µs.
-pub fn service_us(served: &[Served], child: u16) -> Option<i64> {
+pub fn service_samples(served: &[Served], child: u16) -> Vec<i64> {
     let mut mine: Vec<&Served> = served.iter().filter(|s| s.child == child).collect();
     mine.sort_by_key(|s| s.arrived_us);
     let mut d: Vec<i64> = Vec::new();
@@ -370,6 +375,12 @@ pub fn service_us(served: &[Served], child: u16) -> Option<i64> {
             d.push(s.freed_us - s.arrived_us);
         }
     }
+    d
+}
+
+/// The median of [`service_samples`].
+pub fn service_us(served: &[Served], child: u16) -> Option<i64> {
+    let mut d = service_samples(served, child);
     d.sort_unstable();
     d.get(d.len() / 2).copied()
 }
