@@ -64,7 +64,53 @@ const NOMINAL: [Duration; 2] = [
 ];
 
 fn capacity() -> f64 {
-    1000.0 / FAST_MS as f64 + 1000.0 / SLOW_MS as f64
+    capacity_of(NOMINAL)
+}
+
+fn capacity_of(service: [Duration; 2]) -> f64 {
+    service.iter().map(|s| 1.0 / s.as_secs_f64()).sum()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The children's real service times now: median latency of back-to-back
+/// completions sent straight to each (one client each, both at once). On a
+/// busy machine they are slower than their nominal 10 and 40 ms, and load
+/// levels and the ideal are taken relative to what they really do.
+fn calibrate(children: &[u16]) -> [Duration; 2] {
+    let body = chat_body(false);
+    let handles: Vec<_> = children
+        .iter()
+        .take(2)
+        .map(|&port| {
+            let request = post_json("/v1/chat/completions", port, &body);
+            std::thread::spawn(move || {
+                support::Load {
+                    ports: vec![port],
+                    clients: 1,
+                    request,
+                    warmup: Duration::from_millis(200),
+                    measure: Duration::from_millis(1500),
+                    max_requests: 10_000,
+                    capture_header: None,
+                }
+                .run()
+                .latency()
+                .p50
+            })
+        })
+        .collect();
+    let mut out = NOMINAL;
+    for (i, h) in handles.into_iter().enumerate() {
+        if let Ok(p50) = h.join() {
+            if p50 > 0.0 {
+                out[i] = Duration::from_secs_f64(p50 / 1000.0);
+            }
+        }
+    }
+    out
 }
 
 /// One configuration's figures in one run.
@@ -111,15 +157,20 @@ fn main() {
         wait_ready: 2,
     };
     let coord = Coordinator::start(&spec);
-    let children = coord.api_ports.clone();
-    let names: Vec<String> = coord
-        .slots()
-        .map(|s| {
-            s.iter()
-                .map(|s| format!("{} :{}", s.profile.clone().unwrap_or_default(), s.api_port))
-                .collect()
-        })
-        .unwrap_or_default();
+    // [fast, slow], whichever slot each profile landed in.
+    let slots = coord.slots().unwrap_or_default();
+    let port_of = |name: &str| {
+        slots
+            .iter()
+            .find(|s| s.profile.as_deref() == Some(name))
+            .map(|s| s.api_port)
+            .expect("both profiles run")
+    };
+    let children = vec![port_of("fast"), port_of("slow")];
+    let names = [
+        format!("fast :{}", children[0]),
+        format!("slow :{}", children[1]),
+    ];
 
     let mut configs: Vec<(&'static str, u16)> = vec![("coordinator", coord.port)];
     let haproxy = match find_haproxy() {
@@ -169,7 +220,7 @@ fn main() {
     println!();
     println!("== fleet: one-at-a-time children of unequal speed, open-loop Poisson arrivals ==");
     println!(
-        "children: {} (fast: completion_delay_ms {FAST_MS}, slow: {SLOW_MS}), one completion at a time each; capacity {:.0} req/s",
+        "children: {} (fast: completion_delay_ms {FAST_MS}, slow: {SLOW_MS}), one completion at a time each; nominal capacity {:.0} req/s",
         names.join(", "),
         capacity()
     );
@@ -190,7 +241,7 @@ fn main() {
         );
     }
     println!(
-        "load: {CLIENTS} keep-alive client connections; non-streamed completions at {} of capacity; per run {:.1} s warm-up + {:.1} s measured; {reps} repetitions, configurations in rotating order on the same schedule",
+        "load: {CLIENTS} keep-alive client connections; non-streamed completions at {} of the capacity calibrated before each repetition; per run {:.1} s warm-up + {:.1} s measured; {reps} repetitions, configurations in rotating order on the same schedule",
         LOADS.map(|l| format!("{:.0}%", l * 100.0)).join(", "),
         WARMUP.as_secs_f64(),
         measure.as_secs_f64()
@@ -202,14 +253,24 @@ fn main() {
     );
 
     let mut runs: Vec<Run> = Vec::new();
+    let mut service = NOMINAL;
     let mut schedules: Vec<(usize, Vec<Duration>)> = Vec::new();
     let body = chat_body(false);
     for rep in 0..reps {
         for (li, &load) in LOADS.iter().enumerate() {
-            let rate = load * capacity();
+            if li == 0 {
+                service = calibrate(&children);
+                let cap = capacity_of(service);
+                println!(
+                    "{rep:>3} calibration: the children answer in {:.2} and {:.2} ms directly (one client each, closed loop): capacity {cap:.1} req/s",
+                    ms(service[0]),
+                    ms(service[1])
+                );
+            }
+            let rate = load * capacity_of(service);
             let seed = 0x5EED_0000 + (rep as u64) * 16 + li as u64;
             let schedule = poisson_schedule(rate, WARMUP + measure, seed);
-            let (ideal, ideal_lat) = simulate(&schedule, measure, NOMINAL);
+            let (ideal, ideal_lat) = simulate(&schedule, measure, service);
             schedules.push((li, schedule.clone()));
             let n = configs.len();
             for k in 0..n {
@@ -548,16 +609,13 @@ fn measured_ideal(
     let cap = 1e6 / s[0] + 1e6 / s[1];
     println!();
     println!(
-        "-- the children as measured: service {:.2} ms (fast) and {:.2} ms (slow), first request segment to last answer segment; capacity {cap:.1} req/s, so the loads are {} of it --",
+        "-- cross-check: the children's service on their ports in the queueing runs (first request segment to last answer segment, median): {:.2} ms (fast) and {:.2} ms (slow), capacity {cap:.1} req/s --",
         s[0] / 1000.0,
         s[1] / 1000.0,
-        LOADS
-            .map(|l| format!("{:.1}%", 100.0 * l * capacity() / cap))
-            .join(", ")
     );
     println!(
-        "{:>4} {:<28} {:>7} {:>7} {:>7} {:>7}",
-        "load", "ideal at measured services", "req/s", "mean", "p50", "p99"
+        "{:>4} {:>8} {:>7} | {:<24} {:>7} {:>7} {:>7} {:>7}",
+        "load", "offered", "% cap", "ideal at these services", "req/s", "mean", "p50", "p99"
     );
     for (li, &load) in LOADS.iter().enumerate() {
         let sims: Vec<(f64, Summary)> = schedules
@@ -565,9 +623,20 @@ fn measured_ideal(
             .filter(|(l, _)| *l == li)
             .map(|(_, sched)| simulate(sched, measure, service))
             .collect();
+        let offered = median(
+            schedules
+                .iter()
+                .filter(|(l, _)| *l == li)
+                .map(|(_, sched)| {
+                    sched.iter().filter(|&&a| a >= WARMUP).count() as f64 / measure.as_secs_f64()
+                })
+                .collect(),
+        );
         println!(
-            "{:>3.0}% {:<28} {:>7.1} {:>7.2} {:>7.2} {:>7.2}",
+            "{:>3.0}% {:>8.1} {:>6.1}% | {:<24} {:>7.1} {:>7.2} {:>7.2} {:>7.2}",
             load * 100.0,
+            offered,
+            100.0 * offered / cap,
             "",
             median(sims.iter().map(|s| s.0).collect()),
             median(sims.iter().map(|s| s.1.mean).collect()),
