@@ -120,7 +120,18 @@ impl Exchange<'_> {
             let retry = first.is_some();
             match self.attempt(holder, &ticket, &reg) {
                 Step::Answered(v) => {
-                    self.report(&ticket, v, false);
+                    // Free the child before anything else: the next waiter's
+                    // wake-up is the handoff's critical path, and sending the
+                    // verdict wakes the outcomes thread, which on a busy
+                    // machine then runs first. The verdict reaches the book
+                    // asynchronously either way, so the order changes nothing
+                    // for it.
+                    let (child, profile) = (ticket.child, ticket.profile.clone());
+                    drop(ticket);
+                    if v == Verdict::Ok {
+                        self.proxy.strikes.clear(child);
+                    }
+                    self.send_outcome(child, &profile, v, false);
                     if let Some(f) = first {
                         // A second opinion proved the first child wrong.
                         self.settle(f, &mut evicted);

@@ -12,6 +12,10 @@
 //! test child keeps connections open after streams as after plain answers,
 //! so every path reuses its connections (the `conn` column counts connects).
 //!
+//! The coordinator runs with `MAX_INFLIGHT_PER_CHILD=0` (no per-child
+//! limit, no fleet queue), like nginx without a queue: this measures the
+//! proxy path, not queueing (`fleet.rs` measures that).
+//!
 //! `BENCH_MEASURE_MS` (default 1500) sets the measured window per cell.
 
 #[path = "support/mod.rs"]
@@ -39,6 +43,10 @@ fn main() {
 
     let mut spec = CoordinatorSpec::plain(2);
     spec.env = vec![
+        // These children answer at once and take concurrent requests, and
+        // nginx sends them as many as it likes: the coordinator gets no
+        // per-child limit either, so both proxies do the same job.
+        ("MAX_INFLIGHT_PER_CHILD".into(), "0".into()),
         ("TESTCHILD_COMPLETION_DELAY_MS".into(), "0".into()),
         ("TESTCHILD_STREAM_EVENTS".into(), "5".into()),
         ("TESTCHILD_STREAM_INTERVAL_MS".into(), "0".into()),
@@ -65,7 +73,7 @@ fn main() {
 
     println!("== proxy: POST /v1/chat/completions, closed loop, keep-alive clients ==");
     println!(
-        "children: 2 aisp-testchild (completion_delay_ms 0; streams: 5 events, interval 0, keep-alive)"
+        "children: 2 aisp-testchild (completion_delay_ms 0; streams: 5 events, interval 0, keep-alive); coordinator MAX_INFLIGHT_PER_CHILD=0"
     );
     println!(
         "nginx: {}",

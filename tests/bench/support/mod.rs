@@ -23,6 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod haproxy;
+pub mod openloop;
+pub mod pcap;
+
 pub const COORDINATOR: &str = env!("CARGO_BIN_EXE_aistudioproxy");
 pub const TESTCHILD: &str = env!("CARGO_BIN_EXE_aisp-testchild");
 pub const LOCALHOST: &str = "127.0.0.1";
@@ -857,11 +861,17 @@ struct Conn {
 }
 
 fn connect(port: u16) -> io::Result<Conn> {
+    // Bounds a wedged server: no request here legitimately takes this long.
+    connect_with(port, Duration::from_secs(5))
+}
+
+/// A keep-alive client connection whose reads and writes give up after
+/// `timeout`.
+fn connect_with(port: u16, timeout: Duration) -> io::Result<Conn> {
     let s = TcpStream::connect((LOCALHOST, port))?;
     s.set_nodelay(true)?;
-    // Bounds a wedged server: no request here legitimately takes this long.
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
     Ok(Conn {
         w: s.try_clone()?,
         r: BufReader::with_capacity(16 * 1024, s),
