@@ -114,6 +114,7 @@ pub fn spawn(
                 backoff,
                 http: health_agent(),
                 starts: 0,
+                early: None,
             }
             .run()
         })
@@ -139,6 +140,8 @@ struct Watcher {
     http: ureq::Agent,
     /// Children started so far; numbers each child's tag.
     starts: u64,
+    /// An operator's drain that arrived while the current child started.
+    early: Option<Cmd>,
 }
 
 /// How one turn of the slot ended.
@@ -175,6 +178,7 @@ impl Watcher {
                 self.pool.apply(self.slot, &Event::Shutdown);
                 return;
             }
+            self.take_early_commands();
             let Some(profile) = self.pool.current(self.slot) else {
                 self.wait_for_a_profile();
                 continue;
@@ -230,6 +234,35 @@ impl Watcher {
                 self.slot, profile.name
             );
             self.back_off(delay, "repeated failures".into());
+        }
+    }
+
+    /// Commands that came while no child ran (during a backoff or a stop):
+    /// an operator's rotation rotates now, before the next start; a restart
+    /// is what happens next anyway; the rest aimed at a child that is gone.
+    fn take_early_commands(&mut self) {
+        while let Ok(cmd) = self.cmds.try_recv() {
+            if let Cmd::Drain {
+                generation: None,
+                reason,
+                then,
+            } = cmd
+            {
+                if then == Then::Rotate {
+                    let next = self.pool.rotate(self.slot);
+                    info!(
+                        "slot {}: {reason} while no child ran: rotating to {} before the next start",
+                        self.slot,
+                        next.as_ref().map(|p| p.name.as_str()).unwrap_or("-")
+                    );
+                } else {
+                    info!(
+                        "slot {}: {reason} while no child ran: it starts next",
+                        self.slot
+                    );
+                }
+                self.backoff.reset();
+            }
         }
     }
 
@@ -334,8 +367,19 @@ impl Watcher {
         let deadline = Instant::now() + self.settings.ready_timeout;
         self.pool
             .apply(self.slot, &Event::Spawned { pid, deadline });
-        // Drain evictions aimed at earlier generations.
-        while self.cmds.try_recv().is_ok() {}
+        // Evictions aimed at earlier generations are stale; an operator's
+        // drain that came meanwhile applies to this child.
+        while let Ok(cmd) = self.cmds.try_recv() {
+            if matches!(
+                cmd,
+                Cmd::Drain {
+                    generation: None,
+                    ..
+                }
+            ) {
+                self.early = Some(cmd);
+            }
+        }
         let generation = self.pool.generation(self.slot);
         info!(
             "slot {}: started profile {} pid {pid} on ports api {} stream {} camoufox {}",
@@ -509,6 +553,10 @@ impl Watcher {
         let url = format!("http://127.0.0.1:{api_port}/health");
         // Set once a drain begins: what follows it, and its bound.
         let mut draining: Option<(StopReason, Then, Instant)> = None;
+        if let Some(Cmd::Drain { reason, then, .. }) = self.early.take() {
+            // Asked for while it started: nothing is in flight yet.
+            return Ending::Drained(reason, then);
+        }
         loop {
             let tick = if let Some((_, _, until)) = &draining {
                 after(DRAIN_POLL.min(until.saturating_duration_since(Instant::now())))

@@ -1259,3 +1259,33 @@ fn a_second_signal_skips_the_drain() {
     );
     let _ = client.join();
 }
+
+#[test]
+fn a_rotation_asked_for_during_a_backoff_applies_before_the_next_start() {
+    let dir = TestDir::new("a_rotation_asked_for_during_a_backoff_applies_before_the_next_start");
+    dir.write_profiles(&["a", "b"]);
+    // A foreign holder of slot 0's camoufox port keeps the slot backing off
+    // on its own profile, a (a taken port does not rotate).
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let c = Coordinator::start(
+        &dir,
+        Builder::new().pool_size(1).env("BASE_CAMOUFOX_PORT", port),
+    );
+    wait_until("slot 0 backing off on a", secs(10.0), || {
+        let s = &c.slots()[0];
+        s.state == "backoff" && s.profile.as_deref() == Some("a")
+    });
+    assert_eq!(ctl(&dir, &["rotate", "0"]).code, Some(0));
+    drop(squatter);
+    wait_until("the slot to start b, not a", secs(15.0), || {
+        let s = &c.slots()[0];
+        s.state == "ready" && s.profile.as_deref() == Some("b")
+    });
+    assert!(dir.child_pid("a").is_none(), "a was started after all");
+    assert!(
+        c.stderr().contains("while no child ran: rotating to b"),
+        "{}",
+        c.stderr()
+    );
+}
