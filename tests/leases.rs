@@ -440,3 +440,163 @@ fn three_coordinators_never_drive_one_profile_twice_through_a_storm() {
         "{after_sigkill:?}"
     );
 }
+
+/// The wall-clock time (unix ms) of the last write of each lease object,
+/// from its expiry (`expires = write + TTL`, at takes and renewals alike),
+/// and that expiry: profile -> (written, expires).
+fn lease_writes(moto: &Moto) -> BTreeMap<String, (u64, u64)> {
+    moto.leases()
+        .into_iter()
+        .filter_map(|(key, doc)| {
+            let name = key.rsplit('/').next()?.strip_suffix(".json")?.to_string();
+            let expires = doc["expires_unix_ms"].as_u64()?;
+            Some((name, (expires - TTL_S * 1000, expires)))
+        })
+        .collect()
+}
+
+/// The network-split guarantee end to end: a replica that cannot reach S3
+/// keeps its children only until `keep_for` (TTL − TTL/6 − stop grace)
+/// after its last successful lease write, so each is gone before the lease
+/// expires (on a clock up to the margin ahead, even); when S3 comes back it
+/// leases the profiles again and restarts them.
+///
+/// The split is moto SIGSTOPped, not killed: connections still open (the
+/// kernel's listen backlog) but nothing answers, as when a network drops
+/// packets, so every lease request runs into the client's timeout (TTL/6 =
+/// 1 s here) instead of failing at once; the harder case for the leaser's
+/// timing. It heals with SIGCONT: serial_s3.py keeps the bucket in memory
+/// only (no persistent data dir), so a new server on the same port would
+/// be an empty store, not the same one back; SIGCONT is the same store,
+/// which also applies the requests that queued meanwhile, as a real store
+/// may apply writes whose answers were lost.
+#[test]
+fn a_replica_cut_off_from_s3_stops_its_children_before_their_leases_expire() {
+    const GRACE_S: u64 = 1;
+    let margin_ms = TTL_S * 1000 / 6;
+    let keep_for_ms = TTL_S * 1000 - margin_ms - GRACE_S * 1000;
+    let moto = Moto::start(false);
+    let names = ["a", "b", "c", "d"];
+    moto.put_profiles(&names);
+    let dir = TestDir::with_deadline("lease_split", Duration::from_secs(120));
+    let c = Coordinator::start(&dir, builder(&moto, "r1").pool_size(4).grace_s(GRACE_S));
+    c.wait_all_ready(secs(30.0));
+    wait_until("every lease held", secs(10.0), || {
+        let (_, r) = c.ready();
+        common::strings(&r["leases"]["held"]) == names
+    });
+    wait_until("every lease renewed once", secs(10.0), || {
+        c.ready().1["leases"]["renewed"].as_u64().unwrap_or(0) >= 4
+    });
+    // Renewals run every TTL/3 = 2 s. Cut S3 off just after one, when no
+    // write is more than 1.2 s old (two profiles' renewals are at most 1 s
+    // apart in phase), so none can land between this read and the stop.
+    let mut before = BTreeMap::new();
+    wait_until("a fresh renewal of every lease", secs(20.0), || {
+        before = lease_writes(&moto);
+        let now = now_ms();
+        before.len() == names.len() && before.values().all(|(w, _)| now.saturating_sub(*w) < 1_200)
+    });
+    let pids: BTreeMap<String, i32> = c
+        .slots()
+        .into_iter()
+        .filter_map(|s| Some((s.profile?, s.pid?)))
+        .collect();
+    assert_eq!(pids.len(), names.len(), "{pids:?}");
+    let split = now_ms();
+    common::send_signal_to(moto.child.id() as i32, libc::SIGSTOP);
+
+    // Each child's end, on the wall clock the lease objects use.
+    let mut gone: BTreeMap<String, u64> = BTreeMap::new();
+    wait_until("every child to stop", secs(TTL_S as f64 + 10.0), || {
+        for (name, pid) in &pids {
+            if !gone.contains_key(name) && common::process_gone(*pid) {
+                gone.insert(name.clone(), now_ms());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        gone.len() == pids.len()
+    });
+    let slots = c.slots();
+    // The slots leave `stopping` once the watchers have reaped the children.
+    wait_until("no slot to name a stopped child", secs(5.0), || {
+        c.slots()
+            .iter()
+            .all(|s| s.pid.is_none_or(|p| !pids.values().any(|&q| q == p)))
+    });
+    let log = c.stderr();
+    let mut report = Vec::new();
+    for (name, (written, expires)) in &before {
+        let stop = gone[name];
+        report.push(format!(
+            "{name}: last write -> stop {} ms (keep_for {keep_for_ms} ms), stop -> expiry {} ms \
+             (margin {margin_ms} ms), split -> stop {} ms",
+            stop as i64 - *written as i64,
+            *expires as i64 - stop as i64,
+            stop as i64 - split as i64,
+        ));
+    }
+    eprintln!("LEASE SPLIT: {}", report.join("; "));
+    for (name, (written, expires)) in &before {
+        let stop = gone[name];
+        assert!(
+            stop < *expires,
+            "{name}: child gone at {stop}, after its lease expired at {expires}: {report:?}"
+        );
+        // Not early: kept at least keep_for (the write's wall time is taken
+        // just before the request, so a little slack).
+        assert!(
+            stop + 300 >= written + keep_for_ms,
+            "{name}: child stopped {} ms after the last write, keep_for is {keep_for_ms} ms",
+            stop - written
+        );
+        assert!(
+            log.contains(&format!(
+                "profile {name}: its lease could not be renewed for"
+            )),
+            "no give-up logged for {name}:\n{log}"
+        );
+        assert!(
+            log.contains(&format!(
+                "stopping profile {name} pid {}: lease lost",
+                pids[name]
+            )),
+            "no lease-lost stop logged for {name}:\n{log}"
+        );
+        assert!(
+            slots
+                .iter()
+                .all(|s| s.pid != Some(pids[name]) || s.state != "ready"),
+            "{name} still ready: {slots:?}"
+        );
+    }
+    let (_, r) = c.ready();
+    assert!(r["leases"]["lost"].as_u64().unwrap_or(0) >= 4, "{r}");
+
+    // The split heals: the same store answers again; once the leases have
+    // expired (plus the margin) the replica takes them back.
+    common::send_signal_to(moto.child.id() as i32, libc::SIGCONT);
+    let healed = Instant::now();
+    wait_until(
+        "both profiles to run again",
+        secs(TTL_S as f64 * 3.0 + 20.0),
+        || {
+            let slots = c.slots();
+            slots.len() == names.len()
+                && slots.iter().all(|s| {
+                    s.state == "ready" && s.pid.is_some_and(|p| !pids.values().any(|&q| q == p))
+                })
+        },
+    );
+    let back = healed.elapsed();
+    let (_, r) = c.ready();
+    assert_eq!(common::strings(&r["leases"]["held"]), names, "{r}");
+    let after = lease_writes(&moto);
+    for (name, (written, _)) in &after {
+        assert!(
+            *written > gone[name],
+            "{name}: no lease written after its child stopped: {after:?}"
+        );
+    }
+    eprintln!("LEASE SPLIT: healed -> every slot ready again {back:.1?}");
+}

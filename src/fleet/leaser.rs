@@ -238,6 +238,11 @@ impl Leaser {
             .map(|(n, _)| n.clone())
             .collect();
         for name in due {
+            // A renewal may block for the whole request timeout (S3 not
+            // answering): give up the leases that came due meanwhile before
+            // the next one, or the last of many would outlive `keep_for` by
+            // the others' timeouts, past their expiry.
+            self.give_up_late();
             self.renew(&name);
         }
     }
@@ -326,6 +331,8 @@ impl Leaser {
         let mut replicas = vec![self.me.clone()];
         let mut claimable: Vec<(String, Option<Doc>, Option<String>)> = Vec::new();
         for name in candidates {
+            // Reads may time out one after another: keep `keep_for` meanwhile.
+            self.give_up_late();
             if self.held.contains_key(&name) {
                 continue;
             }
