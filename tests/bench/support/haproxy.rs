@@ -3,14 +3,12 @@
 //! server a second request while it serves one, and the rest wait in
 //! HAProxy's own queue (`timeout queue`) until a server frees up.
 
-use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use super::{die_with_parent, forget_group, free_port, kill_group, register_group, wait_for};
-use super::{TempDir, LOCALHOST};
+use super::free_port;
+use super::{Daemon, TempDir, LOCALHOST};
 
 /// Debian's haproxy on PATH or in /usr/sbin.
 pub fn find_haproxy() -> Option<PathBuf> {
@@ -43,7 +41,7 @@ pub fn haproxy_version(binary: &Path) -> String {
 /// One HAProxy process (`threads` threads) in its own process group, which
 /// drop kills.
 pub struct HaProxy {
-    proc: Child,
+    proc: Daemon,
     pub port: u16,
     pub threads: u32,
     pub balance: &'static str,
@@ -95,61 +93,20 @@ backend children
         );
         let conf_path = dir.path().join("haproxy.cfg");
         std::fs::write(&conf_path, conf).map_err(|e| format!("write haproxy.cfg: {e}"))?;
-        let log = std::fs::File::create(dir.path().join("stderr.log"))
-            .map_err(|e| format!("create haproxy stderr log: {e}"))?;
         let mut cmd = Command::new(binary);
         // -db: stay in the foreground, one process; -f: this config only.
-        cmd.arg("-db")
-            .arg("-f")
-            .arg(&conf_path)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .process_group(0);
-        die_with_parent(&mut cmd);
-        let proc = cmd
-            .spawn()
-            .map_err(|e| format!("start {}: {e}", binary.display()))?;
-        register_group(proc.id() as i32);
-        let mut h = HaProxy {
+        cmd.arg("-db").arg("-f").arg(&conf_path);
+        let proc = Daemon::start(cmd, &dir, port, "haproxy", &["stderr.log"])?;
+        Ok(HaProxy {
             proc,
             port,
             threads,
             balance,
             dir,
-        };
-        let up = wait_for(
-            Instant::now() + Duration::from_secs(5),
-            Duration::from_millis(5),
-            || TcpStream::connect((LOCALHOST, port)).ok(),
-        );
-        if up.is_none() || h.proc.try_wait().ok().flatten().is_some() {
-            let se = std::fs::read_to_string(h.dir.path().join("stderr.log")).unwrap_or_default();
-            return Err(format!("haproxy did not come up:\n{se}"));
-        }
-        Ok(h)
+        })
     }
 
     pub fn pid(&self) -> u32 {
-        self.proc.id()
-    }
-}
-
-impl Drop for HaProxy {
-    fn drop(&mut self) {
-        let pgid = self.proc.id() as i32;
-        kill_group(pgid, libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        if wait_for(deadline, Duration::from_millis(5), || {
-            self.proc.try_wait().ok().flatten()
-        })
-        .is_none()
-        {
-            let _ = self.proc.kill();
-            let _ = self.proc.wait();
-        }
-        kill_group(pgid, libc::SIGKILL);
-        forget_group(pgid);
+        self.proc.pid()
     }
 }

@@ -419,7 +419,7 @@ pub fn find_nginx() -> Option<PathBuf> {
 /// master and `workers` worker processes, all in one process group that drop
 /// kills.
 pub struct Nginx {
-    proc: Child,
+    proc: Daemon,
     pub port: u16,
     pub workers: u32,
     dir: TempDir,
@@ -472,64 +472,91 @@ http {{
         );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).map_err(|e| format!("write nginx.conf: {e}"))?;
-        let log = std::fs::File::create(dir.path().join("stderr.log"))
-            .map_err(|e| format!("create nginx stderr log: {e}"))?;
         let mut cmd = Command::new(binary);
         cmd.arg("-p")
             .arg(dir.path())
             .arg("-c")
             .arg(&conf_path)
             .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .process_group(0);
+            .arg(dir.path().join("error.log"));
         // nginx workers are in the same process group, which drop and the
         // watchdog kill.
-        die_with_parent(&mut cmd);
-        let proc = cmd
-            .spawn()
-            .map_err(|e| format!("start {}: {e}", binary.display()))?;
-        register_group(proc.id() as i32);
-        let mut n = Nginx {
+        let proc = Daemon::start(cmd, &dir, port, "nginx", &["error.log", "stderr.log"])?;
+        Ok(Nginx {
             proc,
             port,
             workers,
             dir,
-        };
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+}
+
+/// A server under test in its own process group (nginx, HAProxy): started
+/// with its stderr in `dir`, up once its port accepts; on drop SIGTERM to
+/// the group, up to 3 s, then SIGKILL to what is left (workers of a master
+/// that died first).
+pub struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    /// Spawn `cmd` and wait (5 s at most) until `port` accepts; `logs` are
+    /// the files in `dir` shown when it does not come up.
+    pub fn start(
+        mut cmd: Command,
+        dir: &TempDir,
+        port: u16,
+        what: &str,
+        logs: &[&str],
+    ) -> Result<Daemon, String> {
+        let log = std::fs::File::create(dir.path().join("stderr.log"))
+            .map_err(|e| format!("create {what} stderr log: {e}"))?;
+        cmd.current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0);
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().map_err(|e| format!("start {what}: {e}"))?;
+        register_group(child.id() as i32);
+        let mut d = Daemon { child };
         let up = wait_for(
             Instant::now() + Duration::from_secs(5),
             Duration::from_millis(5),
             || TcpStream::connect((LOCALHOST, port)).ok(),
         );
-        if up.is_none() || n.proc.try_wait().ok().flatten().is_some() {
-            let err = std::fs::read_to_string(n.dir.path().join("error.log")).unwrap_or_default();
-            let se = std::fs::read_to_string(n.dir.path().join("stderr.log")).unwrap_or_default();
-            return Err(format!("nginx did not come up:\n{err}{se}"));
+        if up.is_none() || d.child.try_wait().ok().flatten().is_some() {
+            let text: String = logs
+                .iter()
+                .map(|l| std::fs::read_to_string(dir.path().join(l)).unwrap_or_default())
+                .collect();
+            return Err(format!("{what} did not come up:\n{text}"));
         }
-        Ok(n)
+        Ok(d)
     }
 
     pub fn pid(&self) -> u32 {
-        self.proc.id()
+        self.child.id()
     }
 }
 
-impl Drop for Nginx {
+impl Drop for Daemon {
     fn drop(&mut self) {
-        let pgid = self.proc.id() as i32;
+        let pgid = self.child.id() as i32;
         kill_group(pgid, libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(3);
         if wait_for(deadline, Duration::from_millis(5), || {
-            self.proc.try_wait().ok().flatten()
+            self.child.try_wait().ok().flatten()
         })
         .is_none()
         {
-            let _ = self.proc.kill();
-            let _ = self.proc.wait();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        // Workers left behind by a master that died first.
         kill_group(pgid, libc::SIGKILL);
         forget_group(pgid);
     }
