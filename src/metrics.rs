@@ -271,21 +271,19 @@ pub fn child_started(slot: usize) {
 pub fn child_ended(slot: usize, reason: &'static str) {
     global()
         .child_exits
-        .get_or_create(&vec![
-            ("slot", slot.to_string()),
-            ("reason", reason.to_string()),
-        ])
+        .get_or_create(&slot_and_reason(slot, reason))
         .inc();
 }
 
 pub fn evicted(slot: usize, reason: &'static str) {
     global()
         .evictions
-        .get_or_create(&vec![
-            ("slot", slot.to_string()),
-            ("reason", reason.to_string()),
-        ])
+        .get_or_create(&slot_and_reason(slot, reason))
         .inc();
+}
+
+fn slot_and_reason(slot: usize, reason: &'static str) -> Labels {
+    vec![("slot", slot.to_string()), ("reason", reason.to_string())]
 }
 
 pub fn child_ready(after: Duration) {

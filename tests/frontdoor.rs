@@ -53,6 +53,15 @@ fn queue_wait_ms(r: &Reply) -> u64 {
 // ---------------------------------------------------------------------------
 // One completion per child, one queue
 
+/// A coordinator with one slot, its child ready: it, its port and the
+/// child's API port.
+fn one_ready_slot(dir: &TestDir) -> (Coordinator<'_>, u16, u16) {
+    let c = Coordinator::start(dir, Builder::new().pool_size(1));
+    c.wait_all_ready(secs(10.0));
+    let (port, api) = (c.ports.coordinator, c.slots()[0].ports.0);
+    (c, port, api)
+}
+
 #[test]
 fn six_requests_over_two_children_queue_at_the_front_door() {
     let dir = TestDir::new("six_requests_over_two_children_queue_at_the_front_door");
@@ -123,10 +132,7 @@ fn six_requests_over_two_children_queue_at_the_front_door() {
 fn a_client_that_leaves_the_queue_never_reaches_a_child() {
     let dir = TestDir::new("a_client_that_leaves_the_queue_never_reaches_a_child");
     dir.write_profile("a", &knobs(json!({"completion_delay_ms": 800})));
-    let c = Coordinator::start(&dir, Builder::new().pool_size(1));
-    c.wait_all_ready(secs(10.0));
-    let port = c.ports.coordinator;
-    let api = c.slots()[0].ports.0;
+    let (c, port, api) = one_ready_slot(&dir);
     let holder = std::thread::spawn(move || completion(port, &[], "first"));
     wait_until("the child to be busy", secs(3.0), || {
         completions_seen(api) == 1
@@ -200,10 +206,7 @@ fn queue_full_and_queue_timeout_carry_retry_after() {
 fn gets_never_wait_behind_completions() {
     let dir = TestDir::new("gets_never_wait_behind_completions");
     dir.write_profile("a", &knobs(json!({"completion_delay_ms": 1500})));
-    let c = Coordinator::start(&dir, Builder::new().pool_size(1));
-    c.wait_all_ready(secs(10.0));
-    let port = c.ports.coordinator;
-    let api = c.slots()[0].ports.0;
+    let (c, port, api) = one_ready_slot(&dir);
     let holders: Vec<_> = (0..2)
         .map(|i| std::thread::spawn(move || completion(port, &[], &i.to_string())))
         .collect();
@@ -426,10 +429,7 @@ fn request_ids_are_echoed_or_made_up() {
 fn cancel_a_queued_request() {
     let dir = TestDir::new("cancel_a_queued_request");
     dir.write_profile("a", &knobs(json!({"completion_delay_ms": 1500})));
-    let c = Coordinator::start(&dir, Builder::new().pool_size(1));
-    c.wait_all_ready(secs(10.0));
-    let port = c.ports.coordinator;
-    let api = c.slots()[0].ports.0;
+    let (c, port, api) = one_ready_slot(&dir);
     let holder = std::thread::spawn(move || completion(port, &[], "holder"));
     wait_until("the child to be busy", secs(3.0), || {
         completions_seen(api) == 1
@@ -464,10 +464,7 @@ fn cancel_a_running_stream_closes_the_child_connection() {
         "a",
         &knobs(json!({"stream_events": 100, "stream_interval_ms": 50})),
     );
-    let c = Coordinator::start(&dir, Builder::new().pool_size(1));
-    c.wait_all_ready(secs(10.0));
-    let port = c.ports.coordinator;
-    let api = c.slots()[0].ports.0;
+    let (c, port, api) = one_ready_slot(&dir);
     let s = open_stream(port, &chat("long", true), "X-Request-Id: s-1\r\n");
     let reader = std::thread::spawn(move || read_events(s, 1000));
     wait_until("the stream to run", secs(3.0), || {
@@ -504,10 +501,7 @@ fn every_accepted_key_form_reaches_the_child_as_one_bearer() {
     let dir = TestDir::new("every_accepted_key_form_reaches_the_child_as_one_bearer");
     dir.write_profiles(&["a"]);
     dir.write_key("k1\nk2\n");
-    let c = Coordinator::start(&dir, Builder::new().pool_size(1));
-    c.wait_all_ready(secs(10.0));
-    let port = c.ports.coordinator;
-    let api = c.slots()[0].ports.0;
+    let (_c, port, api) = one_ready_slot(&dir);
     let accepted: &[(&[(&str, &str)], &str)] = &[
         (&[("Authorization", "Bearer k1")], "Bearer k1"),
         (&[("Authorization", "bearer k1")], "Bearer k1"),
@@ -568,10 +562,7 @@ fn every_accepted_key_form_reaches_the_child_as_one_bearer() {
 fn an_http10_client_waits_and_is_served() {
     let dir = TestDir::new("an_http10_client_waits_and_is_served");
     dir.write_profile("a", &knobs(json!({"completion_delay_ms": 400})));
-    let c = Coordinator::start(&dir, Builder::new().pool_size(1));
-    c.wait_all_ready(secs(10.0));
-    let port = c.ports.coordinator;
-    let api = c.slots()[0].ports.0;
+    let (_c, port, api) = one_ready_slot(&dir);
     let holder = std::thread::spawn(move || completion(port, &[], "first"));
     wait_until("the child to be busy", secs(3.0), || {
         completions_seen(api) == 1

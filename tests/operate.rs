@@ -67,18 +67,7 @@ fn request(
             rq.send(b.map(Value::to_string).unwrap_or_default()).ok()?
         }
     };
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
-    let body = resp.body_mut().read_to_string().ok()?;
-    Some(Reply {
-        status,
-        headers,
-        body,
-    })
+    reply_of(&mut resp)
 }
 
 /// What one `aistudioproxy ctl` run did.

@@ -429,7 +429,7 @@ pub fn http_get(port: u16, path: &str) -> Option<Reply> {
 }
 
 /// An answer read whole; None when its body could not be read.
-fn reply_of(resp: &mut ureq::http::Response<ureq::Body>) -> Option<Reply> {
+pub fn reply_of(resp: &mut ureq::http::Response<ureq::Body>) -> Option<Reply> {
     let status = resp.status().as_u16();
     let headers = resp
         .headers()
