@@ -437,8 +437,16 @@ impl Watcher {
             );
         }
         self.pool.apply(self.slot, &Event::Gone);
-        // The child is gone, its shutdown write with it: the last state goes back.
-        note_writeback(self.slot, copy.profile(), &copy.on_stop());
+        // The child is gone, its shutdown write with it: the last state goes
+        // back, unless the lease is lost: only the holder writes a profile.
+        if let StopReason::LeaseLost(_) = reason {
+            info!(
+                "slot {}: profile {}: not writing back, its lease belongs to another replica now",
+                self.slot, profile.name
+            );
+        } else {
+            note_writeback(self.slot, copy.profile(), &copy.on_stop());
+        }
         if let Err(e) = copy.finish() {
             warn!(
                 "slot {}: cannot remove the working copy of profile {}: {e}",

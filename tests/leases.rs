@@ -563,6 +563,16 @@ fn a_replica_cut_off_from_s3_stops_its_children_before_their_leases_expire() {
             )),
             "no lease-lost stop logged for {name}:\n{log}"
         );
+        // Only the lease holder writes a profile back.
+        wait_until(
+            &format!("{name}'s write-back to be skipped"),
+            secs(5.0),
+            || {
+                c.stderr().contains(&format!(
+                    "profile {name}: not writing back, its lease belongs to another replica now"
+                ))
+            },
+        );
         assert!(
             slots
                 .iter()
