@@ -80,6 +80,11 @@ pub fn run(
     let outcomes = listen_to_outcomes(&proxy, pool.clone(), shutdown_rx.clone())
         .map_err(|e| format!("cannot start the outcome listener: {e}"))
         .map_err(fatal(1))?;
+    let requests = proxy.requests();
+    let client_watch = requests
+        .watch_clients(shutdown_rx.clone())
+        .map_err(|e| format!("cannot start the client watch: {e}"))
+        .map_err(fatal(1))?;
     let reloader = Arc::new(Reloader::new(
         cfg,
         pool.clone(),
@@ -131,7 +136,11 @@ pub fn run(
         shutdown: shutdown_rx,
         hurry: hurry_rx,
     };
-    let settings = watcher::Settings::new(cfg, key_file, identity, writeback);
+    info!(
+        "children's logs are read for {} account signs (login needed, quota, rate limit)",
+        cfg.signs.len()
+    );
+    let settings = watcher::Settings::new(cfg, key_file, identity, writeback, requests);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let mut watchers = Vec::new();
     for (slot, cmds) in cmd_rxs.into_iter().enumerate() {
@@ -172,7 +181,10 @@ pub fn run(
     if let Some(l) = leaser {
         l.stop();
     }
-    for w in watchers.into_iter().chain([outcomes, reloads]) {
+    for w in watchers
+        .into_iter()
+        .chain([outcomes, reloads, client_watch])
+    {
         if w.is_finished() {
             let _ = w.join();
         }
@@ -277,6 +289,8 @@ fn new_pool(cfg: &Config, hydrated: &Hydrated) -> (Arc<Pool>, Vec<Receiver<crate
         info!("{cooling} profiles are still cooling down from an earlier run");
     }
     pool.set_book(book, store);
+    // A profile that needed a login and came back with new content runs.
+    pool.content_seen(&crate::hydrate::fingerprints(&hydrated.profiles));
     info!(
         "{} slots for {profile_count} profiles ({} queued); child command: {}",
         pool.size(),

@@ -108,6 +108,8 @@ pub struct Config {
     /// On SIGTERM, the longest wait for requests in flight and queued.
     pub shutdown_drain: Duration,
     pub book: crate::book::Settings,
+    /// The log patterns read as account signs (`CHILD_SIGNALS_FILE`).
+    pub signs: crate::process::logsigns::Signs,
     pub admin_socket: PathBuf,
     /// `ADMIN_KEY` (a file named by `ADMIN_KEY_FILE` is read at start).
     pub admin_key: Option<crate::admin::http::AdminKey>,
@@ -315,6 +317,16 @@ const SETTINGS: &[Setting] = &[
         env: "PROFILE_COOLDOWN_S",
         default: Some("3600"),
         help: "how long an exhausted profile rests when the child sent no Retry-After",
+    },
+    Setting {
+        env: "RATE_LIMIT_COOLDOWN_S",
+        default: Some("300"),
+        help: "how long a profile rests when its child's log says rate limit",
+    },
+    Setting {
+        env: "CHILD_SIGNALS_FILE",
+        default: None,
+        help: "more log patterns for login needed, quota and rate limit (lines `quota: <text>`)",
     },
     Setting {
         env: "ADMIN_SOCKET",
@@ -665,6 +677,12 @@ impl Config {
                     1000,
                 )? as u32,
                 cooldown: secs("PROFILE_COOLDOWN_S", 1, 30 * 86_400)?,
+                rate_limit_cooldown: secs("RATE_LIMIT_COOLDOWN_S", 1, 30 * 86_400)?,
+            },
+            signs: match get("CHILD_SIGNALS_FILE") {
+                Some(f) => crate::process::logsigns::Signs::load(&abs(f))
+                    .map_err(|e| ConfigError::Conflict(e.to_string()))?,
+                None => Default::default(),
             },
             admin_socket: get("ADMIN_SOCKET")
                 .map(abs)

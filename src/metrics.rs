@@ -58,7 +58,7 @@ pub struct Metrics {
 pub struct View {
     /// `(slot, state)` per slot.
     pub slots: Vec<(usize, String)>,
-    /// `(profile, state)`: running, queued, cooling or disabled.
+    /// `(profile, state)`: running, queued, cooling, needs_login or disabled.
     pub profiles: Vec<(String, &'static str)>,
     pub queue_length: usize,
     /// `(slot, in flight)`.
@@ -184,7 +184,7 @@ impl Metrics {
             r.register("slots", "Slots by state", m.slots.clone());
             r.register(
                 "profiles",
-                "Profiles by state (running, queued, cooling, disabled)",
+                "Profiles by state (running, queued, cooling, needs_login, disabled)",
                 m.profiles.clone(),
             );
             r.register(
@@ -226,7 +226,7 @@ impl Metrics {
                 .inc();
         }
         self.profiles.clear();
-        for state in ["running", "queued", "cooling", "disabled"] {
+        for state in ["running", "queued", "cooling", "needs_login", "disabled"] {
             let n = view.profiles.iter().filter(|(_, s)| *s == state).count();
             self.profiles
                 .get_or_create(&vec![("state", state.to_string())])

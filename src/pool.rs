@@ -384,7 +384,7 @@ pub struct ProfileChanges {
 /// What `/ready` and the admin status say about one profile.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProfileSnapshot {
-    /// running, queued, cooling or disabled.
+    /// running, queued, cooling, needs_login or disabled.
     pub state: &'static str,
     /// The slot holding it, when one does.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -480,6 +480,44 @@ impl Pool {
             }
             self.save_book();
         }
+    }
+
+    /// `profile`'s login expired (`why`; its source content has fingerprint
+    /// `content`): it is not started again until new content or an
+    /// operator. One warning the first time, naming the fix.
+    pub fn login_needed(&self, profile: &str, why: &str, content: u64) {
+        let news = self
+            .lock()
+            .book
+            .login_needed(profile, why, content, SystemTime::now());
+        if news {
+            log::warn!(
+                "profile {profile} needs a new login ({why}): it is not started again until its file changes; renew the login and upload the profile, then reload (SIGHUP or `aistudioproxy ctl reload`), or `aistudioproxy ctl reset {profile}`"
+            );
+            self.save_book();
+        }
+    }
+
+    /// The profiles' source content now has these fingerprints (hydration,
+    /// a reload, a write-back): a profile that needed a login and has new
+    /// content may run again.
+    pub fn content_seen(&self, fingerprints: &[(String, u64)]) {
+        let renewed: Vec<&str> = {
+            let mut inner = self.lock();
+            fingerprints
+                .iter()
+                .filter(|(name, fp)| inner.book.content_seen(name, *fp))
+                .map(|(name, _)| name.as_str())
+                .collect()
+        };
+        if renewed.is_empty() {
+            return;
+        }
+        for name in &renewed {
+            log::info!("profile {name} has new content: its login is tried again");
+        }
+        self.save_book();
+        self.wake_all();
     }
 
     /// A start of `profile` ended; it had become ready or not.
@@ -737,6 +775,8 @@ fn profiles_of(inner: &Inner) -> Vec<ProfileSnapshot> {
             });
             let state = if health.disabled {
                 "disabled"
+            } else if health.needs_login.is_some() {
+                "needs_login"
             } else if slot.is_some() {
                 "running"
             } else if health.cooling_until_unix_ms.is_some() {

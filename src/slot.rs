@@ -38,6 +38,8 @@ pub enum StopReason {
     Evicted(String),
     /// The profile's account is out of quota: rotated out and cooled down.
     Exhausted,
+    /// Its login expired: stopped at once, the profile waits for a new one.
+    NeedsLogin,
     /// An operator asked (restart, rotate, disable) or a reload removed it.
     Operator(String),
     /// Its profile's lease is lost (another replica holds it, or it could
@@ -54,6 +56,7 @@ impl StopReason {
             StopReason::ReadyTimeout => "ready_timeout",
             StopReason::Evicted(_) => "evicted",
             StopReason::Exhausted => "exhausted",
+            StopReason::NeedsLogin => "needs_login",
             StopReason::Operator(_) => "operator",
             StopReason::LeaseLost(_) => "lease_lost",
             StopReason::Shutdown => "shutdown",
@@ -68,6 +71,7 @@ impl fmt::Display for StopReason {
             StopReason::ReadyTimeout => f.write_str("not ready before the readiness deadline"),
             StopReason::Evicted(why) => write!(f, "evicted ({why})"),
             StopReason::Exhausted => f.write_str("exhausted (empty answers or out of quota)"),
+            StopReason::NeedsLogin => f.write_str("its login expired (needs_login)"),
             StopReason::Operator(what) => f.write_str(what),
             StopReason::LeaseLost(why) => write!(f, "lease lost ({why})"),
             StopReason::Shutdown => f.write_str("coordinator shutting down"),

@@ -5,7 +5,8 @@
 //! starting a child that cannot bind). It starts the slot's profile, polls
 //! the child's `/health` until it is ready or the readiness deadline passes,
 //! then blocks until the child exits or is evicted. Every ending stops the
-//! child's whole process tree (see `process::tree`) and rotates the slot:
+//! child's whole process tree (see `process::tree`; its launcher first, so
+//! it can save its login) and rotates the slot:
 //! the profile goes to the back of the queue, the front of the queue is
 //! started on the same ports (after a crash-loop backoff). All waits select
 //! on the shutdown channel, so a signal interrupts any of them; on shutdown
@@ -20,14 +21,22 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{after, select, Receiver, Sender};
 use log::{error, info, warn};
 
+use crate::book::{
+    self,
+    login::{self, Session},
+};
 use crate::config::{Config, Ports};
+use crate::dispatch::ChildId;
 use crate::hydrate::Profile;
 use crate::metrics;
 use crate::pool::{Cmd, Pool, Then};
 use crate::process::child::{self, Child, Exit};
+use crate::process::childlog::Listener;
 use crate::process::env;
+use crate::process::logsigns::{Sign, Signs};
 use crate::process::ports::{self, Busy};
 use crate::process::tree::{self, Identity};
+use crate::proxy::requests::Registry;
 use crate::slot::{Backoff, Event, StopReason};
 use crate::writeback::{self, WorkingCopy, WriteBack};
 
@@ -58,6 +67,11 @@ pub struct Settings {
     pub identity: Identity,
     /// Working copies of profiles, and their write-back.
     pub writeback: WriteBack,
+    /// What the child's log lines mean for its account.
+    pub signs: Arc<Signs>,
+    /// The requests running on children, to take back those of a child
+    /// whose account ran out.
+    pub requests: Arc<Registry>,
 }
 
 impl Settings {
@@ -66,6 +80,7 @@ impl Settings {
         key_file: Option<PathBuf>,
         identity: Identity,
         writeback: WriteBack,
+        requests: Arc<Registry>,
     ) -> Settings {
         Settings {
             command: cfg.child_command.clone(),
@@ -78,6 +93,8 @@ impl Settings {
             drain_timeout: cfg.request_timeout,
             identity,
             writeback,
+            signs: Arc::new(cfg.signs.clone()),
+            requests,
         }
     }
 }
@@ -150,6 +167,8 @@ enum Turn {
     Ran(RunEnd),
     /// Not started: a port of the slot is held by someone else.
     PortBusy(Busy),
+    /// Not started: the profile's login expired (its cookies say so).
+    NeedsLogin,
 }
 
 struct RunEnd {
@@ -185,6 +204,11 @@ impl Watcher {
             };
             let end = match self.run_one(&profile) {
                 Turn::Ran(end) => end,
+                Turn::NeedsLogin => RunEnd {
+                    ready_for: None,
+                    then: Then::Rotate,
+                    deliberate: true,
+                },
                 Turn::PortBusy(busy) => {
                     // The profile is not at fault: it keeps the slot and
                     // is tried again after the backoff.
@@ -328,6 +352,15 @@ impl Watcher {
     /// Start `profile` once its ports are free, watch it to its end, stop
     /// its whole tree.
     fn run_one(&mut self, profile: &Profile) -> Turn {
+        if let Some(why) = expired_login(profile) {
+            info!(
+                "slot {}: not starting profile {}: {why}",
+                self.slot, profile.name
+            );
+            self.pool
+                .login_needed(&profile.name, &why, profile.fingerprint().unwrap_or(0));
+            return Turn::NeedsLogin;
+        }
         let ports = self.pool.ports(self.slot);
         if let Some(busy) = self.wait_ports_free(&ports) {
             return Turn::PortBusy(busy);
@@ -351,7 +384,12 @@ impl Watcher {
             }
         };
         let tag = self.settings.identity.tag(self.slot, self.starts);
-        let spec = self.spec(profile, copy.path(), &ports, tag);
+        let (signs_tx, signs) = crossbeam_channel::unbounded();
+        let mut spec = self.spec(profile, copy.path(), &ports, tag);
+        spec.listener = Some(Listener {
+            signs: self.settings.signs.clone(),
+            tx: signs_tx,
+        });
         let mut child = match Child::spawn(&spec) {
             Ok(c) => c,
             Err(e) => {
@@ -394,6 +432,7 @@ impl Watcher {
             self.watch(
                 &mut child,
                 &copy,
+                &signs,
                 generation,
                 deadline,
                 ports.api,
@@ -437,6 +476,17 @@ impl Watcher {
             );
         }
         self.pool.apply(self.slot, &Event::Gone);
+        // The pumps are done: a login line printed just before the child
+        // exited by itself has arrived now.
+        let login_needed = matches!(reason, StopReason::NeedsLogin)
+            || signs.try_iter().any(|s| s == Sign::LoginNeeded);
+        if login_needed {
+            self.pool.login_needed(
+                &profile.name,
+                "the child's log says its login expired",
+                profile.fingerprint().unwrap_or(0),
+            );
+        }
         // The child is gone, its shutdown write with it: the last state goes
         // back, unless the lease is lost: only the holder writes a profile.
         if let StopReason::LeaseLost(_) = reason {
@@ -456,11 +506,13 @@ impl Watcher {
         Turn::Ran(RunEnd {
             ready_for: ready_at.map(|t| t.elapsed()),
             then,
-            // A lost lease is no failure of the profile: no backoff for it.
-            deliberate: matches!(
-                ending,
-                Ending::Drained(..) | Ending::Stop(StopReason::LeaseLost(_))
-            ),
+            // A lost lease or an expired login is no failure of the
+            // child: no backoff, no start failure for it.
+            deliberate: login_needed
+                || matches!(
+                    ending,
+                    Ending::Drained(..) | Ending::Stop(StopReason::LeaseLost(_))
+                ),
         })
     }
 
@@ -496,6 +548,7 @@ impl Watcher {
             log_path: self.settings.log_dir.join(format!("{}.log", profile.name)),
             name: format!("slot{}", self.slot),
             tag,
+            listener: None,
         }
     }
 
@@ -541,10 +594,12 @@ impl Watcher {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn watch(
         &mut self,
         child: &mut Child,
         copy: &WorkingCopy,
+        signs: &Receiver<Sign>,
         generation: u64,
         deadline: Instant,
         api_port: u16,
@@ -561,6 +616,8 @@ impl Watcher {
         let url = format!("http://127.0.0.1:{api_port}/health");
         // Set once a drain begins: what follows it, and its bound.
         let mut draining: Option<(StopReason, Then, Instant)> = None;
+        // The account's exhaustion was reported (its log repeats it).
+        let mut exhausted = false;
         if let Some(Cmd::Drain { reason, then, .. }) = self.early.take() {
             // Asked for while it started: nothing is in flight yet.
             return Ending::Drained(reason, then);
@@ -581,6 +638,12 @@ impl Watcher {
                 }
                 recv(self.signals.shutdown) -> _ => return Ending::Stop(StopReason::Shutdown),
                 recv(writebacks) -> _ => note_writeback(self.slot, name, &copy.tick()),
+                recv(signs) -> sign => match sign {
+                    Ok(Sign::LoginNeeded) => return Ending::Stop(StopReason::NeedsLogin),
+                    Ok(sign) => self.account_ran_out(name, sign, generation, &mut exhausted),
+                    // The pumps ended: the exit follows.
+                    Err(_) => {}
+                },
                 recv(self.cmds) -> cmd => match cmd {
                     Ok(Cmd::Evict { generation: g, reason }) if g == generation => {
                         return Ending::Stop(StopReason::Evicted(reason));
@@ -633,6 +696,57 @@ impl Watcher {
                 }
             }
         }
+    }
+}
+
+impl Watcher {
+    /// The child's log says its account ran out (`sign`): the first time,
+    /// the profile cools (the slot drains and rotates, see `Pool::report`);
+    /// every time, the requests the child has not begun to answer are taken
+    /// back, so another child serves them instead of this one holding them
+    /// until its own deadline.
+    fn account_ran_out(&self, name: &str, sign: Sign, generation: u64, reported: &mut bool) {
+        if !*reported {
+            *reported = true;
+            warn!(
+                "slot {}: profile {name}: the child's log says {sign}",
+                self.slot
+            );
+            let limit = match sign {
+                Sign::RateLimit => book::Limit::RateLimit,
+                _ => book::Limit::Quota,
+            };
+            self.pool.report(
+                self.slot,
+                generation,
+                book::Answer::Exhausted {
+                    retry_after: None,
+                    limit,
+                },
+            );
+        }
+        let n = self.settings.requests.reclaim(ChildId {
+            slot: self.slot,
+            generation,
+        });
+        if n > 0 {
+            info!(
+                "slot {}: profile {name}: {n} requests taken back from its child, to be served elsewhere",
+                self.slot
+            );
+        }
+    }
+}
+
+/// Why `profile` cannot log in, judged from its file before a start: every
+/// Google session cookie it has expired. None when it may be started.
+fn expired_login(profile: &Profile) -> Option<String> {
+    let bytes = std::fs::read(&profile.path).ok()?;
+    match login::session(&bytes, std::time::SystemTime::now()) {
+        Session::Expired { count } => Some(format!(
+            "its {count} Google session cookies have all expired"
+        )),
+        Session::Live | Session::Unknown => None,
     }
 }
 
@@ -759,6 +873,8 @@ http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
                 },
                 Duration::from_secs(600),
             ),
+            signs: Default::default(),
+            requests: Default::default(),
         };
         let thread = spawn(
             0,

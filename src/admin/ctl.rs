@@ -300,6 +300,13 @@ pub fn status_table(status: &Value, now: SystemTime) -> String {
                 .unwrap_or_else(|| "-".into())
         ));
     }
+    for p in named("needs_login") {
+        out.push_str(&format!(
+            "NEEDS LOGIN: {} ({}; renew the login, upload the profile, reload)\n",
+            text(&p["profile"]),
+            text(&p["needs_login"]["why"]),
+        ));
+    }
     for p in named("disabled") {
         out.push_str(&format!("disabled: {}\n", text(&p["profile"])));
     }

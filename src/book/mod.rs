@@ -4,19 +4,29 @@
 //!
 //! Per profile it keeps: the run of empty answers in a row (an exhausted
 //! account answers 200 with nothing in it), the run of starts that never
-//! became ready, a cooldown (until when, and why), whether an operator
-//! disabled it, and counters. Two things cool a profile down:
+//! became ready, a cooldown (until when, and why), whether its login is
+//! needed, whether an operator disabled it, and counters. Three things cool
+//! a profile down:
 //! - exhaustion: `EMPTY_ANSWERS_TO_ROTATE` empty answers in a row, a 429,
-//!   or a 502 with `Retry-After`; it cools for the child's `Retry-After`
-//!   when it sent one, else `PROFILE_COOLDOWN_S`;
+//!   a 502 with `Retry-After`, or the child's log saying quota; it cools for
+//!   the child's `Retry-After` when it sent one, else `PROFILE_COOLDOWN_S`;
+//! - a rate limit in the child's log: `RATE_LIMIT_COOLDOWN_S`;
 //! - start failures: `START_FAILURES_TO_COOL` starts in a row that never
 //!   became ready (an expired login hangs the real child); the cooldown
 //!   starts at `START_COOLDOWN_FIRST` and doubles on each repeat, so one bad
 //!   profile does not grow the backoff of every slot.
 //!
+//!
+//! A profile whose login expired (the child's log said so, or its session
+//! cookies all expired before a start, see `login`) `needs_login`: it is
+//! never started again until its content changes (a reload or write-back
+//! brings a file with another fingerprint) or an operator enables or
+//! resets it. No time ends that state.
+//!
 //! The book's owner saves it (`store`) after each change, so a restart does
 //! not retry an exhausted profile at once.
 
+pub mod login;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -35,15 +45,20 @@ pub const START_COOLDOWN_CAP: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub empty_answers_to_rotate: u32,
+    /// Out of quota (`PROFILE_COOLDOWN_S`).
     pub cooldown: Duration,
+    /// Rate-limited (`RATE_LIMIT_COOLDOWN_S`).
+    pub rate_limit_cooldown: Duration,
 }
 
 impl Default for Settings {
-    /// `EMPTY_ANSWERS_TO_ROTATE` and `PROFILE_COOLDOWN_S` defaults.
+    /// `EMPTY_ANSWERS_TO_ROTATE`, `PROFILE_COOLDOWN_S` and
+    /// `RATE_LIMIT_COOLDOWN_S` defaults.
     fn default() -> Settings {
         Settings {
             empty_answers_to_rotate: 2,
             cooldown: Duration::from_secs(3600),
+            rate_limit_cooldown: Duration::from_secs(300),
         }
     }
 }
@@ -53,6 +68,7 @@ impl Default for Settings {
 #[serde(rename_all = "snake_case")]
 pub enum CoolReason {
     Exhausted,
+    RateLimited,
     StartFailures,
 }
 
@@ -60,9 +76,19 @@ impl fmt::Display for CoolReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             CoolReason::Exhausted => "exhausted",
+            CoolReason::RateLimited => "rate_limited",
             CoolReason::StartFailures => "start_failures",
         })
     }
+}
+
+/// Why a profile's account rests, as its signs said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Out of quota: `PROFILE_COOLDOWN_S` (or the child's `Retry-After`).
+    Quota,
+    /// A rate limit: `RATE_LIMIT_COOLDOWN_S`.
+    RateLimit,
 }
 
 /// What one completion said about its profile.
@@ -72,8 +98,12 @@ pub enum Answer {
     Served,
     /// 200 with no content, or the child's in-band error text.
     Empty,
-    /// A 429, or a 502 with `Retry-After`: the account is out of quota.
-    Exhausted { retry_after: Option<Duration> },
+    /// A 429, a 502 with `Retry-After`, or the child's log: the account is
+    /// out of quota or rate-limited.
+    Exhausted {
+        retry_after: Option<Duration>,
+        limit: Limit,
+    },
 }
 
 /// Counters of one profile since it was first seen (kept across restarts).
@@ -83,6 +113,18 @@ pub struct Counts {
     pub empty: u64,
     pub exhausted: u64,
     pub start_failures: u64,
+    #[serde(default)]
+    pub logins_needed: u64,
+}
+
+/// A profile whose login must be renewed by a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginNeeded {
+    pub since_unix_ms: u64,
+    /// What showed it (a log line's meaning, expired cookies).
+    pub why: String,
+    /// The fingerprint of the content that needs the login (see `login`).
+    pub content: u64,
 }
 
 /// One profile's record. Times are wall-clock, so they survive a restart.
@@ -101,6 +143,8 @@ pub struct Entry {
     pub start_cooldowns: u32,
     #[serde(default)]
     pub disabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needs_login: Option<LoginNeeded>,
     #[serde(default)]
     pub counts: Counts,
 }
@@ -134,6 +178,9 @@ pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<CoolReason>,
     pub disabled: bool,
+    /// Set when the profile needs a new login.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub needs_login: Option<LoginNeeded>,
     pub empty_in_a_row: u32,
     pub start_failures_in_a_row: u32,
     pub counts: Counts,
@@ -181,8 +228,45 @@ impl Book {
 
     /// May `name` be started at `now`?
     pub fn eligible(&self, name: &str, now: SystemTime) -> bool {
-        !self.entries.get(name).is_some_and(|e| e.disabled)
-            && self.cooling_until(name, now).is_none()
+        !self.blocked(name) && self.cooling_until(name, now).is_none()
+    }
+
+    /// Kept from running until a person acts: disabled, or its login needed.
+    fn blocked(&self, name: &str) -> bool {
+        self.entries
+            .get(name)
+            .is_some_and(|e| e.disabled || e.needs_login.is_some())
+    }
+
+    /// `name`'s login expired (its content has fingerprint `content`). True
+    /// when this is news (it was not marked already).
+    pub fn login_needed(&mut self, name: &str, why: &str, content: u64, now: SystemTime) -> bool {
+        let e = self.entry(name);
+        if e.needs_login.as_ref().is_some_and(|n| n.content == content) {
+            return false;
+        }
+        e.counts.logins_needed += 1;
+        e.needs_login = Some(LoginNeeded {
+            since_unix_ms: unix_ms(now),
+            why: why.to_string(),
+            content,
+        });
+        // Its start failures were the expired login's, not the profile's.
+        e.start_failures_in_a_row = 0;
+        true
+    }
+
+    /// The content of `name` now has fingerprint `content` (hydrated or
+    /// written back). True when that ends its `needs_login`.
+    pub fn content_seen(&mut self, name: &str, content: u64) -> bool {
+        let Some(e) = self.entries.get_mut(name) else {
+            return false;
+        };
+        if e.needs_login.as_ref().is_some_and(|n| n.content != content) {
+            e.needs_login = None;
+            return true;
+        }
+        false
     }
 
     /// The earliest end of a cooldown among `names`, for a slot that waits.
@@ -193,7 +277,7 @@ impl Book {
     ) -> Option<SystemTime> {
         names
             .into_iter()
-            .filter(|n| !self.entries.get(*n).is_some_and(|e| e.disabled))
+            .filter(|n| !self.blocked(n))
             .filter_map(|n| self.cooling_until(n, now))
             .min()
     }
@@ -217,9 +301,19 @@ impl Book {
                     Verdict::Keep
                 }
             }
-            Answer::Exhausted { retry_after } => {
+            Answer::Exhausted {
+                retry_after,
+                limit: Limit::Quota,
+            } => {
                 let d = retry_after.unwrap_or(settings.cooldown);
                 self.cool(name, CoolReason::Exhausted, d, now)
+            }
+            Answer::Exhausted {
+                retry_after,
+                limit: Limit::RateLimit,
+            } => {
+                let d = retry_after.unwrap_or(settings.rate_limit_cooldown);
+                self.cool(name, CoolReason::RateLimited, d, now)
             }
         }
     }
@@ -249,7 +343,7 @@ impl Book {
     fn cool(&mut self, name: &str, reason: CoolReason, d: Duration, now: SystemTime) -> Verdict {
         let until = now + d;
         let e = self.entry(name);
-        if reason == CoolReason::Exhausted {
+        if reason != CoolReason::StartFailures {
             e.counts.exhausted += 1;
             e.empty_in_a_row = 0;
         }
@@ -277,18 +371,23 @@ impl Book {
         self.entries.remove(name);
     }
 
-    /// Disable or enable `name`; false when there is no such profile.
+    /// Disable or enable `name`; false when there is no such profile. An
+    /// operator who enables a profile vouches for its login too.
     pub fn set_disabled(&mut self, name: &str, disabled: bool) -> bool {
         match self.entries.get_mut(name) {
             Some(e) => {
                 e.disabled = disabled;
+                if !disabled {
+                    e.needs_login = None;
+                }
                 true
             }
             None => false,
         }
     }
 
-    /// Clear `name`'s cooldown and counts in a row (an operator's reset).
+    /// Clear `name`'s cooldown, `needs_login` and counts in a row (an
+    /// operator's reset).
     pub fn reset(&mut self, name: &str) -> bool {
         match self.entries.get_mut(name) {
             Some(e) => {
@@ -319,6 +418,7 @@ impl Book {
                     }),
                     reason: until.and(e.cool_reason),
                     disabled: e.disabled,
+                    needs_login: e.needs_login.clone(),
                     empty_in_a_row: e.empty_in_a_row,
                     start_failures_in_a_row: e.start_failures_in_a_row,
                     counts: e.counts,
@@ -339,8 +439,16 @@ mod tests {
             Settings {
                 empty_answers_to_rotate: 2,
                 cooldown: Duration::from_secs(3600),
+                rate_limit_cooldown: Duration::from_secs(300),
             },
         )
+    }
+
+    fn quota(retry_after: Option<Duration>) -> Answer {
+        Answer::Exhausted {
+            retry_after,
+            limit: Limit::Quota,
+        }
     }
 
     fn t0() -> SystemTime {
@@ -380,15 +488,15 @@ mod tests {
         let mut b = book();
         let ten = Some(Duration::from_secs(10));
         assert_eq!(
-            b.answer("a", Answer::Exhausted { retry_after: ten }, t0()),
+            b.answer("a", quota(ten), t0()),
             Verdict::Retire {
                 reason: CoolReason::Exhausted,
                 until: t0() + Duration::from_secs(10)
             }
         );
         let long = Some(Duration::from_secs(100));
-        b.answer("a", Answer::Exhausted { retry_after: long }, t0());
-        b.answer("a", Answer::Exhausted { retry_after: ten }, t0());
+        b.answer("a", quota(long), t0());
+        b.answer("a", quota(ten), t0());
         assert_eq!(
             b.cooling_until("a", t0()),
             Some(t0() + Duration::from_secs(100))
@@ -421,7 +529,7 @@ mod tests {
     fn reset_clears_the_cooldown_but_keeps_counts_and_disabled() {
         let mut b = book();
         b.entry("a").disabled = true;
-        b.answer("a", Answer::Exhausted { retry_after: None }, t0());
+        b.answer("a", quota(None), t0());
         assert!(b.reset("a"));
         assert!(b.cooling_until("a", t0()).is_none());
         assert!(!b.eligible("a", t0()), "still disabled");
@@ -445,9 +553,59 @@ mod tests {
             Settings {
                 empty_answers_to_rotate: 2,
                 cooldown: Duration::from_secs(1),
+                rate_limit_cooldown: Duration::from_secs(1),
             },
         );
         assert!(!b.eligible("a", t0()));
         assert_eq!(b.entries().len(), 2);
+    }
+
+    #[test]
+    fn a_rate_limit_rests_briefly_and_a_quota_long() {
+        let mut b = book();
+        let rate = Answer::Exhausted {
+            retry_after: None,
+            limit: Limit::RateLimit,
+        };
+        assert_eq!(
+            b.answer("a", rate, t0()),
+            Verdict::Retire {
+                reason: CoolReason::RateLimited,
+                until: t0() + Duration::from_secs(300)
+            }
+        );
+        assert_eq!(
+            b.answer("b", quota(None), t0()),
+            Verdict::Retire {
+                reason: CoolReason::Exhausted,
+                until: t0() + Duration::from_secs(3600)
+            }
+        );
+        assert_eq!(b.entries()["a"].counts.exhausted, 1);
+    }
+
+    #[test]
+    fn a_needed_login_holds_until_new_content_or_an_operator() {
+        let mut b = book();
+        assert!(b.login_needed("a", "login redirect", 7, t0()));
+        assert!(!b.login_needed("a", "again", 7, t0()), "not news");
+        let far = t0() + Duration::from_secs(365 * 86_400);
+        assert!(!b.eligible("a", far), "no time ends it");
+        assert_eq!(b.next_eligible_at(["a"], t0()), None);
+        assert!(!b.content_seen("a", 7), "same content changes nothing");
+        assert!(b.entries()["a"].needs_login.is_some());
+        assert!(b.content_seen("a", 8), "a new file ends it");
+        assert!(b.eligible("a", t0()));
+        b.login_needed("a", "x", 8, t0());
+        assert!(b.reset("a"));
+        assert!(b.eligible("a", t0()), "an operator's reset ends it");
+        b.login_needed("a", "x", 8, t0());
+        b.set_disabled("a", true);
+        assert!(b.entries()["a"].needs_login.is_some(), "disabling keeps it");
+        b.set_disabled("a", false);
+        assert!(b.eligible("a", t0()), "enabling ends it");
+        assert_eq!(b.entries()["a"].counts.logins_needed, 3);
+        let s = b.status(t0());
+        assert!(s[0].needs_login.is_none());
     }
 }

@@ -31,6 +31,24 @@ pub struct Profile {
     pub path: PathBuf,
 }
 
+impl Profile {
+    /// The fingerprint of the profile file's content now (see
+    /// `book::login`); None when it cannot be read.
+    pub fn fingerprint(&self) -> Option<u64> {
+        std::fs::read(&self.path)
+            .ok()
+            .map(|b| crate::book::login::fingerprint(&b))
+    }
+}
+
+/// The fingerprints of `profiles` that can be read.
+pub fn fingerprints(profiles: &[Profile]) -> Vec<(String, u64)> {
+    profiles
+        .iter()
+        .filter_map(|p| Some((p.name.clone(), p.fingerprint()?)))
+        .collect()
+}
+
 /// What hydration produced; `--hydrate-only` prints it as JSON.
 #[derive(Debug, Clone)]
 pub struct Hydrated {

@@ -58,6 +58,8 @@ pub struct Spec {
     pub name: String,
     /// The child's tag, also present in `env` (see `tree`).
     pub tag: String,
+    /// Hears the account signs in its log lines.
+    pub listener: Option<childlog::Listener>,
 }
 
 pub struct Child {
@@ -98,10 +100,16 @@ impl Child {
                 format!("{}-stdout", spec.name),
                 out,
                 log.clone(),
+                spec.listener.clone(),
             )?);
         }
         if let Some(err) = child.stderr.take() {
-            threads.push(childlog::pump(format!("{}-stderr", spec.name), err, log)?);
+            threads.push(childlog::pump(
+                format!("{}-stderr", spec.name),
+                err,
+                log,
+                spec.listener.clone(),
+            )?);
         }
         // std's handle is not used to wait: the waiter below owns reaping.
         drop(child);
@@ -163,11 +171,13 @@ impl Child {
         scan.child_tree(self.pid, &self.tag)
     }
 
-    /// Stop the whole tree: SIGTERM, up to `grace` (cut short when `hurry`
-    /// fires or closes), SIGKILL to what is left, until none of it remains.
-    /// Returns the leader's exit and how the stop went.
+    /// Stop the whole tree: SIGTERM to the launcher alone first (so it can
+    /// save its login), then to the rest, all within `grace` (cut short when
+    /// `hurry` fires or closes), SIGKILL to what is left, until none of it
+    /// remains. Returns the leader's exit and how the stop went.
     pub fn stop(mut self, grace: Duration, hurry: &Receiver<()>) -> (Exit, tree::Stopped) {
-        let report = tree::stop(|scan| self.members(scan), grace, hurry);
+        let leader = if self.exit.is_some() { -1 } else { self.pid };
+        let report = tree::stop_leader_first(leader, |scan| self.members(scan), grace, hurry);
         if report.left > 0 {
             log::error!(
                 "{} processes of child {} still alive 5 s after SIGKILL (stuck in the kernel?)",

@@ -5,6 +5,9 @@
 //! A `RotatingLog` is shared (behind a mutex) by the two pump threads of one
 //! child; the lock is held for one line's write only. Write errors are logged
 //! once and then dropped: a full disk must never block or kill a child.
+//!
+//! Each line is also shown to the child's [`Listener`], when it has one: the
+//! account signs in the log (see `logsigns`) go to the slot's watcher.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -14,6 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use crossbeam_channel::Sender;
+
+use super::logsigns::{Sign, Signs};
 
 pub const ROTATE_BYTES: u64 = 5 * 1024 * 1024;
 pub const BACKUPS: u32 = 5;
@@ -169,6 +176,22 @@ const COALESCE: Duration = Duration::from_millis(10);
 /// coalescing pause without ever blocking on us.
 const PIPE_BYTES: i32 = 1 << 20;
 
+/// Who hears of the signs in one child's log lines.
+#[derive(Clone)]
+pub struct Listener {
+    pub signs: Arc<Signs>,
+    /// Unbounded: the pump never waits for the watcher.
+    pub tx: Sender<Sign>,
+}
+
+impl Listener {
+    fn hear(&self, line: &[u8]) {
+        if let Some(sign) = self.signs.classify(&String::from_utf8_lossy(line)) {
+            let _ = self.tx.send(sign);
+        }
+    }
+}
+
 /// Copy `input` into `log` line by line on a thread named `name`, until EOF
 /// (every holder of the pipe's write end has exited). Complete lines read
 /// together are written with one write; lines longer than `MAX_LINE` are cut.
@@ -176,6 +199,7 @@ pub fn pump(
     name: String,
     input: impl Read + AsRawFd + Send + 'static,
     log: Arc<Mutex<RotatingLog>>,
+    listener: Option<Listener>,
 ) -> std::io::Result<JoinHandle<()>> {
     // SAFETY: F_SETPIPE_SZ on our own pipe's read end; failure only leaves
     // the default 64 KiB, and the pump still works.
@@ -185,10 +209,10 @@ pub fn pump(
     std::thread::Builder::new()
         .name(name)
         .stack_size(64 * 1024)
-        .spawn(move || pump_lines(input, &log))
+        .spawn(move || pump_lines(input, &log, listener.as_ref()))
 }
 
-fn pump_lines(mut input: impl Read, log: &Mutex<RotatingLog>) {
+fn pump_lines(mut input: impl Read, log: &Mutex<RotatingLog>, listener: Option<&Listener>) {
     let mut buf = vec![0u8; 64 * 1024];
     // Bytes of a line whose end has not arrived yet.
     let mut partial: Vec<u8> = Vec::new();
@@ -203,11 +227,11 @@ fn pump_lines(mut input: impl Read, log: &Mutex<RotatingLog>) {
         batch.clear();
         for &b in &buf[..n] {
             if b == b'\n' {
-                end_line(&mut partial, &mut batch);
+                end_line(&mut partial, &mut batch, listener);
             } else {
                 partial.push(b);
                 if partial.len() >= MAX_LINE {
-                    end_line(&mut partial, &mut batch);
+                    end_line(&mut partial, &mut batch, listener);
                 }
             }
         }
@@ -224,17 +248,21 @@ fn pump_lines(mut input: impl Read, log: &Mutex<RotatingLog>) {
     }
     if !partial.is_empty() {
         let mut batch = Vec::new();
-        end_line(&mut partial, &mut batch);
+        end_line(&mut partial, &mut batch, listener);
         log.lock()
             .unwrap_or_else(|p| p.into_inner())
             .write_batch(&batch);
     }
 }
 
-/// Move the line in `partial` (without its CR) into `batch`, newline-ended.
-fn end_line(partial: &mut Vec<u8>, batch: &mut Vec<u8>) {
+/// Move the line in `partial` (without its CR) into `batch`, newline-ended,
+/// after showing it to `listener`.
+fn end_line(partial: &mut Vec<u8>, batch: &mut Vec<u8>, listener: Option<&Listener>) {
     if partial.last() == Some(&b'\r') {
         partial.pop();
+    }
+    if let Some(l) = listener {
+        l.hear(partial);
     }
     batch.extend_from_slice(partial);
     batch.push(b'\n');
@@ -276,7 +304,14 @@ mod tests {
         let mut data = b"one\r\ntwo\n".to_vec();
         data.extend(vec![b'x'; MAX_LINE + 5]);
         data.extend_from_slice(b"\nlast without newline");
-        pump_lines(&data[..], &log);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let listener = Listener {
+            signs: Arc::new(Signs::default()),
+            tx,
+        };
+        data.extend_from_slice(b"\nGLOBAL ALERT: Quota Exceeded! Type: RATE_LIMIT\nquiet");
+        pump_lines(&data[..], &log, Some(&listener));
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![Sign::RateLimit]);
         let got = fs::read(&path).unwrap();
         let lines: Vec<&[u8]> = got.split(|b| *b == b'\n').collect();
         assert_eq!(lines[0], b"one");
@@ -284,6 +319,7 @@ mod tests {
         assert_eq!(lines[2].len(), MAX_LINE);
         assert_eq!(lines[3], b"xxxxx");
         assert_eq!(lines[4], b"last without newline");
+        assert_eq!(lines[6], b"quiet");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,8 +2,9 @@
 //! watchers: how one child is started and stopped (`child`), how every
 //! process it started is found again wherever it moved (`tree`), what the
 //! child's environment holds (`env`), whether a slot's ports are free and who
-//! holds them (`ports`), the child's log files (`childlog`) and the reaping
-//! of orphans (`reaper`).
+//! holds them (`ports`), the child's log files (`childlog`), the account
+//! signs read from its log lines (`logsigns`) and the reaping of orphans
+//! (`reaper`).
 //!
 //! Nothing here decides which profile runs where; the watchers do, and ask
 //! these modules to carry it out.
@@ -11,6 +12,7 @@
 pub mod child;
 pub mod childlog;
 pub mod env;
+pub mod logsigns;
 pub mod ports;
 pub mod proc;
 pub mod reaper;

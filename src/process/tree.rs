@@ -18,7 +18,10 @@
 //! nothing and are reaped by the waiter or the reaper). Stopping the tree is
 //! SIGTERM to each member, the grace, SIGKILL to what is left, and rescans
 //! until none is left; a process forked during the stop is found by the next
-//! scan. Signals go through a pidfd opened after the scan and checked
+//! scan. A child's own stop ([`stop_leader_first`]) first gives its launcher
+//! alone most of the grace: the real launcher saves its browser's cookies on
+//! SIGTERM through its Playwright driver, which a SIGTERM to the whole tree
+//! would kill first. Signals go through a pidfd opened after the scan and checked
 //! against the scanned start time, so a recycled pid is never signalled.
 //!
 //! What it cannot see: a process that both clears its environment (or
@@ -239,6 +242,49 @@ pub fn stop(
         signal(s, libc::SIGKILL)
     });
     report.left = left.len();
+    report
+}
+
+/// The launcher's share of the grace in [`stop_leader_first`].
+fn leader_share(grace: Duration) -> Duration {
+    grace * 3 / 4
+}
+
+/// Stop a child's tree the way its launcher can save its login: SIGTERM to
+/// `leader` alone, wait for it to exit (up to three quarters of `grace`, cut
+/// short by `hurry`), then [`stop`] whatever is left of the tree with the
+/// rest of the grace. A leader already gone skips the first step.
+pub fn stop_leader_first(
+    leader: i32,
+    members: impl Fn(&Scan) -> Vec<Stat>,
+    grace: Duration,
+    hurry: &Receiver<()>,
+) -> Stopped {
+    let began = Instant::now();
+    let first = members(&Scan::take());
+    let mut hurried = false;
+    if let Some(l) = first.iter().find(|s| s.pid == leader) {
+        signal(l, libc::SIGTERM);
+        let alive = || proc::stat(l.pid).is_some_and(|s| s.start == l.start && !s.is_zombie());
+        let deadline = began + leader_share(grace);
+        while alive() && Instant::now() < deadline {
+            let wait = RESCAN.min(deadline.saturating_duration_since(Instant::now()));
+            hurried = select! {
+                recv(hurry) -> _ => true,
+                default(wait) => false,
+            };
+            if hurried {
+                break;
+            }
+        }
+    }
+    let rest = if hurried {
+        Duration::ZERO
+    } else {
+        grace.saturating_sub(began.elapsed())
+    };
+    let mut report = stop(members, rest, hurry);
+    report.found = report.found.max(first.len());
     report
 }
 

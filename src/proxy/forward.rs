@@ -5,8 +5,14 @@
 //! more on another child.
 //!
 //! Blame: a child is evicted for its own failures only (refused, reset,
-//! no head in time, 502/503/504, broken or silent answer, quota
-//! exhausted), at most one child per request. Other 5xx count toward
+//! no head in time, 502/503/504, broken or silent answer), at most one
+//! child per request. An account's trouble (quota, empty answers, the
+//! older fork's internal timeout) rotates its profile gracefully instead.
+//!
+//! A request taken back from a child whose log said its account ran out
+//! (see `requests`) is served by another child; that costs no retry, up to
+//! `MAX_RECLAIMS` times. A client that leaves ends its request at once, and
+//! the child's connection with it. Other 5xx count toward
 //! `CONSECUTIVE_5XX_TO_EVICT`, but only once another child has given a
 //! second opinion: when the retry answers 5xx too, the request is the
 //! problem, its client gets that answer as it is, and nobody is counted.
@@ -26,12 +32,14 @@ use crate::reply::ApiError;
 use super::conns::Conn;
 use super::inspect::Inspector;
 use super::relay::{self, Framing, RelayError};
-use super::requests::Registration;
+use super::requests::{Registration, Taken};
 use super::verdict::{Fault, Outcome, Verdict};
 use super::{respond, Proxy, HOP_BY_HOP};
 
 /// Largest error answer kept to be passed on after a retry.
 const MAX_KEPT_ANSWER: u64 = 1 << 20;
+/// How often one request may be taken back from exhausted accounts.
+const MAX_RECLAIMS: u32 = 3;
 
 pub(super) struct Exchange<'a> {
     pub proxy: &'a Proxy,
@@ -97,6 +105,8 @@ impl Exchange<'_> {
         let dispatch = self.pool.dispatch().clone();
         let mut first: Option<Failed> = None;
         let mut evicted = false;
+        let mut reclaimed: Option<ChildId> = None;
+        let mut reclaims = 0;
         loop {
             if reg.cancelled() {
                 return self.cancelled(holder);
@@ -106,7 +116,7 @@ impl Exchange<'_> {
             let want = Want {
                 id: self.id,
                 kind: self.kind,
-                avoid: first.as_ref().map(|f| f.child),
+                avoid: first.as_ref().map(|f| f.child).or(reclaimed),
                 client,
             };
             let asked = Instant::now();
@@ -131,7 +141,8 @@ impl Exchange<'_> {
                     if v == Verdict::Ok {
                         self.proxy.strikes.clear(child);
                     }
-                    self.send_outcome(child, &profile, v, false);
+                    let evict = v == Verdict::ErrorText && !evicted && self.strike(child, &v);
+                    self.send_outcome(child, &profile, v, evict);
                     if let Some(f) = first {
                         // A second opinion proved the first child wrong.
                         self.settle(f, &mut evicted);
@@ -155,7 +166,36 @@ impl Exchange<'_> {
                     }
                     return;
                 }
-                Step::ClientLeft => return,
+                Step::ClientLeft => {
+                    debug!(
+                        "{} {} ({}): the client left after {:.1?}; its child is free",
+                        self.method,
+                        self.path,
+                        self.rid,
+                        self.started.elapsed()
+                    );
+                    holder.take();
+                    return;
+                }
+                Step::Failed(f) if f.verdict == Verdict::Reclaimed => {
+                    reclaims += 1;
+                    info!(
+                        "{} {} ({}): slot {} profile {} {}; serving it elsewhere",
+                        self.method, self.path, self.rid, f.child.slot, f.profile, f.verdict
+                    );
+                    drop(ticket);
+                    if reclaims > MAX_RECLAIMS {
+                        return respond(
+                            holder,
+                            &self.rid,
+                            ApiError::NoReadyChild.reply_after(
+                                "every account tried for this request ran out of quota; retry later",
+                                Some(60),
+                            ),
+                        );
+                    }
+                    reclaimed = Some(f.child);
+                }
                 Step::Failed(f) if !retry => {
                     info!(
                         "{} {} ({}): slot {} profile {} {}; trying another child",
@@ -165,7 +205,7 @@ impl Exchange<'_> {
                         evicted = true;
                         self.evict(f.child, &f.verdict.to_string());
                         self.outcome(&f, true);
-                    } else if f.verdict.exhausted() {
+                    } else if f.verdict.reported_at_once() {
                         self.outcome(&f, false);
                     }
                     drop(ticket);
@@ -189,14 +229,14 @@ impl Exchange<'_> {
         evicted: &mut bool,
     ) {
         let gave_5xx = f2.answer.is_some() && f2.verdict.status().is_some_and(|s| s >= 500);
-        if gave_5xx && !matches!(f2.verdict, Verdict::Exhausted { .. }) {
+        if gave_5xx && !f2.verdict.reported_at_once() {
             // Two children, two 5xx: the request is the problem.
             let status = f2.verdict.status().unwrap_or(500);
             warn!(
                 "{} {} ({}): answered {status} by two children; the client gets the second answer and neither child is blamed",
                 self.method, self.path, self.rid
             );
-            if !f1.verdict.evicts_at_once() && !f1.verdict.exhausted() {
+            if !f1.verdict.reported_at_once() {
                 let s1 = f1.verdict.status().unwrap_or(status);
                 let mut f1 = f1;
                 f1.verdict = Verdict::RequestProblem { status: s1 };
@@ -243,21 +283,24 @@ impl Exchange<'_> {
     /// The first failure, once the request's fate is known: a counted 5xx
     /// counts now (an eviction was already reported when it happened).
     fn settle(&self, f: Failed, evicted: &mut bool) {
-        if f.verdict.evicts_at_once() || f.verdict.exhausted() {
+        if f.verdict.reported_at_once() {
             // Reported when it happened.
             return;
         }
-        let strikes = self.proxy.strikes.strike(f.child);
-        let limit = self.proxy.settings.consecutive_5xx_to_evict;
-        let evict = strikes >= limit && !*evicted;
-        if evict {
-            *evicted = true;
-            self.evict(
-                f.child,
-                &format!("{} ({strikes} times in a row)", f.verdict),
-            );
-        }
+        let evict = !*evicted && self.strike(f.child, &f.verdict);
+        *evicted |= evict;
         self.outcome(&f, evict);
+    }
+
+    /// One more counted failure of `child`; evicts it (true) when that
+    /// makes `CONSECUTIVE_5XX_TO_EVICT` in a row.
+    fn strike(&self, child: ChildId, verdict: &Verdict) -> bool {
+        let strikes = self.proxy.strikes.strike(child);
+        if strikes < self.proxy.settings.consecutive_5xx_to_evict {
+            return false;
+        }
+        self.evict(child, &format!("{verdict} ({strikes} times in a row)"));
+        true
     }
 
     /// No child for the request (first try or retry).
@@ -350,7 +393,10 @@ impl Exchange<'_> {
             self.pool.report(
                 child.slot,
                 child.generation,
-                crate::book::Answer::Exhausted { retry_after },
+                crate::book::Answer::Exhausted {
+                    retry_after,
+                    limit: crate::book::Limit::Quota,
+                },
             );
         }
         self.proxy.outcomes.report(Outcome {
@@ -366,9 +412,6 @@ impl Exchange<'_> {
     /// One try at the ticket's child.
     fn attempt(&self, holder: &mut Option<Request>, ticket: &Ticket, reg: &Registration) -> Step {
         let conn = self.proxy.conns.take(ticket.port, ticket.child.generation);
-        if reg.running(conn.agent(), &ticket.profile).is_err() {
-            return Step::Cancelled { answered: false };
-        }
         let failed = |verdict: Verdict, answer: Option<Kept>| {
             Step::Failed(Failed {
                 child: ticket.child,
@@ -377,11 +420,22 @@ impl Exchange<'_> {
                 answer,
             })
         };
+        // What a request taken from its child becomes, before any byte of
+        // the answer reached the client.
+        let taken = |t: Taken| match t {
+            Taken::Cancelled => Step::Cancelled { answered: false },
+            Taken::Reclaimed => failed(Verdict::Reclaimed, None),
+            Taken::ClientGone => Step::ClientLeft,
+        };
+        let client = holder.as_ref().and_then(Request::socket_fd);
+        if let Err(t) = reg.running(conn.agent(), &ticket.profile, ticket.child, client) {
+            return taken(t);
+        }
         let mut resp = match self.send(&conn, ticket.port) {
             Ok(r) => r,
             Err(e) => {
-                if reg.cancelled() {
-                    return Step::Cancelled { answered: false };
+                if let Some(t) = reg.taken() {
+                    return taken(t);
                 }
                 let fault = match e {
                     ureq::Error::Timeout(_) => Fault::NoHead,
@@ -401,10 +455,14 @@ impl Exchange<'_> {
         if let Some(v) = Verdict::of_head(status, retry_after.as_deref()) {
             let mut kept = keep(&mut resp);
             kept.slot = Some(ticket.child.slot);
-            if reg.cancelled() {
-                return Step::Cancelled { answered: false };
+            if let Some(t) = reg.taken() {
+                return taken(t);
             }
+            let v = v.with_body(&kept.body);
             return failed(v, Some(kept));
+        }
+        if let Err(t) = reg.answering() {
+            return taken(t);
         }
         let Some(rq) = holder.take() else {
             return Step::ClientLeft;
@@ -440,6 +498,7 @@ impl Exchange<'_> {
                     .give_back(ticket.port, ticket.child.generation, conn);
                 Step::Answered(verdict)
             }
+            Err(_) if reg.taken() == Some(Taken::ClientGone) => Step::ClientLeft,
             Err(_) if reg.cancelled() => Step::Cancelled { answered: true },
             Err(RelayError::Client(e)) => {
                 debug!(

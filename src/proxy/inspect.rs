@@ -1,5 +1,10 @@
 //! Looking inside a completion's answer while it is relayed, to tell an
-//! empty one (the child's sign of an exhausted quota) from a real one.
+//! empty one (the child's sign of an exhausted quota) from a real one, and
+//! both from the child's own error text. Read as both children write them:
+//! the upstream error text `\n\n[Error: ...]` (older: `[错误: ...]`), the
+//! no-output placeholder, the older fork's `internal_timeout` reasoning,
+//! and an error event after `[DONE]` (the current child's failed auth
+//! rotation after a quota).
 //!
 //! The relay hands every piece to [`Inspector::feed`] after writing it to
 //! the client, so inspection never delays an event. An event stream is
@@ -11,8 +16,18 @@ use serde_json::Value;
 
 use super::verdict::Emptiness;
 
-/// The child's way of reporting an error inside a 200 answer.
-const ERROR_MARK: &str = "[错误";
+/// The child's ways of reporting an upstream error inside a 200 answer,
+/// anywhere in the content: the current child always puts `\n\n` before
+/// its `[Error:`, which keeps a model's own text from reading as one.
+const ERROR_MARKS: &[&str] = &["[错误", "\n\n[Error:"];
+/// The same, at the very start of the content.
+const ERROR_START: &str = "[Error:";
+/// What the current child sends when the model wrote nothing.
+const NO_OUTPUT: &str = "*(Model finished thinking but generated no output.)*";
+/// The older fork's reasoning text when its stream timed out.
+const INTERNAL_TIMEOUT: &str = "internal_timeout";
+/// How much of the content's start is kept (to compare with `NO_OUTPUT`).
+const KEEP_START: usize = 128;
 /// Longest SSE line, and largest JSON answer, that is inspected.
 const MAX_INSPECTED: usize = 8 << 20;
 
@@ -30,6 +45,13 @@ pub struct Inspector {
     buf: Vec<u8>,
     content: bool,
     error_text: bool,
+    /// `[DONE]` was seen.
+    done: bool,
+    error_after_done: bool,
+    internal_timeout: bool,
+    /// The content's first `KEEP_START` bytes, and its whole length.
+    start: String,
+    length: usize,
     /// The end of the content seen so far, so a mark split across events
     /// is still found.
     tail: String,
@@ -54,6 +76,11 @@ impl Inspector {
             buf: Vec::new(),
             content: false,
             error_text: false,
+            done: false,
+            error_after_done: false,
+            internal_timeout: false,
+            start: String::new(),
+            length: 0,
             tail: String::new(),
         }
     }
@@ -107,9 +134,14 @@ impl Inspector {
                 }
             }
         }
-        if self.error_text {
+        let trimmed = self.start.trim();
+        if self.error_text || trimmed.starts_with(ERROR_START) {
             Some(Emptiness::ErrorText)
-        } else if !self.content {
+        } else if self.error_after_done {
+            Some(Emptiness::ErrorAfterDone)
+        } else if self.internal_timeout && !self.content {
+            Some(Emptiness::InternalTimeout)
+        } else if !self.content || (self.length <= KEEP_START && trimmed == NO_OUTPUT) {
             Some(Emptiness::NoContent)
         } else {
             None
@@ -127,10 +159,17 @@ impl Inspector {
             return;
         };
         let data = data.trim_ascii();
-        if data.is_empty() || data == b"[DONE]" {
+        if data == b"[DONE]" {
+            self.done = true;
+            return;
+        }
+        if data.is_empty() {
             return;
         }
         if let Ok(v) = serde_json::from_slice::<Value>(data) {
+            if self.done && v.get("error").is_some() {
+                self.error_after_done = true;
+            }
             self.choices(&v, "delta");
         }
     }
@@ -153,6 +192,9 @@ impl Inspector {
             if tools {
                 self.content = true;
             }
+            if p.get("reasoning_content").and_then(Value::as_str) == Some(INTERNAL_TIMEOUT) {
+                self.internal_timeout = true;
+            }
             match p.get("content") {
                 Some(Value::String(s)) => self.text(s),
                 Some(Value::Array(parts)) => {
@@ -173,12 +215,20 @@ impl Inspector {
             return;
         }
         self.content = true;
+        self.length += s.len();
+        if self.start.len() < KEEP_START {
+            let mut take = (KEEP_START - self.start.len()).min(s.len());
+            while !s.is_char_boundary(take) {
+                take -= 1;
+            }
+            self.start.push_str(&s[..take]);
+        }
         self.tail.push_str(s);
-        if self.tail.contains(ERROR_MARK) {
+        if ERROR_MARKS.iter().any(|m| self.tail.contains(m)) {
             self.error_text = true;
         }
         // Keep only as much as a split mark needs.
-        let keep = ERROR_MARK.len();
+        let keep = ERROR_MARKS.iter().map(|m| m.len()).max().unwrap_or(0);
         if self.tail.len() > keep {
             let mut cut = self.tail.len() - keep;
             while !self.tail.is_char_boundary(cut) {
@@ -230,6 +280,42 @@ mod tests {
         let e2 = chunk(r#"{"content":"误: x]"}"#);
         assert_eq!(events(&[&e1, &e2, done]), Some(Emptiness::ErrorText));
         assert_eq!(events(&[done]), Some(Emptiness::NoContent));
+    }
+
+    #[test]
+    fn both_childrens_signs() {
+        let role = chunk(r#"{"role":"assistant"}"#);
+        let done = "data: [DONE]\n\n";
+        // The current child's upstream error, after some content or alone.
+        let partial = chunk(r#"{"content":"Hel"}"#);
+        let err = chunk(r#"{"content":"\n\n[Error: AI Studio error: 500 boom]"}"#);
+        assert_eq!(
+            events(&[&role, &partial, &err, done]),
+            Some(Emptiness::ErrorText)
+        );
+        let alone = chunk(r#"{"content":"[Error: AI Studio error: 500 boom]"}"#);
+        assert_eq!(events(&[&role, &alone, done]), Some(Emptiness::ErrorText));
+        let quoted = chunk(r#"{"content":"write `[Error: x]` in your log"}"#);
+        assert_eq!(events(&[&role, &quoted, done]), None, "a model's own words");
+        // A streamed quota: an empty chunk, [DONE], then the rotation's failure.
+        let empty = chunk(r#"{"content":""}"#);
+        let after =
+            ": processing auth rotation...\n\ndata: {\"error\": \"Auth rotation failed.\"}\n\n";
+        assert_eq!(
+            events(&[&role, &empty, done, after]),
+            Some(Emptiness::ErrorAfterDone)
+        );
+        // The no-output placeholder.
+        let none =
+            chunk(r#"{"content":"\n\n*(Model finished thinking but generated no output.)*"}"#);
+        assert_eq!(events(&[&role, &none, done]), Some(Emptiness::NoContent));
+        let more = chunk(r#"{"content":"And yet it said something."}"#);
+        assert_eq!(events(&[&role, &none, &more, done]), None);
+        // The older fork's internal timeout.
+        let it = chunk(r#"{"reasoning_content":"internal_timeout"}"#);
+        let stop =
+            "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+        assert_eq!(events(&[&it, stop, done]), Some(Emptiness::InternalTimeout));
     }
 
     #[test]

@@ -16,7 +16,7 @@ mod forward;
 mod inspect;
 pub mod keys;
 mod relay;
-mod requests;
+pub mod requests;
 pub mod verdict;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,7 +74,7 @@ pub struct Proxy {
     agent: ureq::Agent,
     keys: KeyRing,
     settings: Settings,
-    requests: requests::Registry,
+    requests: std::sync::Arc<requests::Registry>,
     strikes: verdict::Strikes,
     outcomes: verdict::Outcomes,
     /// Internal request ids; never reused.
@@ -118,7 +118,7 @@ impl Proxy {
             conns,
             keys: KeyRing::new(keys),
             settings,
-            requests: requests::Registry::default(),
+            requests: Default::default(),
             strikes: verdict::Strikes::default(),
             outcomes: verdict::Outcomes::default(),
             seq: AtomicU64::new(1),
@@ -127,6 +127,12 @@ impl Proxy {
                 .map(|d| d.as_millis() as u64 & 0xffff_ffff)
                 .unwrap_or(0),
         }
+    }
+
+    /// The requests alive now: the watchers take back those of a child
+    /// whose account ran out.
+    pub fn requests(&self) -> std::sync::Arc<requests::Registry> {
+        self.requests.clone()
     }
 
     /// Send the verdict of every attempt at a child to `tx` (per-profile

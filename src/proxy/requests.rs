@@ -1,19 +1,36 @@
-//! The proxied requests alive now, for `POST /v1/cancel/{id}`: each has an
-//! internal id (unique, never reused) and the id its client knows
-//! (`X-Request-Id`, sent or made up), which several requests may share
-//! without disturbing each other's bookkeeping. A request is waiting (in
-//! the dispatcher's queue, or between attempts) or running on a child.
+//! The proxied requests alive now: each has an internal id (unique, never
+//! reused) and the id its client knows (`X-Request-Id`, sent or made up),
+//! which several requests may share without disturbing each other's
+//! bookkeeping. A request is waiting (in the dispatcher's queue, or between
+//! attempts) or running on a child.
 //!
-//! Cancelling marks the request first, then acts outside the lock: a
-//! waiting one leaves the dispatcher's queue; a running one has its child
-//! connection shut (the child stops its work when the connection closes).
-//! The mark closes the races: a request granted a child just as it was
-//! cancelled sees the mark when it tries to start running.
+//! A running request can be taken from its child three ways, each by
+//! marking it first and then shutting its child connection outside the lock
+//! (the child stops its work only when that connection closes):
+//! - `POST /v1/cancel/{id}` cancels it ([`Registry::cancel`]; a waiting one
+//!   leaves the dispatcher's queue instead);
+//! - its child's log says the account ran out ([`Registry::reclaim`]): a
+//!   request whose answer has not begun is taken back, to be served by
+//!   another child;
+//! - its client went away ([`Registry::watch_clients`], a thread that polls
+//!   the client sockets of running requests): nobody waits for the answer,
+//!   so the child is freed at once instead of working for nobody.
+//!
+//! The mark closes the races: a request granted a child, or given its
+//! answer's head, just as it was taken sees the mark at its next step.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crate::dispatch::Dispatch;
+use crossbeam_channel::{select, Receiver};
+
+use crate::dispatch::{ChildId, Dispatch};
+
+/// How often the client sockets of running requests are looked at.
+const CLIENT_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Default)]
 pub struct Registry {
@@ -23,12 +40,31 @@ pub struct Registry {
 struct Entry {
     client_id: String,
     phase: Phase,
-    cancelled: bool,
+    taken: Option<Taken>,
 }
 
 enum Phase {
     Waiting,
-    Running { agent: ureq::Agent, profile: String },
+    Running(Running),
+}
+
+struct Running {
+    agent: ureq::Agent,
+    profile: String,
+    child: ChildId,
+    /// The answer's head has reached the client: it is no longer taken back.
+    answering: bool,
+    /// A duplicate of the client's socket, to notice its leaving.
+    client: Option<Arc<OwnedFd>>,
+}
+
+/// Why a request was taken from its child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    Cancelled,
+    /// Its child's account ran out: serve it elsewhere.
+    Reclaimed,
+    ClientGone,
 }
 
 /// What a cancel did to one request.
@@ -45,10 +81,6 @@ pub struct Registration<'a> {
     id: u64,
 }
 
-/// The request was cancelled.
-#[derive(Debug)]
-pub struct WasCancelled;
-
 impl Registry {
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
         // Single inserts and removals: a poisoned map is still coherent.
@@ -61,31 +93,38 @@ impl Registry {
             Entry {
                 client_id: client_id.to_string(),
                 phase: Phase::Waiting,
-                cancelled: false,
+                taken: None,
             },
         );
         Registration { registry: self, id }
     }
 
-    /// Cancel every request its client calls `client_id`. Empty when none.
-    pub fn cancel(&self, client_id: &str, dispatch: &Dispatch) -> Vec<Cancelled> {
-        let mut queued = Vec::new();
+    /// Mark the entries `pick` chooses as `why` (those not taken already)
+    /// and return the agents of the running ones to shut.
+    fn take(
+        &self,
+        why: Taken,
+        mut pick: impl FnMut(u64, &Entry) -> bool,
+    ) -> (Vec<u64>, Vec<(ureq::Agent, String)>) {
+        let mut waiting = Vec::new();
         let mut running = Vec::new();
-        {
-            let mut entries = self.lock();
-            for (id, e) in entries.iter_mut() {
-                if e.client_id != client_id || e.cancelled {
-                    continue;
-                }
-                e.cancelled = true;
-                match &e.phase {
-                    Phase::Waiting => queued.push(*id),
-                    Phase::Running { agent, profile } => {
-                        running.push((agent.clone(), profile.clone()))
-                    }
-                }
+        let mut entries = self.lock();
+        for (id, e) in entries.iter_mut() {
+            if e.taken.is_some() || !pick(*id, e) {
+                continue;
+            }
+            e.taken = Some(why);
+            match &e.phase {
+                Phase::Waiting => waiting.push(*id),
+                Phase::Running(r) => running.push((r.agent.clone(), r.profile.clone())),
             }
         }
+        (waiting, running)
+    }
+
+    /// Cancel every request its client calls `client_id`. Empty when none.
+    pub fn cancel(&self, client_id: &str, dispatch: &Dispatch) -> Vec<Cancelled> {
+        let (queued, running) = self.take(Taken::Cancelled, |_, e| e.client_id == client_id);
         let mut done = Vec::new();
         for id in queued {
             // Not found: granted a child meanwhile, and the mark stops it.
@@ -104,36 +143,157 @@ impl Registry {
         }
         done
     }
+
+    /// Take back every request running on `child` whose answer has not
+    /// begun (its account ran out): their connections are shut, and each
+    /// is tried on another child. Returns how many.
+    pub fn reclaim(&self, child: ChildId) -> usize {
+        let (_, running) = self.take(
+            Taken::Reclaimed,
+            |_, e| matches!(&e.phase, Phase::Running(r) if r.child == child && !r.answering),
+        );
+        let n = running.len();
+        for (agent, _) in running {
+            agent.shutdown();
+        }
+        n
+    }
+
+    /// The thread that frees the child of every running request whose
+    /// client left: every `CLIENT_POLL` it polls their sockets for a hang-up
+    /// and shuts the child connection of each that left. Ends when `stop`
+    /// closes.
+    pub fn watch_clients(self: &Arc<Self>, stop: Receiver<()>) -> std::io::Result<JoinHandle<()>> {
+        let me = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("client-watch".into())
+            .stack_size(128 * 1024)
+            .spawn(move || loop {
+                select! {
+                    recv(stop) -> _ => return,
+                    default(CLIENT_POLL) => {}
+                }
+                let Some(registry) = me.upgrade() else { return };
+                registry.free_left_clients();
+            })
+    }
+
+    /// One look at the client sockets of running requests.
+    fn free_left_clients(&self) {
+        let watched: Vec<(u64, Arc<OwnedFd>)> = self
+            .lock()
+            .iter()
+            .filter(|(_, e)| e.taken.is_none())
+            .filter_map(|(id, e)| match &e.phase {
+                Phase::Running(r) => r.client.clone().map(|c| (*id, c)),
+                Phase::Waiting => None,
+            })
+            .collect();
+        if watched.is_empty() {
+            return;
+        }
+        let gone = hung_up(&watched);
+        if gone.is_empty() {
+            return;
+        }
+        let (_, running) = self.take(Taken::ClientGone, |id, _| gone.contains(&id));
+        for (agent, _) in running {
+            agent.shutdown();
+        }
+    }
+}
+
+/// Which of `socks` have been hung up by their peer (one poll, no wait).
+fn hung_up(socks: &[(u64, Arc<OwnedFd>)]) -> Vec<u64> {
+    let mut fds: Vec<libc::pollfd> = socks
+        .iter()
+        .map(|(_, fd)| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `fds` is a valid array of pollfd for its length; the fds are
+    // kept open by the Arcs in `socks` for the call.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+    if n <= 0 {
+        return Vec::new();
+    }
+    let bad = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
+    fds.iter()
+        .zip(socks)
+        .filter(|(p, _)| p.revents & bad != 0)
+        .map(|(_, (id, _))| *id)
+        .collect()
 }
 
 impl Registration<'_> {
-    pub fn cancelled(&self) -> bool {
-        self.registry
-            .lock()
-            .get(&self.id)
-            .is_some_and(|e| e.cancelled)
+    /// Whether, and why, the request was taken from its child.
+    pub fn taken(&self) -> Option<Taken> {
+        self.registry.lock().get(&self.id).and_then(|e| e.taken)
     }
 
-    /// Back to waiting (after an attempt).
+    pub fn cancelled(&self) -> bool {
+        self.taken() == Some(Taken::Cancelled)
+    }
+
+    /// Back to waiting (after an attempt). A request taken back from an
+    /// exhausted child may be taken again from the next one.
     pub fn waiting(&self) {
         if let Some(e) = self.registry.lock().get_mut(&self.id) {
             e.phase = Phase::Waiting;
+            if e.taken == Some(Taken::Reclaimed) {
+                e.taken = None;
+            }
         }
     }
 
-    /// Running on a child through `agent`, unless cancelled already.
-    pub fn running(&self, agent: &ureq::Agent, profile: &str) -> Result<(), WasCancelled> {
+    /// Running on `child` through `agent` for the client on socket
+    /// `client`, unless taken already.
+    pub fn running(
+        &self,
+        agent: &ureq::Agent,
+        profile: &str,
+        child: ChildId,
+        client: Option<RawFd>,
+    ) -> Result<(), Taken> {
+        // A duplicate, so the watch never polls a number reused by another
+        // connection after this request ended.
+        let client = client.and_then(|fd| {
+            // SAFETY: the caller's request holds `fd` open during this call.
+            let b = unsafe { BorrowedFd::borrow_raw(fd) };
+            b.try_clone_to_owned().ok().map(Arc::new)
+        });
         let mut entries = self.registry.lock();
         let Some(e) = entries.get_mut(&self.id) else {
             return Ok(());
         };
-        if e.cancelled {
-            return Err(WasCancelled);
+        if let Some(t) = e.taken {
+            return Err(t);
         }
-        e.phase = Phase::Running {
+        e.phase = Phase::Running(Running {
             agent: agent.clone(),
             profile: profile.to_string(),
+            child,
+            answering: false,
+            client,
+        });
+        Ok(())
+    }
+
+    /// The answer's head is about to reach the client: from now on it is
+    /// not taken back. Err when it was taken meanwhile.
+    pub fn answering(&self) -> Result<(), Taken> {
+        let mut entries = self.registry.lock();
+        let Some(e) = entries.get_mut(&self.id) else {
+            return Ok(());
         };
+        if let Some(t) = e.taken {
+            return Err(t);
+        }
+        if let Phase::Running(r) = &mut e.phase {
+            r.answering = true;
+        }
         Ok(())
     }
 }
@@ -141,5 +301,64 @@ impl Registration<'_> {
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
         self.registry.lock().remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+
+    fn child(slot: usize) -> ChildId {
+        ChildId {
+            slot,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn reclaim_takes_back_only_unanswered_requests_of_that_child() {
+        let r = Registry::default();
+        let agent = ureq::Agent::new_with_defaults();
+        let a = r.enter(1, "a");
+        let b = r.enter(2, "b");
+        let c = r.enter(3, "c");
+        a.running(&agent, "p", child(0), None).unwrap();
+        b.running(&agent, "p", child(0), None).unwrap();
+        b.answering().unwrap();
+        c.running(&agent, "q", child(1), None).unwrap();
+        assert_eq!(r.reclaim(child(0)), 1);
+        assert_eq!(a.taken(), Some(Taken::Reclaimed));
+        assert_eq!(b.taken(), None, "its answer had begun");
+        assert_eq!(c.taken(), None, "another child");
+        assert_eq!(a.answering(), Err(Taken::Reclaimed));
+        // Back to waiting, it may run (and be taken back) again.
+        a.waiting();
+        assert_eq!(a.taken(), None);
+        a.running(&agent, "q", child(1), None).unwrap();
+        assert_eq!(r.reclaim(child(1)), 2);
+    }
+
+    #[test]
+    fn a_client_that_leaves_is_noticed() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        let r = Arc::new(Registry::default());
+        let agent = ureq::Agent::new_with_defaults();
+        let reg = r.enter(7, "x");
+        reg.running(&agent, "p", child(0), Some(server_side.as_raw_fd()))
+            .unwrap();
+        r.free_left_clients();
+        assert_eq!(reg.taken(), None, "still there");
+        client.write_all(b"more").unwrap();
+        r.free_left_clients();
+        assert_eq!(reg.taken(), None, "data is no hang-up");
+        drop(client);
+        std::thread::sleep(Duration::from_millis(20));
+        r.free_left_clients();
+        assert_eq!(reg.taken(), Some(Taken::ClientGone));
+        drop(server_side);
     }
 }

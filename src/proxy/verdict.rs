@@ -45,14 +45,33 @@ impl fmt::Display for Fault {
     }
 }
 
-/// How a 200 completion can be empty.
+/// How a completion can come back without an answer in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Emptiness {
-    /// No content and no tool call before the end.
+    /// No content and no tool call before the end (a streamed quota), the
+    /// child's no-output placeholder, or its 502 `Aux stream completed but
+    /// no content provided`.
     NoContent,
-    /// The content carries the child's error text (`[错误: ...]`).
+    /// The older fork's internal timeout: a 502 `内部超时`, or a stream
+    /// whose reasoning says `internal_timeout`. Quota and upstream errors
+    /// look alike there: the account's or the request's trouble.
+    InternalTimeout,
+    /// The content carries the child's upstream error text (`[Error: ...]`,
+    /// `[错误: ...]`): the child failed this one.
     ErrorText,
+    /// An error event after `[DONE]` (the current child's failed auth
+    /// rotation after a quota).
+    ErrorAfterDone,
 }
+
+/// The body of a 502 by which a child says the answer was empty.
+const EMPTY_502: &[(&str, Emptiness)] = &[
+    (
+        "Aux stream completed but no content provided",
+        Emptiness::NoContent,
+    ),
+    ("内部超时", Emptiness::InternalTimeout),
+];
 
 /// What one attempt's answer says about the child.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -61,8 +80,16 @@ pub enum Verdict {
     Ok,
     /// A 4xx other than 429: the client's business, neutral for the child.
     ClientError { status: u16 },
-    /// A 200 completion with nothing in it (quota exhaustion shows so).
+    /// A completion with nothing in it (quota exhaustion shows so): counts
+    /// toward `EMPTY_ANSWERS_TO_ROTATE`, evicts nothing.
     EmptyAnswer(Emptiness),
+    /// The child's upstream error text in a 200: counts against the child
+    /// like a 5xx.
+    ErrorText,
+    /// Taken back from the child while it had not answered: its log said
+    /// its account ran out. Served by another child; reported by the
+    /// watcher that read the log.
+    Reclaimed,
     /// The child failed; it is evicted.
     ChildFault(Fault),
     /// A 5xx that is no gateway error: counts against the child.
@@ -98,25 +125,47 @@ impl Verdict {
         }
     }
 
+    /// A failed head's verdict refined by its answer's body: a 502 that
+    /// says the answer was empty is the account's sign, not a broken child.
+    pub fn with_body(self, body: &[u8]) -> Verdict {
+        if self != Verdict::ChildFault(Fault::Status(502)) {
+            return self;
+        }
+        let text = String::from_utf8_lossy(body);
+        EMPTY_502
+            .iter()
+            .find(|(mark, _)| text.contains(mark))
+            .map(|(_, e)| Verdict::EmptyAnswer(*e))
+            .unwrap_or(self)
+    }
+
     /// The verdict of an answer relayed in full.
     pub fn of_answer(status: u16, empty: Option<Emptiness>) -> Verdict {
         match (status, empty) {
+            (200, Some(Emptiness::ErrorText)) => Verdict::ErrorText,
+            (200, Some(Emptiness::ErrorAfterDone)) => Verdict::Exhausted {
+                status,
+                retry_after: None,
+            },
             (200, Some(e)) => Verdict::EmptyAnswer(e),
             (400..=499, _) => Verdict::ClientError { status },
             _ => Verdict::Ok,
         }
     }
 
+    /// Whether the profile book heard of this when it happened (so a
+    /// second opinion changes nothing about it).
+    pub fn reported_at_once(&self) -> bool {
+        self.evicts_at_once()
+            || matches!(
+                self,
+                Verdict::Exhausted { .. } | Verdict::EmptyAnswer(_) | Verdict::Reclaimed
+            )
+    }
+
     /// Whether the child is evicted as soon as this is known.
     pub fn evicts_at_once(&self) -> bool {
         matches!(self, Verdict::ChildFault(_))
-    }
-
-    /// Whether the profile's account is out of quota: not the child's
-    /// fault, so no eviction; its outcome makes the profile book drain the
-    /// slot gracefully, rotate it and cool the profile down.
-    pub fn exhausted(&self) -> bool {
-        matches!(self, Verdict::Exhausted { .. })
     }
 
     /// The status of a failed answer (for the client, or a log line).
@@ -137,8 +186,14 @@ impl fmt::Display for Verdict {
         match self {
             Verdict::Ok => f.write_str("ok"),
             Verdict::ClientError { status } => write!(f, "client error {status}"),
-            Verdict::EmptyAnswer(Emptiness::NoContent) => f.write_str("empty answer"),
-            Verdict::EmptyAnswer(Emptiness::ErrorText) => f.write_str("error text in the answer"),
+            Verdict::EmptyAnswer(Emptiness::InternalTimeout) => {
+                f.write_str("internal timeout (the older fork's quota or upstream error)")
+            }
+            Verdict::EmptyAnswer(_) => f.write_str("empty answer"),
+            Verdict::ErrorText => f.write_str("upstream error text in the answer"),
+            Verdict::Reclaimed => {
+                f.write_str("taken back: the child's log says its account ran out")
+            }
             Verdict::ChildFault(fault) => fault.fmt(f),
             Verdict::Counted5xx { status } => write!(f, "answered {status}"),
             Verdict::RequestProblem { status } => {
@@ -283,6 +338,47 @@ mod tests {
             Verdict::of_answer(401, None),
             Verdict::ClientError { status: 401 }
         );
+        assert_eq!(
+            Verdict::of_answer(200, Some(Emptiness::ErrorText)),
+            Verdict::ErrorText
+        );
+        assert!(matches!(
+            Verdict::of_answer(200, Some(Emptiness::ErrorAfterDone)),
+            Verdict::Exhausted { .. }
+        ));
+        assert!(!Verdict::ErrorText.reported_at_once());
+    }
+
+    #[test]
+    fn a_502_that_says_empty_is_the_accounts_sign() {
+        let head = || Verdict::of_head(502, None).unwrap();
+        let table: &[(&str, Verdict)] = &[
+            (
+                r#"{"detail": "[abc1234] Aux stream completed but no content provided"}"#,
+                Verdict::EmptyAnswer(Emptiness::NoContent),
+            ),
+            (
+                r#"{"detail": "[abc1234] 辅助流处理错误 (内部超时)"}"#,
+                Verdict::EmptyAnswer(Emptiness::InternalTimeout),
+            ),
+            (
+                r#"{"detail": "browser lost"}"#,
+                Verdict::ChildFault(Fault::Status(502)),
+            ),
+        ];
+        for (body, want) in table {
+            let v = head().with_body(body.as_bytes());
+            assert_eq!(&v, want, "{body}");
+        }
+        assert!(!Verdict::EmptyAnswer(Emptiness::InternalTimeout).evicts_at_once());
+        let ra = Verdict::of_head(502, Some("60")).unwrap();
+        assert_eq!(
+            ra.clone()
+                .with_body(b"Aux stream completed but no content provided"),
+            ra
+        );
+        let s503 = Verdict::of_head(503, None).unwrap();
+        assert_eq!(s503.clone().with_body("内部超时".as_bytes()), s503);
     }
 
     #[test]
