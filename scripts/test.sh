@@ -2,7 +2,8 @@
 # Install what the test suite needs on a fresh machine, then run all of it:
 # formatting and lints, the Rust unit and integration tests (the real
 # binaries against real test children, a real signature-checking S3 server,
-# the official OpenAI Python SDK), the deployment checks (shellcheck,
+# the official OpenAI Python SDK; the real AI Studio proxy child, current and
+# older fork, from ../shared/realchild), the deployment checks (shellcheck,
 # hadolint, Kubernetes schemas) and, under CI=true or AISP_CONTAINER_SMOKE=1,
 # the real container run of scripts/container-smoke.sh. Exits non-zero if
 # anything failed.
@@ -33,6 +34,19 @@ say "Python venv (.venv) for the OpenAI SDK test and the deployment checks"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 
+# The real child (tests/upstream_child.rs): chromium (apt), a copy of each
+# flavour's source and its venv, in .realchild/ (ignored by git; idempotent).
+# Without ../shared/realchild those tests say how to get it and skip.
+realchild_src=${AISP_REALCHILD_SRC:-../shared/realchild}
+if [ -f "$realchild_src/setup.sh" ]; then
+    for flavour in current fork; do
+        say "the real child ($flavour) in .realchild/$flavour"
+        bash "$realchild_src/setup.sh" ".realchild/$flavour" "$flavour" >/dev/null
+    done
+else
+    say "no real child at $realchild_src: tests/upstream_child.rs will skip (see its SKIPPED line)"
+fi
+
 status=0
 steps_passed=0
 steps_failed=0
@@ -49,10 +63,15 @@ run() {
 run cargo fmt --all -- --check
 run cargo clippy --locked --all-targets -- -D warnings
 run cargo build --locked --bins --tests
+# The real-child tests run last and alone (a browser per child), printing
+# their MEASURED figures.
+real='test(/^upstream_child::/)'
 if cargo nextest --version >/dev/null 2>&1; then
-    run cargo nextest run --locked --no-fail-fast
+    run cargo nextest run --locked --no-fail-fast -E "not ($real)"
+    run cargo nextest run --locked --no-fail-fast --no-capture -E "$real"
 else
-    run cargo test --locked --no-fail-fast
+    run cargo test --locked --no-fail-fast -- --skip upstream_child::
+    run cargo test --locked --no-fail-fast --test tests -- --test-threads 1 --nocapture upstream_child::
 fi
 run env CI="${CI:-}" .venv/bin/python -m pytest -q tests/python
 # The real container run (static musl build, FROM scratch image, podman):

@@ -305,7 +305,7 @@ impl Watcher {
             ),
             None if self.pool.leasing() => {}
             None => warn!(
-                "slot {}: every profile is disabled; waiting for one to be enabled",
+                "slot {}: every profile is disabled or needs a login; waiting for an operator (enable, reset, or a reload with a new login)",
                 self.slot
             ),
         }
@@ -431,6 +431,7 @@ impl Watcher {
         let ending = if self.pool.lease_ok(&profile.name) {
             self.watch(
                 &mut child,
+                profile,
                 &copy,
                 &signs,
                 generation,
@@ -481,11 +482,7 @@ impl Watcher {
         let login_needed = matches!(reason, StopReason::NeedsLogin)
             || signs.try_iter().any(|s| s == Sign::LoginNeeded);
         if login_needed {
-            self.pool.login_needed(
-                &profile.name,
-                "the child's log says its login expired",
-                profile.fingerprint().unwrap_or(0),
-            );
+            self.login_needed(profile);
         }
         // The child is gone, its shutdown write with it: the last state goes
         // back, unless the lease is lost: only the holder writes a profile.
@@ -598,6 +595,7 @@ impl Watcher {
     fn watch(
         &mut self,
         child: &mut Child,
+        profile: &Profile,
         copy: &WorkingCopy,
         signs: &Receiver<Sign>,
         generation: u64,
@@ -639,7 +637,12 @@ impl Watcher {
                 recv(self.signals.shutdown) -> _ => return Ending::Stop(StopReason::Shutdown),
                 recv(writebacks) -> _ => note_writeback(self.slot, name, &copy.tick()),
                 recv(signs) -> sign => match sign {
-                    Ok(Sign::LoginNeeded) => return Ending::Stop(StopReason::NeedsLogin),
+                    Ok(Sign::LoginNeeded) => {
+                        // Marked now: the older fork hangs after this line, and
+                        // its stop takes the whole grace.
+                        self.login_needed(profile);
+                        return Ending::Stop(StopReason::NeedsLogin);
+                    }
                     Ok(sign) => self.account_ran_out(name, sign, generation, &mut exhausted),
                     // The pumps ended: the exit follows.
                     Err(_) => {}
@@ -700,6 +703,15 @@ impl Watcher {
 }
 
 impl Watcher {
+    /// The child's log says `profile`'s login expired.
+    fn login_needed(&self, profile: &Profile) {
+        self.pool.login_needed(
+            &profile.name,
+            "the child's log says its login expired",
+            profile.fingerprint().unwrap_or(0),
+        );
+    }
+
     /// The child's log says its account ran out (`sign`): the first time,
     /// the profile cools (the slot drains and rotates, see `Pool::report`);
     /// every time, the requests the child has not begun to answer are taken

@@ -913,14 +913,6 @@ fn probes_stay_fast_under_200_open_streams() {
 // ---------------------------------------------------------------------------
 // The official SDK
 
-fn python() -> Option<std::path::PathBuf> {
-    if let Some(p) = std::env::var_os("AISP_PYTHON") {
-        return Some(p.into());
-    }
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    venv.is_file().then_some(venv)
-}
-
 #[test]
 fn official_openai_sdk_works() {
     let py = python().expect(

@@ -10,4 +10,5 @@ mod operate;
 mod proxy;
 mod realchild;
 mod s3;
+mod upstream_child;
 mod writeback;

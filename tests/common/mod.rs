@@ -931,3 +931,77 @@ pub fn post_json_with(
 pub fn post_json(port: u16, path: &str, body: &Value) -> Option<Reply> {
     post_json_with(port, path, body, &[])
 }
+
+/// What one `aistudioproxy ctl` run did.
+#[derive(Debug)]
+pub struct Ctl {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// Shown (through `Debug`) when an assertion on the run fails.
+    #[allow(dead_code)]
+    pub command: String,
+}
+
+impl Ctl {
+    pub fn ok(self) -> Ctl {
+        assert_eq!(self.code, Some(0), "{self:#?}");
+        self
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {self:#?}"))
+    }
+}
+
+/// Run `aistudioproxy ctl <args>` with only `env` in its environment.
+pub fn ctl_with(env: &[(&str, &Path)], args: &[&str]) -> Ctl {
+    let mut cmd = Command::new(COORDINATOR);
+    cmd.env_clear().arg("ctl").args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let command = format!("{env:?} {COORDINATOR} ctl {}", args.join(" "));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command}: {e}"));
+    Ctl {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        command,
+    }
+}
+
+/// `ctl <args>` finding the socket through `AUTH_PROFILE_CACHE_DIR`, as an
+/// operator inside the pod would.
+pub fn ctl(dir: &TestDir, args: &[&str]) -> Ctl {
+    let cache = dir.cache_dir();
+    ctl_with(&[("AUTH_PROFILE_CACHE_DIR", &cache)], args)
+}
+
+/// `ctl --json status`.
+pub fn status(dir: &TestDir) -> Value {
+    ctl(dir, &["--json", "status"]).ok().json()
+}
+
+/// The profile entry of a status (or `/ready`) body.
+pub fn profile_of<'v>(body: &'v Value, name: &str) -> Option<&'v Value> {
+    body["profiles"]
+        .as_array()?
+        .iter()
+        .find(|p| p["profile"] == name)
+}
+
+pub fn profile_state(body: &Value, name: &str) -> Option<String> {
+    profile_of(body, name).and_then(|p| p["state"].as_str().map(String::from))
+}
+
+/// The Python with the test packages (the OpenAI SDK): `AISP_PYTHON`, else
+/// the `.venv` that scripts/test.sh makes.
+pub fn python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("AISP_PYTHON") {
+        return Some(p.into());
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    venv.is_file().then_some(venv)
+}

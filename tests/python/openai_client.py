@@ -1,8 +1,9 @@
 """Drive aistudioproxy with the official OpenAI Python SDK.
 
-Usage: openai_client.py <base_url> <api_key>
+Usage: openai_client.py <base_url> <api_key> [model]
 Prints one JSON line with what the SDK saw; exits non-zero on any failure.
-Run by the Rust integration test `proxy::official_openai_sdk_works`.
+Run by the Rust integration tests `proxy::official_openai_sdk_works` (test
+child, model gemini-test) and `upstream_child::*` (the real child).
 """
 import json
 import sys
@@ -12,12 +13,14 @@ import openai
 
 def main() -> int:
     base_url, api_key = sys.argv[1], sys.argv[2]
-    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=30)
+    model = sys.argv[3] if len(sys.argv) > 3 else "gemini-test"
+    # The real child takes 11-15 s per completion.
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
 
     models = [m.id for m in client.models.list()]
 
     completion = client.chat.completions.create(
-        model="gemini-test",
+        model=model,
         messages=[{"role": "user", "content": "plain"}],
     )
     plain = completion.choices[0].message.content
@@ -25,7 +28,7 @@ def main() -> int:
     pieces = []
     finish = None
     stream = client.chat.completions.create(
-        model="gemini-test",
+        model=model,
         messages=[{"role": "user", "content": "streamed"}],
         stream=True,
     )
@@ -41,7 +44,7 @@ def main() -> int:
     wrong_key_status = None
     try:
         openai.OpenAI(base_url=base_url, api_key="wrong", max_retries=0).chat.completions.create(
-            model="gemini-test", messages=[{"role": "user", "content": "x"}]
+            model=model, messages=[{"role": "user", "content": "x"}]
         )
     except openai.AuthenticationError as e:
         wrong_key_status = e.status_code
