@@ -29,7 +29,9 @@ use crate::process::env;
 use crate::process::ports::{self, Busy};
 use crate::process::tree::{self, Identity};
 use crate::slot::{Backoff, Event, StopReason};
+use crate::stagger::{self, Stagger};
 use crate::writeback::{self, WorkingCopy, WriteBack};
+use crate::{outbound, recycle};
 
 /// How often a starting child's /health is asked.
 const READY_POLL: Duration = Duration::from_millis(20);
@@ -58,6 +60,12 @@ pub struct Settings {
     pub identity: Identity,
     /// Working copies of profiles, and their write-back.
     pub writeback: WriteBack,
+    /// The fleet's start gate (START_STAGGER_S), shared by every slot.
+    pub stagger: Arc<Stagger>,
+    /// When a running child is drained and started again (memory, age).
+    pub recycle: recycle::Limits,
+    /// Each profile's own outbound proxy (PROFILE_PROXIES_FILE).
+    pub proxies: Arc<outbound::Proxies>,
 }
 
 impl Settings {
@@ -66,6 +74,7 @@ impl Settings {
         key_file: Option<PathBuf>,
         identity: Identity,
         writeback: WriteBack,
+        proxies: Arc<outbound::Proxies>,
     ) -> Settings {
         Settings {
             command: cfg.child_command.clone(),
@@ -78,6 +87,9 @@ impl Settings {
             drain_timeout: cfg.request_timeout,
             identity,
             writeback,
+            stagger: Arc::new(Stagger::new(cfg.start_stagger)),
+            recycle: cfg.recycle,
+            proxies,
         }
     }
 }
@@ -183,6 +195,16 @@ impl Watcher {
                 self.wait_for_a_profile();
                 continue;
             };
+            let shutdown = &self.signals.shutdown;
+            if !stagger::wait_turn(
+                &self.settings.stagger,
+                self.slot,
+                &profile.name,
+                &self.pool,
+                shutdown,
+            ) {
+                continue;
+            }
             let end = match self.run_one(&profile) {
                 Turn::Ran(end) => end,
                 Turn::PortBusy(busy) => {
@@ -487,7 +509,13 @@ impl Watcher {
         if self.settings.headless {
             args.push("--headless".to_string());
         }
-        let env = env::for_child(std::env::vars_os(), self.settings.key_file.as_deref(), &tag);
+        let proxy = self.settings.proxies.of(&profile.name);
+        let env = env::for_child(
+            std::env::vars_os(),
+            self.settings.key_file.as_deref(),
+            &tag,
+            proxy.as_ref().map(outbound::ProxyUrl::secret),
+        );
         child::Spec {
             program: self.settings.command[0].clone(),
             args,
@@ -559,6 +587,18 @@ impl Watcher {
             crossbeam_channel::never()
         };
         let url = format!("http://127.0.0.1:{api_port}/health");
+        // Memory and age: a limit passed drains the slot (a command to ourselves).
+        let tag = self.settings.identity.tag(self.slot, self.starts);
+        let limits = self.settings.recycle;
+        let mut care = recycle::Watch::new(
+            limits,
+            self.slot,
+            generation,
+            child.pid(),
+            tag,
+            Instant::now(),
+        );
+        let (samples, age_due) = (care.samples(), care.age_due());
         // Set once a drain begins: what follows it, and its bound.
         let mut draining: Option<(StopReason, Then, Instant)> = None;
         if let Some(Cmd::Drain { reason, then, .. }) = self.early.take() {
@@ -581,6 +621,8 @@ impl Watcher {
                 }
                 recv(self.signals.shutdown) -> _ => return Ending::Stop(StopReason::Shutdown),
                 recv(writebacks) -> _ => note_writeback(self.slot, name, &copy.tick()),
+                recv(samples) -> _ => care.look(&self.pool, name),
+                recv(age_due) -> _ => care.look(&self.pool, name),
                 recv(self.cmds) -> cmd => match cmd {
                     Ok(Cmd::Evict { generation: g, reason }) if g == generation => {
                         return Ending::Stop(StopReason::Evicted(reason));
@@ -759,6 +801,9 @@ http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
                 },
                 Duration::from_secs(600),
             ),
+            stagger: Default::default(),
+            recycle: Default::default(),
+            proxies: Default::default(),
         };
         let thread = spawn(
             0,

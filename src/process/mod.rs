@@ -2,8 +2,8 @@
 //! watchers: how one child is started and stopped (`child`), how every
 //! process it started is found again wherever it moved (`tree`), what the
 //! child's environment holds (`env`), whether a slot's ports are free and who
-//! holds them (`ports`), the child's log files (`childlog`) and the reaping
-//! of orphans (`reaper`).
+//! holds them (`ports`), the child's log files (`childlog`), the reaping
+//! of orphans (`reaper`) and the memory a child's tree holds (`rss`).
 //!
 //! Nothing here decides which profile runs where; the watchers do, and ask
 //! these modules to carry it out.
@@ -14,4 +14,5 @@ pub mod env;
 pub mod ports;
 pub mod proc;
 pub mod reaper;
+pub mod rss;
 pub mod tree;
