@@ -31,7 +31,7 @@ use crate::process;
 use crate::proxy::{self, verdict};
 use crate::reload::{self, Reloader};
 use crate::writeback::WriteBack;
-use crate::{dispatch, fleet, metrics, server, signals, watcher};
+use crate::{dispatch, fleet, metrics, outbound, server, signals, watcher};
 
 pub struct Fatal {
     pub message: String,
@@ -49,6 +49,7 @@ pub fn run(
     cfg: &Config,
     hydrated: Hydrated,
     early: Option<signals::EarlyExit>,
+    proxies: outbound::Proxies,
 ) -> Result<(), Fatal> {
     std::fs::create_dir_all(&cfg.log_dir).map_err(|e| Fatal {
         message: format!(
@@ -73,6 +74,8 @@ pub fn run(
     let writeback = WriteBack::new(cfg, &hydrated);
 
     let (pool, cmd_rxs) = new_pool(cfg, &hydrated);
+    let proxies = Arc::new(proxies);
+    note_proxies(&proxies, &hydrated);
     // Before any watcher: with leases on, no profile runs unleased.
     let leaser = start_leaser(cfg, &pool)?;
     let proxy = Arc::new(new_proxy(cfg, key_file.as_deref())?);
@@ -90,6 +93,7 @@ pub fn run(
         pool.clone(),
         proxy.clone(),
         writeback.clone(),
+        proxies.clone(),
     ));
     let fleet = Arc::new(Fleet {
         pool: pool.clone(),
@@ -140,7 +144,7 @@ pub fn run(
         "children's logs are read for {} account signs (login needed, quota, rate limit)",
         cfg.signs.len()
     );
-    let settings = watcher::Settings::new(cfg, key_file, identity, writeback, requests);
+    let settings = watcher::Settings::new(cfg, key_file, identity, writeback, requests, proxies);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let mut watchers = Vec::new();
     for (slot, cmds) in cmd_rxs.into_iter().enumerate() {
@@ -298,6 +302,27 @@ fn new_pool(cfg: &Config, hydrated: &Hydrated) -> (Arc<Pool>, Vec<Receiver<crate
         cfg.child_command.join(" ")
     );
     (pool, cmd_rxs)
+}
+
+/// Say how many profiles have a proxy of their own, and warn of names in
+/// the file that match no hydrated profile (a typo, or one still to come).
+pub fn note_proxies(proxies: &outbound::Proxies, hydrated: &Hydrated) {
+    if proxies.len() == 0 {
+        return;
+    }
+    let names: Vec<String> = hydrated.profiles.iter().map(|p| p.name.clone()).collect();
+    let unknown = proxies.unknown(&names);
+    info!(
+        "PROFILE_PROXIES_FILE: {} of {} profiles have a proxy of their own",
+        proxies.len() - unknown.len(),
+        names.len()
+    );
+    if !unknown.is_empty() {
+        warn!(
+            "PROFILE_PROXIES_FILE names profiles that do not exist: {} (a typo, or not hydrated yet)",
+            unknown.join(", ")
+        );
+    }
 }
 
 fn new_proxy(cfg: &Config, key_file: Option<&std::path::Path>) -> Result<proxy::Proxy, Fatal> {

@@ -142,6 +142,13 @@ pub struct Config {
     /// How often a running child's working copy is checked for a refresh.
     pub writeback_interval: Duration,
     pub leases: Leases,
+    /// `START_STAGGER_S`: at most one child start per this across the
+    /// fleet (zero: off).
+    pub start_stagger: Duration,
+    /// `CHILD_MAX_RSS_MB`, `CHILD_MAX_AGE_S`, `CHILD_RSS_SAMPLE_S`.
+    pub recycle: crate::recycle::Limits,
+    /// `PROFILE_PROXIES_FILE`: each profile's own outbound proxy.
+    pub profile_proxies_file: Option<PathBuf>,
     pub hydrate_only: bool,
 }
 
@@ -417,6 +424,31 @@ const SETTINGS: &[Setting] = &[
         env: "REPLICA_ID",
         default: None,
         help: "this coordinator's name in lease objects, unique among the replicas (default: the host name)",
+    },
+    Setting {
+        env: "START_STAGGER_S",
+        default: Some("0"),
+        help: "at most one child start per this many seconds across the fleet, the first at once (decimals allowed; 0: off)",
+    },
+    Setting {
+        env: "CHILD_MAX_RSS_MB",
+        default: Some("0"),
+        help: "drain and restart a child whose process tree's resident memory passes this many MiB (0: off)",
+    },
+    Setting {
+        env: "CHILD_MAX_AGE_S",
+        default: Some("0"),
+        help: "drain and restart a child this many seconds after its start (0: off)",
+    },
+    Setting {
+        env: "CHILD_RSS_SAMPLE_S",
+        default: Some("5"),
+        help: "seconds between measurements of a running child's process tree memory",
+    },
+    Setting {
+        env: "PROFILE_PROXIES_FILE",
+        default: None,
+        help: "file of 'profile-name proxy-URL' lines: each profile's browser uses its own proxy",
     },
     Setting {
         env: "MAX_BODY_BYTES",
@@ -757,6 +789,20 @@ impl Config {
                 get("REPLICA_ID")
                     .or_else(|| env.get("HOSTNAME").filter(|h| !h.is_empty()).cloned()),
             )?,
+            start_stagger: parse_decimal_secs("START_STAGGER_S", &need("START_STAGGER_S"), 3_600)?,
+            recycle: crate::recycle::Limits {
+                max_rss: match parse_num("CHILD_MAX_RSS_MB", &need("CHILD_MAX_RSS_MB"), 0, 1 << 24)?
+                {
+                    0 => None,
+                    mb => Some(mb << 20),
+                },
+                max_age: match secs("CHILD_MAX_AGE_S", 0, 365 * 86_400)? {
+                    d if d.is_zero() => None,
+                    d => Some(d),
+                },
+                sample: secs("CHILD_RSS_SAMPLE_S", 1, 3_600)?,
+            },
+            profile_proxies_file: get("PROFILE_PROXIES_FILE").map(abs),
             hydrate_only,
         })))
     }
@@ -839,6 +885,34 @@ fn parse_num(name: &'static str, value: &str, min: u64, max: u64) -> Result<u64,
             format!("an integer from {min} to {max}"),
         )),
     }
+}
+
+/// Seconds written as an integer or with decimals (`2`, `1.5`, `0.25`), at
+/// millisecond precision, from 0 to `max`.
+fn parse_decimal_secs(name: &'static str, value: &str, max: u64) -> Result<Duration, ConfigError> {
+    let bad = || {
+        invalid(
+            name,
+            value,
+            format!("seconds from 0 to {max}, such as 2 or 1.5"),
+        )
+    };
+    let v = value.trim();
+    let (whole, frac) = v.split_once('.').unwrap_or((v, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !digits(whole) || !digits(frac) || (v.contains('.') && frac.is_empty()) {
+        return Err(bad());
+    }
+    let whole: u64 = whole.parse().map_err(|_| bad())?;
+    // Milliseconds: the first three decimals, the rest ignored.
+    let ms: u64 = format!("{:0<3}", &frac[..frac.len().min(3)])
+        .parse()
+        .map_err(|_| bad())?;
+    let d = Duration::from_secs(whole) + Duration::from_millis(ms);
+    if d > Duration::from_secs(max) {
+        return Err(bad());
+    }
+    Ok(d)
 }
 
 /// Every port of every slot must be distinct, within 65535, and apart from
@@ -948,6 +1022,57 @@ mod tests {
         assert_eq!(c.consecutive_5xx_to_evict, 3);
         assert_eq!(c.writeback, WritebackMode::S3);
         assert_eq!(c.writeback_interval, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn gentle_settings_parse_and_refuse_in_one_line() {
+        let c = run(&[], &[]);
+        assert_eq!(c.start_stagger, Duration::ZERO);
+        assert_eq!(c.recycle, crate::recycle::Limits::default());
+        assert_eq!(c.profile_proxies_file, None);
+        let c = run(
+            &["--start-stagger-s", "1.5", "--child-max-rss-mb=800"],
+            &[
+                ("CHILD_MAX_AGE_S", "3600"),
+                ("CHILD_RSS_SAMPLE_S", "2"),
+                ("PROFILE_PROXIES_FILE", "proxies.txt"),
+            ],
+        );
+        assert_eq!(c.start_stagger, Duration::from_millis(1500));
+        assert_eq!(c.recycle.max_rss, Some(800 * 1024 * 1024));
+        assert_eq!(c.recycle.max_age, Some(Duration::from_secs(3600)));
+        assert_eq!(c.recycle.sample, Duration::from_secs(2));
+        assert_eq!(
+            c.profile_proxies_file,
+            Some(PathBuf::from("/srv/proxies.txt"))
+        );
+        for (v, ms) in [
+            ("0", 0),
+            ("2", 2000),
+            ("0.25", 250),
+            ("3.14159", 3141),
+            ("10.0", 10_000),
+        ] {
+            assert_eq!(
+                run(&[], &[("START_STAGGER_S", v)]).start_stagger,
+                Duration::from_millis(ms),
+                "{v}"
+            );
+        }
+        for v in ["-1", "1.", ".5", "1,5", "soon", "3601", "1e3"] {
+            assert_eq!(
+                err(&[], &[("START_STAGGER_S", v)]),
+                format!("invalid START_STAGGER_S={v:?}: expected seconds from 0 to 3600, such as 2 or 1.5"),
+            );
+        }
+        assert_eq!(
+            err(&[], &[("CHILD_RSS_SAMPLE_S", "0")]),
+            "invalid CHILD_RSS_SAMPLE_S=\"0\": expected an integer from 1 to 3600"
+        );
+        assert_eq!(
+            err(&[], &[("CHILD_MAX_RSS_MB", "lots")]),
+            "invalid CHILD_MAX_RSS_MB=\"lots\": expected an integer from 0 to 16777216"
+        );
     }
 
     #[test]

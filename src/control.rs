@@ -115,6 +115,11 @@ impl Fleet {
                 .map(|p| (p.health.profile, p.state))
                 .collect(),
             leases_held: snap.leases.as_ref().map_or(0, |l| l.held.len()),
+            child_rss: snap
+                .slots
+                .iter()
+                .filter_map(|s| Some((s.slot, s.rss_bytes?)))
+                .collect(),
         }
     }
 
@@ -132,6 +137,8 @@ impl Fleet {
                 "in_flight": s.in_flight,
                 "last_error": s.reason,
                 "ports": s.ports,
+                "rss_mb": s.rss_mb,
+                "until_unix_ms": s.until_unix_ms,
             })).collect::<Vec<_>>(),
             "queue": self.pool.dispatch().view(),
             "rotation_queue": snap.queue,

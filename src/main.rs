@@ -14,15 +14,18 @@ mod health;
 mod hydrate;
 mod logging;
 mod metrics;
+mod outbound;
 mod pool;
 mod private;
 mod process;
 mod proxy;
+mod recycle;
 mod reload;
 mod reply;
 mod server;
 mod signals;
 mod slot;
+mod stagger;
 mod tls;
 mod upstream;
 mod watcher;
@@ -65,6 +68,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    // Each profile's proxy: a bad file is a configuration error, refused
+    // before hydration (which may download from S3).
+    let proxies = if cfg.hydrate_only {
+        outbound::Proxies::none()
+    } else {
+        match outbound::Proxies::load(cfg.profile_proxies_file.as_deref()) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("aistudioproxy: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     // A stop signal during hydration ends the run at once, even as PID 1.
     let early = match signals::exit_on_sigterm() {
         Ok(e) => Some(e),
@@ -89,7 +105,7 @@ fn main() -> ExitCode {
         let _ = writeln!(out, "{}", hydrated.summary_json());
         return ExitCode::SUCCESS;
     }
-    match app::run(&cfg, hydrated, early) {
+    match app::run(&cfg, hydrated, early, proxies) {
         Ok(()) => ExitCode::SUCCESS,
         Err(app::Fatal { message, code }) => {
             eprintln!("aistudioproxy: {message}");

@@ -51,6 +51,7 @@ pub struct Metrics {
     queue_length: Gauge,
     in_flight: Family<Labels, Gauge>,
     cooldown_left: Family<Labels, Gauge>,
+    child_rss: Family<Labels, Gauge>,
 }
 
 /// What a scrape reports as current state, taken from the live snapshot.
@@ -67,6 +68,8 @@ pub struct View {
     pub cooldown_left: Vec<(String, u64)>,
     /// Profile leases held now (0 without leasing).
     pub leases_held: usize,
+    /// `(slot, bytes)`: the resident memory of each running child's tree.
+    pub child_rss: Vec<(usize, u64)>,
 }
 
 fn seconds_buckets() -> Histogram {
@@ -98,6 +101,7 @@ impl Metrics {
             queue_length: Gauge::default(),
             in_flight: Family::default(),
             cooldown_left: Family::default(),
+            child_rss: Family::default(),
         };
         let build: Family<Labels, Gauge> = Family::default();
         build
@@ -183,6 +187,11 @@ impl Metrics {
             );
             r.register("slots", "Slots by state", m.slots.clone());
             r.register(
+                "child_rss_bytes",
+                "Resident memory of each running child's process tree, summed over its processes",
+                m.child_rss.clone(),
+            );
+            r.register(
                 "profiles",
                 "Profiles by state (running, queued, cooling, needs_login, disabled)",
                 m.profiles.clone(),
@@ -214,7 +223,8 @@ impl Metrics {
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         self.slots.clear();
         for state in [
-            "idle", "backoff", "cooldown", "starting", "ready", "draining", "stopping", "stopped",
+            "idle", "backoff", "cooldown", "stagger", "starting", "ready", "draining", "stopping",
+            "stopped",
         ] {
             self.slots
                 .get_or_create(&vec![("state", state.to_string())])
@@ -239,6 +249,12 @@ impl Metrics {
             self.in_flight
                 .get_or_create(&vec![("slot", slot.to_string())])
                 .set(*n as i64);
+        }
+        self.child_rss.clear();
+        for (slot, bytes) in &view.child_rss {
+            self.child_rss
+                .get_or_create(&vec![("slot", slot.to_string())])
+                .set(*bytes as i64);
         }
         self.cooldown_left.clear();
         for (profile, left) in &view.cooldown_left {
@@ -383,6 +399,7 @@ mod tests {
             in_flight: vec![(0, 1)],
             cooldown_left: vec![("b".into(), 42)],
             leases_held: 2,
+            child_rss: vec![(0, 812 << 20)],
         });
         for needle in [
             "aistudioproxy_child_starts_total{slot=\"0\"}",
@@ -394,6 +411,8 @@ mod tests {
             "aistudioproxy_queue_length 3",
             "aistudioproxy_leases_held 2",
             "aistudioproxy_cooldown_seconds_left{profile=\"b\"} 42",
+            "aistudioproxy_child_rss_bytes{slot=\"0\"} 851443712",
+            "aistudioproxy_slots{state=\"stagger\"} 0",
             "aistudioproxy_build_info{version=",
             "aistudioproxy_request_duration_seconds_bucket",
             "# EOF",

@@ -63,6 +63,9 @@ struct SlotInfo {
     /// Bumped at every spawn, so a late eviction cannot hit the successor.
     generation: u64,
     restarts: u32,
+    /// Resident bytes of the running child's tree at its last measurement
+    /// (see `recycle`); cleared at every spawn.
+    rss: Option<u64>,
 }
 
 impl SlotInfo {
@@ -81,9 +84,9 @@ impl SlotInfo {
             State::Draining { .. } => SlotView::Draining {
                 generation: self.generation,
             },
-            State::Waiting { until, .. } | State::Cooldown { until: Some(until) } => {
-                SlotView::BackingOff { until: *until }
-            }
+            State::Waiting { until, .. }
+            | State::Staggered { until }
+            | State::Cooldown { until: Some(until) } => SlotView::BackingOff { until: *until },
             // Every profile disabled: no child can come until an operator acts.
             State::Cooldown { until: None } | State::Stopped => SlotView::Gone,
             State::Idle | State::Starting { .. } | State::Stopping { .. } => SlotView::Coming,
@@ -175,6 +178,13 @@ pub struct SlotSnapshot {
     pub restarts: u32,
     /// Requests the dispatcher has on this slot's child now.
     pub in_flight: usize,
+    /// The running child's process tree's resident memory, in MiB, at its
+    /// last measurement (every CHILD_RSS_SAMPLE_S).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_mb: Option<u64>,
+    /// The same in bytes, for /metrics.
+    #[serde(skip)]
+    pub rss_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -220,6 +230,7 @@ impl Pool {
                 since: SystemTime::now(),
                 generation: 0,
                 restarts: 0,
+                rss: None,
             });
         }
         let dispatch = Dispatch::new(n, limits);
@@ -285,6 +296,7 @@ impl Pool {
                             s.restarts += 1;
                         }
                         s.generation += 1;
+                        s.rss = None;
                     }
                     s.state = next;
                     s.since = SystemTime::now();
@@ -302,6 +314,16 @@ impl Pool {
 
     pub fn generation(&self, slot: usize) -> u64 {
         self.lock().slots[slot].generation
+    }
+
+    /// Record the measured memory of the child of `generation` (a late
+    /// measurement of an earlier child is dropped).
+    pub fn set_rss(&self, slot: usize, generation: u64, bytes: u64) {
+        let mut inner = self.lock();
+        let s = &mut inner.slots[slot];
+        if s.generation == generation {
+            s.rss = Some(bytes);
+        }
     }
 
     /// The slot's profile goes to the back of the queue and the first
@@ -355,6 +377,8 @@ impl Pool {
                         .unwrap_or(0),
                     restarts: s.restarts,
                     in_flight: in_flight.get(i).copied().unwrap_or(0),
+                    rss_mb: s.state.pid().and(s.rss).map(crate::recycle::mb),
+                    rss_bytes: s.state.pid().and(s.rss),
                 })
                 .collect(),
             queue: inner.queue.iter().map(|p| p.name.clone()).collect(),

@@ -11,7 +11,7 @@
 //! and requests wait in the fleet queue meanwhile.
 //!
 //! A failed reload (source unreachable, bad credentials, no profiles, an
-//! unreadable key file) changes nothing that runs: one warning, and it
+//! unreadable key file, a malformed `PROFILE_PROXIES_FILE`) changes nothing that runs: one warning, and it
 //! counts in the metrics. Triggers: SIGHUP, `ctl reload`, and every
 //! `PROFILE_RELOAD_INTERVAL_S` when set; reloads never overlap. The timer
 //! and SIGHUP are served by one named thread, stopped by the shutdown
@@ -32,6 +32,7 @@ use crate::book::unix_ms;
 use crate::config::Config;
 use crate::hydrate;
 use crate::metrics;
+use crate::outbound::Proxies;
 use crate::pool::{Cmd, Pool, ProfileChanges, Then};
 use crate::proxy::keys::Keys;
 use crate::proxy::Proxy;
@@ -80,18 +81,27 @@ pub struct Reloader {
     pool: Arc<Pool>,
     proxy: Arc<Proxy>,
     writeback: WriteBack,
+    /// Each profile's proxy (PROFILE_PROXIES_FILE), read again first.
+    proxies: Arc<Proxies>,
     last: Mutex<Option<Last>>,
     /// Held for the whole of one reload: reloads never overlap.
     running: Mutex<()>,
 }
 
 impl Reloader {
-    pub fn new(cfg: &Config, pool: Arc<Pool>, proxy: Arc<Proxy>, writeback: WriteBack) -> Reloader {
+    pub fn new(
+        cfg: &Config,
+        pool: Arc<Pool>,
+        proxy: Arc<Proxy>,
+        writeback: WriteBack,
+        proxies: Arc<Proxies>,
+    ) -> Reloader {
         Reloader {
             cfg: cfg.clone(),
             pool,
             proxy,
             writeback,
+            proxies,
             last: Mutex::new(None),
             running: Mutex::new(()),
         }
@@ -126,6 +136,10 @@ impl Reloader {
         // what this hydration may read.
         let since = self.writeback.mark();
         let hydrated = hydrate::rehydrate(&self.cfg).map_err(|e| e.to_string())?;
+        // The proxies, checked before any change: a bad file fails the
+        // whole reload, so no new profile starts without the proxy meant
+        // for it.
+        let fresh_proxies = self.proxies.read_again()?;
         // The keys first, so a bad key file refuses the reload before any
         // profile change: the hydrated key.txt wins over the operator's file.
         let key_file: Option<PathBuf> = hydrated
@@ -141,6 +155,14 @@ impl Reloader {
                     .unwrap_or_default()
             )
         })?;
+        let proxies_changed = self.proxies.swap(fresh_proxies);
+        crate::app::note_proxies(&self.proxies, &hydrated);
+        if !proxies_changed.is_empty() {
+            info!(
+                "PROFILE_PROXIES_FILE: the proxy of {} changed; used from each one's next start (ctl restart SLOT applies it now)",
+                proxies_changed.join(", ")
+            );
+        }
         let key_count = keys.len();
         let keys_changed = self.proxy.set_keys(keys);
         self.writeback.rebase(&hydrated, since);

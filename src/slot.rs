@@ -24,6 +24,9 @@ pub enum State {
     /// Every profile is cooling down or disabled: waits until `until` (or a
     /// change: a reset, an enable, a reload) before taking one.
     Cooldown { until: Option<Instant> },
+    /// Waits for its turn to start (`START_STAGGER_S`: one start per
+    /// interval across the fleet); starts at `until`. Not a failure.
+    Staggered { until: Instant },
     /// Its process group is being terminated.
     Stopping { pid: i32, reason: StopReason },
     /// Shut down for good.
@@ -45,6 +48,9 @@ pub enum StopReason {
     /// Its profile's lease is lost (another replica holds it, or it could
     /// not be renewed in time): stopped at once, without a drain.
     LeaseLost(String),
+    /// Past a limit of its own (`CHILD_MAX_RSS_MB`, `CHILD_MAX_AGE_S`):
+    /// drained and started again, the same profile. Says which limit.
+    Recycled(String),
     Shutdown,
 }
 
@@ -59,6 +65,7 @@ impl StopReason {
             StopReason::NeedsLogin => "needs_login",
             StopReason::Operator(_) => "operator",
             StopReason::LeaseLost(_) => "lease_lost",
+            StopReason::Recycled(_) => "recycled",
             StopReason::Shutdown => "shutdown",
         }
     }
@@ -74,6 +81,7 @@ impl fmt::Display for StopReason {
             StopReason::NeedsLogin => f.write_str("its login expired (needs_login)"),
             StopReason::Operator(what) => f.write_str(what),
             StopReason::LeaseLost(why) => write!(f, "lease lost ({why})"),
+            StopReason::Recycled(why) => write!(f, "recycled ({why})"),
             StopReason::Shutdown => f.write_str("coordinator shutting down"),
         }
     }
@@ -102,6 +110,11 @@ pub enum Event {
         until: Option<Instant>,
     },
     CooldownOver,
+    /// Its start waits for its turn until `until` (the start stagger).
+    Stagger {
+        until: Instant,
+    },
+    StaggerOver,
     Shutdown,
 }
 
@@ -136,7 +149,12 @@ impl State {
             (S::Stopping { .. }, E::Gone) => S::Idle,
             (S::Idle, E::Cooldown { until }) => S::Cooldown { until: *until },
             (S::Cooldown { .. }, E::CooldownOver) => S::Idle,
-            (S::Idle | S::Waiting { .. } | S::Cooldown { .. }, E::Shutdown) => S::Stopped,
+            (S::Idle, E::Stagger { until }) => S::Staggered { until: *until },
+            (S::Staggered { .. }, E::StaggerOver) => S::Idle,
+            (
+                S::Idle | S::Waiting { .. } | S::Cooldown { .. } | S::Staggered { .. },
+                E::Shutdown,
+            ) => S::Stopped,
             _ => return None,
         })
     }
@@ -149,6 +167,7 @@ impl State {
             State::Ready { .. } => "ready",
             State::Draining { .. } => "draining",
             State::Cooldown { .. } => "cooldown",
+            State::Staggered { .. } => "stagger",
             State::Stopping { .. } => "stopping",
             State::Stopped => "stopped",
         }
@@ -159,6 +178,7 @@ impl State {
         match self {
             State::Waiting { until, .. } => Some(*until),
             State::Cooldown { until } => *until,
+            State::Staggered { until } => Some(*until),
             _ => None,
         }
     }
@@ -171,6 +191,10 @@ impl State {
                 Some(reason.to_string())
             }
             State::Cooldown { .. } => Some("every profile is cooling down or disabled".into()),
+            // Read at snapshot time, so it counts down; the clock is no I/O.
+            State::Staggered { until } => Some(stagger_reason(
+                until.saturating_duration_since(Instant::now()),
+            )),
             _ => None,
         }
     }
@@ -184,6 +208,11 @@ impl State {
             _ => None,
         }
     }
+}
+
+/// What `/ready` says of a slot waiting for its start turn.
+pub fn stagger_reason(left: Duration) -> String {
+    format!("start stagger: starts in {:.1} s", left.as_secs_f64())
 }
 
 /// Crash-loop protection for one slot: the first restart is immediate, then
@@ -252,6 +281,7 @@ mod tests {
                 reason: StopReason::Exhausted,
             },
             State::Cooldown { until: Some(t) },
+            State::Staggered { until: t },
             State::Stopping {
                 pid: 7,
                 reason: StopReason::ReadyTimeout,
@@ -277,6 +307,8 @@ mod tests {
             Event::BackoffOver,
             Event::Cooldown { until: None },
             Event::CooldownOver,
+            Event::Stagger { until: t },
+            Event::StaggerOver,
             Event::Shutdown,
         ]
     }
@@ -301,6 +333,9 @@ mod tests {
             ("idle", "Cooldown", "cooldown"),
             ("cooldown", "CooldownOver", "idle"),
             ("cooldown", "Shutdown", "stopped"),
+            ("idle", "Stagger", "stagger"),
+            ("stagger", "StaggerOver", "idle"),
+            ("stagger", "Shutdown", "stopped"),
         ];
         for s in all_states(t) {
             for e in all_events(t) {
@@ -328,6 +363,44 @@ mod tests {
         let st = r.next(&Event::Stop(StopReason::Shutdown)).unwrap();
         assert_eq!(st.pid(), Some(42));
         assert_eq!(st.next(&Event::Gone), Some(State::Idle));
+    }
+
+    #[test]
+    fn a_staggered_slot_says_when_it_starts() {
+        let until = Instant::now() + Duration::from_millis(1450);
+        let s = State::Idle.next(&Event::Stagger { until }).unwrap();
+        assert_eq!(s.name(), "stagger");
+        assert_eq!(s.until(), Some(until));
+        assert_eq!(s.pid(), None);
+        let why = s.reason().unwrap();
+        assert!(why.starts_with("start stagger: starts in 1."), "{why}");
+        assert_eq!(
+            stagger_reason(Duration::from_millis(1400)),
+            "start stagger: starts in 1.4 s"
+        );
+        assert_eq!(
+            stagger_reason(Duration::ZERO),
+            "start stagger: starts in 0.0 s"
+        );
+        assert_eq!(s.next(&Event::StaggerOver), Some(State::Idle));
+        assert_eq!(
+            s.next(&Event::Spawned {
+                pid: 1,
+                deadline: until
+            }),
+            None,
+            "starts only from idle"
+        );
+    }
+
+    #[test]
+    fn a_recycled_child_is_labelled_apart_from_failures() {
+        let r = StopReason::Recycled("tree RSS 900 MB over CHILD_MAX_RSS_MB=800".into());
+        assert_eq!(r.label(), "recycled");
+        assert_eq!(
+            r.to_string(),
+            "recycled (tree RSS 900 MB over CHILD_MAX_RSS_MB=800)"
+        );
     }
 
     #[test]

@@ -38,7 +38,9 @@ use crate::process::ports::{self, Busy};
 use crate::process::tree::{self, Identity};
 use crate::proxy::requests::Registry;
 use crate::slot::{Backoff, Event, StopReason};
+use crate::stagger::{self, Stagger};
 use crate::writeback::{self, WorkingCopy, WriteBack};
+use crate::{outbound, recycle};
 
 /// How often a starting child's /health is asked.
 const READY_POLL: Duration = Duration::from_millis(20);
@@ -72,6 +74,12 @@ pub struct Settings {
     /// The requests running on children, to take back those of a child
     /// whose account ran out.
     pub requests: Arc<Registry>,
+    /// The fleet's start gate (START_STAGGER_S), shared by every slot.
+    pub stagger: Arc<Stagger>,
+    /// When a running child is drained and started again (memory, age).
+    pub recycle: recycle::Limits,
+    /// Each profile's own outbound proxy (PROFILE_PROXIES_FILE).
+    pub proxies: Arc<outbound::Proxies>,
 }
 
 impl Settings {
@@ -81,6 +89,7 @@ impl Settings {
         identity: Identity,
         writeback: WriteBack,
         requests: Arc<Registry>,
+        proxies: Arc<outbound::Proxies>,
     ) -> Settings {
         Settings {
             command: cfg.child_command.clone(),
@@ -95,6 +104,9 @@ impl Settings {
             writeback,
             signs: Arc::new(cfg.signs.clone()),
             requests,
+            stagger: Arc::new(Stagger::new(cfg.start_stagger)),
+            recycle: cfg.recycle,
+            proxies,
         }
     }
 }
@@ -202,6 +214,16 @@ impl Watcher {
                 self.wait_for_a_profile();
                 continue;
             };
+            let shutdown = &self.signals.shutdown;
+            if !stagger::wait_turn(
+                &self.settings.stagger,
+                self.slot,
+                &profile.name,
+                &self.pool,
+                shutdown,
+            ) {
+                continue;
+            }
             let end = match self.run_one(&profile) {
                 Turn::Ran(end) => end,
                 Turn::NeedsLogin => RunEnd {
@@ -536,7 +558,13 @@ impl Watcher {
         if self.settings.headless {
             args.push("--headless".to_string());
         }
-        let env = env::for_child(std::env::vars_os(), self.settings.key_file.as_deref(), &tag);
+        let proxy = self.settings.proxies.of(&profile.name);
+        let env = env::for_child(
+            std::env::vars_os(),
+            self.settings.key_file.as_deref(),
+            &tag,
+            proxy.as_ref().map(outbound::ProxyUrl::secret),
+        );
         child::Spec {
             program: self.settings.command[0].clone(),
             args,
@@ -612,6 +640,18 @@ impl Watcher {
             crossbeam_channel::never()
         };
         let url = format!("http://127.0.0.1:{api_port}/health");
+        // Memory and age: a limit passed drains the slot (a command to ourselves).
+        let tag = self.settings.identity.tag(self.slot, self.starts);
+        let limits = self.settings.recycle;
+        let mut care = recycle::Watch::new(
+            limits,
+            self.slot,
+            generation,
+            child.pid(),
+            tag,
+            Instant::now(),
+        );
+        let (samples, age_due) = (care.samples(), care.age_due());
         // Set once a drain begins: what follows it, and its bound.
         let mut draining: Option<(StopReason, Then, Instant)> = None;
         // The account's exhaustion was reported (its log repeats it).
@@ -647,6 +687,8 @@ impl Watcher {
                     // The pumps ended: the exit follows.
                     Err(_) => {}
                 },
+                recv(samples) -> _ => care.look(&self.pool, name),
+                recv(age_due) -> _ => care.look(&self.pool, name),
                 recv(self.cmds) -> cmd => match cmd {
                     Ok(Cmd::Evict { generation: g, reason }) if g == generation => {
                         return Ending::Stop(StopReason::Evicted(reason));
@@ -887,6 +929,9 @@ http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
             ),
             signs: Default::default(),
             requests: Default::default(),
+            stagger: Default::default(),
+            recycle: Default::default(),
+            proxies: Default::default(),
         };
         let thread = spawn(
             0,

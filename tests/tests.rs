@@ -5,6 +5,7 @@ mod common;
 mod conn;
 mod core;
 mod frontdoor;
+mod gentle;
 mod leases;
 mod operate;
 mod proxy;

@@ -217,13 +217,14 @@ pub fn status_table(status: &Value, now: SystemTime) -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let mut rows: Vec<[String; 7]> = vec![[
+    let mut rows: Vec<[String; 8]> = vec![[
         "SLOT".into(),
         "PROFILE".into(),
         "STATE".into(),
         "SINCE".into(),
         "RESTARTS".into(),
         "IN-FLIGHT".into(),
+        "RSS-MB".into(),
         "LAST ERROR".into(),
     ]];
     for s in status["slots"].as_array().into_iter().flatten() {
@@ -237,17 +238,18 @@ pub fn status_table(status: &Value, now: SystemTime) -> String {
             since.unwrap_or_else(|| "-".into()),
             text(&s["restarts"]),
             text(&s["in_flight"]),
+            text(&s["rss_mb"]),
             text(&s["last_error"]),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
+    let widths: Vec<usize> = (0..8)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
     for r in &rows {
         let mut line = String::new();
         for (c, cell) in r.iter().enumerate() {
-            if c == 6 {
+            if c == 7 {
                 line.push_str(cell);
             } else {
                 line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
@@ -386,7 +388,7 @@ mod tests {
             "ok": true,
             "slots": [
                 {"slot": 0, "profile": "alice", "state": "ready", "since_unix_ms": 9_808_000u64,
-                 "restarts": 0, "in_flight": 1, "last_error": null},
+                 "restarts": 0, "in_flight": 1, "rss_mb": 812, "last_error": null},
                 {"slot": 1, "profile": "bob", "state": "backoff", "since_unix_ms": 9_988_000u64,
                  "restarts": 3, "in_flight": 0, "last_error": "camoufox port 127.0.0.1:9223 is in use"}
             ],
@@ -402,11 +404,13 @@ mod tests {
         let t = status_table(&status, now);
         let lines: Vec<&str> = t.lines().collect();
         assert!(
-            lines[0].starts_with("SLOT  PROFILE  STATE    SINCE  RESTARTS  IN-FLIGHT  LAST ERROR"),
+            lines[0].starts_with(
+                "SLOT  PROFILE  STATE    SINCE  RESTARTS  IN-FLIGHT  RSS-MB  LAST ERROR"
+            ),
             "{t}"
         );
         assert!(
-            lines[1].starts_with("0     alice    ready    3m12s  0         1          -"),
+            lines[1].starts_with("0     alice    ready    3m12s  0         1          812     -"),
             "{t}"
         );
         assert!(lines[2].contains("camoufox port 127.0.0.1:9223 is in use"));

@@ -8,6 +8,8 @@
 //!
 //! Each line is also shown to the child's [`Listener`], when it has one: the
 //! account signs in the log (see `logsigns`) go to the slot's watcher.
+//!
+//! Credentials inside URLs (`scheme://user:pass@host`) are written as `***`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -103,7 +105,11 @@ impl RotatingLog {
     /// Append newline-ended lines, with one write per file they land in:
     /// the file rotates between two lines when the next would take it past
     /// its limit.
-    pub fn write_batch(&mut self, mut lines: &[u8]) {
+    pub fn write_batch(&mut self, lines: &[u8]) {
+        // A URL's credentials (a proxy's `user:pass@`, which the real child
+        // prints at start) never reach the file.
+        let redacted = crate::outbound::redact_bytes(lines);
+        let mut lines: &[u8] = &redacted;
         while !lines.is_empty() {
             let room = self.limit.saturating_sub(self.size);
             // The longest run of whole lines that fits; at least one line.
@@ -292,6 +298,23 @@ mod tests {
         assert!(current.ends_with("line 099 ..................\n"));
         let older = fs::read_to_string(log.backup(1)).unwrap();
         assert!(older.contains("line 09"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn url_credentials_never_reach_the_file() {
+        let dir = std::env::temp_dir().join(format!("aisp-childlog-redact-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("p.log");
+        let mut log = RotatingLog::open(&path);
+        log.write_batch(
+            b"Env var UNIFIED_PROXY_CONFIG: http://u:secretpw@10.0.0.5:3128\nplain line\n",
+        );
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            "Env var UNIFIED_PROXY_CONFIG: http://***@10.0.0.5:3128\nplain line\n"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

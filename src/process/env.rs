@@ -17,6 +17,14 @@
 //! tag (see `tree`), and `AUTO_ROTATE_AUTH_PROFILE=false` and
 //! `AUTO_AUTH_ROTATION_ON_STARTUP=false` unless the operator set them: the
 //! coordinator owns rotation.
+//!
+//! A profile with a proxy of its own (`PROFILE_PROXIES_FILE`, see
+//! `outbound`) gets it in exactly the variables the child reads for its
+//! browser's traffic, replacing whatever the coordinator inherited:
+//! `UNIFIED_PROXY_CONFIG` (read first, by the launcher and the stream proxy
+//! the browser goes through), then `HTTP_PROXY` and `HTTPS_PROXY` (read when
+//! the former is unset, and by the server for Playwright when the stream
+//! proxy is off). Only that child's environment holds it.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -32,6 +40,8 @@ const WITHHELD: &[&str] = &[
 ];
 /// Prefixes of withheld variables.
 const WITHHELD_PREFIXES: &[&str] = &["AWS_", "AUTH_PROFILE_S3_"];
+/// What the child reads for its browser's proxy, in its order of precedence.
+pub const PROXY_VARS: &[&str] = &["UNIFIED_PROXY_CONFIG", "HTTP_PROXY", "HTTPS_PROXY"];
 /// Set for the child unless the operator chose otherwise.
 const DEFAULTS: &[(&str, &str)] = &[
     ("AUTO_ROTATE_AUTH_PROFILE", "false"),
@@ -42,16 +52,22 @@ pub fn withheld(name: &str) -> bool {
     WITHHELD.contains(&name) || WITHHELD_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
-/// The whole environment of one child, from the coordinator's `parent`.
+/// The whole environment of one child, from the coordinator's `parent`;
+/// `proxy` is its profile's own proxy URL, when it has one.
 pub fn for_child(
     parent: impl IntoIterator<Item = (OsString, OsString)>,
     key_file: Option<&Path>,
     tag: &str,
+    proxy: Option<&str>,
 ) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = parent
         .into_iter()
         .filter(|(k, _)| !k.to_str().is_some_and(withheld))
+        .filter(|(k, _)| proxy.is_none() || !k.to_str().is_some_and(|k| PROXY_VARS.contains(&k)))
         .collect();
+    if let Some(url) = proxy {
+        env.extend(PROXY_VARS.iter().map(|v| (v.into(), url.into())));
+    }
     for (name, value) in DEFAULTS {
         if !env.iter().any(|(k, _)| k == name) {
             env.push((name.into(), value.into()));
@@ -97,6 +113,7 @@ mod tests {
             ]),
             Some(Path::new("/cache/key.txt")),
             "o/r/0/1",
+            None,
         );
         for gone in [
             "AWS_ACCESS_KEY_ID",
@@ -127,7 +144,33 @@ mod tests {
 
     #[test]
     fn no_key_file_means_no_key_variable() {
-        let env = for_child(parent(&[("AUTH_KEY_FILE_PATH", "/x")]), None, "t");
+        let env = for_child(parent(&[("AUTH_KEY_FILE_PATH", "/x")]), None, "t", None);
         assert_eq!(get(&env, "AUTH_KEY_FILE_PATH"), None);
+    }
+
+    #[test]
+    fn a_profile_proxy_replaces_the_inherited_ones_and_nothing_else() {
+        let inherited = parent(&[
+            ("HTTP_PROXY", "http://fleet:3128"),
+            ("UNIFIED_PROXY_CONFIG", "http://fleet:3128"),
+            ("NO_PROXY", "localhost"),
+            ("https_proxy", "http://lower:3128"),
+        ]);
+        let own = "http://u:p@10.0.0.5:3128";
+        let env = for_child(inherited.clone(), None, "t", Some(own));
+        for v in PROXY_VARS {
+            assert_eq!(get(&env, v), Some(own), "{v}");
+        }
+        assert_eq!(get(&env, "NO_PROXY"), Some("localhost"));
+        assert_eq!(get(&env, "https_proxy"), Some("http://lower:3128"));
+        let names: Vec<_> = env.iter().map(|(k, _)| k.clone()).collect();
+        let mut dedup = names.clone();
+        dedup.sort();
+        dedup.dedup();
+        assert_eq!(names.len(), dedup.len(), "each variable once");
+        // Without a proxy of its own, the child keeps what it inherited.
+        let env = for_child(inherited, None, "t", None);
+        assert_eq!(get(&env, "HTTP_PROXY"), Some("http://fleet:3128"));
+        assert_eq!(get(&env, "HTTPS_PROXY"), None);
     }
 }

@@ -3,8 +3,8 @@
 //! process it started is found again wherever it moved (`tree`), what the
 //! child's environment holds (`env`), whether a slot's ports are free and who
 //! holds them (`ports`), the child's log files (`childlog`), the account
-//! signs read from its log lines (`logsigns`) and the reaping of orphans
-//! (`reaper`).
+//! signs read from its log lines (`logsigns`), the reaping of orphans
+//! (`reaper`) and the memory a child's tree holds (`rss`).
 //!
 //! Nothing here decides which profile runs where; the watchers do, and ask
 //! these modules to carry it out.
@@ -16,4 +16,5 @@ pub mod logsigns;
 pub mod ports;
 pub mod proc;
 pub mod reaper;
+pub mod rss;
 pub mod tree;

@@ -44,6 +44,8 @@
 //!   `started_with_refresh` (cookie `aisp_refresh` in the profile file at
 //!   start, or null), `browser_pid`, `helper_pid` (null unless alive).
 //! - `GET /_testchild/env`: the child's whole environment, as a JSON object.
+//! - `POST /_testchild/grow_rss/<MiB>`: the launcher takes that much more
+//!   memory and keeps it (`ballast.rs`); answers `{"held_mb": total}`.
 //!
 //! `/v1/*` but `/v1/models` need a key when the key file (from
 //! `AUTH_KEY_FILE_PATH`, else `./key.txt`) lists any (`keys.rs`); a named
@@ -70,6 +72,7 @@
 //! process always ends by `exit`.
 
 mod args;
+mod ballast;
 mod completion;
 mod keys;
 mod knobs;
@@ -408,6 +411,12 @@ fn handle(app: &Arc<App>, mut request: Request) {
                 })
                 .collect();
             (200, json!(env))
+        }
+        (Method::Post, p) if p.starts_with("/_testchild/grow_rss/") => {
+            match p["/_testchild/grow_rss/".len()..].parse::<u64>() {
+                Ok(mb) => (200, json!({"held_mb": ballast::grow(mb)})),
+                Err(_) => (400, json!({"error": "grow_rss takes a number of MiB"})),
+            }
         }
         (Method::Get, "/_testchild/requests") => {
             let records: Vec<Record> = app
