@@ -106,10 +106,22 @@ impl Reloader {
         match &result {
             Ok(r) => {
                 info!("reload ({trigger}): {r} in {took:.1?}");
+                crate::events::record(
+                    crate::events::Kind::Reload,
+                    None,
+                    None,
+                    format!("{trigger}: {r}"),
+                );
                 metrics::hydrated("reload", "ok", took, Some(r.profiles));
             }
             Err(e) => {
                 warn!("reload ({trigger}) failed, nothing changed: {e}");
+                crate::events::record(
+                    crate::events::Kind::Reload,
+                    None,
+                    None,
+                    format!("{trigger}: failed, nothing changed: {e}"),
+                );
                 metrics::hydrated("reload", "failed", took, None);
             }
         }
@@ -141,6 +153,9 @@ impl Reloader {
                     .unwrap_or_default()
             )
         })?;
+        if let Err(e) = crate::proxy::keys::refresh_child_copy(&keys) {
+            log::warn!("cannot rewrite the children's key file: {e}");
+        }
         let key_count = keys.len();
         let keys_changed = self.proxy.set_keys(keys);
         self.writeback.rebase(&hydrated, since);
