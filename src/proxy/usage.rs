@@ -182,7 +182,8 @@ mod tests {
             br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
         let last =
             b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":6}}\n\n";
-        let cases: Vec<(&str, &str, u16, Vec<&[u8]>, Option<Tokens>)> = vec![
+        type Case<'a> = (&'a str, &'a str, u16, Vec<&'a [u8]>, Option<Tokens>);
+        let cases: Vec<Case> = vec![
             (
                 "json whole",
                 "application/json",

@@ -81,6 +81,12 @@
   function flash(msg) { const u = $("updated"); u.textContent = msg; }
   function showError(msg) { const e = $("error"); e.hidden = !msg; e.textContent = msg || ""; }
 
+  function queueText(names) {
+    if (!names.length) return "-";
+    const shown = names.slice(0, 8).join(", ");
+    return names.length > 8 ? shown + " and " + (names.length - 8) + " more" : shown;
+  }
+
   function drawSlots(st) {
     const mem = (data.memory || {});
     replace($("slots").tBodies[0], (st.slots || []).map((s) => {
@@ -96,7 +102,7 @@
     const q = st.queue || {};
     $("queue").textContent = "Queue: " + num(q.queue_length || 0) + " waiting" +
       (q.oldest_wait_ms ? ", oldest " + human(q.oldest_wait_ms) : "") +
-      " · rotation queue: " + ((st.rotation_queue || []).join(", ") || "-");
+      " · rotation queue: " + queueText(st.rotation_queue || []);
   }
 
   // Per-model cooldowns, when the book has them: any object field of the
