@@ -513,6 +513,13 @@ pub fn status_table(status: &Value, now: SystemTime) -> String {
     for p in named("disabled") {
         out.push_str(&format!("disabled: {}\n", text(&p["profile"])));
     }
+    // Any other state (needs_login, ...) by its own name.
+    for p in &profiles {
+        let state = text(&p["state"]);
+        if !["running", "queued", "cooling", "disabled"].contains(&state.as_str()) {
+            out.push_str(&format!("{state}: {}\n", text(&p["profile"])));
+        }
+    }
     let r = &status["last_reload"];
     if r.is_object() {
         let ago = r["at_unix_ms"]
@@ -629,7 +636,8 @@ mod tests {
                 {"profile": "alice", "state": "running"},
                 {"profile": "carol", "state": "queued"},
                 {"profile": "dave", "state": "cooling", "reason": "exhausted", "cooldown_left_s": 3480},
-                {"profile": "eve", "state": "disabled"}
+                {"profile": "eve", "state": "disabled"},
+                {"profile": "fay", "state": "needs_login"}
             ],
             "last_reload": {"at_unix_ms": 9_000_000u64, "outcome": "ok"}
         });
@@ -648,6 +656,7 @@ mod tests {
         assert!(t.contains("rotation queue: carol"));
         assert!(t.contains("cooling: dave (exhausted, 58m00s left)"));
         assert!(t.contains("disabled: eve"));
+        assert!(t.contains("needs_login: fay"), "{t}");
         assert!(t.contains("last reload: 16m40s ago, ok"));
     }
 }
