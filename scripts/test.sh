@@ -14,6 +14,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 missing=()
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+# The status page test drives Debian's Chromium (no browser download).
+[ -x /usr/lib/chromium/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} (apt)"
     apt-get update -qq

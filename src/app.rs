@@ -64,9 +64,14 @@ pub fn run(
         .map_err(|e| format!("cannot start the orphan reaper: {e}"))
         .map_err(fatal(1))?;
     let key_file = choose_key_file(cfg, hydrated.key_file.clone())?;
-    if let Some(k) = &key_file {
+    let child_keys = child_key_file(cfg, key_file.as_deref())?;
+    if let Some(k) = &child_keys {
         info!("AUTH_KEY_FILE_PATH={} is handed to children", k.display());
     }
+    if let Err(e) = crate::usage::global().load(&cfg.cache_dir) {
+        warn!("{e}; starting the usage counts from zero");
+    }
+    let notifier = start_notifier(&cfg.notify)?;
     let admin_key = admin_key(cfg)?;
     // Before any child of ours runs: what an earlier run left is stopped.
     let identity = process::tree::Identity::new(&cfg.cache_dir);
@@ -87,6 +92,9 @@ pub fn run(
     let client_watch = requests
         .watch_clients(shutdown_rx.clone())
         .map_err(|e| format!("cannot start the client watch: {e}"))
+        .map_err(fatal(1))?;
+    let observer = crate::console::spawn(pool.clone(), cfg.notify.no_ready, shutdown_rx.clone())
+        .map_err(|e| format!("cannot start the console observer: {e}"))
         .map_err(fatal(1))?;
     let reloader = Arc::new(Reloader::new(
         cfg,
@@ -144,7 +152,7 @@ pub fn run(
         "children's logs are read for {} account signs (login needed, quota, rate limit)",
         cfg.signs.len()
     );
-    let settings = watcher::Settings::new(cfg, key_file, identity, writeback, requests, proxies);
+    let settings = watcher::Settings::new(cfg, child_keys, identity, writeback, requests, proxies);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let mut watchers = Vec::new();
     for (slot, cmds) in cmd_rxs.into_iter().enumerate() {
@@ -185,9 +193,12 @@ pub fn run(
     if let Some(l) = leaser {
         l.stop();
     }
+    if let Some(n) = notifier {
+        n.stop();
+    }
     for w in watchers
         .into_iter()
-        .chain([outcomes, reloads, client_watch])
+        .chain([outcomes, reloads, client_watch, observer])
     {
         if w.is_finished() {
             let _ = w.join();
@@ -197,6 +208,7 @@ pub fn run(
     http.stop(Instant::now() + Duration::from_millis(150));
     reaper.stop();
     pool.save_book();
+    crate::usage::global().save();
     info!("shutdown complete");
     Ok(())
 }
@@ -436,6 +448,61 @@ fn wait_for_watchers(
             }
         }
     }
+}
+
+/// The key file children read: the coordinator's own, or a copy without
+/// the labels when it has any (see `proxy::keys::child_copy`).
+fn child_key_file(
+    cfg: &Config,
+    key_file: Option<&std::path::Path>,
+) -> Result<Option<PathBuf>, Fatal> {
+    let Some(source) = key_file else {
+        return Ok(None);
+    };
+    let keys = proxy::keys::Keys::load(Some(source)).map_err(|e| Fatal {
+        message: format!("cannot read the key file: {e}; check AUTH_PROFILE_CACHE_DIR/key.txt"),
+        code: 1,
+    })?;
+    proxy::keys::child_copy(source, &keys, &cfg.cache_dir)
+        .map(Some)
+        .map_err(|e| Fatal {
+            message: format!(
+                "cannot write the children's key file in {}: {e}; check AUTH_PROFILE_CACHE_DIR",
+                cfg.cache_dir.display()
+            ),
+            code: 1,
+        })
+}
+
+/// The notifier, when a webhook is configured (`NOTIFY_WEBHOOK_URL`, or
+/// the first line of `NOTIFY_WEBHOOK_URL_FILE`).
+fn start_notifier(s: &crate::notify::Settings) -> Result<Option<crate::notify::Notifier>, Fatal> {
+    let url = match (&s.url, &s.url_file) {
+        (Some(u), _) => u.clone(),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| Fatal {
+                message: format!(
+                    "NOTIFY_WEBHOOK_URL_FILE={} cannot be read ({e}): point it at a readable file or unset it",
+                    path.display()
+                ),
+                code: 2,
+            })?;
+            crate::notify::WebhookUrl::new(text.lines().next().unwrap_or("")).map_err(|why| {
+                Fatal {
+                    message: format!(
+                        "NOTIFY_WEBHOOK_URL_FILE={}: its first line must be {why}",
+                        path.display()
+                    ),
+                    code: 2,
+                }
+            })?
+        }
+        (None, None) => return Ok(None),
+    };
+    crate::notify::start(url, s.fold)
+        .map(Some)
+        .map_err(|e| format!("cannot start the notifier: {e}"))
+        .map_err(fatal(1))
 }
 
 /// The admin key: `ADMIN_KEY`, or the first line of `ADMIN_KEY_FILE`.

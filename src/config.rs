@@ -135,6 +135,8 @@ pub struct Config {
     /// Completions that may wait for a child at once.
     pub max_queue: usize,
     pub queue_timeout: Duration,
+    /// Webhook notifications (see `notify`).
+    pub notify: crate::notify::Settings,
     /// Consecutive counted 5xx answers that evict a child.
     pub consecutive_5xx_to_evict: u32,
     /// Where refreshed auth state goes back to (`AUTH_WRITEBACK`).
@@ -389,6 +391,26 @@ const SETTINGS: &[Setting] = &[
         env: "MAX_QUEUE",
         default: Some("512"),
         help: "completions that may wait for a free child; past it, 503 queue_full",
+    },
+    Setting {
+        env: "NOTIFY_WEBHOOK_URL",
+        default: None,
+        help: "POST a JSON message (with a text field) here when an operator must act: a login needed, a profile exhausted, a crash loop, a lease lost, no ready child (a secret: never logged)",
+    },
+    Setting {
+        env: "NOTIFY_WEBHOOK_URL_FILE",
+        default: None,
+        help: "like NOTIFY_WEBHOOK_URL, the URL being the file's first line",
+    },
+    Setting {
+        env: "NOTIFY_NO_READY_S",
+        default: Some("300"),
+        help: "notify when no child has been ready for this many seconds",
+    },
+    Setting {
+        env: "NOTIFY_FOLD_S",
+        default: Some("600"),
+        help: "repeats of a notification (same kind and profile) within this many seconds are folded into one later message with a count",
     },
     Setting {
         env: "QUEUE_TIMEOUT_S",
@@ -762,6 +784,17 @@ impl Config {
             )? as usize,
             max_queue: parse_num("MAX_QUEUE", &need("MAX_QUEUE"), 0, 1_000_000)? as usize,
             queue_timeout: secs("QUEUE_TIMEOUT_S", 1, 86_400)?,
+            notify: crate::notify::Settings {
+                url: match get("NOTIFY_WEBHOOK_URL") {
+                    Some(u) => Some(crate::notify::WebhookUrl::new(&u).map_err(|why| {
+                        invalid("NOTIFY_WEBHOOK_URL", "(not shown: a secret)", why)
+                    })?),
+                    None => None,
+                },
+                url_file: get("NOTIFY_WEBHOOK_URL_FILE").map(abs),
+                no_ready: secs("NOTIFY_NO_READY_S", 1, 86_400)?,
+                fold: secs("NOTIFY_FOLD_S", 0, 86_400)?,
+            },
             consecutive_5xx_to_evict: parse_num(
                 "CONSECUTIVE_5XX_TO_EVICT",
                 &need("CONSECUTIVE_5XX_TO_EVICT"),

@@ -34,6 +34,7 @@ impl Control for Fleet {
     fn handle(&self, rq: Request, via: Via) -> Value {
         if rq.changes_anything() {
             info!("admin ({via}): {}", rq.describe());
+            crate::events::operator(&rq, via);
         }
         match rq {
             Request::Status => proto::ok(self.status()),
@@ -78,6 +79,24 @@ impl Control for Fleet {
                 Err(e) => proto::error(format!("reload failed, nothing changed: {e}")),
             },
             Request::Logs { profile, lines } => self.logs(&profile, lines),
+            Request::Usage => proto::ok(crate::usage::view(
+                &crate::usage::global().ledger(),
+                crate::usage::now_ms(),
+            )),
+            Request::Events { after, limit } => {
+                let (events, last_seq) = crate::events::since(after, limit);
+                proto::ok(json!({ "events": events, "last_seq": last_seq }))
+            }
+            Request::Console { after } => {
+                let pids: Vec<(usize, Option<i32>)> = self
+                    .pool
+                    .snapshot()
+                    .slots
+                    .iter()
+                    .map(|s| (s.slot, s.pid))
+                    .collect();
+                proto::ok(crate::console::answer(self.status(), &pids, after))
+            }
         }
     }
 }

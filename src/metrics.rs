@@ -45,6 +45,12 @@ pub struct Metrics {
     hydrations: Family<Labels, Counter>,
     hydration_seconds: Histogram,
     profiles_hydrated: Gauge,
+    notifications: Family<Labels, Counter>,
+    // Set from the usage ledger at every scrape (it survives restarts).
+    usage_answers: Family<Labels, Counter>,
+    usage_tokens: Family<Labels, Counter>,
+    key_answers: Family<Labels, Counter>,
+    key_tokens: Family<Labels, Counter>,
     // Set from the snapshot at every scrape.
     slots: Family<Labels, Gauge>,
     profiles: Family<Labels, Gauge>,
@@ -96,6 +102,11 @@ impl Metrics {
             hydrations: Family::default(),
             hydration_seconds: seconds_buckets(),
             profiles_hydrated: Gauge::default(),
+            notifications: Family::default(),
+            usage_answers: Family::default(),
+            usage_tokens: Family::default(),
+            key_answers: Family::default(),
+            key_tokens: Family::default(),
             slots: Family::default(),
             profiles: Family::default(),
             queue_length: Gauge::default(),
@@ -185,6 +196,31 @@ impl Metrics {
                 "Profiles in the last successful hydration",
                 m.profiles_hydrated.clone(),
             );
+            r.register(
+                "notifications",
+                "Webhook notifications by outcome: sent, failed (after every try), failed_try, folded, dropped",
+                m.notifications.clone(),
+            );
+            r.register(
+                "usage_answers",
+                "Completion answers by profile, model and class (kept across restarts)",
+                m.usage_answers.clone(),
+            );
+            r.register(
+                "usage_tokens",
+                "Tokens the answers reported, by profile, model and kind (prompt, completion)",
+                m.usage_tokens.clone(),
+            );
+            r.register(
+                "key_answers",
+                "Completion answers by API key label and class",
+                m.key_answers.clone(),
+            );
+            r.register(
+                "key_tokens",
+                "Tokens the answers reported, by API key label and kind",
+                m.key_tokens.clone(),
+            );
             r.register("slots", "Slots by state", m.slots.clone());
             r.register(
                 "child_rss_bytes",
@@ -262,11 +298,69 @@ impl Metrics {
                 .get_or_create(&vec![("profile", profile.clone())])
                 .set(*left as i64);
         }
+        self.set_usage(&crate::usage::global().ledger());
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &registry);
         out
     }
+}
+
+impl Metrics {
+    /// The usage families from the ledger: classes that happened, and
+    /// always `ok`, so a row's series do not come and go.
+    fn set_usage(&self, l: &crate::usage::Ledger) {
+        use crate::usage::{Class, Tally};
+        fn fill(
+            answers: &Family<Labels, Counter>,
+            tokens: &Family<Labels, Counter>,
+            base: Labels,
+            t: &Tally,
+        ) {
+            for c in Class::ALL {
+                let n = t.of_class(c);
+                if n > 0 || c == Class::Ok {
+                    let mut l = base.clone();
+                    l.push(("class", c.name().to_string()));
+                    answers.get_or_create(&l).inc_by(n);
+                }
+            }
+            for (kind, n) in [
+                ("prompt", t.prompt_tokens),
+                ("completion", t.completion_tokens),
+            ] {
+                let mut l = base.clone();
+                l.push(("kind", kind.to_string()));
+                tokens.get_or_create(&l).inc_by(n);
+            }
+        }
+        for f in [
+            &self.usage_answers,
+            &self.usage_tokens,
+            &self.key_answers,
+            &self.key_tokens,
+        ] {
+            f.clear();
+        }
+        for (profile, models) in &l.profiles {
+            for (model, row) in models {
+                let base = vec![("profile", profile.clone()), ("model", model.clone())];
+                fill(&self.usage_answers, &self.usage_tokens, base, &row.total);
+            }
+        }
+        for (key, row) in &l.keys {
+            let base = vec![("key", key.clone())];
+            fill(&self.key_answers, &self.key_tokens, base, &row.total);
+        }
+    }
+}
+
+/// A webhook notification's outcome (see `notify`).
+pub fn notification(outcome: &'static str) {
+    global()
+        .notifications
+        .get_or_create(&vec![("outcome", outcome.to_string())])
+        .inc();
 }
 
 /// The process-wide metrics.

@@ -487,6 +487,12 @@ impl Pool {
                     "slot {slot}: profile {name} is {reason}: draining it, then it cools down for {}s",
                     left.as_secs()
                 );
+                crate::events::record(
+                    crate::events::Kind::CooldownSet,
+                    Some(slot),
+                    Some(&name),
+                    format!("{reason}, {}s", left.as_secs()),
+                );
             }
             v
         };
@@ -556,6 +562,12 @@ impl Pool {
                 "profile {profile} failed to become ready {} times in a row: it cools down for {}s",
                 book::START_FAILURES_TO_COOL,
                 left.as_secs()
+            );
+            crate::events::record(
+                crate::events::Kind::CooldownSet,
+                None,
+                Some(profile),
+                format!("start_failures, {}s", left.as_secs()),
             );
         }
         if !became_ready {
@@ -735,6 +747,12 @@ impl Pool {
                     });
                 } else {
                     l.held.insert(n.clone());
+                    crate::events::record(
+                        crate::events::Kind::LeaseGained,
+                        None,
+                        Some(n),
+                        "lease taken",
+                    );
                 }
             }
         }
@@ -744,6 +762,7 @@ impl Pool {
     /// The lease of `name` is lost: it may not run, and a slot running it
     /// stops its child at once.
     pub fn lease_lost(&self, name: &str, why: String) {
+        crate::events::record(crate::events::Kind::LeaseLost, None, Some(name), &why);
         let target = {
             let mut inner = self.lock();
             if let Some(l) = &mut inner.leases {

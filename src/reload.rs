@@ -116,10 +116,22 @@ impl Reloader {
         match &result {
             Ok(r) => {
                 info!("reload ({trigger}): {r} in {took:.1?}");
+                crate::events::record(
+                    crate::events::Kind::Reload,
+                    None,
+                    None,
+                    format!("{trigger}: {r}"),
+                );
                 metrics::hydrated("reload", "ok", took, Some(r.profiles));
             }
             Err(e) => {
                 warn!("reload ({trigger}) failed, nothing changed: {e}");
+                crate::events::record(
+                    crate::events::Kind::Reload,
+                    None,
+                    None,
+                    format!("{trigger}: failed, nothing changed: {e}"),
+                );
                 metrics::hydrated("reload", "failed", took, None);
             }
         }
@@ -155,6 +167,9 @@ impl Reloader {
                     .unwrap_or_default()
             )
         })?;
+        if let Err(e) = crate::proxy::keys::refresh_child_copy(&keys) {
+            log::warn!("cannot rewrite the children's key file: {e}");
+        }
         let proxies_changed = self.proxies.swap(fresh_proxies);
         crate::app::note_proxies(&self.proxies, &hydrated);
         if !proxies_changed.is_empty() {

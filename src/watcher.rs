@@ -268,6 +268,12 @@ impl Watcher {
                 error!("slot {}: profile invariant broken: {e}", self.slot);
             }
             let next_name = next.as_ref().map(|p| p.name.as_str()).unwrap_or("-");
+            crate::events::record(
+                crate::events::Kind::Rotation,
+                Some(self.slot),
+                next.as_ref().map(|p| p.name.as_str()),
+                format!("{} -> {next_name}", profile.name),
+            );
             if delay.is_zero() {
                 info!(
                     "slot {}: rotating {} -> {next_name}",
@@ -445,6 +451,12 @@ impl Watcher {
             "slot {}: started profile {} pid {pid} on ports api {} stream {} camoufox {}",
             self.slot, profile.name, ports.api, ports.stream, ports.camoufox
         );
+        crate::events::record(
+            crate::events::Kind::ChildStart,
+            Some(self.slot),
+            Some(&profile.name),
+            format!("pid {pid}"),
+        );
 
         let mut ready_at: Option<Instant> = None;
         // A lease lost between `current` and the spawn sent its stop to the
@@ -471,6 +483,7 @@ impl Watcher {
         };
         self.pool.apply(self.slot, &Event::Stop(reason.clone()));
         metrics::child_ended(self.slot, reason.label());
+        crate::events::child_ended(self.slot, &profile.name, &reason);
         if let StopReason::Evicted(_) = reason {
             metrics::evicted(self.slot, "child_failure");
         }
@@ -735,6 +748,7 @@ impl Watcher {
                         let left = deadline.saturating_duration_since(Instant::now());
                         metrics::child_ready(self.settings.ready_timeout.saturating_sub(left));
                         info!("slot {}: profile {name} pid {} is ready", self.slot, child.pid());
+                        crate::events::record(crate::events::Kind::ChildReady, Some(self.slot), Some(name), "ready");
                     } else if Instant::now() >= deadline {
                         return Ending::Stop(StopReason::ReadyTimeout);
                     }
@@ -810,6 +824,12 @@ fn note_writeback(slot: usize, profile: &str, outcome: &writeback::Outcome) {
     metrics::writeback(profile, outcome);
     if matches!(outcome, writeback::Outcome::Written) {
         info!("slot {slot}: profile {profile}: refreshed auth state written back");
+        crate::events::record(
+            crate::events::Kind::Writeback,
+            Some(slot),
+            Some(profile),
+            "refreshed auth state written back",
+        );
     }
 }
 

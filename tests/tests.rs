@@ -3,6 +3,7 @@
 
 mod common;
 mod conn;
+mod console;
 mod core;
 mod frontdoor;
 mod gentle;

@@ -4,7 +4,12 @@
 //! aistudioproxy ctl [--socket PATH | --auth-profile-cache-dir DIR] [--json] COMMAND
 //!   status | restart SLOT | rotate SLOT | disable PROFILE | enable PROFILE
 //!   reset PROFILE | reload | logs PROFILE [-n LINES]
+//!   usage | events [-f] [--after SEQ]
 //! ```
+//!
+//! `events -f` follows: it asks again every second for what came after the
+//! last sequence number it printed (each ask bounded by the socket's
+//! timeouts) until interrupted or the coordinator goes away.
 //!
 //! The socket is found from the same settings as the coordinator's:
 //! `--socket`, else `ADMIN_SOCKET`, else `admin.sock` in
@@ -23,7 +28,7 @@ use serde_json::Value;
 use super::proto::Request;
 
 pub const USAGE: &str = "usage: aistudioproxy ctl [--socket PATH | --auth-profile-cache-dir DIR] [--json] \
-status | restart SLOT | rotate SLOT | disable PROFILE | enable PROFILE | reset PROFILE | reload | logs PROFILE [-n LINES]";
+status | restart SLOT | rotate SLOT | disable PROFILE | enable PROFILE | reset PROFILE | reload | logs PROFILE [-n LINES] | usage | events [-f] [--after SEQ]";
 
 /// A parsed `ctl` command line.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,6 +36,8 @@ pub struct Args {
     pub socket: PathBuf,
     pub json: bool,
     pub request: Request,
+    /// `events -f`: keep asking for new events.
+    pub follow: bool,
 }
 
 /// Parse the words after `ctl`; `env` looks up environment variables.
@@ -43,6 +50,8 @@ pub fn parse(
     let mut cache: Option<PathBuf> = None;
     let mut json = false;
     let mut lines: usize = 50;
+    let mut follow = false;
+    let mut after: u64 = 0;
     let mut rest: Vec<&str> = Vec::new();
     let mut it = words.iter();
     while let Some(w) = it.next() {
@@ -53,6 +62,13 @@ pub fn parse(
         };
         match w.as_str() {
             "--json" => json = true,
+            "-f" | "--follow" => follow = true,
+            "--after" => {
+                let v = value("--after")?;
+                after = v
+                    .parse()
+                    .map_err(|_| format!("--after {v}: expected an event sequence number"))?;
+            }
             "--socket" => socket = Some(value("--socket")?.into()),
             "--auth-profile-cache-dir" => cache = Some(value("--auth-profile-cache-dir")?.into()),
             "-n" | "--lines" => {
@@ -71,6 +87,11 @@ pub fn parse(
     }
     let request = match rest.as_slice() {
         ["status"] => Request::Status,
+        ["usage"] => Request::Usage,
+        ["events"] => Request::Events {
+            after,
+            limit: crate::events::CAPACITY,
+        },
         ["reload"] => Request::Reload,
         [op @ ("restart" | "rotate"), slot] => {
             let slot: usize = slot
@@ -116,10 +137,14 @@ pub fn parse(
                 .unwrap_or_else(|| PathBuf::from("/tmp/auth_profiles"));
             abs(dir).join("admin.sock")
         });
+    if follow && !matches!(request, Request::Events { .. }) {
+        return Err("-f goes with events only".into());
+    }
     Ok(Args {
         socket,
         json,
         request,
+        follow,
     })
 }
 
@@ -154,6 +179,9 @@ pub fn main(words: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.follow {
+        return follow(&args);
+    }
     let answer = match ask(&args.socket, &args.request) {
         Ok(a) => a,
         Err(e) => {
@@ -172,6 +200,12 @@ pub fn main(words: &[String]) -> ExitCode {
         // Printed below as the error.
     } else if args.request == Request::Status {
         let _ = write!(out, "{}", status_table(&answer, SystemTime::now()));
+    } else if args.request == Request::Usage {
+        let _ = write!(out, "{}", usage_table(&answer));
+    } else if let Request::Events { .. } = args.request {
+        for e in answer["events"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "{}", event_line(e));
+        }
     } else if let Request::Logs { .. } = args.request {
         for l in answer["lines"].as_array().into_iter().flatten() {
             let _ = writeln!(out, "{}", l.as_str().unwrap_or(""));
@@ -190,6 +224,182 @@ pub fn main(words: &[String]) -> ExitCode {
         );
         ExitCode::from(1)
     }
+}
+
+/// `events -f`: print events as they come, until the coordinator goes away.
+fn follow(args: &Args) -> ExitCode {
+    let Request::Events { mut after, limit } = args.request else {
+        return ExitCode::from(2);
+    };
+    loop {
+        let answer = match ask(&args.socket, &Request::Events { after, limit }) {
+            Ok(a) if a["ok"] == true => a,
+            Ok(a) => {
+                eprintln!("aistudioproxy ctl: {}", text(&a["error"]));
+                return ExitCode::from(1);
+            }
+            Err(e) => {
+                eprintln!("aistudioproxy ctl: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        for e in answer["events"].as_array().into_iter().flatten() {
+            let line = if args.json {
+                e.to_string()
+            } else {
+                event_line(e)
+            };
+            if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                return ExitCode::SUCCESS; // the reader went away
+            }
+        }
+        after = answer["last_seq"].as_u64().unwrap_or(after).max(after);
+        std::thread::sleep(FOLLOW_EVERY);
+    }
+}
+
+/// How often `events -f` asks again.
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+
+/// `2024-05-01 12:00:03Z` for a time in unix ms (UTC).
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil from days (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// One event as a line: seq, time, kind, slot, profile, text.
+pub fn event_line(e: &Value) -> String {
+    let slot = e["slot"]
+        .as_u64()
+        .map(|s| format!("slot {s}"))
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "{:>5}  {}  {:<14}  {:<7}  {:<16}  {}",
+        text(&e["seq"]),
+        utc(e["at_unix_ms"].as_u64().unwrap_or(0)),
+        text(&e["kind"]),
+        slot,
+        text(&e["profile"]),
+        text(&e["text"])
+    )
+}
+
+/// Columns padded to their widest cell; the last one as it is.
+fn columns(rows: &[Vec<String>]) -> String {
+    let n = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The usage answer as two tables: per profile and model, per key.
+pub fn usage_table(usage: &Value) -> String {
+    let n = |v: &Value| v.as_u64().unwrap_or(0).to_string();
+    let failed = |t: &Value| {
+        (t["answers"].as_u64().unwrap_or(0))
+            .saturating_sub(t["ok"].as_u64().unwrap_or(0))
+            .to_string()
+    };
+    let mut rows = vec![[
+        "PROFILE",
+        "MODEL",
+        "ANSWERS",
+        "OK",
+        "NOT-OK",
+        "PROMPT",
+        "COMPLETION",
+        "TOTAL",
+        "LAST-HOUR",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for p in usage["profiles"].as_array().into_iter().flatten() {
+        for m in p["models"].as_array().into_iter().flatten() {
+            let t = &m["total"];
+            rows.push(vec![
+                text(&p["profile"]),
+                text(&m["model"]),
+                n(&t["answers"]),
+                n(&t["ok"]),
+                failed(t),
+                n(&t["prompt_tokens"]),
+                n(&t["completion_tokens"]),
+                n(&t["total_tokens"]),
+                format!(
+                    "{} answers, {} tokens",
+                    n(&m["last_hour"]["answers"]),
+                    n(&m["last_hour"]["tokens"])
+                ),
+            ]);
+        }
+    }
+    let mut out = columns(&rows);
+    let mut keys = vec![[
+        "KEY",
+        "ANSWERS",
+        "OK",
+        "NOT-OK",
+        "PROMPT",
+        "COMPLETION",
+        "TOTAL",
+        "LAST-HOUR",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for k in usage["keys"].as_array().into_iter().flatten() {
+        let t = &k["total"];
+        keys.push(vec![
+            text(&k["key"]),
+            n(&t["answers"]),
+            n(&t["ok"]),
+            failed(t),
+            n(&t["prompt_tokens"]),
+            n(&t["completion_tokens"]),
+            n(&t["total_tokens"]),
+            format!(
+                "{} answers, {} tokens",
+                n(&k["last_hour"]["answers"]),
+                n(&k["last_hour"]["tokens"])
+            ),
+        ]);
+    }
+    if keys.len() > 1 {
+        out.push('\n');
+        out.push_str(&columns(&keys));
+    }
+    out
 }
 
 /// "3m12s" for a duration in ms.
@@ -312,6 +522,13 @@ pub fn status_table(status: &Value, now: SystemTime) -> String {
     for p in named("disabled") {
         out.push_str(&format!("disabled: {}\n", text(&p["profile"])));
     }
+    // Any other state (needs_login, ...) by its own name.
+    for p in &profiles {
+        let state = text(&p["state"]);
+        if !["running", "queued", "cooling", "disabled"].contains(&state.as_str()) {
+            out.push_str(&format!("{state}: {}\n", text(&p["profile"])));
+        }
+    }
     let r = &status["last_reload"];
     if r.is_object() {
         let ago = r["at_unix_ms"]
@@ -367,6 +584,9 @@ mod tests {
             parse(&words("status"), env, cwd).unwrap().socket,
             PathBuf::from("/cache/admin.sock")
         );
+        let a = parse(&words("events -f --after 9"), env, cwd).unwrap();
+        assert!(a.follow);
+        assert!(matches!(a.request, Request::Events { after: 9, .. }));
         let a = parse(&words("--socket /s.sock status"), env, cwd).unwrap();
         assert_eq!(a.socket, PathBuf::from("/s.sock"));
         for bad in [
@@ -376,9 +596,37 @@ mod tests {
             "frobnicate",
             "logs a -n 0",
             "--what status",
+            "status -f",
+            "events --after x",
         ] {
             assert!(parse(&words(bad), none, cwd).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn usage_and_events_read_as_tables_and_lines() {
+        let u = json!({"profiles": [{"profile": "alice", "models": [{"model": "gemini-x",
+            "total": {"answers": 5, "ok": 4, "prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30},
+            "last_hour": {"answers": 2, "tokens": 12}}]}],
+            "keys": [{"key": "team-a", "total": {"answers": 5, "ok": 4}, "last_hour": {"answers": 1, "tokens": 2}}]});
+        let t = usage_table(&u);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[0].starts_with("PROFILE  MODEL     ANSWERS  OK  NOT-OK"),
+            "{t}"
+        );
+        assert!(
+            lines[1].starts_with("alice    gemini-x  5        4   1       10      20          30"),
+            "{t}"
+        );
+        assert!(t.contains("team-a  5        4   1"), "{t}");
+        let e = json!({"seq": 12, "at_unix_ms": 1_700_000_003_000u64, "kind": "rotation", "slot": 1, "profile": "bob", "text": "alice -> bob"});
+        assert_eq!(
+            event_line(&e),
+            "   12  2023-11-14 22:13:23Z  rotation        slot 1   bob               alice -> bob"
+        );
+        assert_eq!(utc(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00Z");
     }
 
     #[test]
@@ -397,7 +645,8 @@ mod tests {
                 {"profile": "alice", "state": "running"},
                 {"profile": "carol", "state": "queued"},
                 {"profile": "dave", "state": "cooling", "reason": "exhausted", "cooldown_left_s": 3480},
-                {"profile": "eve", "state": "disabled"}
+                {"profile": "eve", "state": "disabled"},
+                {"profile": "fay", "state": "needs_login"}
             ],
             "last_reload": {"at_unix_ms": 9_000_000u64, "outcome": "ok"}
         });
@@ -418,6 +667,7 @@ mod tests {
         assert!(t.contains("rotation queue: carol"));
         assert!(t.contains("cooling: dave (exhausted, 58m00s left)"));
         assert!(t.contains("disabled: eve"));
+        assert!(t.contains("needs_login: fay"), "{t}");
         assert!(t.contains("last reload: 16m40s ago, ok"));
     }
 }

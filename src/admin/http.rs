@@ -4,7 +4,8 @@
 //! pod. `GET /admin/status`, `POST /admin/<op>` with the operation's fields
 //! as a JSON body (`POST /admin/restart` `{"slot": 1}`). The key goes in
 //! `Authorization: Bearer <key>` or `X-Admin-Key`, is compared in constant
-//! time and never logged.
+//! time and never logged. The status page's files (`GET /admin/`, see
+//! `console`) are served without the key: they hold no data.
 
 use std::fmt;
 use std::io::Read;
@@ -60,6 +61,12 @@ pub fn handle(rq: &mut Request, key: Option<&AdminKey>, control: &dyn Control) -
     let Some(key) = key else {
         return reply::json(404, &json!({"ok": false, "error": "not found"}));
     };
+    if matches!(*rq.method(), Method::Get | Method::Head) {
+        let path = rq.url().split('?').next().unwrap_or("");
+        if let Some(page) = crate::console::page(path) {
+            return page;
+        }
+    }
     if !offered_key(rq).is_some_and(|k| key.matches(&k)) {
         return reply::json(
             401,
@@ -78,7 +85,9 @@ pub fn handle(rq: &mut Request, key: Option<&AdminKey>, control: &dyn Control) -
         {
             return reply::json(400, &proto::error("the body must be UTF-8 JSON"));
         }
-    } else if !(*rq.method() == Method::Get && (op == "status" || op == "logs")) {
+    } else if !(*rq.method() == Method::Get
+        && matches!(op, "status" | "logs" | "usage" | "events" | "console"))
+    {
         return reply::json(405, &proto::error("use POST /admin/<op> (GET for status)"));
     }
     let mut fields: Value = if body.trim().is_empty() {
@@ -95,7 +104,7 @@ pub fn handle(rq: &mut Request, key: Option<&AdminKey>, control: &dyn Control) -
         Err(answer) => answer,
     };
     let status = if answer["ok"] == true { 200 } else { 400 };
-    reply::json(status, &answer)
+    reply::json(status, &answer).with_header(reply::header("Cache-Control", "no-store"))
 }
 
 #[cfg(test)]

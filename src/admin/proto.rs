@@ -41,6 +41,24 @@ pub enum Request {
         profile: String,
         lines: usize,
     },
+    /// Answers and tokens per profile and model, and per API key label.
+    Usage,
+    /// The fleet's events after sequence number `after` (0: all kept).
+    Events {
+        #[serde(default)]
+        after: u64,
+        #[serde(default = "default_limit")]
+        limit: usize,
+    },
+    /// Everything the status page shows, with the events after `after`.
+    Console {
+        #[serde(default)]
+        after: u64,
+    },
+}
+
+fn default_limit() -> usize {
+    crate::events::CAPACITY
 }
 
 impl Request {
@@ -57,12 +75,22 @@ impl Request {
             Request::Logs { profile, lines } => {
                 format!("logs of profile {profile} ({lines} lines)")
             }
+            Request::Usage => "usage".into(),
+            Request::Events { after, .. } => format!("events after {after}"),
+            Request::Console { .. } => "console".into(),
         }
     }
 
-    /// Status and logs only read.
+    /// Status, logs, usage, events and the console only read.
     pub fn changes_anything(&self) -> bool {
-        !matches!(self, Request::Status | Request::Logs { .. })
+        !matches!(
+            self,
+            Request::Status
+                | Request::Logs { .. }
+                | Request::Usage
+                | Request::Events { .. }
+                | Request::Console { .. }
+        )
     }
 }
 
@@ -111,6 +139,12 @@ mod tests {
                 profile: "alice".into(),
                 lines: 50,
             },
+            Request::Usage,
+            Request::Events {
+                after: 7,
+                limit: 10,
+            },
+            Request::Console { after: 3 },
         ];
         for r in all {
             let text = serde_json::to_string(&r).unwrap();
@@ -119,6 +153,13 @@ mod tests {
         assert_eq!(
             serde_json::to_value(Request::Restart { slot: 2 }).unwrap(),
             json!({"op": "restart", "slot": 2})
+        );
+        assert_eq!(
+            parse(r#"{"op": "events"}"#).unwrap(),
+            Request::Events {
+                after: 0,
+                limit: crate::events::CAPACITY
+            }
         );
         assert!(parse(r#"{"op": "explode"}"#).unwrap_err()["error"]
             .as_str()

@@ -63,6 +63,8 @@ pub(super) struct Exchange<'a> {
     pub http10: bool,
     pub head_only: bool,
     pub started: Instant,
+    /// Whose completion this is, for the usage counts (None: not one).
+    pub usage: Option<crate::usage::Account>,
 }
 
 /// A whole answer kept in memory (an error answer, to pass on as it is).
@@ -380,6 +382,12 @@ impl Exchange<'_> {
     }
 
     fn send_outcome(&self, child: ChildId, profile: &str, verdict: Verdict, evicted: bool) {
+        crate::usage::answered(
+            profile,
+            self.usage.as_ref(),
+            &verdict,
+            self.started.elapsed(),
+        );
         if !matches!(verdict, Verdict::Ok | Verdict::ClientError { .. }) {
             info!(
                 "slot {}: profile {profile}: {} {} ({}): {verdict}",
@@ -474,7 +482,8 @@ impl Exchange<'_> {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let mut inspector = Inspector::new(content_type.as_deref(), judge);
-        let result = self.relay(rq, resp, &mut inspector);
+        let mut tokens = super::usage::Scanner::new(content_type.as_deref(), status);
+        let result = self.relay(rq, resp, &mut inspector, &mut tokens);
         metrics::request_done(
             Some(ticket.child.slot),
             status,
@@ -483,6 +492,7 @@ impl Exchange<'_> {
         );
         match result {
             Ok(bytes) => {
+                crate::usage::tokens(&ticket.profile, self.usage.as_ref(), tokens.finish());
                 let verdict = Verdict::of_answer(status, inspector.finish());
                 debug!(
                     "{} {} ({}{}) -> {} {status} ({bytes} bytes) in {:.1?}",
@@ -567,6 +577,7 @@ impl Exchange<'_> {
         rq: Request,
         mut resp: ureq::http::Response<ureq::Body>,
         inspector: &mut Inspector,
+        tokens: &mut super::usage::Scanner,
     ) -> Result<u64, RelayError> {
         let status = resp.status().as_u16();
         let length = resp
@@ -607,7 +618,8 @@ impl Exchange<'_> {
             w.flush().map_err(RelayError::Client)?;
         }
         let result = relay::copy_body(&mut reader, &mut w, framing, &mut |piece| {
-            inspector.feed(piece)
+            inspector.feed(piece);
+            tokens.feed(piece);
         });
         if let Err(RelayError::Upstream(_)) = &result {
             cut_client(client);

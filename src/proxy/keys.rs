@@ -2,6 +2,15 @@
 //! lines ignored) and checked in constant time. An empty set disables the
 //! check. Keys are never logged or echoed.
 //!
+//! A key may carry a label for the usage counts: `sk-...  # team-a` (a `#`
+//! after whitespace starts the label; a line starting with `#` is a
+//! comment). The label is what usage, metrics and the status page show;
+//! a key without one shows as `key-` and six hex digits of a hash of it,
+//! never the key. Children read the key file themselves and know nothing
+//! of labels, so when the file has any the coordinator hands them a copy
+//! with the keys alone (`child-keys.txt` in the cache directory, 0600,
+//! rewritten at every reload; see [`child_copy`]).
+//!
 //! The coordinator is lenient in what it accepts (`Authorization` with any
 //! case of `Bearer` and surrounding spaces, or `X-API-Key`, either one
 //! matching), the child is strict (exactly `Bearer ` + key, `X-API-Key` only
@@ -34,11 +43,45 @@ impl KeyRing {
 
 pub struct Keys {
     keys: Vec<Vec<u8>>,
+    /// The label of each key, same order.
+    labels: Vec<String>,
+    /// Some line had a label or a comment: children need the clean copy.
+    annotated: bool,
+}
+
+/// A key line split into the key and its label (`key  # label`).
+fn split_line(line: &str) -> Option<(&str, Option<&str>)> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let cut = line
+        .char_indices()
+        .find(|&(i, c)| c == '#' && i > 0 && line[..i].ends_with(char::is_whitespace))
+        .map(|(i, _)| i);
+    match cut {
+        Some(i) => Some((line[..i].trim(), Some(line[i + 1..].trim()))),
+        None => Some((line, None)),
+    }
+}
+
+/// `key-` and six hex digits of an FNV-1a hash of `key`.
+fn hash_label(key: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    format!("key-{:06x}", h >> 40)
 }
 
 impl Keys {
     pub fn none() -> Keys {
-        Keys { keys: Vec::new() }
+        Keys {
+            keys: Vec::new(),
+            labels: Vec::new(),
+            annotated: false,
+        }
     }
 
     pub fn load(path: Option<&Path>) -> std::io::Result<Keys> {
@@ -50,14 +93,42 @@ impl Keys {
     }
 
     pub fn parse(text: &str) -> Keys {
-        Keys {
-            keys: text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(|l| l.as_bytes().to_vec())
-                .collect(),
+        let mut k = Keys::none();
+        for line in text.lines() {
+            let Some((key, label)) = split_line(line) else {
+                k.annotated |= line.trim().starts_with('#');
+                continue;
+            };
+            k.annotated |= label.is_some();
+            if key.is_empty() {
+                continue;
+            }
+            let label = label
+                .and_then(crate::usage::clean)
+                .unwrap_or_else(|| hash_label(key.as_bytes()));
+            k.keys.push(key.as_bytes().to_vec());
+            k.labels.push(label);
         }
+        k
+    }
+
+    /// The label of the key a request presented (None without keys).
+    pub fn label(&self, access: Access<'_>) -> Option<String> {
+        let Access::Key(key) = access else {
+            return None;
+        };
+        let i = self.keys.iter().position(|k| k.as_slice() == key)?;
+        self.labels.get(i).cloned()
+    }
+
+    /// The keys alone, one per line: what a child reads.
+    pub fn child_text(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for k in &self.keys {
+            out.extend_from_slice(k);
+            out.push(b'\n');
+        }
+        out
     }
 
     pub fn len(&self) -> usize {
@@ -128,6 +199,36 @@ impl Keys {
     }
 }
 
+/// Where children read the keys: `source` itself when it has no labels or
+/// comments, else a clean copy written to `cache_dir/child-keys.txt`.
+/// Decided once at start; when the copy is chosen, `refresh_child_copy`
+/// rewrites it at every reload.
+pub fn child_copy(
+    source: &Path,
+    keys: &Keys,
+    cache_dir: &Path,
+) -> std::io::Result<std::path::PathBuf> {
+    if !keys.annotated {
+        return Ok(source.to_path_buf());
+    }
+    let copy = cache_dir.join(CHILD_KEY_FILE);
+    crate::private::make_dir(cache_dir)?;
+    crate::private::write_atomic(&copy, &keys.child_text())?;
+    let _ = COPY.set(copy.clone());
+    Ok(copy)
+}
+
+/// Rewrite the children's copy of the keys, when one is in use.
+pub fn refresh_child_copy(keys: &Keys) -> std::io::Result<()> {
+    match COPY.get() {
+        Some(copy) => crate::private::write_atomic(copy, &keys.child_text()),
+        None => Ok(()),
+    }
+}
+
+pub const CHILD_KEY_FILE: &str = "child-keys.txt";
+static COPY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
 /// The outcome of the key check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access<'k> {
@@ -190,6 +291,39 @@ mod tests {
         assert!(k.accepts(b"alpha") && k.accepts(b"beta"));
         assert!(!k.accepts(b"alph") && !k.accepts(b"alphaa") && !k.accepts(b""));
         assert!(!Keys::parse("\n \n").enabled());
+    }
+
+    #[test]
+    fn labels_are_stripped_from_keys_and_never_the_key() {
+        let k = Keys::parse("# the team keys\nalpha  # team-a\nbeta\ngam#ma\ndelta\t#\n");
+        assert_eq!(k.len(), 4);
+        assert!(k.accepts(b"alpha") && !k.accepts(b"alpha  # team-a"));
+        assert!(k.accepts(b"gam#ma"), "a # inside a key is part of it");
+        assert!(k.annotated);
+        assert_eq!(k.label(Access::Key(b"alpha")).as_deref(), Some("team-a"));
+        let beta = k.label(Access::Key(b"beta")).unwrap();
+        assert!(beta.starts_with("key-") && beta.len() == 10 && !beta.contains("beta"));
+        assert_eq!(
+            k.label(Access::Key(b"delta")).unwrap().len(),
+            10,
+            "empty label: hashed"
+        );
+        assert_eq!(k.label(Access::NoKeys), None);
+        assert_eq!(k.child_text(), b"alpha\nbeta\ngam#ma\ndelta\n");
+        assert!(!Keys::parse("a\nb\n").annotated);
+    }
+
+    #[test]
+    fn children_get_a_clean_copy_only_when_labels_exist() {
+        let d = std::env::temp_dir().join(format!("aisp-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let src = d.join("key.txt");
+        assert_eq!(child_copy(&src, &Keys::parse("a\n"), &d).unwrap(), src);
+        let copy = child_copy(&src, &Keys::parse("a # x\n"), &d).unwrap();
+        assert_eq!(copy, d.join(CHILD_KEY_FILE));
+        assert_eq!(std::fs::read(&copy).unwrap(), b"a\n");
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod inspect;
 pub mod keys;
 mod relay;
 pub mod requests;
+pub mod usage;
 pub mod verdict;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +57,9 @@ const MAX_REQUEST_ID: usize = 200;
 struct CompletionPeek {
     #[serde(default)]
     stream: Option<bool>,
+    /// For the usage counts.
+    #[serde(default)]
+    model: Option<String>,
 }
 
 pub struct Settings {
@@ -219,11 +223,16 @@ impl Proxy {
 
         let completion = path == "/v1/chat/completions" && method == Method::Post;
         let mut streaming = false;
+        let mut account = None;
         if completion {
             // Only `stream` matters here (for the logs); everything else is
             // skipped unparsed, which keeps multi-megabyte image payloads cheap.
             match serde_json::from_slice::<CompletionPeek>(&body) {
-                Ok(peek) => streaming = peek.stream.unwrap_or(false),
+                Ok(peek) => {
+                    streaming = peek.stream.unwrap_or(false);
+                    let key = keys.label(access);
+                    account = Some(crate::usage::Account::new(key, peek.model.as_deref()));
+                }
                 Err(_) => {
                     respond(
                         holder,
@@ -259,6 +268,7 @@ impl Proxy {
             inspect: completion,
             streaming,
             started,
+            usage: account,
         };
         exchange.run(holder);
     }

@@ -467,6 +467,19 @@ impl Answer<'_> {
         });
         format!("data: {chunk}\n\n")
     }
+
+    /// The finishing event of a good stream, carrying the answer's `usage`
+    /// as the real child's last chunk does.
+    fn last_event(&self) -> String {
+        let mut chunk = json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "testchild_sent_ms": unix_ms(),
+        });
+        chunk["usage"] = json!({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2});
+        format!("data: {chunk}\n\n")
+    }
 }
 
 /// An HTTP/1.1 chunked body written straight to the connection, flushed per
@@ -561,7 +574,7 @@ fn stream_answer(
                 }
             }
         }
-        out.chunk(&answer.event(json!({}), Some("stop")))?;
+        out.chunk(&answer.last_event())?;
         out.chunk("data: [DONE]\n\n")?;
         out.finish()?;
         Ok(Outcome::Success)
