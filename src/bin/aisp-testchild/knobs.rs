@@ -30,7 +30,7 @@
 //! | `browser` | bool | false (real_child: true) | own-session browser on the camoufox port, `<profile>.browser.pid`; dead browser means completions 503 |
 //! | `browser_ignore_sigterm` | bool | false | the browser ignores SIGTERM |
 //! | `browser_fail_delay_ms` | u64 | 300 | how long a launcher whose browser failed lingers before exit 1 |
-//! | `stream_helper` | bool | false (real_child: true) | SIGTERM-ignoring helper in our group on the stream port, `<profile>.helper.pid`; a SIGTERMed launcher waits for it |
+//! | `stream_helper` | bool | false (real_child: true) | SIGTERM-ignoring helper in our group on the stream port, `<profile>.helper.pid`; a SIGTERMed launcher waits for it (with `save_on_term`: SIGKILLs it after `helper_kill_after_ms`) |
 //! | `bind_after_ms` | u64 | 0 (real_child: 300) | the API port refuses until this long after start |
 //! | `models` | string | `gemini-test` | comma-separated model ids; any other `model` gets 500 |
 //! | `exhaust_after` | u64 | - | after this many successful completions: streamed answers empty, others 502 |
