@@ -3,8 +3,8 @@
 //! Owns the exact argument surface of the real child (`launch_camoufox.py`)
 //! plus three hidden modes for the descendants a child spawns (see
 //! `tree.rs`): `--grandchild <pidfile>`, `--browser --port <camoufox port>
-//! [--pid-file <p>] [--ready-fd <fd>] [--ignore-sigterm]` and `--helper
-//! --port <stream port> [--pid-file <p>]`. Runs once on the main thread; it
+//! [--pid-file <p>] [--ready-fd <fd>] [--ignore-sigterm]`, `--helper
+//! --port <stream port> [--pid-file <p>]` and `--driver [--pid-file <p>]`. Runs once on the main thread; it
 //! only parses, it never touches the file system.
 
 use crate::tree::{BrowserArgs, HelperArgs};
@@ -22,6 +22,9 @@ pub enum Mode {
     Browser(BrowserArgs),
     /// The "stream proxy" helper: ignores SIGTERM.
     Helper(HelperArgs),
+    /// The "Playwright driver": dies on SIGTERM and when the launcher ends;
+    /// its optional pid file.
+    Driver(Option<PathBuf>),
 }
 
 /// The real child's arguments.
@@ -61,7 +64,21 @@ pub const USAGE: &str = "usage: aisp-testchild --server-port <api> --stream-port
 --camoufox-debug-port <c> --active-auth-json <profile.json> [--headless]\n\
 hidden modes (spawned by a child itself): --grandchild <pidfile> | \
 --browser --port <p> [--pid-file <f>] [--ready-fd <fd>] [--ignore-sigterm] | \
---helper --port <p> [--pid-file <f>]";
+--helper --port <p> [--pid-file <f>] | --driver [--pid-file <f>]";
+
+/// Parses the driver mode's flags (after `--driver`).
+fn parse_driver(args: impl Iterator<Item = String>) -> Result<Mode, ArgError> {
+    let mut args = args;
+    let mut pidfile = None;
+    while let Some(arg) = args.next() {
+        if arg != "--pid-file" {
+            return Err(ArgError::Unknown(arg));
+        }
+        let value = args.next().ok_or(ArgError::MissingValue(arg))?;
+        pidfile = Some(PathBuf::from(value));
+    }
+    Ok(Mode::Driver(pidfile))
+}
 
 /// Parses a descendant mode's flags (after `--browser` or `--helper`).
 fn parse_descendant(browser: bool, args: impl Iterator<Item = String>) -> Result<Mode, ArgError> {
@@ -115,6 +132,10 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Mode, ArgError> {
         Some("--helper") => {
             args.next();
             return parse_descendant(false, args);
+        }
+        Some("--driver") => {
+            args.next();
+            return parse_driver(args);
         }
         _ => {}
     }
@@ -253,5 +274,12 @@ mod tests {
         assert_eq!(p("--browser"), Err(ArgError::Missing("--port")));
         assert!(p("--browser --port x").is_err());
         assert!(p("--helper --port").is_err());
+        assert_eq!(p("--driver").unwrap(), Mode::Driver(None));
+        assert_eq!(
+            p("--driver --pid-file /p/a.driver.pid").unwrap(),
+            Mode::Driver(Some(PathBuf::from("/p/a.driver.pid")))
+        );
+        assert!(p("--driver --port 1").is_err());
+        assert!(p("--driver --pid-file").is_err());
     }
 }

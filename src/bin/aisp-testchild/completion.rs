@@ -20,7 +20,40 @@
 //!   "[<req_id>] Request cancelled by user ..."}` at once;
 //! - exhausted (`exhaust_after`): streamed 200 with empty content, then
 //!   `[DONE]`; non-streamed 502 with `Retry-After`;
-//! - `error_text`: 200 with content `[错误: <text>]`, `finish_reason: stop`.
+//! - out of quota (`quota_log`, `quota_models`, profile cookies `FAKE_QUOTA`
+//!   / `FAKE_QUOTA_MODEL`, or `FAKE_QUOTA` in the prompt), as the current
+//!   child: streamed 200, one chunk with empty content, `finish_reason:
+//!   stop` and `usage.completion_tokens: 0`, `[DONE]`, and after it the
+//!   comments `: processing auth rotation (attempt 1)...` and
+//!   `: processing auth rotation...` and `data: {"error": "Auth rotation
+//!   failed."}` (log: `[<req_id>] Quota limit hit during stream: AI Studio
+//!   quota exceeded: 429 RESOURCE_EXHAUSTED. ...`, before the chunk);
+//!   non-streamed: no answer, a re-queue round every `quota_requeue_ms`
+//!   while the client stays (log each round: `[<req_id>] Quota Exceeded: AI
+//!   Studio quota exceeded: 429 RESOURCE_EXHAUSTED`, `⛔ GLOBAL ALERT: Quota
+//!   Exceeded! Type: <quota_type> (Event Signal Sent)`, `[<req_id>]
+//!   (Worker) ⛔ Quota exceeded, re-queueing.`), holding the lane, until 504
+//!   `{"detail": "[<req_id>] Request processing timed out."}` at
+//!   `quota_deadline_ms` from arrival; a client that leaves ends it;
+//! - `FAKE_ERROR500` in the prompt (upstream 500): non-streamed 500
+//!   `{"detail": "[<req_id>] AI Studio error: 500 Internal error"}`;
+//!   streamed 200 with content `[Error: AI Studio error: 500 Internal
+//!   error]`, `finish_reason: stop`, `[DONE]`;
+//! - `empty_output`: streamed 200 with content `\n\n*(Model finished
+//!   thinking but generated no output.)*`; non-streamed 502 `{"detail":
+//!   "[<req_id>] Aux stream completed but no content provided"}`;
+//! - the fork's internal timeout (`fork_internal_timeout`, or `fork` with
+//!   quota or `FAKE_ERROR500`): after `internal_timeout_ms`, non-streamed
+//!   502 `{"detail": "[<req_id>] 辅助流处理错误 (内部超时)"}` (log
+//!   `[<req_id>] 非流式请求通过辅助流失败: 内部超时`); streamed 200 at once,
+//!   silence, a chunk with `delta: {"reasoning_content":
+//!   "internal_timeout"}`, a stop chunk, `[DONE]`;
+//! - `error_text`: 200 with content `[错误: <text>]` (or, with
+//!   `error_text_mark` M, `M AI Studio error: 500 <text>]`),
+//!   `finish_reason: stop`.
+//!
+//! These are judged in that order after the model and `exhaust_after`;
+//! none of them counts as a success (for `exhaust_after`, `refresh_every`).
 //!
 //! Every answer carries `X-Testchild-Req-Id` and
 //! `X-Testchild-Queue-Wait-Ms` (time spent waiting in the lane).
@@ -56,10 +89,29 @@ pub fn req_id_from(seed: u64) -> String {
         .collect()
 }
 
-/// The in-band error content the real child writes into an answer.
-pub fn error_content(text: &str) -> String {
-    format!("[错误: {text}]")
+/// The in-band error content the real child writes into an answer, in the
+/// form `mark` picks: the older `[错误: <text>]` for the default mark, else
+/// `<mark> AI Studio error: 500 <text>]` (`[Error:`: the current child).
+pub fn error_content(mark: &str, text: &str) -> String {
+    if mark == crate::knobs::LEGACY_ERROR_MARK {
+        format!("{mark}: {text}]")
+    } else {
+        format!("{mark} AI Studio error: 500 {text}]")
+    }
 }
+
+/// What the current child says of a 429 from AI Studio.
+pub const QUOTA_ERROR: &str = "AI Studio quota exceeded: 429 RESOURCE_EXHAUSTED";
+/// The current child's in-band form of an upstream 500, streamed.
+pub const ERROR500_CONTENT: &str = "[Error: AI Studio error: 500 Internal error]";
+/// The current child's placeholder for a stream with no output.
+pub const NO_OUTPUT_PLACEHOLDER: &str = "\n\n*(Model finished thinking but generated no output.)*";
+/// What follows `[DONE]` in the current child's quota stream.
+pub const QUOTA_STREAM_TAIL: [&str; 3] = [
+    ": processing auth rotation (attempt 1)...\n\n",
+    ": processing auth rotation...\n\n",
+    "data: {\"error\": \"Auth rotation failed.\"}\n\n",
+];
 
 /// Splits `content` into exactly `n` pieces (n >= 1) whose concatenation is
 /// `content`: as even as possible, each at least one char while chars last,
@@ -86,6 +138,25 @@ fn last_message_text(body: &Value) -> String {
         .and_then(Value::as_array)
         .and_then(|m| m.last())
         .and_then(|m| m.get("content"));
+    content_text(content)
+}
+
+/// The text of every message, one per line: the prompt the real child
+/// would submit, where the fake Google looks for its markers.
+fn prompt_text(body: &Value) -> String {
+    body.get("messages")
+        .and_then(Value::as_array)
+        .map(|ms| {
+            ms.iter()
+                .map(|m| content_text(m.get("content")))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+/// A message content as text: a string, or an array's text parts joined.
+fn content_text(content: Option<&Value>) -> String {
     match content {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(parts)) => parts
@@ -126,6 +197,10 @@ struct Job {
     model_given: bool,
     stream: bool,
     content: String,
+    /// Every message's text, for the fake-Google markers.
+    prompt: String,
+    /// When the request arrived (the child's own deadline counts from here).
+    arrived: Instant,
 }
 
 /// A JSON answer to a completion, with its id headers.
@@ -206,9 +281,11 @@ pub fn handle(app: Arc<App>, request: Request, body: &[u8]) {
             app.profile,
             last_message_text(&parsed)
         ),
+        prompt: prompt_text(&parsed),
+        arrived: Instant::now(),
         req_id,
     };
-    let arrived = Instant::now();
+    let arrived = job.arrived;
     let done = |outcome: &str, waited_ms: u128| {
         log_line(&format!(
             "completion req_id={} id={} stream={} outcome={outcome} queued_ms={waited_ms} total_ms={}",
@@ -376,20 +453,54 @@ fn serve(
             && out.events(&exhausted_events(&answer)).is_ok();
         return delivered(ok);
     }
+    let quota = app.knobs.quota_for(&job.model, &job.prompt);
+    let error500 = job.prompt.contains("FAKE_ERROR500");
+    if app.knobs.fork_internal_timeout || (app.knobs.fork && (quota || error500)) {
+        return internal_timeout(app, request, job, waited_ms, &answer, watch);
+    }
+    if quota {
+        return quota_answer(app, request, job, waited_ms, &answer, watch);
+    }
+    if error500 {
+        log_line(&format!(
+            "[{}] AI Studio error: 500 Internal error",
+            job.req_id
+        ));
+        if !job.stream {
+            let body =
+                json!({"detail": format!("[{}] AI Studio error: 500 Internal error", job.req_id)});
+            return delivered(answer_json(app, request, job, waited_ms, 500, &body, None));
+        }
+        return delivered(in_band(
+            app,
+            request,
+            job,
+            waited_ms,
+            &answer,
+            ERROR500_CONTENT,
+        ));
+    }
+    if app.knobs.empty_output {
+        if !job.stream {
+            log_line(&format!(
+                "[{}] Non-stream request completed via aux stream but no content provided",
+                job.req_id
+            ));
+            let body = json!({"detail": format!(
+                "[{}] Aux stream completed but no content provided", job.req_id
+            )});
+            return delivered(answer_json(app, request, job, waited_ms, 502, &body, None));
+        }
+        let ok = in_band(app, request, job, waited_ms, &answer, NO_OUTPUT_PLACEHOLDER);
+        return delivered(ok);
+    }
     if let Some(text) = &app.knobs.error_text {
-        let content = error_content(text);
+        let content = error_content(&app.knobs.error_text_mark, text);
         if !job.stream {
             let body = completion_body(&answer, &content);
             return delivered(answer_json(app, request, job, waited_ms, 200, &body, None));
         }
-        let mut out = open_stream(app, request, job, waited_ms);
-        let events = [
-            answer.event(json!({"role": "assistant"}), None),
-            answer.event(json!({"content": content}), None),
-            answer.event(json!({}), Some("stop")),
-            "data: [DONE]\n\n".to_string(),
-        ];
-        return delivered(out.is_ok() && out.events(&events).is_ok());
+        return delivered(in_band(app, request, job, waited_ms, &answer, &content));
     }
     if !job.stream {
         if !pause(Duration::from_millis(app.knobs.completion_delay_ms), watch) {
@@ -415,6 +526,149 @@ fn serve(
         ));
     }
     outcome
+}
+
+/// A streamed 200 whose whole content is `content` (an in-band error or a
+/// placeholder): role, content, stop, `[DONE]`. True when delivered.
+fn in_band(
+    app: &App,
+    request: Request,
+    job: &Job,
+    waited_ms: u128,
+    answer: &Answer<'_>,
+    content: &str,
+) -> bool {
+    let mut out = open_stream(app, request, job, waited_ms);
+    out.is_ok() && out.events(&in_band_events(answer, content)).is_ok()
+}
+
+/// The events of [`in_band`].
+pub fn in_band_events(answer: &Answer<'_>, content: &str) -> Vec<String> {
+    vec![
+        answer.event(json!({"role": "assistant"}), None),
+        answer.event(json!({"content": content}), None),
+        answer.event(json!({}), Some("stop")),
+        "data: [DONE]\n\n".to_string(),
+    ]
+}
+
+/// The current child out of quota (see the module doc).
+fn quota_answer(
+    app: &App,
+    request: Request,
+    job: &Job,
+    waited_ms: u128,
+    answer: &Answer<'_>,
+    watch: &mut ConnWatch,
+) -> Outcome {
+    let id = &job.req_id;
+    if job.stream {
+        log_line(&format!(
+            "[{id}] Quota limit hit during stream: {QUOTA_ERROR}. Initiating rotation (Attempt 1/3)..."
+        ));
+        let mut out = open_stream(app, request, job, waited_ms);
+        let ok = out.is_ok() && out.events(&quota_stream_events(answer)).is_ok();
+        log_line(&format!("[{id}] Auth rotation failed."));
+        return if ok {
+            Outcome::Answered
+        } else {
+            Outcome::ClientGone
+        };
+    }
+    let deadline = job.arrived + Duration::from_millis(app.knobs.quota_deadline_ms);
+    let round = Duration::from_millis(app.knobs.quota_requeue_ms.max(1));
+    while Instant::now() < deadline {
+        log_line(&format!("[{id}] Quota Exceeded: {QUOTA_ERROR}"));
+        log_line(&format!(
+            "⛔ GLOBAL ALERT: Quota Exceeded! Type: {} (Event Signal Sent)",
+            app.knobs.quota_type
+        ));
+        log_line(&format!("[{id}] (Worker) ⛔ Quota exceeded, re-queueing."));
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !pause(left.min(round), watch) {
+            log_line(&format!(
+                "[{id}] client disconnected while out of quota; dropped"
+            ));
+            drop(request.into_writer());
+            return Outcome::ClientGone;
+        }
+    }
+    let body = json!({"detail": format!("[{id}] Request processing timed out.")});
+    if answer_json(app, request, job, waited_ms, 504, &body, None) {
+        Outcome::Answered
+    } else {
+        Outcome::ClientGone
+    }
+}
+
+/// The events of the current child's quota stream: one empty finishing
+/// chunk with zero completion tokens, `[DONE]`, then its rotation tail.
+pub fn quota_stream_events(answer: &Answer<'_>) -> Vec<String> {
+    let usage = json!({"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1});
+    let mut events = vec![
+        answer.event_with(
+            json!({"role": "assistant", "content": ""}),
+            Some("stop"),
+            Some(usage),
+        ),
+        "data: [DONE]\n\n".to_string(),
+    ];
+    events.extend(QUOTA_STREAM_TAIL.iter().map(|s| s.to_string()));
+    events
+}
+
+/// The older fork's internal timeout (see the module doc).
+fn internal_timeout(
+    app: &App,
+    request: Request,
+    job: &Job,
+    waited_ms: u128,
+    answer: &Answer<'_>,
+    watch: &mut ConnWatch,
+) -> Outcome {
+    let silence = Duration::from_millis(app.knobs.internal_timeout_ms);
+    let gone = |request: Request| {
+        log_line(&format!(
+            "[{}] client disconnected during the internal timeout; stopped",
+            job.req_id
+        ));
+        drop(request.into_writer());
+        Outcome::ClientGone
+    };
+    if !job.stream {
+        if !pause(silence, watch) {
+            return gone(request);
+        }
+        log_line(&format!(
+            "[{}] 非流式请求通过辅助流失败: 内部超时",
+            job.req_id
+        ));
+        let body = json!({"detail": format!("[{}] 辅助流处理错误 (内部超时)", job.req_id)});
+        return if answer_json(app, request, job, waited_ms, 502, &body, None) {
+            Outcome::Answered
+        } else {
+            Outcome::ClientGone
+        };
+    }
+    let mut out = open_stream(app, request, job, waited_ms);
+    if !out.is_ok() || !pause(silence, watch) {
+        return Outcome::ClientGone;
+    }
+    log_line(&format!("[{}] 辅助流处理错误 (内部超时)", job.req_id));
+    if out.events(&internal_timeout_events(answer)).is_ok() {
+        Outcome::Answered
+    } else {
+        Outcome::ClientGone
+    }
+}
+
+/// The events of the fork's internal-timeout stream.
+pub fn internal_timeout_events(answer: &Answer<'_>) -> Vec<String> {
+    vec![
+        answer.event(json!({"reasoning_content": "internal_timeout"}), None),
+        answer.event(json!({}), Some("stop")),
+        "data: [DONE]\n\n".to_string(),
+    ]
 }
 
 /// A non-streamed completion body with this content.
@@ -459,12 +713,20 @@ pub struct Answer<'a> {
 impl Answer<'_> {
     /// One SSE event (`data: ...\n\n`) for a chunk with this delta.
     fn event(&self, delta: Value, finish: Option<&str>) -> String {
-        let chunk = json!({
+        self.event_with(delta, finish, None)
+    }
+
+    /// [`Answer::event`] with a `usage` object.
+    fn event_with(&self, delta: Value, finish: Option<&str>, usage: Option<Value>) -> String {
+        let mut chunk = json!({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created,
             "model": self.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             "testchild_sent_ms": unix_ms(),
         });
+        if let Some(u) = usage {
+            chunk["usage"] = u;
+        }
         format!("data: {chunk}\n\n")
     }
 
@@ -666,14 +928,83 @@ mod tests {
 
     #[test]
     fn in_band_error_shape() {
-        assert_eq!(error_content("quota"), "[错误: quota]");
+        assert_eq!(error_content("[错误", "quota"), "[错误: quota]");
+        assert_eq!(
+            error_content("[Error:", "boom"),
+            "[Error: AI Studio error: 500 boom]"
+        );
         let a = Answer {
             id: "chatcmpl-x",
             model: "m",
             created: 1,
         };
-        let b = completion_body(&a, &error_content("boom"));
+        let b = completion_body(&a, &error_content("[错误", "boom"));
         assert_eq!(b["choices"][0]["message"]["content"], "[错误: boom]");
         assert_eq!(b["choices"][0]["finish_reason"], "stop");
+        let ev = in_band_events(&a, ERROR500_CONTENT);
+        assert_eq!(ev.len(), 4);
+        assert_eq!(
+            parse_event(&ev[1])["choices"][0]["delta"]["content"],
+            "[Error: AI Studio error: 500 Internal error]"
+        );
+        assert_eq!(parse_event(&ev[2])["choices"][0]["finish_reason"], "stop");
+        assert_eq!(ev[3], "data: [DONE]\n\n");
+        let ev = in_band_events(&a, NO_OUTPUT_PLACEHOLDER);
+        let placeholder = parse_event(&ev[1])["choices"][0]["delta"]["content"].clone();
+        assert!(placeholder
+            .as_str()
+            .unwrap()
+            .ends_with("*(Model finished thinking but generated no output.)*"));
+    }
+
+    #[test]
+    fn quota_stream_shape() {
+        let a = Answer {
+            id: "chatcmpl-abcdefg-1-1",
+            model: "gemini-test",
+            created: 1,
+        };
+        let ev = quota_stream_events(&a);
+        assert_eq!(ev.len(), 5);
+        let chunk = parse_event(&ev[0]);
+        assert_eq!(chunk["choices"][0]["delta"]["content"], "");
+        assert_eq!(chunk["choices"][0]["finish_reason"], "stop");
+        assert_eq!(chunk["usage"]["completion_tokens"], 0);
+        assert_eq!(ev[1], "data: [DONE]\n\n");
+        assert!(ev[2].starts_with(": processing auth rotation"));
+        assert_eq!(ev[3], ": processing auth rotation...\n\n");
+        assert_eq!(ev[4], "data: {\"error\": \"Auth rotation failed.\"}\n\n");
+        let err: Value =
+            serde_json::from_str(ev[4].strip_prefix("data: ").unwrap().trim_end()).unwrap();
+        assert_eq!(err["error"], "Auth rotation failed.");
+    }
+
+    #[test]
+    fn internal_timeout_stream_shape() {
+        let a = Answer {
+            id: "chatcmpl-x",
+            model: "m",
+            created: 1,
+        };
+        let ev = internal_timeout_events(&a);
+        assert_eq!(ev.len(), 3);
+        let first = parse_event(&ev[0]);
+        assert_eq!(
+            first["choices"][0]["delta"],
+            json!({"reasoning_content": "internal_timeout"})
+        );
+        assert!(first["choices"][0]["finish_reason"].is_null());
+        assert_eq!(parse_event(&ev[1])["choices"][0]["finish_reason"], "stop");
+        assert_eq!(ev[2], "data: [DONE]\n\n");
+    }
+
+    #[test]
+    fn prompt_covers_every_message() {
+        let b = json!({"messages": [
+            {"role": "system", "content": "FAKE_QUOTA"},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]}]});
+        let p = prompt_text(&b);
+        assert!(p.contains("FAKE_QUOTA") && p.contains("hi"), "{p}");
+        assert_eq!(prompt_text(&json!({})), "");
     }
 }

@@ -16,7 +16,7 @@
 //! | `exit_code` | i32 | 1 | code for `exit_after_ms` |
 //! | `ignore_sigterm` | bool | false | the launcher ignores SIGTERM |
 //! | `spawn_grandchild` | bool | false | SIGTERM-ignoring descendant in our group, `<profile>.grandchild.pid` |
-//! | `pid_dir` | path | - | where pid files go (`<profile>.pid`, `.browser.pid`, `.helper.pid`, `.grandchild.pid`) |
+//! | `pid_dir` | path | - | where pid files go (`<profile>.pid`, `.browser.pid`, `.helper.pid`, `.driver.pid`, `.grandchild.pid`) |
 //! | `completion_delay_ms` | u64 | 0 | how long serving a completion takes (after the head, when streaming) |
 //! | `fail_status` | u16 | - | every completion answers this status at once |
 //! | `reset` | bool | false | every completion's connection is cut without an answer |
@@ -26,11 +26,11 @@
 //! | `stall_mid_stream_ms` | u64 | - | pause this long after the first content event |
 //! | `refuse_after_ms` | u64 | - | close the API listener this long after binding |
 //! | `log_lines`, `log_line_bytes` | u64 | 0, 100 | log lines printed at start, and their size |
-//! | `real_child` | bool | false | behave like the real child: defaults `browser` and `stream_helper` true, `bind_after_ms` 300, `refresh_every` 10 |
+//! | `real_child` | bool | false | behave like the real child: defaults `browser`, `stream_helper`, `driver` and (without `fork`) `save_on_term` true, `bind_after_ms` 300, `refresh_every` 10 (unset with `fork`); its saved state carries cookie `FAKE_REFRESHED` |
 //! | `browser` | bool | false (real_child: true) | own-session browser on the camoufox port, `<profile>.browser.pid`; dead browser means completions 503 |
 //! | `browser_ignore_sigterm` | bool | false | the browser ignores SIGTERM |
 //! | `browser_fail_delay_ms` | u64 | 300 | how long a launcher whose browser failed lingers before exit 1 |
-//! | `stream_helper` | bool | false (real_child: true) | SIGTERM-ignoring helper in our group on the stream port, `<profile>.helper.pid`; a SIGTERMed launcher waits for it |
+//! | `stream_helper` | bool | false (real_child: true) | SIGTERM-ignoring helper in our group on the stream port, `<profile>.helper.pid`; a SIGTERMed launcher waits for it (with `save_on_term`: SIGKILLs it after `helper_kill_after_ms`) |
 //! | `bind_after_ms` | u64 | 0 (real_child: 300) | the API port refuses until this long after start |
 //! | `models` | string | `gemini-test` | comma-separated model ids; any other `model` gets 500 |
 //! | `exhaust_after` | u64 | - | after this many successful completions: streamed answers empty, others 502 |
@@ -39,6 +39,25 @@
 //! | `error_text` | string | - | completions answer 200 with content `[错误: <text>]` |
 //! | `refresh_every` | u64 | - (real_child: 10) | rewrite the auth file every N successful completions and at SIGTERM exit; 0 never |
 //! | `refresh_pause_ms` | u64 | 200 | pause between the two halves of that non-atomic write |
+//! | `fork` | bool | false | behave like the older fork: expired login hangs, quota and `FAKE_ERROR500` become its internal timeout, SIGTERM saves nothing and never exits, `refresh_every` default unset |
+//! | `login_expired` | bool | false (cookie `FAKE_EXPIRED` and not `fork`: true) | never bind; after `login_fail_after_ms` log the current child's two expired-login lines, exit 0 0.5 s later |
+//! | `login_expired_fork` | bool | false (cookie `FAKE_EXPIRED` and `fork`: true) | never bind; after `login_fail_after_ms` log the fork's lines and `Application startup failed`, stop the browser, hang for good (SIGTERM too) |
+//! | `login_fail_after_ms` | u64 | 1500 | when an expired login is found, from start |
+//! | `quota_log` | bool | false (cookie `FAKE_QUOTA`: true) | every completion hits the current child's quota handling (see `completion.rs`); prompt text `FAKE_QUOTA` does it per request |
+//! | `quota_models` | string | - (cookie `FAKE_QUOTA_MODEL=<part>` adds `<part>`) | comma-separated parts: quota only for a `model` containing one |
+//! | `quota_type` | string | `QUOTA_EXCEEDED` | the `Type:` of the quota log line (`RATE_LIMIT`) |
+//! | `quota_requeue_ms` | u64 | 1000 | a non-streamed quota request's re-queue round |
+//! | `quota_deadline_ms` | u64 | 420000 | its own 504, from arrival |
+//! | `error_text_mark` | string | `[错误` | `error_text`'s form: the default gives `[错误: <text>]`, any other mark `<mark> AI Studio error: 500 <text>]` (`[Error:` as the current child) |
+//! | `empty_output` | bool | false | streamed: the no-output placeholder; non-streamed: 502 `Aux stream completed but no content provided` |
+//! | `fork_internal_timeout` | bool | false | every completion gets the fork's internal timeout (502, or a `reasoning_content` stream) |
+//! | `internal_timeout_ms` | u64 | 2000 | how long that timeout takes |
+//! | `driver` | bool | false (real_child: true) | a "Playwright driver" in our group (dies on SIGTERM, ends when the launcher does), `<profile>.driver.pid`; the SIGTERM save fails when it is dead |
+//! | `save_on_term` | bool | false (real_child without fork: true) | SIGTERM as the current child: save (if `refresh_every`), SIGKILL the helper after `helper_kill_after_ms`, stop driver and browser, exit 0 |
+//! | `helper_kill_after_ms` | u64 | 3000 | how long that SIGTERM waits for the helper before SIGKILL |
+//!
+//! Cookies in the profile JSON (the real child's fake-Google markers) set
+//! knob defaults too, after env and profile knobs: see [`Knobs::apply_cookies`].
 
 use serde_json::{Map, Value};
 use std::fmt;
@@ -94,6 +113,30 @@ pub struct Knobs {
     /// normal SIGTERM exit; `None` or 0 never.
     pub refresh_every: Option<u64>,
     pub refresh_pause_ms: u64,
+    /// The older fork's flavour (see the table).
+    pub fork: bool,
+    /// Expired login, current child: log two lines, exit 0, never bind.
+    pub login_expired: bool,
+    /// Expired login, the fork: log, stop the browser, hang, never bind.
+    pub login_expired_fork: bool,
+    pub login_fail_after_ms: u64,
+    /// Every completion is out of quota.
+    pub quota_log: bool,
+    /// Completions whose model contains one of these are out of quota.
+    pub quota_models: Vec<String>,
+    pub quota_type: String,
+    pub quota_requeue_ms: u64,
+    pub quota_deadline_ms: u64,
+    pub error_text_mark: String,
+    pub empty_output: bool,
+    pub fork_internal_timeout: bool,
+    pub internal_timeout_ms: u64,
+    /// Spawn the "Playwright driver" the SIGTERM save needs.
+    pub driver: bool,
+    /// SIGTERM as the current real child (save, stop the tree, exit 0)
+    /// instead of waiting for the helper.
+    pub save_on_term: bool,
+    pub helper_kill_after_ms: u64,
 }
 
 /// The knob names, as written in the profile JSON (lowercase) and, upper-cased
@@ -129,7 +172,26 @@ pub const NAMES: &[&str] = &[
     "error_text",
     "refresh_every",
     "refresh_pause_ms",
+    "fork",
+    "login_expired",
+    "login_expired_fork",
+    "login_fail_after_ms",
+    "quota_log",
+    "quota_models",
+    "quota_type",
+    "quota_requeue_ms",
+    "quota_deadline_ms",
+    "error_text_mark",
+    "empty_output",
+    "fork_internal_timeout",
+    "internal_timeout_ms",
+    "driver",
+    "save_on_term",
+    "helper_kill_after_ms",
 ];
+
+/// The default of `error_text_mark`: the older `[错误: <text>]` form.
+pub const LEGACY_ERROR_MARK: &str = "[错误";
 
 /// The model list when the `models` knob is unset.
 pub const DEFAULT_MODEL: &str = "gemini-test";
@@ -278,13 +340,9 @@ impl Knobs {
     ) -> Result<(Knobs, Vec<String>), KnobError> {
         let s = Sources { env, profile };
         let real_child: bool = s.get("real_child")?.unwrap_or(false);
+        let fork: bool = s.get("fork")?.unwrap_or(false);
         let models = match s.get::<String>("models")? {
-            Some(list) => list
-                .split(',')
-                .map(str::trim)
-                .filter(|m| !m.is_empty())
-                .map(String::from)
-                .collect(),
+            Some(list) => split_list(&list),
             None => vec![DEFAULT_MODEL.to_string()],
         };
         let knobs = Knobs {
@@ -320,9 +378,34 @@ impl Knobs {
             error_text: s.get::<String>("error_text")?.filter(|t| !t.is_empty()),
             refresh_every: s
                 .get("refresh_every")?
-                .or(if real_child { Some(10) } else { None })
+                .or(if real_child && !fork { Some(10) } else { None })
                 .filter(|&n| n > 0),
             refresh_pause_ms: s.get("refresh_pause_ms")?.unwrap_or(200),
+            fork,
+            login_expired: s.get("login_expired")?.unwrap_or(false),
+            login_expired_fork: s.get("login_expired_fork")?.unwrap_or(false),
+            login_fail_after_ms: s.get("login_fail_after_ms")?.unwrap_or(1500),
+            quota_log: s.get("quota_log")?.unwrap_or(false),
+            quota_models: s
+                .get::<String>("quota_models")?
+                .map(|l| split_list(&l))
+                .unwrap_or_default(),
+            quota_type: s
+                .get::<String>("quota_type")?
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| "QUOTA_EXCEEDED".into()),
+            quota_requeue_ms: s.get("quota_requeue_ms")?.unwrap_or(1000),
+            quota_deadline_ms: s.get("quota_deadline_ms")?.unwrap_or(420_000),
+            error_text_mark: s
+                .get::<String>("error_text_mark")?
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| LEGACY_ERROR_MARK.into()),
+            empty_output: s.get("empty_output")?.unwrap_or(false),
+            fork_internal_timeout: s.get("fork_internal_timeout")?.unwrap_or(false),
+            internal_timeout_ms: s.get("internal_timeout_ms")?.unwrap_or(2000),
+            driver: s.get("driver")?.unwrap_or(real_child),
+            save_on_term: s.get("save_on_term")?.unwrap_or(real_child && !fork),
+            helper_kill_after_ms: s.get("helper_kill_after_ms")?.unwrap_or(3000),
         };
         if let Some(code) = knobs.fail_status {
             if !(100..=999).contains(&code) {
@@ -344,6 +427,52 @@ impl Knobs {
             .unwrap_or_default();
         Ok((knobs, warnings))
     }
+
+    /// Applies the real child's fake-Google cookie markers found in the
+    /// profile JSON's `cookies`: `FAKE_EXPIRED` (an expired login, in the
+    /// flavour `fork` picks), `FAKE_QUOTA` (quota for every model) and
+    /// `FAKE_QUOTA_MODEL=<part>` (quota for models containing `<part>`).
+    /// Cookies only switch things on; knobs cannot switch a cookie off.
+    pub fn apply_cookies(&mut self, profile: &Value) {
+        let cookies = profile
+            .get("cookies")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for c in cookies {
+            let name = c.get("name").and_then(Value::as_str).unwrap_or("");
+            match name {
+                "FAKE_EXPIRED" if self.fork => self.login_expired_fork = true,
+                "FAKE_EXPIRED" => self.login_expired = true,
+                "FAKE_QUOTA" => self.quota_log = true,
+                "FAKE_QUOTA_MODEL" => {
+                    let part = c.get("value").and_then(Value::as_str).unwrap_or("");
+                    if !part.is_empty() && !self.quota_models.iter().any(|p| p == part) {
+                        self.quota_models.push(part.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether a completion for `model` with this prompt text is out of
+    /// quota: `quota_log`, a `quota_models` part in the model, or
+    /// `FAKE_QUOTA` in the prompt.
+    pub fn quota_for(&self, model: &str, prompt: &str) -> bool {
+        self.quota_log
+            || self.quota_models.iter().any(|p| model.contains(p.as_str()))
+            || prompt.contains("FAKE_QUOTA")
+    }
+}
+
+/// A comma-separated list, trimmed, empty items dropped.
+fn split_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 #[cfg(test)]
@@ -487,6 +616,80 @@ mod tests {
         assert_eq!(k.error_text, None, "empty text is no error");
         assert!(Knobs::load(env(&[]), json!({"models": 3}).as_object()).is_err());
         assert!(Knobs::load(env(&[]), json!({"exhaust_after": -1}).as_object()).is_err());
+    }
+
+    #[test]
+    fn awkward_knob_defaults_and_overrides() {
+        let (k, _) = Knobs::load(env(&[]), None).unwrap();
+        assert!(!k.fork && !k.login_expired && !k.login_expired_fork);
+        assert_eq!(k.login_fail_after_ms, 1500);
+        assert!(!k.quota_log && k.quota_models.is_empty());
+        assert_eq!(k.quota_type, "QUOTA_EXCEEDED");
+        assert_eq!((k.quota_requeue_ms, k.quota_deadline_ms), (1000, 420_000));
+        assert_eq!(k.error_text_mark, "[错误");
+        assert!(!k.empty_output && !k.fork_internal_timeout);
+        assert_eq!(k.internal_timeout_ms, 2000);
+        assert!(!k.driver && !k.save_on_term);
+        assert_eq!(k.helper_kill_after_ms, 3000);
+
+        let (k, _) = Knobs::load(env(&[("TESTCHILD_REAL_CHILD", "1")]), None).unwrap();
+        assert!(k.driver && k.save_on_term && !k.fork);
+        let (k, _) = Knobs::load(
+            env(&[("TESTCHILD_REAL_CHILD", "1"), ("TESTCHILD_FORK", "1")]),
+            None,
+        )
+        .unwrap();
+        assert!(k.driver && !k.save_on_term && k.fork);
+        assert_eq!(k.refresh_every, None, "the fork has no cookie code");
+
+        let profile = json!({"quota_models": "pro, flash", "quota_type": "RATE_LIMIT",
+                             "error_text_mark": "[Error:", "save_on_term": false,
+                             "driver": true, "internal_timeout_ms": 5});
+        let (k, w) = Knobs::load(
+            env(&[
+                ("TESTCHILD_QUOTA_LOG", "true"),
+                ("TESTCHILD_SAVE_ON_TERM", "1"),
+            ]),
+            profile.as_object(),
+        )
+        .unwrap();
+        assert!(w.is_empty());
+        assert!(k.quota_log && k.driver && !k.save_on_term);
+        assert_eq!(k.quota_models, vec!["pro", "flash"]);
+        assert_eq!(k.quota_type, "RATE_LIMIT");
+        assert_eq!(k.error_text_mark, "[Error:");
+        assert_eq!(k.internal_timeout_ms, 5);
+        assert!(Knobs::load(env(&[("TESTCHILD_FORK", "maybe")]), None).is_err());
+    }
+
+    #[test]
+    fn cookie_markers() {
+        let (mut k, _) = Knobs::load(env(&[]), None).unwrap();
+        let profile = json!({"cookies": [
+            {"name": "SID", "value": "x"},
+            {"name": "FAKE_EXPIRED", "value": "1"},
+            {"name": "FAKE_QUOTA_MODEL", "value": "pro"},
+        ]});
+        k.apply_cookies(&profile);
+        assert!(k.login_expired && !k.login_expired_fork);
+        assert!(!k.quota_log);
+        assert_eq!(k.quota_models, vec!["pro"]);
+        assert!(k.quota_for("gemini-2.5-pro", "hi"));
+        assert!(!k.quota_for("gemini-flash", "hi"));
+        assert!(k.quota_for("gemini-flash", "say FAKE_QUOTA now"));
+
+        let (mut k, _) = Knobs::load(env(&[("TESTCHILD_FORK", "1")]), None).unwrap();
+        k.apply_cookies(&json!({"cookies": [{"name": "FAKE_EXPIRED", "value": ""},
+                                            {"name": "FAKE_QUOTA", "value": ""}]}));
+        assert!(!k.login_expired && k.login_expired_fork);
+        assert!(k.quota_log && k.quota_for("anything", ""));
+
+        let (mut k, _) = Knobs::load(env(&[]), None).unwrap();
+        let before = k.clone();
+        k.apply_cookies(&json!({"cookies": 3}));
+        k.apply_cookies(&json!({}));
+        assert_eq!(k, before, "no or malformed cookies change nothing");
+        assert!(!k.quota_for("gemini-test", "hello"));
     }
 
     #[test]

@@ -32,7 +32,7 @@
 //!   `processing_req_id`, `items` (`req_id`, `enqueue_time`,
 //!   `wait_time_seconds`, `is_streaming`, `cancelled`) of queued ones.
 //! - `GET /api/info`: profile, ports, pid, headless, `api_key_required`,
-//!   `key_file`, `auth_json`, `browser_pid`, `helper_pid`,
+//!   `key_file`, `auth_json`, `browser_pid`, `helper_pid`, `driver_pid`,
 //!   `started_with_refresh`, `refreshes`, `real_child`.
 //! - `GET /_testchild/requests`: the requests recorded (not health ones).
 //! - `GET /_testchild/stats`: `completions_started` (turn came),
@@ -42,7 +42,8 @@
 //!   `max_concurrent` (completions served at once, ever: stays 1),
 //!   `max_waiting`, `waiting`, `processing`, `refreshes`,
 //!   `started_with_refresh` (cookie `aisp_refresh` in the profile file at
-//!   start, or null), `browser_pid`, `helper_pid` (null unless alive).
+//!   start, or null), `browser_pid`, `helper_pid`, `driver_pid` (null
+//!   unless alive).
 //! - `GET /_testchild/env`: the child's whole environment, as a JSON object.
 //! - `POST /_testchild/grow_rss/<MiB>`: the launcher takes that much more
 //!   memory and keeps it (`ballast.rs`); answers `{"held_mb": total}`.
@@ -53,13 +54,35 @@
 //!
 //! Pid files (only with `pid_dir`, except the grandchild's, which falls back
 //! to the temp dir): `<profile>.pid` (launcher), `<profile>.browser.pid`,
-//! `<profile>.helper.pid`, `<profile>.grandchild.pid`, all written
+//! `<profile>.helper.pid`, `<profile>.driver.pid`,
+//! `<profile>.grandchild.pid`, all written
 //! atomically.
 //!
 //! Signals (see `tree.rs`): the launcher on SIGTERM exits 0 (after the auth
 //! write-back if `refresh_every`, stopping its browser first), unless
 //! `ignore_sigterm`, or unless a stream helper lives: then it logs and waits
-//! for the helper, so in practice only SIGKILL ends it. Its normal exits
+//! for the helper, so in practice only SIGKILL ends it. With `save_on_term`
+//! (on with `real_child`) it is the current real child instead: the save
+//! (if `refresh_every`; it needs the driver, and when the driver is dead
+//! 250 ms after the SIGTERM, as after a group-wide SIGTERM, it logs `Failed
+//! to save cookies: Target page, context or browser has been closed: the
+//! handler is closed` and writes nothing; else `Cookies saved to auth file
+//! '<file>' (N cookies)`), then the helper SIGKILLed after
+//! `helper_kill_after_ms`, driver and browser stopped, exit 0. With `fork`
+//! it stops its browser and never exits (no save).
+//!
+//! Expired login (`login_expired`, or cookie `FAKE_EXPIRED`): the API port
+//! is never bound; at `login_fail_after_ms` it logs `Detected redirect to
+//! login page in headless mode, authentication may have expired. Please
+//! update the auth file.` and `Auth failed in headless mode, auth file
+//! update required.`, and 0.5 s later stops browser, helper and driver and
+//! exits 0. The fork's (`login_expired_fork`, or `FAKE_EXPIRED` with
+//! `fork`): logs `无头模式下检测到重定向至登录页面，认证可能已失效。请更新认证文件。`
+//! and, on stderr, `ERROR:    Application startup failed. Exiting.`, stops
+//! its browser and hangs for good, ignoring SIGTERM.
+//!
+//! With `real_child` the state the child saves carries cookie
+//! `FAKE_REFRESHED=<unix s of start>`, as the real page load sets it. Its normal exits
 //! (SIGTERM, `exit_after_ms`, start-up failures) stop the browser: SIGTERM,
 //! SIGKILL after 1 s. The browser (own session) exits on SIGTERM unless
 //! `browser_ignore_sigterm`, ignores SIGHUP, and survives a SIGTERMed or
@@ -98,6 +121,21 @@ use std::{fs, process, thread};
 use tiny_http::{Header, Method, Request, Response, Server};
 
 const HTTP_WORKERS: usize = 8;
+/// How long the SIGTERM save gives a group-wide SIGTERM to kill the driver
+/// before it relies on it.
+const DRIVER_DEATH_GRACE: Duration = Duration::from_millis(250);
+/// The real child's log line when its cookie save finds the driver dead.
+const SAVE_FAILED: &str =
+    "Failed to save cookies: Target page, context or browser has been closed: the handler is closed";
+/// The current real child's two log lines for an expired login (headless).
+const LOGIN_EXPIRED_LINES: [&str; 2] = [
+    "Detected redirect to login page in headless mode, authentication may have expired. Please update the auth file.",
+    "Auth failed in headless mode, auth file update required.",
+];
+/// The older fork's log line for an expired login, and uvicorn's.
+const LOGIN_EXPIRED_FORK_LINE: &str =
+    "无头模式下检测到重定向至登录页面，认证可能已失效。请更新认证文件。";
+const STARTUP_FAILED_LINE: &str = "ERROR:    Application startup failed. Exiting.";
 const MAX_RECORDS: usize = 1000;
 /// Bodies are recorded up to this size; the rest is read and discarded.
 const MAX_RECORDED_BODY: u64 = 64 * 1024 * 1024;
@@ -265,6 +303,7 @@ impl App {
             "started_with_refresh": self.refresher.started_with,
             "browser_pid": tree::browser_pid(),
             "helper_pid": tree::helper_pid(),
+            "driver_pid": tree::driver_pid(),
         })
     }
 
@@ -395,6 +434,7 @@ fn handle(app: &Arc<App>, mut request: Request) {
                 "auth_json": app.args.auth_json,
                 "browser_pid": tree::browser_pid(),
                 "helper_pid": tree::helper_pid(),
+                "driver_pid": tree::driver_pid(),
                 "started_with_refresh": app.refresher.started_with,
                 "refreshes": app.refresher.count(),
                 "real_child": app.knobs.real_child,
@@ -488,6 +528,7 @@ fn main() {
         Mode::Grandchild(pidfile) => tree::run_grandchild(&pidfile),
         Mode::Browser(b) => tree::run_browser(&b),
         Mode::Helper(h) => tree::run_helper(&h),
+        Mode::Driver(pidfile) => tree::run_driver(pidfile.as_deref()),
         Mode::Child(a) => a,
     };
     let started = Instant::now();
@@ -511,7 +552,7 @@ fn main() {
                 &format!("cannot read profile {}: {e}", args.auth_json.display()),
             )
         });
-    let (knobs, warnings) = Knobs::load(
+    let (mut knobs, warnings) = Knobs::load(
         |k| std::env::var(k).ok(),
         profile_json.get("testchild").and_then(Value::as_object),
     )
@@ -519,6 +560,15 @@ fn main() {
     for w in warnings {
         eprintln!("aisp-testchild: warning: {w}");
     }
+    knobs.apply_cookies(&profile_json);
+    // The real child's page load sets a cookie: what it would save differs
+    // from the file it was started with.
+    let profile_json = if knobs.real_child {
+        let now = (unix_ms() / 1000).to_string();
+        refresh::with_named_cookie(&profile_json, refresh::PAGE_LOAD_COOKIE, &now)
+    } else {
+        profile_json
+    };
     let refresher = Arc::new(Refresher::new(
         args.auth_json.clone(),
         &profile,
@@ -534,14 +584,30 @@ fn main() {
             .unwrap_or_else(|e| fail(1, &format!("cannot watch SIGTERM: {e}")));
         let refresher = Arc::clone(&refresher);
         let refresh_at_exit = knobs.refresh_every.is_some();
+        let (fork, save_on_term) = (knobs.fork, knobs.save_on_term);
+        let helper_grace = Duration::from_millis(knobs.helper_kill_after_ms);
         spawn_named("sigterm", move || {
             if signals.forever().next().is_some() {
                 log_line("aisp-testchild: SIGTERM received");
-                tree::on_sigterm(|| {
-                    if refresh_at_exit {
-                        refresher.refresh("shutdown");
+                // The save needs the driver; a SIGTERM sent to the whole
+                // group at once has killed it (given a moment to land).
+                let save = || {
+                    if !refresh_at_exit {
+                        return;
                     }
-                });
+                    if tree::driver_survives(DRIVER_DEATH_GRACE) {
+                        refresher.save_at_shutdown();
+                    } else {
+                        log_line(SAVE_FAILED);
+                    }
+                };
+                if fork {
+                    tree::on_sigterm_fork();
+                } else if save_on_term {
+                    tree::on_sigterm_saving(save, helper_grace);
+                } else {
+                    tree::on_sigterm(save);
+                }
             }
         });
     }
@@ -600,6 +666,14 @@ fn main() {
             Err(e) => fail(1, &e),
         }
     }
+    if knobs.driver {
+        match tree::spawn_driver(pid_file("driver")) {
+            Ok(pid) => log_line(&format!(
+                "spawned Playwright driver pid={pid} (same process group, dies on SIGTERM)"
+            )),
+            Err(e) => fail(1, &e),
+        }
+    }
     if knobs.spawn_grandchild {
         let dir = knobs.pid_dir.clone().unwrap_or_else(std::env::temp_dir);
         let pidfile = dir.join(format!("{profile}.grandchild.pid"));
@@ -629,6 +703,22 @@ fn main() {
             ));
             tree::exit_child(code);
         });
+    }
+
+    // An expired login shows once the page loads: the port is never bound.
+    if knobs.login_expired || knobs.login_expired_fork {
+        let at = Duration::from_millis(knobs.login_fail_after_ms);
+        thread::sleep(at.saturating_sub(started.elapsed()));
+        if knobs.login_expired_fork {
+            log_line(LOGIN_EXPIRED_FORK_LINE);
+            eprintln!("{STARTUP_FAILED_LINE}");
+            tree::stop_browser_and_hang();
+        }
+        for line in LOGIN_EXPIRED_LINES {
+            log_line(line);
+        }
+        thread::sleep(Duration::from_millis(500));
+        tree::exit_stopping_all(0);
     }
 
     // The real child binds its API port only once initialised: refused

@@ -9,6 +9,11 @@
 //! `aisp_refresh` set to `<profile>-<counter>-<unix ms>`; every other field
 //! (the `testchild` knobs too) is kept.
 //!
+//! With `real_child` the state read at start also gets cookie
+//! `FAKE_REFRESHED=<unix s>` (what the real child's page load sets), so any
+//! write differs from the hydrated file. [`Refresher::save_at_shutdown`] is
+//! the SIGTERM save with the real child's log line.
+//!
 //! One [`Refresher`] per process, shared by completion threads and the
 //! SIGTERM thread; its mutex serialises writes (held for the whole write).
 
@@ -23,6 +28,8 @@ use std::time::Duration;
 
 /// The cookie the test child refreshes.
 pub const COOKIE: &str = "aisp_refresh";
+/// The cookie a real child's AI Studio page load sets.
+pub const PAGE_LOAD_COOKIE: &str = "FAKE_REFRESHED";
 
 pub struct Refresher {
     path: PathBuf,
@@ -49,12 +56,17 @@ pub fn cookie_value(profile: &Value, name: &str) -> Option<String> {
 /// `profile` with cookie `aisp_refresh` set to `value` (added if missing; a
 /// missing or malformed `cookies` becomes an array).
 pub fn with_cookie(profile: &Value, value: &str) -> Value {
+    with_named_cookie(profile, COOKIE, value)
+}
+
+/// `profile` with cookie `name` set to `value`, as [`with_cookie`].
+pub fn with_named_cookie(profile: &Value, name: &str, value: &str) -> Value {
     let mut out = match profile {
         Value::Object(_) => profile.clone(),
         _ => json!({}),
     };
     let cookie = json!({
-        "name": COOKIE, "value": value, "domain": ".google.com", "path": "/",
+        "name": name, "value": value, "domain": ".google.com", "path": "/",
         "expires": -1, "httpOnly": true, "secure": true, "sameSite": "Lax",
     });
     if let Some(obj) = out.as_object_mut() {
@@ -65,7 +77,7 @@ pub fn with_cookie(profile: &Value, value: &str) -> Value {
         if let Some(list) = cookies.as_array_mut() {
             match list
                 .iter_mut()
-                .find(|c| c.get("name").and_then(Value::as_str) == Some(COOKIE))
+                .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
             {
                 Some(c) => *c = cookie,
                 None => list.push(cookie),
@@ -93,7 +105,8 @@ impl Refresher {
 
     /// Rewrites the file once (truncate, first half, pause, rest) and logs
     /// it. `why` goes into the log line. Errors are logged, never fatal.
-    pub fn refresh(&self, why: &str) {
+    /// True when the file was written.
+    pub fn refresh(&self, why: &str) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let counter = state.1 + 1;
         let value = format!("{}-{counter}-{}", self.profile, crate::unix_ms());
@@ -120,11 +133,35 @@ impl Refresher {
                     "auth refresh #{counter} ({why}): wrote {} cookie {COOKIE}={value}",
                     self.path.display()
                 ));
+                true
             }
-            Err(e) => log_line(&format!(
-                "error: auth refresh #{counter} ({why}) cannot write {}: {e}",
-                self.path.display()
-            )),
+            Err(e) => {
+                log_line(&format!(
+                    "error: auth refresh #{counter} ({why}) cannot write {}: {e}",
+                    self.path.display()
+                ));
+                false
+            }
+        }
+    }
+
+    /// The save at SIGTERM, logged as the real child does.
+    pub fn save_at_shutdown(&self) {
+        if self.refresh("shutdown") {
+            let name = self
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let cookies = {
+                let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                with_cookie(&state.0, "")["cookies"]
+                    .as_array()
+                    .map_or(0, Vec::len)
+            };
+            log_line(&format!(
+                "Cookies saved to auth file '{name}' ({cookies} cookies)"
+            ));
         }
     }
 }
@@ -148,6 +185,19 @@ mod tests {
         assert_eq!(cookie_value(&twice, COOKIE).as_deref(), Some("a-2-6"));
         let bare = with_cookie(&json!({"cookies": 3}), "v");
         assert_eq!(cookie_value(&bare, COOKIE).as_deref(), Some("v"));
+    }
+
+    #[test]
+    fn page_load_cookie_is_kept_in_every_write() {
+        let p = json!({"cookies": [{"name": "SID", "value": "s"}]});
+        let loaded = with_named_cookie(&p, PAGE_LOAD_COOKIE, "1700000000");
+        let written = with_cookie(&loaded, "a-1-5");
+        assert_eq!(
+            cookie_value(&written, PAGE_LOAD_COOKIE).as_deref(),
+            Some("1700000000")
+        );
+        assert_eq!(cookie_value(&written, COOKIE).as_deref(), Some("a-1-5"));
+        assert_eq!(written["cookies"].as_array().unwrap().len(), 3);
     }
 
     #[test]

@@ -15,14 +15,22 @@
 //! - the **stream helper** (`stream_helper`): same process group, ignores
 //!   SIGTERM (set before exec, so even an early group SIGTERM misses it),
 //!   may hold `127.0.0.1:<stream port>`, pid in
-//!   `<pid_dir>/<profile>.helper.pid`.
+//!   `<pid_dir>/<profile>.helper.pid`;
+//! - the **driver** (`driver`, the server's Playwright driver): same process
+//!   group, dies on SIGTERM (default action, reset before exec), and ends
+//!   by itself when its stdin (a pipe only the launcher holds) closes, so
+//!   it never outlives the launcher; pid in `<pid_dir>/<profile>.driver.pid`.
 //!
 //! Ending: [`exit_child`] is every normal exit of the launcher; it stops the
 //! browser first (SIGTERM, then SIGKILL after 1 s), as the real launcher's
 //! exit handler does. [`on_sigterm`] is the launcher's SIGTERM: while the
 //! helper lives it only logs and waits for it (so only SIGKILL ends the
-//! launcher), then it exits through [`exit_child`]. A SIGKILLed launcher
-//! stops nothing: the browser lives on, re-parented.
+//! launcher), then it exits through [`exit_child`]. [`on_sigterm_saving`]
+//! is the current real child's SIGTERM (`save_on_term`): save, stop the
+//! helper (SIGTERM, which it ignores, then SIGKILL after a grace), the
+//! driver and the browser, exit 0. [`on_sigterm_fork`] is the older fork's:
+//! stop the browser, then hang for good. A SIGKILLed launcher stops
+//! nothing: the browser lives on, re-parented.
 //!
 //! Shared state is one global [`TREE`] mutex, taken by the main thread while
 //! spawning and by the SIGTERM and timer threads while ending; each
@@ -36,7 +44,7 @@ use std::net::TcpListener;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{self, Command, Stdio};
+use std::process::{self, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -139,6 +147,9 @@ pub fn pid_alive(pid: i32) -> bool {
 struct Tree {
     browser: Option<Arc<Descendant>>,
     helper: Option<Arc<Descendant>>,
+    driver: Option<Arc<Descendant>>,
+    /// Our end of the driver's stdin; dropping it ends the driver.
+    driver_stdin: Option<ChildStdin>,
     /// Set once the launcher is ending: nothing new is spawned.
     ending: bool,
 }
@@ -146,6 +157,8 @@ struct Tree {
 static TREE: Mutex<Tree> = Mutex::new(Tree {
     browser: None,
     helper: None,
+    driver: None,
+    driver_stdin: None,
     ending: false,
 });
 
@@ -161,6 +174,11 @@ pub fn browser_pid() -> Option<i32> {
 /// The helper's pid, while it lives.
 pub fn helper_pid() -> Option<i32> {
     tree().helper.as_ref().filter(|h| h.alive()).map(|h| h.pid)
+}
+
+/// The driver's pid, while it lives.
+pub fn driver_pid() -> Option<i32> {
+    tree().driver.as_ref().filter(|d| d.alive()).map(|d| d.pid)
 }
 
 /// Whether a browser was started and is still alive.
@@ -187,7 +205,7 @@ pub fn ignore_sigterm() {
 }
 
 /// Sleeps until the safety limit, then exits 0: the end of every
-/// descendant mode that is not signalled first.
+/// descendant mode that is not signalled first, and of a hung launcher.
 fn live_until_limit() -> ! {
     let start = Instant::now();
     while start.elapsed() < DESCENDANT_MAX_LIFE {
@@ -305,6 +323,26 @@ pub fn run_helper(a: &HelperArgs) -> ! {
         a.port
     ));
     live_until_limit()
+}
+
+/// The hidden driver mode: write the pid file, then live until SIGTERM
+/// (default action), EOF on stdin (the launcher ended) or the safety limit.
+pub fn run_driver(pidfile: Option<&Path>) -> ! {
+    set_disposition(libc::SIGTERM, false);
+    if let Some(p) = pidfile {
+        if let Err(e) = write_pid_file(p, process::id()) {
+            eprintln!("aisp-testchild: driver cannot write {}: {e}", p.display());
+            process::exit(1);
+        }
+    }
+    let limit = thread::Builder::new()
+        .name("driver-limit".into())
+        .spawn(|| live_until_limit());
+    if let Err(e) = limit {
+        eprintln!("aisp-testchild: driver cannot start its limit thread: {e}");
+    }
+    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+    process::exit(0)
 }
 
 /// Reads the browser's one-line report from `fd`, for at most `limit`.
@@ -460,6 +498,91 @@ pub fn spawn_helper(stream_port: u16, pidfile: Option<PathBuf>) -> Result<i32, S
     Ok(pid)
 }
 
+/// Starts the driver in our process group, SIGTERM at its default action
+/// from before its exec (even if the launcher ignores SIGTERM), stdin a
+/// pipe we keep. Returns its pid.
+pub fn spawn_driver(pidfile: Option<PathBuf>) -> Result<i32, String> {
+    let mut t = tree();
+    if t.ending {
+        return Err("the launcher is ending".into());
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--driver");
+    if let Some(p) = &pidfile {
+        cmd.arg("--pid-file").arg(p);
+    }
+    cmd.stdin(Stdio::piped()).stdout(Stdio::null());
+    // SAFETY: signal(2) (sigaction) is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot spawn the driver: {e}"))?;
+    let pid = child.id() as i32;
+    // Taken before the reaper's `wait`, which would close it.
+    t.driver_stdin = child.stdin.take();
+    t.driver = Some(Descendant::watch("driver", child));
+    Ok(pid)
+}
+
+/// Whether the driver is still there once a group-wide SIGTERM, if that is
+/// what came, has had `grace` to land: the SIGTERM save needs it. True
+/// when no driver was started (nothing to need).
+pub fn driver_survives(grace: Duration) -> bool {
+    match tree().driver.clone() {
+        None => true,
+        Some(d) => !d.wait_exit(grace) && d.alive(),
+    }
+}
+
+/// Stops the stream helper, if it lives: SIGTERM (which it ignores), and
+/// SIGKILL after `grace`, as the real launcher does after 3 s.
+fn stop_helper(grace: Duration) {
+    let helper = {
+        let mut t = tree();
+        t.ending = true;
+        t.helper.take()
+    };
+    let Some(h) = helper.filter(|h| h.alive()) else {
+        return;
+    };
+    log_line(&format!("stopping stream helper pid={} (SIGTERM)", h.pid));
+    h.signal(libc::SIGTERM);
+    if !h.wait_exit(grace) {
+        log_line(&format!(
+            "stream helper pid={} still running after {} ms; SIGKILL",
+            h.pid,
+            grace.as_millis()
+        ));
+        h.signal(libc::SIGKILL);
+        h.wait_exit(BROWSER_TERM_GRACE);
+    }
+}
+
+/// Stops the driver, if one lives: close its stdin, SIGTERM, SIGKILL after
+/// a grace.
+fn stop_driver() {
+    let (driver, stdin) = {
+        let mut t = tree();
+        t.ending = true;
+        (t.driver.take(), t.driver_stdin.take())
+    };
+    drop(stdin);
+    let Some(d) = driver.filter(|d| d.alive()) else {
+        return;
+    };
+    d.signal(libc::SIGTERM);
+    if !d.wait_exit(BROWSER_TERM_GRACE) {
+        d.signal(libc::SIGKILL);
+        d.wait_exit(BROWSER_TERM_GRACE);
+    }
+}
+
 /// Stops the browser, if one lives: SIGTERM, and SIGKILL after a grace.
 fn stop_browser() {
     let browser = {
@@ -504,6 +627,41 @@ pub fn on_sigterm(before_exit: impl FnOnce()) -> ! {
     before_exit();
     log_line("aisp-testchild: SIGTERM, exiting 0");
     exit_child(0)
+}
+
+/// The current real child's SIGTERM (`save_on_term`): `save` (the cookie
+/// save, which decides itself whether it can), then stop the helper
+/// (SIGKILL after `helper_grace`), the driver and the browser, exit 0.
+pub fn on_sigterm_saving(save: impl FnOnce(), helper_grace: Duration) -> ! {
+    save();
+    stop_helper(helper_grace);
+    stop_driver();
+    log_line("aisp-testchild: SIGTERM, exiting 0");
+    exit_child(0)
+}
+
+/// The older fork's SIGTERM: stop the browser, then wait for good on the
+/// stream proxy, which ignores SIGTERM: only SIGKILL ends the launcher.
+pub fn on_sigterm_fork() -> ! {
+    log_line("Shutting down (fork): closing the browser, then waiting for the stream proxy");
+    stop_browser();
+    live_until_limit()
+}
+
+/// The current child's end after an expired login: stop the browser, the
+/// helper and the driver at once, exit 0.
+pub fn exit_stopping_all(code: i32) -> ! {
+    stop_helper(Duration::ZERO);
+    stop_driver();
+    exit_child(code)
+}
+
+/// The fork's end after an expired login: stop the browser, ignore
+/// SIGTERM from now on and hang (until SIGKILL or the safety limit).
+pub fn stop_browser_and_hang() -> ! {
+    stop_browser();
+    ignore_sigterm();
+    live_until_limit()
 }
 
 #[cfg(test)]
