@@ -286,6 +286,7 @@ fn new_pool(cfg: &Config, hydrated: &Hydrated) -> (Arc<Pool>, Vec<Receiver<crate
         per_child: cfg.max_inflight_per_child,
         max_queue: cfg.max_queue,
         queue_timeout: cfg.queue_timeout,
+        demand_window: cfg.demand_window,
     };
     let profile_count = hydrated.profiles.len();
     let (pool, cmd_rxs) = Pool::new(hydrated.profiles.clone(), cfg.pool_size, cfg.ports, limits);
@@ -357,8 +358,9 @@ fn new_proxy(cfg: &Config, key_file: Option<&std::path::Path>) -> Result<proxy::
 }
 
 /// Feed every completion's verdict into the profile book (empty answers in
-/// a row cool a profile down), on a thread of its own so the HTTP workers
-/// only send on a channel.
+/// a row cool a profile down), and the models waiters starve for into the
+/// pool's placement, on a thread of its own so the HTTP workers only send
+/// on a channel.
 fn listen_to_outcomes(
     proxy: &proxy::Proxy,
     pool: Arc<Pool>,
@@ -366,11 +368,17 @@ fn listen_to_outcomes(
 ) -> std::io::Result<JoinHandle<()>> {
     let (tx, rx) = crossbeam_channel::unbounded::<verdict::Outcome>();
     proxy.report_outcomes(tx);
+    let (starved_tx, starved) = crossbeam_channel::unbounded::<String>();
+    pool.dispatch().on_starved(starved_tx);
     std::thread::Builder::new()
         .name("outcomes".into())
         .spawn(move || loop {
             select! {
                 recv(shutdown) -> _ => return,
+                recv(starved) -> m => {
+                    let Ok(m) = m else { return };
+                    pool.model_starved(&m);
+                }
                 recv(rx) -> o => {
                     let Ok(o) = o else { return };
                     let answer = match o.verdict {
@@ -382,7 +390,7 @@ fn listen_to_outcomes(
                         // Exhaustion is reported by the proxy itself, at once.
                         _ => continue,
                     };
-                    pool.report(o.child.slot, o.child.generation, answer);
+                    pool.report(o.child.slot, o.child.generation, answer, o.model.as_deref());
                 }
             }
         })

@@ -135,6 +135,8 @@ pub struct Config {
     /// Completions that may wait for a child at once.
     pub max_queue: usize,
     pub queue_timeout: Duration,
+    /// How long a model asked for counts as in demand.
+    pub demand_window: Duration,
     /// Webhook notifications (see `notify`).
     pub notify: crate::notify::Settings,
     /// Consecutive counted 5xx answers that evict a child.
@@ -416,6 +418,11 @@ const SETTINGS: &[Setting] = &[
         env: "QUEUE_TIMEOUT_S",
         default: Some("120"),
         help: "longest wait for a free child; past it, 503 queue_timeout",
+    },
+    Setting {
+        env: "MODEL_DEMAND_WINDOW_S",
+        default: Some("600"),
+        help: "a model asked for within this many seconds is in demand: a profile cooling for every model in demand is rotated out",
     },
     Setting {
         env: "CONSECUTIVE_5XX_TO_EVICT",
@@ -732,6 +739,7 @@ impl Config {
                 )? as u32,
                 cooldown: secs("PROFILE_COOLDOWN_S", 1, 30 * 86_400)?,
                 rate_limit_cooldown: secs("RATE_LIMIT_COOLDOWN_S", 1, 30 * 86_400)?,
+                demand_window: secs("MODEL_DEMAND_WINDOW_S", 1, 30 * 86_400)?,
             },
             signs: match get("CHILD_SIGNALS_FILE") {
                 Some(f) => crate::process::logsigns::Signs::load(&abs(f))
@@ -784,6 +792,7 @@ impl Config {
             )? as usize,
             max_queue: parse_num("MAX_QUEUE", &need("MAX_QUEUE"), 0, 1_000_000)? as usize,
             queue_timeout: secs("QUEUE_TIMEOUT_S", 1, 86_400)?,
+            demand_window: secs("MODEL_DEMAND_WINDOW_S", 1, 30 * 86_400)?,
             notify: crate::notify::Settings {
                 url: match get("NOTIFY_WEBHOOK_URL") {
                     Some(u) => Some(crate::notify::WebhookUrl::new(&u).map_err(|why| {

@@ -65,15 +65,30 @@ impl Control for Fleet {
                 Err(()) => unknown(&profile),
                 Ok(_) => proto::ok(json!({ "message": format!("profile {profile} enabled") })),
             },
-            Request::Reset { profile } => {
+            Request::Reset {
+                profile,
+                model: None,
+            } => {
                 if self.pool.reset_profile(&profile) {
                     proto::ok(json!({
-                        "message": format!("profile {profile}: cooldown and failure counts cleared")
+                        "message": format!("profile {profile}: cooldown and failure counts cleared (its models' cooldowns and its login mark too)")
                     }))
                 } else {
                     unknown(&profile)
                 }
             }
+            Request::Reset {
+                profile,
+                model: Some(model),
+            } => match self.pool.reset_model(&profile, &model) {
+                None => unknown(&profile),
+                Some(false) => proto::error(format!(
+                    "profile {profile} does not cool for model {model}; see `aistudioproxy ctl status`"
+                )),
+                Some(true) => proto::ok(json!({
+                    "message": format!("profile {profile}: cooldown of model {model} cleared")
+                })),
+            },
             Request::Reload => match self.reloader.reload("ctl") {
                 Ok(report) => proto::ok(json!({ "message": report.to_string(), "reload": report })),
                 Err(e) => proto::error(format!("reload failed, nothing changed: {e}")),
@@ -128,6 +143,15 @@ impl Fleet {
             cooldown_left: profiles
                 .iter()
                 .filter_map(|p| Some((p.health.profile.clone(), p.health.cooldown_left_s?)))
+                .collect(),
+            model_cooldown_left: profiles
+                .iter()
+                .flat_map(|p| {
+                    p.health
+                        .model_cooldowns
+                        .iter()
+                        .map(|m| (p.health.profile.clone(), m.model.clone(), m.left_s))
+                })
                 .collect(),
             profiles: profiles
                 .into_iter()

@@ -142,9 +142,9 @@ pub fn operator(rq: &crate::admin::proto::Request, via: crate::admin::Via) {
     use crate::admin::proto::Request;
     let (slot, profile) = match rq {
         Request::Restart { slot } | Request::Rotate { slot } => (Some(*slot), None),
-        Request::Disable { profile } | Request::Enable { profile } | Request::Reset { profile } => {
-            (None, Some(profile.as_str()))
-        }
+        Request::Disable { profile }
+        | Request::Enable { profile }
+        | Request::Reset { profile, .. } => (None, Some(profile.as_str())),
         _ => (None, None),
     };
     record(

@@ -18,6 +18,7 @@ mod logging;
 mod metrics;
 mod notify;
 mod outbound;
+mod placement;
 mod pool;
 mod private;
 mod process;

@@ -57,6 +57,7 @@ pub struct Metrics {
     queue_length: Gauge,
     in_flight: Family<Labels, Gauge>,
     cooldown_left: Family<Labels, Gauge>,
+    model_cooldown_left: Family<Labels, Gauge>,
     child_rss: Family<Labels, Gauge>,
 }
 
@@ -72,6 +73,8 @@ pub struct View {
     pub in_flight: Vec<(usize, usize)>,
     /// `(profile, seconds left)` for cooling profiles.
     pub cooldown_left: Vec<(String, u64)>,
+    /// `(profile, model, seconds left)` for models a profile cools for.
+    pub model_cooldown_left: Vec<(String, String, u64)>,
     /// Profile leases held now (0 without leasing).
     pub leases_held: usize,
     /// `(slot, bytes)`: the resident memory of each running child's tree.
@@ -112,6 +115,7 @@ impl Metrics {
             queue_length: Gauge::default(),
             in_flight: Family::default(),
             cooldown_left: Family::default(),
+            model_cooldown_left: Family::default(),
             child_rss: Family::default(),
         };
         let build: Family<Labels, Gauge> = Family::default();
@@ -247,6 +251,11 @@ impl Metrics {
                 "Seconds until a cooling profile may run again",
                 m.cooldown_left.clone(),
             );
+            r.register(
+                "model_cooldown_seconds_left",
+                "Seconds until a profile serves a model it is out of quota for again",
+                m.model_cooldown_left.clone(),
+            );
         }
         m
     }
@@ -285,6 +294,15 @@ impl Metrics {
             self.in_flight
                 .get_or_create(&vec![("slot", slot.to_string())])
                 .set(*n as i64);
+        }
+        self.model_cooldown_left.clear();
+        for (profile, model, left) in &view.model_cooldown_left {
+            self.model_cooldown_left
+                .get_or_create(&vec![
+                    ("profile", profile.clone()),
+                    ("model", model.clone()),
+                ])
+                .set(*left as i64);
         }
         self.child_rss.clear();
         for (slot, bytes) in &view.child_rss {
@@ -492,6 +510,7 @@ mod tests {
             queue_length: 3,
             in_flight: vec![(0, 1)],
             cooldown_left: vec![("b".into(), 42)],
+            model_cooldown_left: vec![("a".into(), "gemini-2.5-pro".into(), 7)],
             leases_held: 2,
             child_rss: vec![(0, 812 << 20)],
         });
@@ -505,6 +524,7 @@ mod tests {
             "aistudioproxy_queue_length 3",
             "aistudioproxy_leases_held 2",
             "aistudioproxy_cooldown_seconds_left{profile=\"b\"} 42",
+            "aistudioproxy_model_cooldown_seconds_left{profile=\"a\",model=\"gemini-2.5-pro\"} 7",
             "aistudioproxy_child_rss_bytes{slot=\"0\"} 851443712",
             "aistudioproxy_slots{state=\"stagger\"} 0",
             "aistudioproxy_build_info{version=",

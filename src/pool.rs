@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
@@ -23,6 +23,7 @@ use crate::config::{PortPlan, Ports};
 use crate::dispatch::{ChildId, Dispatch, Limits, SlotView};
 use crate::fleet::{Release, StatsView};
 use crate::hydrate::Profile;
+use crate::placement;
 use crate::slot::{Event, State, StopReason};
 
 /// Requests to a slot's watcher from elsewhere (the proxy, the admin
@@ -69,18 +70,23 @@ struct SlotInfo {
 }
 
 impl SlotInfo {
-    /// What the dispatcher needs to know of this slot.
-    fn view(&self) -> SlotView {
+    /// What the dispatcher needs to know of this slot (`book`: which
+    /// models its profile cools for).
+    fn view(&self, book: &Book) -> SlotView {
         match &self.state {
-            State::Ready { .. } => SlotView::Ready {
-                generation: self.generation,
-                port: self.ports.api,
-                profile: self
+            State::Ready { .. } => {
+                let profile = self
                     .profile
                     .as_ref()
                     .map(|p| p.name.clone())
-                    .unwrap_or_default(),
-            },
+                    .unwrap_or_default();
+                SlotView::Ready {
+                    generation: self.generation,
+                    port: self.ports.api,
+                    cooling: cooling_instants(book, &profile),
+                    profile,
+                }
+            }
             State::Draining { .. } => SlotView::Draining {
                 generation: self.generation,
             },
@@ -118,10 +124,11 @@ struct Leases {
 }
 
 impl Inner {
-    /// May `name` start now: the book allows it and, when leasing, we hold
-    /// its lease.
-    fn may_run(&self, name: &str, now: SystemTime) -> bool {
-        self.book.eligible(name, now) && self.leases.as_ref().is_none_or(|l| l.held.contains(name))
+    /// May `name` start now to serve some model of `demand`: the book
+    /// allows it and, when leasing, we hold its lease.
+    fn may_run(&self, name: &str, demand: &[String], now: SystemTime) -> bool {
+        self.book.eligible_for(name, demand, now)
+            && self.leases.as_ref().is_none_or(|l| l.held.contains(name))
     }
 
     /// `name` left its slot: give its lease back (when we hold it).
@@ -300,13 +307,13 @@ impl Pool {
                     }
                     s.state = next;
                     s.since = SystemTime::now();
-                    s.view()
                 }
                 None => {
                     log::error!("slot {slot}: refused move {ev:?} from {}", s.state.name());
                     return false;
                 }
             }
+            inner.slots[slot].view(&inner.book)
         };
         self.dispatch.set_slot(slot, view);
         true
@@ -330,7 +337,17 @@ impl Pool {
     /// queued profile that may run becomes the slot's (possibly the same
     /// one); None, with every profile queued, when none may run now.
     pub fn rotate(&self, slot: usize) -> Option<Profile> {
-        take_next(&mut self.lock(), slot, SystemTime::now())
+        let want = self.wanted_models();
+        take_next(&mut self.lock(), slot, SystemTime::now(), &want)
+    }
+
+    /// The models in demand and those requests wait for (asked of the
+    /// dispatcher before our lock: the two are never held together).
+    fn wanted_models(&self) -> WantedModels {
+        WantedModels {
+            asked: self.dispatch.demand(),
+            waited_for: self.dispatch.waiting_models(),
+        }
     }
 
     /// `/ready` says 503 from now on; the dispatcher keeps serving until
@@ -353,6 +370,7 @@ impl Pool {
         // Read apart from our lock: the two locks are never held together.
         let in_flight = self.dispatch.in_flight();
         let requests_waiting = self.dispatch.waiting();
+        let demand = self.dispatch.demand();
         let inner = self.lock();
         Snapshot {
             slots: inner
@@ -384,7 +402,7 @@ impl Pool {
             queue: inner.queue.iter().map(|p| p.name.clone()).collect(),
             shutting_down: inner.shutting_down,
             requests_waiting,
-            profiles: profiles_of(&inner),
+            profiles: profiles_of(&inner, &demand),
             leases: self.lease_stats.get().map(|s| s.view()),
         }
     }
@@ -432,6 +450,8 @@ impl Pool {
         let path = self.saver.lock().unwrap_or_else(|p| p.into_inner());
         let Some(path) = path.as_ref() else { return };
         let entries = self.lock().book.entries().clone();
+        // Every change worth saving may change which models can be served.
+        self.publish_blocked_models();
         if let Err(e) = book::store::save(path, &entries) {
             log::warn!("cannot save the profile state to {}: {e}", path.display());
         }
@@ -441,21 +461,33 @@ impl Pool {
     /// else the first of the queue that may (its own goes to the back).
     /// None when no profile may run now.
     pub fn current(&self, slot: usize) -> Option<Profile> {
+        let want = self.wanted_models();
         let mut inner = self.lock();
         let now = SystemTime::now();
+        let demand = inner.book.demand(&want.asked, now);
         if let Some(p) = &inner.slots[slot].profile {
-            if inner.may_run(&p.name, now) && !inner.removed.contains(&p.name) {
+            // Kept, unless it is out of quota for some models and a queued
+            // profile is out of quota for none (see `placement`).
+            let fresh = |name: &str| inner.book.models_cooling(name, now).is_empty();
+            let keep = fresh(&p.name)
+                || !inner
+                    .queue
+                    .iter()
+                    .any(|q| inner.may_run(&q.name, &demand, now) && fresh(&q.name));
+            if keep && inner.may_run(&p.name, &demand, now) && !inner.removed.contains(&p.name) {
                 return Some(p.clone());
             }
         }
-        take_next(&mut inner, slot, now)
+        take_next(&mut inner, slot, now, &want)
     }
 
     /// How long until some profile this pool holds may run again (a
     /// cooldown ends); None when nothing is cooling (all disabled, or none).
     pub fn next_eligible_in(&self) -> Option<std::time::Duration> {
+        let asked = self.dispatch.demand();
         let inner = self.lock();
         let now = SystemTime::now();
+        let demand = inner.book.demand(&asked, now);
         let names = inner
             .slots
             .iter()
@@ -464,14 +496,17 @@ impl Pool {
             .map(|p| p.name.as_str());
         inner
             .book
-            .next_eligible_at(names, now)
+            .next_eligible_at(names, &demand, now)
             .map(|t| t.duration_since(now).unwrap_or_default())
     }
 
-    /// One completion of the child of `generation` on `slot` answered so.
-    /// An exhausted profile's slot is told to drain and rotate.
-    pub fn report(&self, slot: usize, generation: u64, answer: book::Answer) {
-        let verdict = {
+    /// One completion of the child of `generation` on `slot`, for `model`
+    /// (when the request named one), answered so. An exhausted profile's
+    /// slot is told to drain and rotate; one that cools for a model keeps
+    /// serving the others unless it is of no use any more (see `placement`).
+    pub fn report(&self, slot: usize, generation: u64, answer: book::Answer, model: Option<&str>) {
+        let want = self.wanted_models();
+        let (verdict, leaves, cooling) = {
             let mut inner = self.lock();
             let s = &inner.slots[slot];
             if s.generation != generation {
@@ -480,36 +515,143 @@ impl Pool {
             let Some(name) = s.profile.as_ref().map(|p| p.name.clone()) else {
                 return;
             };
-            let v = inner.book.answer(&name, answer, SystemTime::now());
-            if let book::Verdict::Retire { reason, until } = v {
-                let left = until.duration_since(SystemTime::now()).unwrap_or_default();
-                log::warn!(
-                    "slot {slot}: profile {name} is {reason}: draining it, then it cools down for {}s",
-                    left.as_secs()
-                );
-                crate::events::record(
-                    crate::events::Kind::CooldownSet,
-                    Some(slot),
-                    Some(&name),
-                    format!("{reason}, {}s", left.as_secs()),
-                );
+            let now = SystemTime::now();
+            let v = inner.book.answer(&name, answer, model, now);
+            let mut leaves = false;
+            match &v {
+                book::Verdict::Retire { reason, until } => {
+                    let left = until.duration_since(now).unwrap_or_default();
+                    log::warn!(
+                        "slot {slot}: profile {name} is {reason}: draining it, then it cools down for {}s",
+                        left.as_secs()
+                    );
+                    crate::events::record(
+                        crate::events::Kind::CooldownSet,
+                        Some(slot),
+                        Some(&name),
+                        format!("{reason}, {}s", left.as_secs()),
+                    );
+                    leaves = true;
+                }
+                book::Verdict::CoolModel { model, until } => {
+                    let left = until.duration_since(now).unwrap_or_default();
+                    let spare = inner.queue.iter().any(|p| {
+                        inner.may_run(&p.name, &[], now)
+                            && inner
+                                .book
+                                .models_cooling(&p.name, now)
+                                .iter()
+                                .all(|(m, _)| m != model)
+                    });
+                    leaves = placement::leaves_slot(
+                        inner
+                            .book
+                            .eligible_for(&name, &inner.book.demand(&want.asked, now), now),
+                        want.waited_for.contains(model),
+                        spare,
+                    );
+                    log::warn!(
+                        "slot {slot}: profile {name} is out of quota for model {model}: it cools for it for {}s{}",
+                        left.as_secs(),
+                        if leaves {
+                            "; it is rotated out (of no use for the models in demand, or another serves the waiting requests)"
+                        } else {
+                            " and keeps serving other models"
+                        }
+                    );
+                    crate::events::record(
+                        crate::events::Kind::CooldownSet,
+                        Some(slot),
+                        Some(&name),
+                        format!("exhausted for model {model}, {}s", left.as_secs()),
+                    );
+                }
+                book::Verdict::Keep => {}
             }
-            v
+            (v, leaves, cooling_instants(&inner.book, &name))
         };
-        if let book::Verdict::Retire { .. } = verdict {
-            // No new requests from now on: the dispatcher counts the slot as
-            // draining (a child will come) before its watcher even hears of it.
-            self.dispatch
-                .set_slot(slot, SlotView::Draining { generation });
-            if let Some(tx) = self.cmds.get(slot) {
-                let _ = tx.send(Cmd::Drain {
-                    generation: Some(generation),
-                    reason: StopReason::Exhausted,
-                    then: Then::Rotate,
-                });
-            }
-            self.save_book();
+        if verdict == book::Verdict::Keep {
+            return;
         }
+        self.dispatch
+            .set_cooling(ChildId { slot, generation }, cooling);
+        if leaves {
+            self.rotate_out(slot, generation);
+        }
+        self.save_book();
+    }
+
+    /// Drain the child of `generation` on `slot` (no new requests from now
+    /// on: the dispatcher counts the slot as draining, a child will come,
+    /// before its watcher even hears of it), then rotate.
+    fn rotate_out(&self, slot: usize, generation: u64) {
+        self.dispatch
+            .set_slot(slot, SlotView::Draining { generation });
+        if let Some(tx) = self.cmds.get(slot) {
+            let _ = tx.send(Cmd::Drain {
+                generation: Some(generation),
+                reason: StopReason::Exhausted,
+                then: Then::Rotate,
+            });
+        }
+    }
+
+    /// Requests wait for `model`, which only cooling routes could serve: when
+    /// a queued profile that may run serves it, rotate out one ready slot
+    /// whose profile cools for it.
+    pub fn model_starved(&self, model: &str) {
+        let want = self.wanted_models();
+        let target = {
+            let inner = self.lock();
+            let now = SystemTime::now();
+            let demand = inner.book.demand(&want.asked, now);
+            let serves = |name: &str| {
+                inner
+                    .book
+                    .models_cooling(name, now)
+                    .iter()
+                    .all(|(m, _)| m != model)
+            };
+            let spare = inner
+                .queue
+                .iter()
+                .find(|p| inner.may_run(&p.name, &demand, now) && serves(&p.name))
+                .map(|p| p.name.clone());
+            let Some(spare) = spare else { return };
+            inner
+                .slots
+                .iter()
+                .enumerate()
+                .find(|(_, s)| {
+                    matches!(s.state, State::Ready { .. })
+                        && s.profile.as_ref().is_some_and(|p| !serves(&p.name))
+                })
+                .map(|(i, s)| (i, s.generation, spare))
+        };
+        if let Some((slot, generation, spare)) = target {
+            log::info!(
+                "slot {slot}: requests wait for model {model}, which its profile cools for: rotating it out for {spare}"
+            );
+            self.rotate_out(slot, generation);
+        }
+    }
+
+    /// Tell the dispatcher which models no profile can serve, until when.
+    fn publish_blocked_models(&self) {
+        let blocked = {
+            let inner = self.lock();
+            let now = SystemTime::now();
+            inner
+                .book
+                .cooled_models()
+                .into_iter()
+                .filter_map(|m| {
+                    let t = inner.book.model_blocked(&m, now)?;
+                    Some((m, instant_of(t, now)))
+                })
+                .collect()
+        };
+        self.dispatch.set_blocked(blocked);
     }
 
     /// `profile`'s login expired (`why`; its source content has fingerprint
@@ -577,7 +719,8 @@ impl Pool {
 
     /// Every profile with its state and health, in name order.
     pub fn profiles(&self) -> Vec<ProfileSnapshot> {
-        profiles_of(&self.lock())
+        let demand = self.dispatch.demand();
+        profiles_of(&self.lock(), &demand)
     }
 
     /// Clear a profile's cooldown and runs (an operator's reset). False
@@ -585,10 +728,53 @@ impl Pool {
     pub fn reset_profile(&self, name: &str) -> bool {
         let done = self.lock().book.reset(name);
         if done {
+            self.refresh_cooling(name);
             self.save_book();
             self.wake_all();
         }
         done
+    }
+
+    /// Clear a profile's cooldown of `model` (an operator's reset of one
+    /// model). None when no such profile; false when it had none.
+    pub fn reset_model(&self, name: &str, model: &str) -> Option<bool> {
+        let done = {
+            let mut inner = self.lock();
+            if !inner.book.entries().contains_key(name) {
+                return None;
+            }
+            inner.book.reset_model(name, model)
+        };
+        if done {
+            self.refresh_cooling(name);
+            self.save_book();
+            self.wake_all();
+        }
+        Some(done)
+    }
+
+    /// Tell the dispatcher the models the slot running `name` cools for now.
+    fn refresh_cooling(&self, name: &str) {
+        let found = {
+            let inner = self.lock();
+            inner
+                .slots
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s.profile.as_ref().is_some_and(|p| p.name == name))
+                .map(|(i, s)| {
+                    (
+                        ChildId {
+                            slot: i,
+                            generation: s.generation,
+                        },
+                        cooling_instants(&inner.book, name),
+                    )
+                })
+        };
+        if let Some((child, cooling)) = found {
+            self.dispatch.set_cooling(child, cooling);
+        }
     }
 
     /// Disable or enable a profile. Returns the slot running it (to be
@@ -805,13 +991,29 @@ impl Pool {
 }
 
 /// Every profile with its state and health, in name order.
-fn profiles_of(inner: &Inner) -> Vec<ProfileSnapshot> {
+/// A profile that cools for every model in `demand` shows as cooling until
+/// it serves one again.
+fn profiles_of(inner: &Inner, asked: &[String]) -> Vec<ProfileSnapshot> {
     let now = SystemTime::now();
+    let demand = inner.book.demand(asked, now);
     inner
         .book
         .status(now)
         .into_iter()
-        .map(|health| {
+        .map(|mut health| {
+            if health.cooling_until_unix_ms.is_none() {
+                let useful = inner.book.available_at(&health.profile, &demand, now);
+                if let Some(t) = useful.filter(|t| *t > now) {
+                    health.cooling_until_unix_ms = Some(book::unix_ms(t));
+                    health.cooldown_left_s = Some(
+                        t.duration_since(now)
+                            .unwrap_or_default()
+                            .as_secs_f64()
+                            .ceil() as u64,
+                    );
+                    health.reason = Some(book::CoolReason::Exhausted);
+                }
+            }
             let slot = inner.slots.iter().position(|s| {
                 s.profile.as_ref().is_some_and(|p| p.name == health.profile)
                     && s.state.pid().is_some()
@@ -836,10 +1038,23 @@ fn profiles_of(inner: &Inner) -> Vec<ProfileSnapshot> {
         .collect()
 }
 
+/// The models the dispatcher saw asked for lately (the book adds those it
+/// saw run out, see `Book::demand`), and those requests wait for.
+struct WantedModels {
+    asked: Vec<String>,
+    waited_for: Vec<String>,
+}
+
 /// Put the slot's profile (if any) at the back of the queue and give the
-/// slot the first queued profile that may run at `now`; the others keep
-/// their order.
-fn take_next(inner: &mut Inner, slot: usize, now: SystemTime) -> Option<Profile> {
+/// slot the first queued profile that may run at `now` for the models in
+/// demand, preferring one that serves what requests wait for (see
+/// `placement`); the others keep their order.
+fn take_next(
+    inner: &mut Inner,
+    slot: usize,
+    now: SystemTime,
+    want: &WantedModels,
+) -> Option<Profile> {
     if let Some(p) = inner.slots[slot].profile.take() {
         inner.release(&p.name);
         if let Some(i) = inner.removed.iter().position(|n| *n == p.name) {
@@ -851,13 +1066,40 @@ fn take_next(inner: &mut Inner, slot: usize, now: SystemTime) -> Option<Profile>
             inner.queue.push_back(p);
         }
     }
-    let at = inner
-        .queue
-        .iter()
-        .position(|p| inner.may_run(&p.name, now))?;
+    let at = {
+        let inner = &*inner;
+        let demand = inner.book.demand(&want.asked, now);
+        placement::next_in_queue(
+            inner.queue.iter().map(|p| p.name.as_str()),
+            |name| inner.may_run(name, &demand, now),
+            |name, model| {
+                inner
+                    .book
+                    .models_cooling(name, now)
+                    .iter()
+                    .all(|(m, _)| m != model)
+            },
+            |name| inner.book.models_cooling(name, now).is_empty(),
+            &want.waited_for,
+        )?
+    };
     let next = inner.queue.remove(at);
     inner.slots[slot].profile = next.clone();
     next
+}
+
+/// `t` (wall clock) as an instant, from `now`.
+fn instant_of(t: SystemTime, now: SystemTime) -> Instant {
+    Instant::now() + t.duration_since(now).unwrap_or_default()
+}
+
+/// The models `name` cools for, with their ends as instants.
+fn cooling_instants(book: &Book, name: &str) -> Vec<(String, Instant)> {
+    let now = SystemTime::now();
+    book.models_cooling(name, now)
+        .into_iter()
+        .map(|(m, t)| (m, instant_of(t, now)))
+        .collect()
 }
 
 /// The placement invariant over a snapshot: slots' profiles plus the queue

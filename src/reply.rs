@@ -35,6 +35,8 @@ pub enum ApiError {
     QueueFull,
     /// No child freed up within `QUEUE_TIMEOUT_S`.
     QueueTimeout,
+    /// Every account is out of quota for the requested model.
+    ModelExhausted,
     /// Cancelled through `POST /v1/cancel/{id}`.
     Cancelled,
     /// The child failed before answering and no retry could answer either.
@@ -54,7 +56,8 @@ impl ApiError {
             ApiError::NoReadyChild
             | ApiError::Overloaded
             | ApiError::QueueFull
-            | ApiError::QueueTimeout => 503,
+            | ApiError::QueueTimeout
+            | ApiError::ModelExhausted => 503,
             // A standard status every client library knows; the code says
             // what happened.
             ApiError::Cancelled => 409,
@@ -76,6 +79,7 @@ impl ApiError {
             ApiError::Overloaded => ("server_error", "overloaded"),
             ApiError::QueueFull => ("server_error", "queue_full"),
             ApiError::QueueTimeout => ("server_error", "queue_timeout"),
+            ApiError::ModelExhausted => ("server_error", "model_quota_exhausted"),
             ApiError::Cancelled => ("invalid_request_error", "request_cancelled"),
             ApiError::ChildFailed => ("server_error", "child_failed"),
             ApiError::UpstreamTimeout => ("server_error", "upstream_timeout"),
@@ -98,6 +102,7 @@ impl ApiError {
                 | ApiError::Overloaded
                 | ApiError::QueueFull
                 | ApiError::QueueTimeout
+                | ApiError::ModelExhausted
         )
         .then_some("5")
     }

@@ -13,6 +13,7 @@
 //! the child's tree is stopped with its grace period (cut short by the
 //! "hurry" channel on a second signal) and the thread ends.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -50,6 +51,9 @@ const PORT_WAIT: Duration = Duration::from_secs(3);
 const PORT_RECHECK: Duration = Duration::from_millis(50);
 /// The shortest backoff after finding a port taken by a foreign process.
 const BACKOFF_PORT_MIN: Duration = Duration::from_secs(1);
+/// The same account sign again within this is the same event (the real
+/// child logs two lines per quota round).
+const SIGN_REPEAT: Duration = Duration::from_secs(10);
 /// How often a draining slot looks at its requests in flight.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 
@@ -667,8 +671,9 @@ impl Watcher {
         let (samples, age_due) = (care.samples(), care.age_due());
         // Set once a drain begins: what follows it, and its bound.
         let mut draining: Option<(StopReason, Then, Instant)> = None;
-        // The account's exhaustion was reported (its log repeats it).
-        let mut exhausted = false;
+        // When each exhaustion (of a model, or the whole account: None) was
+        // reported: the log repeats a sign every round.
+        let mut exhausted: HashMap<Option<String>, Instant> = HashMap::new();
         if let Some(Cmd::Drain { reason, then, .. }) = self.early.take() {
             // Asked for while it started: nothing is in flight yet.
             return Ending::Drained(reason, then);
@@ -773,12 +778,34 @@ impl Watcher {
     /// every time, the requests the child has not begun to answer are taken
     /// back, so another child serves them instead of this one holding them
     /// until its own deadline.
-    fn account_ran_out(&self, name: &str, sign: Sign, generation: u64, reported: &mut bool) {
-        if !*reported {
-            *reported = true;
+    fn account_ran_out(
+        &self,
+        name: &str,
+        sign: Sign,
+        generation: u64,
+        reported: &mut HashMap<Option<String>, Instant>,
+    ) {
+        let child = ChildId {
+            slot: self.slot,
+            generation,
+        };
+        // A quota is per model: the one its request named, when it ran one
+        // model; a rate limit is the whole account's.
+        let models = self.settings.requests.models_on(child);
+        let model = match (sign, models.as_slice()) {
+            (Sign::Quota, [one]) => Some(one.as_str()),
+            _ => None,
+        };
+        let key = model.map(str::to_string);
+        let fresh = reported
+            .get(&key)
+            .is_none_or(|at| at.elapsed() > SIGN_REPEAT);
+        if fresh {
+            reported.insert(key, Instant::now());
             warn!(
-                "slot {}: profile {name}: the child's log says {sign}",
-                self.slot
+                "slot {}: profile {name}: the child's log says {sign}{}",
+                self.slot,
+                model.map(|m| format!(" (model {m})")).unwrap_or_default()
             );
             let limit = match sign {
                 Sign::RateLimit => book::Limit::RateLimit,
@@ -791,12 +818,10 @@ impl Watcher {
                     retry_after: None,
                     limit,
                 },
+                model,
             );
         }
-        let n = self.settings.requests.reclaim(ChildId {
-            slot: self.slot,
-            generation,
-        });
+        let n = self.settings.requests.reclaim(child);
         if n > 0 {
             info!(
                 "slot {}: profile {name}: {n} requests taken back from its child, to be served elsewhere",

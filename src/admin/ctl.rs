@@ -3,7 +3,7 @@
 //! ```text
 //! aistudioproxy ctl [--socket PATH | --auth-profile-cache-dir DIR] [--json] COMMAND
 //!   status | restart SLOT | rotate SLOT | disable PROFILE | enable PROFILE
-//!   reset PROFILE | reload | logs PROFILE [-n LINES]
+//!   reset PROFILE [MODEL] | reload | logs PROFILE [-n LINES]
 //!   usage | events [-f] [--after SEQ]
 //! ```
 //!
@@ -28,7 +28,7 @@ use serde_json::Value;
 use super::proto::Request;
 
 pub const USAGE: &str = "usage: aistudioproxy ctl [--socket PATH | --auth-profile-cache-dir DIR] [--json] \
-status | restart SLOT | rotate SLOT | disable PROFILE | enable PROFILE | reset PROFILE | reload | logs PROFILE [-n LINES] | usage | events [-f] [--after SEQ]";
+status | restart SLOT | rotate SLOT | disable PROFILE | enable PROFILE | reset PROFILE [MODEL] | reload | logs PROFILE [-n LINES] | usage | events [-f] [--after SEQ]";
 
 /// A parsed `ctl` command line.
 #[derive(Debug, PartialEq, Eq)]
@@ -111,6 +111,11 @@ pub fn parse(
         },
         ["reset", p] => Request::Reset {
             profile: p.to_string(),
+            model: None,
+        },
+        ["reset", p, m] => Request::Reset {
+            profile: p.to_string(),
+            model: Some(m.to_string()),
         },
         ["logs", p] => Request::Logs {
             profile: p.to_string(),
@@ -512,6 +517,20 @@ pub fn status_table(status: &Value, now: SystemTime) -> String {
                 .unwrap_or_else(|| "-".into())
         ));
     }
+    for p in &profiles {
+        for m in p["model_cooldowns"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "cooling for model {}: {} ({}, {} left)\n",
+                text(&m["model"]),
+                text(&p["profile"]),
+                text(&m["reason"]),
+                m["left_s"]
+                    .as_u64()
+                    .map(|s| human(s * 1000))
+                    .unwrap_or_else(|| "-".into())
+            ));
+        }
+    }
     for p in named("needs_login") {
         out.push_str(&format!(
             "NEEDS LOGIN: {} ({}; renew the login, upload the profile, reload)\n",
@@ -525,7 +544,7 @@ pub fn status_table(status: &Value, now: SystemTime) -> String {
     // Any other state (needs_login, ...) by its own name.
     for p in &profiles {
         let state = text(&p["state"]);
-        if !["running", "queued", "cooling", "disabled"].contains(&state.as_str()) {
+        if !["running", "queued", "cooling", "needs_login", "disabled"].contains(&state.as_str()) {
             out.push_str(&format!("{state}: {}\n", text(&p["profile"])));
         }
     }
@@ -646,7 +665,8 @@ mod tests {
                 {"profile": "carol", "state": "queued"},
                 {"profile": "dave", "state": "cooling", "reason": "exhausted", "cooldown_left_s": 3480},
                 {"profile": "eve", "state": "disabled"},
-                {"profile": "fay", "state": "needs_login"}
+                {"profile": "fay", "state": "needs_login", "needs_login": {"why": "its 3 Google session cookies have all expired"}},
+                {"profile": "gus", "state": "running", "model_cooldowns": [{"model": "gemini-2.5-pro", "left_s": 600, "reason": "exhausted"}]}
             ],
             "last_reload": {"at_unix_ms": 9_000_000u64, "outcome": "ok"}
         });
@@ -667,7 +687,14 @@ mod tests {
         assert!(t.contains("rotation queue: carol"));
         assert!(t.contains("cooling: dave (exhausted, 58m00s left)"));
         assert!(t.contains("disabled: eve"));
-        assert!(t.contains("needs_login: fay"), "{t}");
+        assert!(
+            t.contains("NEEDS LOGIN: fay (its 3 Google session cookies have all expired;"),
+            "{t}"
+        );
+        assert!(
+            t.contains("cooling for model gemini-2.5-pro: gus (exhausted, 10m00s left)"),
+            "{t}"
+        );
         assert!(t.contains("last reload: 16m40s ago, ok"));
     }
 }

@@ -30,9 +30,12 @@ pub enum Request {
     Enable {
         profile: String,
     },
-    /// Clear the profile's cooldown and its failure runs.
+    /// Clear the profile's cooldowns and its failure runs; with `model`,
+    /// only its cooldown of that model.
     Reset {
         profile: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
     },
     /// Hydrate again from the source and apply the changes.
     Reload,
@@ -70,7 +73,14 @@ impl Request {
             Request::Rotate { slot } => format!("rotate slot {slot}"),
             Request::Disable { profile } => format!("disable profile {profile}"),
             Request::Enable { profile } => format!("enable profile {profile}"),
-            Request::Reset { profile } => format!("reset profile {profile}"),
+            Request::Reset {
+                profile,
+                model: None,
+            } => format!("reset profile {profile}"),
+            Request::Reset {
+                profile,
+                model: Some(m),
+            } => format!("reset profile {profile} model {m}"),
             Request::Reload => "reload".into(),
             Request::Logs { profile, lines } => {
                 format!("logs of profile {profile} ({lines} lines)")
@@ -133,6 +143,11 @@ mod tests {
             },
             Request::Reset {
                 profile: "alice".into(),
+                model: None,
+            },
+            Request::Reset {
+                profile: "alice".into(),
+                model: Some("gemini-2.5-pro".into()),
             },
             Request::Reload,
             Request::Logs {

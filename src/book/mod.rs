@@ -11,6 +11,10 @@
 //!   a 502 with `Retry-After`, or the child's log saying quota; it cools for
 //!   the child's `Retry-After` when it sent one, else `PROFILE_COOLDOWN_S`;
 //! - a rate limit in the child's log: `RATE_LIMIT_COOLDOWN_S`;
+//!
+//! An exhaustion of a request that named its model cools that model only
+//! (`models`): the profile keeps its slot and serves the other models, and
+//! is rotated out only when it cools for every model in demand.
 //! - start failures: `START_FAILURES_TO_COOL` starts in a row that never
 //!   became ready (an expired login hangs the real child); the cooldown
 //!   starts at `START_COOLDOWN_FIRST` and doubles on each repeat, so one bad
@@ -27,6 +31,7 @@
 //! not retry an exhausted profile at once.
 
 pub mod login;
+pub mod models;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -49,6 +54,8 @@ pub struct Settings {
     pub cooldown: Duration,
     /// Rate-limited (`RATE_LIMIT_COOLDOWN_S`).
     pub rate_limit_cooldown: Duration,
+    /// How long a model asked for stays in demand (`MODEL_DEMAND_WINDOW_S`).
+    pub demand_window: Duration,
 }
 
 impl Default for Settings {
@@ -59,6 +66,7 @@ impl Default for Settings {
             empty_answers_to_rotate: 2,
             cooldown: Duration::from_secs(3600),
             rate_limit_cooldown: Duration::from_secs(300),
+            demand_window: Duration::from_secs(600),
         }
     }
 }
@@ -145,12 +153,15 @@ pub struct Entry {
     pub disabled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub needs_login: Option<LoginNeeded>,
+    /// Per-model cooldowns (see `models`).
+    #[serde(default, skip_serializing_if = "models::Models::is_empty")]
+    pub models: models::Models,
     #[serde(default)]
     pub counts: Counts,
 }
 
 /// What a change asks of the profile's slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Nothing to do.
     Keep,
@@ -160,6 +171,9 @@ pub enum Verdict {
         reason: CoolReason,
         until: SystemTime,
     },
+    /// Stop sending it requests for `model` until `until`; it keeps serving
+    /// the others.
+    CoolModel { model: String, until: SystemTime },
 }
 
 pub struct Book {
@@ -181,6 +195,9 @@ pub struct Status {
     /// Set when the profile needs a new login.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub needs_login: Option<LoginNeeded>,
+    /// The models it cools for, with the time left.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub model_cooldowns: Vec<models::ModelStatus>,
     pub empty_in_a_row: u32,
     pub start_failures_in_a_row: u32,
     pub counts: Counts,
@@ -192,7 +209,7 @@ pub fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-fn from_unix_ms(ms: u64) -> SystemTime {
+pub(crate) fn from_unix_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
@@ -228,7 +245,79 @@ impl Book {
 
     /// May `name` be started at `now`?
     pub fn eligible(&self, name: &str, now: SystemTime) -> bool {
-        !self.blocked(name) && self.cooling_until(name, now).is_none()
+        self.eligible_for(name, &[], now)
+    }
+
+    /// May `name` be started at `now` to serve some model of `demand` (the
+    /// models asked for lately; empty: unknown)?
+    pub fn eligible_for(&self, name: &str, demand: &[String], now: SystemTime) -> bool {
+        self.available_at(name, demand, now)
+            .is_some_and(|t| t <= now)
+    }
+
+    /// When `name` may run for `demand`: `now` or later; None while a person
+    /// must act (disabled, login needed).
+    pub fn available_at(
+        &self,
+        name: &str,
+        demand: &[String],
+        now: SystemTime,
+    ) -> Option<SystemTime> {
+        if self.blocked(name) {
+            return None;
+        }
+        let whole = self.cooling_until(name, now).unwrap_or(now);
+        let model = self
+            .entries
+            .get(name)
+            .map_or(now, |e| models::serves_demand_at(&e.models, demand, now));
+        Some(whole.max(model))
+    }
+
+    /// The models in demand: those the dispatcher saw asked for lately
+    /// (`asked`), and those a profile was found out of quota for within the
+    /// demand window (they were asked for then).
+    pub fn demand(&self, asked: &[String], now: SystemTime) -> Vec<String> {
+        let mut v: Vec<String> = asked.to_vec();
+        for e in self.entries.values() {
+            v.extend(models::set_within(&e.models, self.settings.demand_window, now).cloned());
+        }
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// The models `name` cools for at `now`, with their ends.
+    pub fn models_cooling(&self, name: &str, now: SystemTime) -> Vec<(String, SystemTime)> {
+        self.entries
+            .get(name)
+            .map(|e| models::cooling(&e.models, now))
+            .unwrap_or_default()
+    }
+
+    /// Every model some profile has (or had) a cooldown for.
+    pub fn cooled_models(&self) -> std::collections::BTreeSet<String> {
+        self.entries
+            .values()
+            .flat_map(|e| e.models.keys().cloned())
+            .collect()
+    }
+
+    /// Until when no profile can serve `model`: None when one can now (or
+    /// none ever can, until a person acts); else the earliest time one can.
+    pub fn model_blocked(&self, model: &str, now: SystemTime) -> Option<SystemTime> {
+        let demand = [model.to_string()];
+        let mut earliest: Option<SystemTime> = None;
+        for name in self.entries.keys() {
+            let Some(t) = self.available_at(name, &demand, now) else {
+                continue;
+            };
+            if t <= now {
+                return None;
+            }
+            earliest = Some(earliest.map_or(t, |e| e.min(t)));
+        }
+        earliest
     }
 
     /// Kept from running until a person acts: disabled, or its login needed.
@@ -269,21 +358,31 @@ impl Book {
         false
     }
 
-    /// The earliest end of a cooldown among `names`, for a slot that waits.
+    /// The earliest end of a cooldown among `names` that makes one of them
+    /// eligible for `demand`, for a slot that waits.
     pub fn next_eligible_at<'a>(
         &self,
         names: impl IntoIterator<Item = &'a str>,
+        demand: &[String],
         now: SystemTime,
     ) -> Option<SystemTime> {
         names
             .into_iter()
-            .filter(|n| !self.blocked(n))
-            .filter_map(|n| self.cooling_until(n, now))
+            .filter_map(|n| self.available_at(n, demand, now))
+            .filter(|t| *t > now)
             .min()
     }
 
-    /// Record one completion's answer.
-    pub fn answer(&mut self, name: &str, answer: Answer, now: SystemTime) -> Verdict {
+    /// Record one completion's answer to a request for `model` (None: not
+    /// known). An exhaustion cools that model only when it is known and the
+    /// limit is a quota; else the whole profile.
+    pub fn answer(
+        &mut self,
+        name: &str,
+        answer: Answer,
+        model: Option<&str>,
+        now: SystemTime,
+    ) -> Verdict {
         let settings = self.settings;
         let e = self.entry(name);
         match answer {
@@ -295,10 +394,12 @@ impl Book {
             Answer::Empty => {
                 e.counts.empty += 1;
                 e.empty_in_a_row += 1;
-                if e.empty_in_a_row >= settings.empty_answers_to_rotate.max(1) {
-                    self.cool(name, CoolReason::Exhausted, settings.cooldown, now)
-                } else {
-                    Verdict::Keep
+                if e.empty_in_a_row < settings.empty_answers_to_rotate.max(1) {
+                    return Verdict::Keep;
+                }
+                match model {
+                    Some(m) => self.cool_model(name, m, settings.cooldown, now),
+                    None => self.cool(name, CoolReason::Exhausted, settings.cooldown, now),
                 }
             }
             Answer::Exhausted {
@@ -306,7 +407,10 @@ impl Book {
                 limit: Limit::Quota,
             } => {
                 let d = retry_after.unwrap_or(settings.cooldown);
-                self.cool(name, CoolReason::Exhausted, d, now)
+                match model {
+                    Some(m) => self.cool_model(name, m, d, now),
+                    None => self.cool(name, CoolReason::Exhausted, d, now),
+                }
             }
             Answer::Exhausted {
                 retry_after,
@@ -361,6 +465,18 @@ impl Book {
         }
     }
 
+    fn cool_model(&mut self, name: &str, model: &str, d: Duration, now: SystemTime) -> Verdict {
+        let e = self.entry(name);
+        e.counts.exhausted += 1;
+        e.empty_in_a_row = 0;
+        models::prune(&mut e.models, now);
+        let until = models::cool(&mut e.models, model, now, now + d, CoolReason::Exhausted);
+        Verdict::CoolModel {
+            model: model.to_string(),
+            until,
+        }
+    }
+
     /// Start keeping a record for `name` (a profile a reload added).
     pub fn ensure(&mut self, name: &str) {
         self.entry(name);
@@ -386,8 +502,16 @@ impl Book {
         }
     }
 
-    /// Clear `name`'s cooldown, `needs_login` and counts in a row (an
-    /// operator's reset).
+    /// Clear `name`'s cooldown of `model` (an operator's reset of one
+    /// model); false when it had none.
+    pub fn reset_model(&mut self, name: &str, model: &str) -> bool {
+        self.entries
+            .get_mut(name)
+            .is_some_and(|e| e.models.remove(model).is_some())
+    }
+
+    /// Clear `name`'s cooldowns (its models' too), `needs_login` and counts
+    /// in a row (an operator's reset).
     pub fn reset(&mut self, name: &str) -> bool {
         match self.entries.get_mut(name) {
             Some(e) => {
@@ -419,6 +543,7 @@ impl Book {
                     reason: until.and(e.cool_reason),
                     disabled: e.disabled,
                     needs_login: e.needs_login.clone(),
+                    model_cooldowns: models::status(&e.models, now),
                     empty_in_a_row: e.empty_in_a_row,
                     start_failures_in_a_row: e.start_failures_in_a_row,
                     counts: e.counts,
@@ -440,6 +565,7 @@ mod tests {
                 empty_answers_to_rotate: 2,
                 cooldown: Duration::from_secs(3600),
                 rate_limit_cooldown: Duration::from_secs(300),
+                demand_window: Duration::from_secs(600),
             },
         )
     }
@@ -458,10 +584,10 @@ mod tests {
     #[test]
     fn empty_answers_in_a_row_retire_and_a_success_resets_the_run() {
         let mut b = book();
-        assert_eq!(b.answer("a", Answer::Empty, t0()), Verdict::Keep);
-        assert_eq!(b.answer("a", Answer::Served, t0()), Verdict::Keep);
-        assert_eq!(b.answer("a", Answer::Empty, t0()), Verdict::Keep);
-        let v = b.answer("a", Answer::Empty, t0());
+        assert_eq!(b.answer("a", Answer::Empty, None, t0()), Verdict::Keep);
+        assert_eq!(b.answer("a", Answer::Served, None, t0()), Verdict::Keep);
+        assert_eq!(b.answer("a", Answer::Empty, None, t0()), Verdict::Keep);
+        let v = b.answer("a", Answer::Empty, None, t0());
         let until = t0() + Duration::from_secs(3600);
         assert_eq!(
             v,
@@ -473,7 +599,7 @@ mod tests {
         assert!(!b.eligible("a", t0()));
         assert!(b.eligible("a", until));
         assert!(b.eligible("b", t0()));
-        assert_eq!(b.next_eligible_at(["a", "b"], t0()), Some(until));
+        assert_eq!(b.next_eligible_at(["a", "b"], &[], t0()), Some(until));
         let s = &b.status(t0())[0];
         assert_eq!(s.cooldown_left_s, Some(3600));
         assert_eq!(s.reason, Some(CoolReason::Exhausted));
@@ -488,15 +614,15 @@ mod tests {
         let mut b = book();
         let ten = Some(Duration::from_secs(10));
         assert_eq!(
-            b.answer("a", quota(ten), t0()),
+            b.answer("a", quota(ten), None, t0()),
             Verdict::Retire {
                 reason: CoolReason::Exhausted,
                 until: t0() + Duration::from_secs(10)
             }
         );
         let long = Some(Duration::from_secs(100));
-        b.answer("a", quota(long), t0());
-        b.answer("a", quota(ten), t0());
+        b.answer("a", quota(long), None, t0());
+        b.answer("a", quota(ten), None, t0());
         assert_eq!(
             b.cooling_until("a", t0()),
             Some(t0() + Duration::from_secs(100))
@@ -529,7 +655,7 @@ mod tests {
     fn reset_clears_the_cooldown_but_keeps_counts_and_disabled() {
         let mut b = book();
         b.entry("a").disabled = true;
-        b.answer("a", quota(None), t0());
+        b.answer("a", quota(None), None, t0());
         assert!(b.reset("a"));
         assert!(b.cooling_until("a", t0()).is_none());
         assert!(!b.eligible("a", t0()), "still disabled");
@@ -554,6 +680,7 @@ mod tests {
                 empty_answers_to_rotate: 2,
                 cooldown: Duration::from_secs(1),
                 rate_limit_cooldown: Duration::from_secs(1),
+                demand_window: Duration::from_secs(1),
             },
         );
         assert!(!b.eligible("a", t0()));
@@ -568,14 +695,14 @@ mod tests {
             limit: Limit::RateLimit,
         };
         assert_eq!(
-            b.answer("a", rate, t0()),
+            b.answer("a", rate, None, t0()),
             Verdict::Retire {
                 reason: CoolReason::RateLimited,
                 until: t0() + Duration::from_secs(300)
             }
         );
         assert_eq!(
-            b.answer("b", quota(None), t0()),
+            b.answer("b", quota(None), None, t0()),
             Verdict::Retire {
                 reason: CoolReason::Exhausted,
                 until: t0() + Duration::from_secs(3600)
@@ -591,7 +718,7 @@ mod tests {
         assert!(!b.login_needed("a", "again", 7, t0()), "not news");
         let far = t0() + Duration::from_secs(365 * 86_400);
         assert!(!b.eligible("a", far), "no time ends it");
-        assert_eq!(b.next_eligible_at(["a"], t0()), None);
+        assert_eq!(b.next_eligible_at(["a"], &[], t0()), None);
         assert!(!b.content_seen("a", 7), "same content changes nothing");
         assert!(b.entries()["a"].needs_login.is_some());
         assert!(b.content_seen("a", 8), "a new file ends it");
@@ -607,5 +734,63 @@ mod tests {
         assert_eq!(b.entries()["a"].counts.logins_needed, 3);
         let s = b.status(t0());
         assert!(s[0].needs_login.is_none());
+    }
+
+    #[test]
+    fn a_quota_of_one_model_cools_that_model_only() {
+        let mut b = book();
+        let hour = Duration::from_secs(3600);
+        let pro = || vec!["pro".to_string()];
+        assert_eq!(
+            b.answer("a", quota(None), Some("pro"), t0()),
+            Verdict::CoolModel {
+                model: "pro".into(),
+                until: t0() + hour
+            }
+        );
+        assert!(b.eligible("a", t0()), "no demand known: it may run");
+        assert_eq!(
+            b.demand(&[], t0()),
+            vec!["pro"],
+            "asked for when it ran out"
+        );
+        assert!(b.demand(&[], t0() + hour).is_empty(), "past the window");
+        assert!(!b.eligible_for("a", &pro(), t0()));
+        assert!(b.eligible_for("a", &["pro".into(), "flash".into()], t0()));
+        assert_eq!(b.model_blocked("pro", t0()), None, "b serves pro");
+        assert_eq!(b.model_blocked("flash", t0()), None);
+        let ten = Duration::from_secs(10);
+        b.answer("b", quota(None), Some("pro"), t0() + ten);
+        assert_eq!(b.model_blocked("pro", t0()), Some(t0() + hour));
+        assert_eq!(
+            b.next_eligible_at(["a", "b"], &pro(), t0()),
+            Some(t0() + hour)
+        );
+        // Two empty answers in a row cool the model of the second.
+        assert_eq!(
+            b.answer("b", Answer::Empty, Some("flash"), t0()),
+            Verdict::Keep
+        );
+        assert!(matches!(
+            b.answer("b", Answer::Empty, Some("flash"), t0()),
+            Verdict::CoolModel { ref model, .. } if model == "flash"
+        ));
+        // A rate limit is the whole account's, model or not.
+        let rate = Answer::Exhausted {
+            retry_after: None,
+            limit: Limit::RateLimit,
+        };
+        assert!(matches!(
+            b.answer("a", rate, Some("flash"), t0()),
+            Verdict::Retire { .. }
+        ));
+        let st = b.status(t0());
+        assert_eq!(st[1].model_cooldowns.len(), 2);
+        assert_eq!(st[1].model_cooldowns[1].model, "pro");
+        assert!(b.reset_model("b", "pro"));
+        assert!(!b.reset_model("b", "pro"));
+        assert_eq!(b.model_blocked("pro", t0()), None);
+        assert!(b.reset("b"));
+        assert!(b.status(t0())[1].model_cooldowns.is_empty());
     }
 }

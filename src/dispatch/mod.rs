@@ -13,18 +13,30 @@
 //! (`Kind::Other`: GETs, models) goes to the least busy ready child at once
 //! or is refused at once. The pool tells the dispatcher every slot change
 //! ([`Dispatch::set_slot`]); a waiter is refused at once only when no child
-//! can become ready any more. Runs on the HTTP worker threads that call it;
+//! can become ready any more.
+//!
+//! Models: a route whose profile cools for some models (published by the
+//! pool) takes no request for those; a request for a model no profile can
+//! serve until some time is refused at once with `Retry-After` (`models`);
+//! a waiter for a model only cooling routes could serve is reported to the
+//! pool (`on_starved`), which may rotate a profile in that serves it. The
+//! models asked for lately are the demand the pool reads.
+//!
+//! Runs on the HTTP worker threads that call it;
 //! the lock is held only for bookkeeping, never across I/O or a wait: wakes
 //! are signalled after it is released.
 
+pub mod models;
 mod ticket;
 mod wake;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
 
 use log::warn;
 use serde::Serialize;
@@ -41,6 +53,8 @@ pub struct Limits {
     pub max_queue: usize,
     /// Longest wait in the queue.
     pub queue_timeout: Duration,
+    /// How long a model asked for counts as in demand.
+    pub demand_window: Duration,
 }
 
 impl Default for Limits {
@@ -49,6 +63,7 @@ impl Default for Limits {
             per_child: 1,
             max_queue: 512,
             queue_timeout: Duration::from_secs(120),
+            demand_window: Duration::from_secs(600),
         }
     }
 }
@@ -78,11 +93,13 @@ impl fmt::Display for ChildId {
 /// What the pool tells the dispatcher about one slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlotView {
-    /// Its child answers requests.
+    /// Its child answers requests, except for the models its profile
+    /// cools for (until when).
     Ready {
         generation: u64,
         port: u16,
         profile: String,
+        cooling: Vec<(String, Instant)>,
     },
     /// Its child takes no new requests; those in flight finish (a drain
     /// before a restart, a rotation or a cooldown). A child will come.
@@ -96,11 +113,13 @@ pub enum SlotView {
 }
 
 /// What a request asks for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Want {
     /// The request's internal id: the key a cancel uses.
     pub id: u64,
     pub kind: Kind,
+    /// The model a completion names, if it names one.
+    pub model: Option<String>,
     /// A child the request must not go to (the one that just failed it).
     pub avoid: Option<ChildId>,
     /// The client's socket, watched for a hang-up while the request waits.
@@ -127,6 +146,11 @@ pub enum Refusal {
     },
     /// Only the child to avoid exists and it stays.
     NoOtherChild,
+    /// Every profile cools for this model for `retry_after` seconds.
+    ModelCooling {
+        model: String,
+        retry_after: u64,
+    },
     ShuttingDown,
     /// Cancelled by `POST /v1/cancel/{id}` while waiting.
     Cancelled,
@@ -145,6 +169,10 @@ impl fmt::Display for Refusal {
             }
             Refusal::NoChild { .. } => f.write_str("no ready child"),
             Refusal::NoOtherChild => f.write_str("no other child to try"),
+            Refusal::ModelCooling { model, retry_after } => write!(
+                f,
+                "every account is out of quota for model {model} for {retry_after} s more"
+            ),
             Refusal::ShuttingDown => f.write_str("the coordinator is shutting down"),
             Refusal::Cancelled => f.write_str("cancelled while queued"),
             Refusal::ClientGone => f.write_str("the client went away while queued"),
@@ -162,6 +190,8 @@ struct Route {
     child: ChildId,
     port: u16,
     profile: String,
+    /// Models its profile cools for, until when.
+    cooling: Vec<(String, Instant)>,
     completions: usize,
     others: usize,
 }
@@ -181,6 +211,7 @@ enum Slot {
 struct Waiter {
     id: u64,
     avoid: Option<ChildId>,
+    model: Option<String>,
     since: Instant,
     wake: Arc<Wake>,
 }
@@ -214,11 +245,14 @@ struct Inner {
     /// busy children take turns.
     turn: usize,
     shutting_down: bool,
+    models: models::Gate,
 }
 
 pub struct Dispatch {
     inner: Mutex<Inner>,
     limits: Limits,
+    /// Hears of models waiters want that only cooling routes could serve.
+    starved: OnceLock<Sender<String>>,
 }
 
 impl fmt::Debug for Dispatch {
@@ -261,9 +295,61 @@ impl Dispatch {
                 decided: HashMap::new(),
                 turn: 0,
                 shutting_down: false,
+                models: Default::default(),
             }),
             limits,
+            starved: OnceLock::new(),
         })
+    }
+
+    /// Send the model of every waiter that only cooling routes could serve
+    /// to `tx` (the pool rotates a profile in for it). The first call wins.
+    pub fn on_starved(&self, tx: Sender<String>) {
+        let _ = self.starved.set(tx);
+    }
+
+    /// Until when no profile can serve each model (the pool's word).
+    pub fn set_blocked(&self, blocked: HashMap<String, Instant>) {
+        let wakes = {
+            let mut inner = self.lock();
+            inner.models.set_blocked(blocked);
+            inner.settle(&self.limits)
+        };
+        signal(wakes);
+    }
+
+    /// The models `child`'s profile cools for now; ignored when the slot
+    /// moved on.
+    pub fn set_cooling(&self, child: ChildId, cooling: Vec<(String, Instant)>) {
+        let wakes = {
+            let mut inner = self.lock();
+            match inner.slots.get_mut(child.slot) {
+                Some(Slot::Open(r) | Slot::Draining(r)) if r.child == child => r.cooling = cooling,
+                _ => return,
+            }
+            inner.settle(&self.limits)
+        };
+        signal(wakes);
+    }
+
+    /// The models asked for within the demand window, sorted.
+    pub fn demand(&self) -> Vec<String> {
+        self.lock()
+            .models
+            .demand(self.limits.demand_window, Instant::now())
+    }
+
+    /// The models the waiting requests ask for.
+    pub fn waiting_models(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .lock()
+            .queue
+            .iter()
+            .filter_map(|w| w.model.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -286,10 +372,12 @@ impl Dispatch {
                     generation,
                     port,
                     profile,
+                    cooling,
                 } => Slot::Open(Route {
                     child: ChildId { slot, generation },
                     port,
                     profile,
+                    cooling,
                     completions: 0,
                     others: 0,
                 }),
@@ -356,12 +444,23 @@ impl Dispatch {
     /// completion) after waiting in the queue up to the queue timeout.
     pub fn acquire(self: &Arc<Self>, want: Want) -> Result<Ticket, Refusal> {
         let started = Instant::now();
+        let model = want.model.as_deref();
+        let starved;
         let wake = {
             let mut inner = self.lock();
             if inner.shutting_down {
                 return Err(Refusal::ShuttingDown);
             }
-            if let Some(g) = inner.take(&self.limits, want.kind, want.avoid) {
+            if let (Some(m), Kind::Completion) = (model, want.kind) {
+                inner.models.asked(m, started);
+                if let Some(t) = inner.models.blocked(m, started) {
+                    return Err(Refusal::ModelCooling {
+                        model: m.to_string(),
+                        retry_after: models::secs_until(t, started),
+                    });
+                }
+            }
+            if let Some(g) = inner.take(&self.limits, want.kind, want.avoid, model) {
                 return Ok(Ticket::new(self.clone(), g, want.kind));
             }
             if want.kind == Kind::Other {
@@ -393,14 +492,30 @@ impl Dispatch {
             inner.queue.push_back(Waiter {
                 id: want.id,
                 avoid: want.avoid,
+                model: want.model.clone(),
                 since: started,
                 wake: wake.clone(),
             });
+            starved = model.is_some_and(|m| inner.starved_for(m, started));
             wake
         };
+        if starved {
+            if let (Some(tx), Some(m)) = (self.starved.get(), model) {
+                // Unbounded: never blocks.
+                let _ = tx.send(m.to_string());
+            }
+        }
         let deadline = started + self.limits.queue_timeout;
         loop {
-            let woke = wake.wait(want.client, deadline);
+            // A route's cooldown of our model ends without any event: look
+            // again then.
+            let until = match model {
+                Some(m) => self
+                    .next_cooling_end(m)
+                    .map_or(deadline, |t| t.min(deadline)),
+                None => deadline,
+            };
+            let woke = wake.wait(want.client, until);
             let mut inner = self.lock();
             if let Some(d) = inner.decided.remove(&want.id) {
                 drop(inner);
@@ -426,6 +541,9 @@ impl Dispatch {
                 }
                 Woke::TimedOut => {
                     if Instant::now() < deadline {
+                        let wakes = inner.settle(&self.limits);
+                        drop(inner);
+                        signal(wakes);
                         continue;
                     }
                     inner.queue.retain(|w| w.id != want.id);
@@ -436,6 +554,19 @@ impl Dispatch {
                 }
             }
         }
+    }
+
+    /// The earliest end of a route's cooldown of `model`.
+    fn next_cooling_end(&self, model: &str) -> Option<Instant> {
+        let inner = self.lock();
+        models::next_end(
+            inner.slots.iter().filter_map(|s| match s {
+                Slot::Open(r) => Some(r.cooling.as_slice()),
+                _ => None,
+            }),
+            model,
+            Instant::now(),
+        )
     }
 
     /// A ticket's place is free again: the child goes to the next waiter.
@@ -531,15 +662,22 @@ impl Dispatch {
 impl Inner {
     /// The least busy open route `kind` may use, other than `avoid`; equal
     /// loads take turns.
-    fn pick(&self, limits: &Limits, kind: Kind, avoid: Option<ChildId>) -> Option<usize> {
+    fn pick(
+        &self,
+        limits: &Limits,
+        kind: Kind,
+        avoid: Option<ChildId>,
+        model: Option<&str>,
+    ) -> Option<usize> {
         let n = self.slots.len();
+        let now = Instant::now();
         let mut best: Option<(usize, usize)> = None;
         for k in 0..n {
             let i = (self.turn + k) % n;
             let Slot::Open(r) = &self.slots[i] else {
                 continue;
             };
-            if Some(r.child) == avoid {
+            if Some(r.child) == avoid || !models::serves(&r.cooling, model, now) {
                 continue;
             }
             if kind == Kind::Completion && limits.per_child > 0 && r.completions >= limits.per_child
@@ -555,8 +693,14 @@ impl Inner {
     }
 
     /// Pick and count a place on a child.
-    fn take(&mut self, limits: &Limits, kind: Kind, avoid: Option<ChildId>) -> Option<Grant> {
-        let i = self.pick(limits, kind, avoid)?;
+    fn take(
+        &mut self,
+        limits: &Limits,
+        kind: Kind,
+        avoid: Option<ChildId>,
+        model: Option<&str>,
+    ) -> Option<Grant> {
+        let i = self.pick(limits, kind, avoid, model)?;
         self.turn = (i + 1) % self.slots.len().max(1);
         let Slot::Open(r) = &mut self.slots[i] else {
             unreachable!("pick returns open routes only")
@@ -570,6 +714,14 @@ impl Inner {
             port: r.port,
             profile: r.profile.clone(),
         })
+    }
+
+    /// Whether a completion for `model` waits only because the routes
+    /// that have room cool for it.
+    fn starved_for(&self, model: &str, now: Instant) -> bool {
+        self.slots
+            .iter()
+            .any(|s| matches!(s, Slot::Open(r) if !models::serves(&r.cooling, Some(model), now)))
     }
 
     fn prospect(&self, avoid: Option<ChildId>) -> Prospect {
@@ -623,11 +775,12 @@ impl Inner {
         let mut wakes = Vec::new();
         let mut i = 0;
         while i < self.queue.len() {
-            if self.pick(limits, Kind::Completion, None).is_none() {
+            if self.pick(limits, Kind::Completion, None, None).is_none() {
                 break; // no free place anywhere
             }
             let avoid = self.queue[i].avoid;
-            match self.take(limits, Kind::Completion, avoid) {
+            let model = self.queue[i].model.clone();
+            match self.take(limits, Kind::Completion, avoid, model.as_deref()) {
                 Some(g) => {
                     let w = self.queue.remove(i).expect("index in range");
                     self.decided.insert(w.id, Decision::Granted(g));
@@ -636,8 +789,23 @@ impl Inner {
                 None => i += 1,
             }
         }
+        let now = Instant::now();
         let mut i = 0;
         while i < self.queue.len() {
+            let blocked = self.queue[i]
+                .model
+                .as_deref()
+                .and_then(|m| self.models.blocked(m, now).map(|t| (m.to_string(), t)));
+            if let Some((model, t)) = blocked {
+                let w = self.queue.remove(i).expect("index in range");
+                let retry_after = models::secs_until(t, now);
+                self.decided.insert(
+                    w.id,
+                    Decision::Refused(Refusal::ModelCooling { model, retry_after }),
+                );
+                wakes.push(w.wake);
+                continue;
+            }
             let refusal = match self.prospect(self.queue[i].avoid) {
                 Prospect::Some => None,
                 Prospect::OnlyAvoided => Some(Refusal::NoOtherChild),

@@ -8,6 +8,7 @@ fn limits(per_child: usize, max_queue: usize, timeout_ms: u64) -> Limits {
         per_child,
         max_queue,
         queue_timeout: Duration::from_millis(timeout_ms),
+        demand_window: Duration::from_secs(60),
     }
 }
 
@@ -18,6 +19,7 @@ fn ready(d: &Dispatch, slot: usize, generation: u64) {
             generation,
             port: 3100 + slot as u16,
             profile: format!("p{slot}"),
+            cooling: Vec::new(),
         },
     );
 }
@@ -26,6 +28,7 @@ fn want(id: u64) -> Want {
     Want {
         id,
         kind: Kind::Completion,
+        model: None,
         avoid: None,
         client: None,
     }
@@ -360,4 +363,71 @@ fn our_own_read_shutdown_is_no_hang_up() {
     assert_eq!(h.join().unwrap().unwrap_err(), Refusal::ClientGone);
     assert!(t.elapsed() < Duration::from_secs(1));
     drop(held);
+}
+
+fn for_model(id: u64, model: &str) -> Want {
+    Want {
+        model: Some(model.to_string()),
+        ..want(id)
+    }
+}
+
+#[test]
+fn a_route_cooling_for_a_model_serves_the_others_and_a_blocked_model_is_refused() {
+    let d = Dispatch::new(2, limits(1, 8, 2_000));
+    ready(&d, 0, 1);
+    let later = Instant::now() + Duration::from_secs(30);
+    d.set_cooling(
+        ChildId {
+            slot: 0,
+            generation: 1,
+        },
+        vec![("pro".into(), later)],
+    );
+    let (tx, starved) = crossbeam_channel::unbounded();
+    d.on_starved(tx);
+    // Another model goes through.
+    let flash = d.acquire(for_model(1, "flash")).unwrap();
+    assert_eq!(flash.slot(), 0);
+    drop(flash);
+    // The cooled model waits, and the pool hears it starves...
+    let d2 = d.clone();
+    let waiter = thread::spawn(move || d2.acquire(for_model(2, "pro")).map(|t| t.slot()));
+    until_waiting(&d, 1);
+    assert_eq!(starved.recv_timeout(Duration::from_secs(1)).unwrap(), "pro");
+    assert_eq!(d.waiting_models(), vec!["pro"]);
+    // ...until a profile that serves it comes.
+    ready(&d, 1, 1);
+    assert_eq!(waiter.join().unwrap().unwrap(), 1);
+    assert_eq!(d.demand(), vec!["flash", "pro"]);
+    // No profile can serve it: refused at once, with the time left.
+    d.set_blocked(HashMap::from([("pro".to_string(), later)]));
+    match d.acquire(for_model(3, "pro")) {
+        Err(Refusal::ModelCooling { model, retry_after }) => {
+            assert_eq!(model, "pro");
+            assert!((29..=30).contains(&retry_after), "{retry_after}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(d.acquire(for_model(4, "flash")).is_ok());
+}
+
+#[test]
+fn a_waiter_is_served_when_its_models_cooldown_ends() {
+    let d = Dispatch::new(1, limits(1, 8, 5_000));
+    ready(&d, 0, 1);
+    let soon = Instant::now() + Duration::from_millis(150);
+    d.set_cooling(
+        ChildId {
+            slot: 0,
+            generation: 1,
+        },
+        vec![("pro".into(), soon)],
+    );
+    let t = Instant::now();
+    let got = d.acquire(for_model(1, "pro")).unwrap();
+    assert_eq!(got.slot(), 0);
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_millis(140), "{waited:?}");
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
 }

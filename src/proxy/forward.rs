@@ -65,6 +65,8 @@ pub(super) struct Exchange<'a> {
     pub started: Instant,
     /// Whose completion this is, for the usage counts (None: not one).
     pub usage: Option<crate::usage::Account>,
+    /// The model a completion names: a profile cooling for it is avoided.
+    pub model: Option<String>,
 }
 
 /// A whole answer kept in memory (an error answer, to pass on as it is).
@@ -118,6 +120,7 @@ impl Exchange<'_> {
             let want = Want {
                 id: self.id,
                 kind: self.kind,
+                model: self.model.clone(),
                 avoid: first.as_ref().map(|f| f.child).or(reclaimed),
                 client,
             };
@@ -329,6 +332,9 @@ impl Exchange<'_> {
             }
             Refusal::NoChild { retry_after } => (ApiError::NoReadyChild, Some(*retry_after)),
             Refusal::NoOtherChild => (ApiError::ChildFailed, None),
+            Refusal::ModelCooling { retry_after, .. } => {
+                (ApiError::ModelExhausted, Some(*retry_after))
+            }
             Refusal::ShuttingDown => (ApiError::NoReadyChild, None),
             Refusal::Internal(_) => (ApiError::Overloaded, None),
         };
@@ -346,6 +352,9 @@ impl Exchange<'_> {
             Refusal::NoOtherChild => {
                 "the child failed this request and no other child could try it".to_string()
             }
+            Refusal::ModelCooling { model, retry_after } => format!(
+                "every account is out of quota for model {model}; retry in {retry_after} s, or ask for another model"
+            ),
             other => format!("{other}; retry shortly"),
         };
         debug!("{} {} ({}): {r}", self.method, self.path, self.rid);
@@ -405,11 +414,13 @@ impl Exchange<'_> {
                     retry_after,
                     limit: crate::book::Limit::Quota,
                 },
+                self.model.as_deref(),
             );
         }
         self.proxy.outcomes.report(Outcome {
             child,
             profile: profile.to_string(),
+            model: self.model.clone(),
             verdict,
             request_id: self.rid.clone(),
             evicted,
@@ -436,7 +447,8 @@ impl Exchange<'_> {
             Taken::ClientGone => Step::ClientLeft,
         };
         let client = holder.as_ref().and_then(Request::socket_fd);
-        if let Err(t) = reg.running(conn.agent(), &ticket.profile, ticket.child, client) {
+        let model = self.model.as_deref();
+        if let Err(t) = reg.running(conn.agent(), &ticket.profile, ticket.child, model, client) {
             return taken(t);
         }
         let mut resp = match self.send(&conn, ticket.port) {

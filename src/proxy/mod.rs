@@ -49,6 +49,9 @@ const HOP_BY_HOP: &[&str] = &[
     "content-length",
 ];
 
+/// The longest model name routed by (per-model cooldowns).
+const MAX_MODEL_NAME: usize = 200;
+
 /// The longest client `X-Request-Id` kept; longer ones are replaced.
 const MAX_REQUEST_ID: usize = 200;
 
@@ -224,6 +227,7 @@ impl Proxy {
         let completion = path == "/v1/chat/completions" && method == Method::Post;
         let mut streaming = false;
         let mut account = None;
+        let mut model = None;
         if completion {
             // Only `stream` matters here (for the logs); everything else is
             // skipped unparsed, which keeps multi-megabyte image payloads cheap.
@@ -232,6 +236,10 @@ impl Proxy {
                     streaming = peek.stream.unwrap_or(false);
                     let key = keys.label(access);
                     account = Some(crate::usage::Account::new(key, peek.model.as_deref()));
+                    // Per-model cooldowns route by it; an absurd one is ignored.
+                    model = peek
+                        .model
+                        .filter(|m| !m.is_empty() && m.len() <= MAX_MODEL_NAME);
                 }
                 Err(_) => {
                     respond(
@@ -269,6 +277,7 @@ impl Proxy {
             streaming,
             started,
             usage: account,
+            model,
         };
         exchange.run(holder);
     }

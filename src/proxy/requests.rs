@@ -32,9 +32,15 @@ use crate::dispatch::{ChildId, Dispatch};
 /// How often the client sockets of running requests are looked at.
 const CLIENT_POLL: Duration = Duration::from_millis(200);
 
+/// How long a child's last model stays known after its request ended (a
+/// quota line can follow the end of a streamed answer).
+const LAST_MODEL_KEPT: Duration = Duration::from_secs(60);
+
 #[derive(Default)]
 pub struct Registry {
     entries: Mutex<HashMap<u64, Entry>>,
+    /// Per slot: the child, and the model of the last request it ran.
+    last_model: Mutex<HashMap<usize, (ChildId, String, std::time::Instant)>>,
 }
 
 struct Entry {
@@ -52,6 +58,7 @@ struct Running {
     agent: ureq::Agent,
     profile: String,
     child: ChildId,
+    model: Option<String>,
     /// The answer's head has reached the client: it is no longer taken back.
     answering: bool,
     /// A duplicate of the client's socket, to notice its leaving.
@@ -159,6 +166,30 @@ impl Registry {
         n
     }
 
+    /// The models of the requests `child` runs now, or else of the last one
+    /// it ran (within a minute): what a quota line in its log is about.
+    pub fn models_on(&self, child: ChildId) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .lock()
+            .values()
+            .filter_map(|e| match &e.phase {
+                Phase::Running(r) if r.child == child => r.model.clone(),
+                _ => None,
+            })
+            .collect();
+        if v.is_empty() {
+            let last = self.last_model.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((c, m, at)) = last.get(&child.slot) {
+                if *c == child && at.elapsed() <= LAST_MODEL_KEPT {
+                    v.push(m.clone());
+                }
+            }
+        }
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// The thread that frees the child of every running request whose
     /// client left: every `CLIENT_POLL` it polls their sockets for a hang-up
     /// and shuts the child connection of each that left. Ends when `stop`
@@ -248,15 +279,26 @@ impl Registration<'_> {
         }
     }
 
-    /// Running on `child` through `agent` for the client on socket
-    /// `client`, unless taken already.
+    /// Running on `child` (a request for `model`) through `agent` for the
+    /// client on socket `client`, unless taken already.
     pub fn running(
         &self,
         agent: &ureq::Agent,
         profile: &str,
         child: ChildId,
+        model: Option<&str>,
         client: Option<RawFd>,
     ) -> Result<(), Taken> {
+        if let Some(m) = model {
+            self.registry
+                .last_model
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(
+                    child.slot,
+                    (child, m.to_string(), std::time::Instant::now()),
+                );
+        }
         // A duplicate, so the watch never polls a number reused by another
         // connection after this request ended.
         let client = client.and_then(|fd| {
@@ -275,6 +317,7 @@ impl Registration<'_> {
             agent: agent.clone(),
             profile: profile.to_string(),
             child,
+            model: model.map(str::to_string),
             answering: false,
             client,
         });
@@ -324,10 +367,13 @@ mod tests {
         let a = r.enter(1, "a");
         let b = r.enter(2, "b");
         let c = r.enter(3, "c");
-        a.running(&agent, "p", child(0), None).unwrap();
-        b.running(&agent, "p", child(0), None).unwrap();
+        a.running(&agent, "p", child(0), Some("pro"), None).unwrap();
+        b.running(&agent, "p", child(0), Some("pro"), None).unwrap();
         b.answering().unwrap();
-        c.running(&agent, "q", child(1), None).unwrap();
+        c.running(&agent, "q", child(1), Some("flash"), None)
+            .unwrap();
+        assert_eq!(r.models_on(child(0)), vec!["pro"]);
+        assert_eq!(r.models_on(child(2)), Vec::<String>::new());
         assert_eq!(r.reclaim(child(0)), 1);
         assert_eq!(a.taken(), Some(Taken::Reclaimed));
         assert_eq!(b.taken(), None, "its answer had begun");
@@ -336,8 +382,10 @@ mod tests {
         // Back to waiting, it may run (and be taken back) again.
         a.waiting();
         assert_eq!(a.taken(), None);
-        a.running(&agent, "q", child(1), None).unwrap();
+        a.running(&agent, "q", child(1), None, None).unwrap();
         assert_eq!(r.reclaim(child(1)), 2);
+        drop((a, b, c));
+        assert_eq!(r.models_on(child(1)), vec!["flash"], "the last one it ran");
     }
 
     #[test]
@@ -348,7 +396,7 @@ mod tests {
         let r = Arc::new(Registry::default());
         let agent = ureq::Agent::new_with_defaults();
         let reg = r.enter(7, "x");
-        reg.running(&agent, "p", child(0), Some(server_side.as_raw_fd()))
+        reg.running(&agent, "p", child(0), None, Some(server_side.as_raw_fd()))
             .unwrap();
         r.free_left_clients();
         assert_eq!(reg.taken(), None, "still there");

@@ -219,6 +219,8 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
 pub struct Outcome {
     pub child: ChildId,
     pub profile: String,
+    /// The model the request named.
+    pub model: Option<String>,
     pub verdict: Verdict,
     /// The request's id as the client sees it (`X-Request-Id`).
     pub request_id: String,
