@@ -789,11 +789,11 @@ impl Watcher {
             slot: self.slot,
             generation,
         };
-        // A quota is per model: the one its request named, when it ran one
-        // model; a rate limit is the whole account's.
+        // Quotas and rate limits are per model: the one its request named,
+        // when it ran one model; else the whole account's.
         let models = self.settings.requests.models_on(child);
-        let model = match (sign, models.as_slice()) {
-            (Sign::Quota, [one]) => Some(one.as_str()),
+        let model = match models.as_slice() {
+            [one] => Some(one.as_str()),
             _ => None,
         };
         let key = model.map(str::to_string);

@@ -8,6 +8,7 @@ mod core;
 mod frontdoor;
 mod gentle;
 mod leases;
+mod models;
 mod operate;
 mod proxy;
 mod realchild;

@@ -430,6 +430,85 @@ fn fork_child_login_internal_timeout_and_stop() {
 }
 
 #[test]
+fn current_child_out_of_quota_for_one_model_serves_the_other() {
+    let Some(rc) = real_child("current") else {
+        return;
+    };
+    let dir = TestDir::with_deadline("upstream_current_models", Duration::from_secs(360));
+    let _reap = Reap(&dir);
+    let later = unix_now() + MONTH;
+    dir.write_profile("a", &google_profile(&[("FAKE_QUOTA_MODEL", "pro")], later));
+    dir.write_profile("b", &google_profile(&[], later));
+    let c = Coordinator::start(&dir, builder(&rc, &dir).pool_size(2));
+    c.wait_all_ready(secs(150.0));
+    let pids: Vec<Option<i32>> = c.slots().iter().map(|s| s.pid).collect();
+    let port = c.ports.coordinator;
+    let ask = |model: &str, text: &str| {
+        let body = json!({"model": model, "messages": [{"role": "user", "content": text}]});
+        complete(port, &body, None)
+    };
+    let pro = "gemini-2.5-pro";
+    let flash = "gemini-2.5-flash";
+    // Two at a time, so each child gets one: flash, then pro (one lands on
+    // a, whose account refuses pro: taken back and served by b).
+    let mut served: Vec<(String, String)> = Vec::new();
+    for model in [flash, pro, pro, flash] {
+        let answers: Vec<(u16, String, f64)> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2)
+                .map(|i| s.spawn(move || ask(model, &format!("{model} {i}"))))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (status, body, _) in answers {
+            assert_eq!(status, 200, "{model}: {body}");
+            served.push((model.to_string(), body));
+        }
+    }
+    let a = profile_json(&c, "a");
+    let cooled: Vec<&str> = a["model_cooldowns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["model"].as_str())
+        .collect();
+    assert_eq!(cooled, vec![pro], "{a}");
+    assert_eq!(a["state"], "running", "{a}");
+    let now: Vec<Option<i32>> = c.slots().iter().map(|s| s.pid).collect();
+    assert_eq!(now, pids, "no child restarted: a serves flash still");
+    // Which account served what: the coordinator's own usage counts.
+    let usage = ctl(&dir, &["--json", "usage"]).ok().json();
+    let mut per: Vec<String> = Vec::new();
+    for p in usage["profiles"].as_array().into_iter().flatten() {
+        for m in p["models"].as_array().into_iter().flatten() {
+            per.push(format!(
+                "{}/{}: {}",
+                p["profile"], m["model"], m["total"]["ok"]
+            ));
+        }
+    }
+    eprintln!(
+        "MEASURED current per-model: answers served per account and model: {}",
+        per.join(", ")
+    );
+    assert!(
+        !per.iter()
+            .any(|l| l.starts_with("\"a\"/\"gemini-2.5-pro\"")),
+        "{per:?}"
+    );
+    let log = c.stderr();
+    assert!(
+        log.contains("profile a is out of quota for model gemini-2.5-pro"),
+        "{log}"
+    );
+    // After the cooldown was set, pro goes to b only.
+    for i in 0..2 {
+        let (status, body, _) = ask(pro, &format!("after {i}"));
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(cooled.len(), 1);
+}
+
+#[test]
 fn log_times_parse() {
     let log = "[2026-12-04T17:14:22.163Z INFO  x] slot 1: started profile c\n[2026-12-04T17:14:26.548Z WARN  x] profile c needs a new login\n";
     let d = log_span(log, "started profile c", "needs a new login");

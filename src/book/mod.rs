@@ -12,9 +12,10 @@
 //!   the child's `Retry-After` when it sent one, else `PROFILE_COOLDOWN_S`;
 //! - a rate limit in the child's log: `RATE_LIMIT_COOLDOWN_S`;
 //!
-//! An exhaustion of a request that named its model cools that model only
-//! (`models`): the profile keeps its slot and serves the other models, and
-//! is rotated out only when it cools for every model in demand.
+//! An exhaustion (quota or rate limit) of a request that named its model
+//! cools that model only (`models`): the profile keeps its slot and serves
+//! the other models, and is rotated out only when it cools for every model
+//! in demand. One whose model is not known cools the whole profile.
 //! - start failures: `START_FAILURES_TO_COOL` starts in a row that never
 //!   became ready (an expired login hangs the real child); the cooldown
 //!   starts at `START_COOLDOWN_FIRST` and doubles on each repeat, so one bad
@@ -374,8 +375,10 @@ impl Book {
     }
 
     /// Record one completion's answer to a request for `model` (None: not
-    /// known). An exhaustion cools that model only when it is known and the
-    /// limit is a quota; else the whole profile.
+    /// known). An exhaustion cools that model only when it is known (AI
+    /// Studio's quotas and rate limits are per model; the real child calls
+    /// every 429 a rate limit, a per-model quota too); else the whole
+    /// profile.
     pub fn answer(
         &mut self,
         name: &str,
@@ -398,7 +401,9 @@ impl Book {
                     return Verdict::Keep;
                 }
                 match model {
-                    Some(m) => self.cool_model(name, m, settings.cooldown, now),
+                    Some(m) => {
+                        self.cool_model(name, m, settings.cooldown, CoolReason::Exhausted, now)
+                    }
                     None => self.cool(name, CoolReason::Exhausted, settings.cooldown, now),
                 }
             }
@@ -408,7 +413,7 @@ impl Book {
             } => {
                 let d = retry_after.unwrap_or(settings.cooldown);
                 match model {
-                    Some(m) => self.cool_model(name, m, d, now),
+                    Some(m) => self.cool_model(name, m, d, CoolReason::Exhausted, now),
                     None => self.cool(name, CoolReason::Exhausted, d, now),
                 }
             }
@@ -417,7 +422,10 @@ impl Book {
                 limit: Limit::RateLimit,
             } => {
                 let d = retry_after.unwrap_or(settings.rate_limit_cooldown);
-                self.cool(name, CoolReason::RateLimited, d, now)
+                match model {
+                    Some(m) => self.cool_model(name, m, d, CoolReason::RateLimited, now),
+                    None => self.cool(name, CoolReason::RateLimited, d, now),
+                }
             }
         }
     }
@@ -465,12 +473,19 @@ impl Book {
         }
     }
 
-    fn cool_model(&mut self, name: &str, model: &str, d: Duration, now: SystemTime) -> Verdict {
+    fn cool_model(
+        &mut self,
+        name: &str,
+        model: &str,
+        d: Duration,
+        reason: CoolReason,
+        now: SystemTime,
+    ) -> Verdict {
         let e = self.entry(name);
         e.counts.exhausted += 1;
         e.empty_in_a_row = 0;
         models::prune(&mut e.models, now);
-        let until = models::cool(&mut e.models, model, now, now + d, CoolReason::Exhausted);
+        let until = models::cool(&mut e.models, model, now, now + d, reason);
         Verdict::CoolModel {
             model: model.to_string(),
             until,
@@ -775,15 +790,22 @@ mod tests {
             b.answer("b", Answer::Empty, Some("flash"), t0()),
             Verdict::CoolModel { ref model, .. } if model == "flash"
         ));
-        // A rate limit is the whole account's, model or not.
+        // A rate limit of a known model is that model's, and short.
         let rate = Answer::Exhausted {
             retry_after: None,
             limit: Limit::RateLimit,
         };
-        assert!(matches!(
+        assert_eq!(
             b.answer("a", rate, Some("flash"), t0()),
-            Verdict::Retire { .. }
-        ));
+            Verdict::CoolModel {
+                model: "flash".into(),
+                until: t0() + Duration::from_secs(300)
+            }
+        );
+        assert_eq!(
+            b.status(t0())[0].model_cooldowns[0].reason,
+            CoolReason::RateLimited
+        );
         let st = b.status(t0());
         assert_eq!(st[1].model_cooldowns.len(), 2);
         assert_eq!(st[1].model_cooldowns[1].model, "pro");

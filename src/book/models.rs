@@ -1,8 +1,7 @@
-//! Per-model cooldowns of one profile. AI Studio's quotas are per model: an
-//! account out of quota for one model still serves the others, so an
-//! exhaustion whose request named a model cools that model only (a rate
-//! limit, or an exhaustion of unknown model, cools the whole account, see
-//! the book). Pure: maps of model name to the end of its cooldown, and the
+//! Per-model cooldowns of one profile. AI Studio's quotas and rate limits
+//! are per model: an account out of quota for one model still serves the
+//! others, so an exhaustion whose request named a model cools that model
+//! only (one of unknown model cools the whole account, see the book). Pure: maps of model name to the end of its cooldown, and the
 //! questions the book asks of them, each given `now`.
 //!
 //! Which models matter is the demand: the models requested in the last
