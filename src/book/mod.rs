@@ -455,8 +455,13 @@ impl Book {
     fn cool(&mut self, name: &str, reason: CoolReason, d: Duration, now: SystemTime) -> Verdict {
         let until = now + d;
         let e = self.entry(name);
+        let cooling = e
+            .cooling_until_unix_ms
+            .is_some_and(|ms| from_unix_ms(ms) > now);
         if reason != CoolReason::StartFailures {
-            e.counts.exhausted += 1;
+            if !cooling {
+                e.counts.exhausted += 1;
+            }
             e.empty_in_a_row = 0;
         }
         // A later end wins: a second report never shortens a cooldown.
@@ -482,7 +487,11 @@ impl Book {
         now: SystemTime,
     ) -> Verdict {
         let e = self.entry(name);
-        e.counts.exhausted += 1;
+        // One exhaustion, however many signs report it (its log line and
+        // its answer both do).
+        if models::until(&e.models, model, now).is_none() {
+            e.counts.exhausted += 1;
+        }
         e.empty_in_a_row = 0;
         models::prune(&mut e.models, now);
         let until = models::cool(&mut e.models, model, now, now + d, reason);
