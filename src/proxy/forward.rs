@@ -494,8 +494,7 @@ impl Exchange<'_> {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let mut inspector = Inspector::new(content_type.as_deref(), judge);
-        let mut tokens = super::usage::Scanner::new(content_type.as_deref(), status);
-        let result = self.relay(rq, resp, &mut inspector, &mut tokens);
+        let result = self.relay(rq, resp, &mut inspector);
         metrics::request_done(
             Some(ticket.child.slot),
             status,
@@ -504,8 +503,9 @@ impl Exchange<'_> {
         );
         match result {
             Ok(bytes) => {
-                crate::usage::tokens(&ticket.profile, self.usage.as_ref(), tokens.finish());
-                let verdict = Verdict::of_answer(status, inspector.finish());
+                let reading = inspector.finish();
+                crate::usage::tokens(&ticket.profile, self.usage.as_ref(), reading.tokens);
+                let verdict = Verdict::of_answer(status, reading.empty);
                 debug!(
                     "{} {} ({}{}) -> {} {status} ({bytes} bytes) in {:.1?}",
                     self.method,
@@ -589,7 +589,6 @@ impl Exchange<'_> {
         rq: Request,
         mut resp: ureq::http::Response<ureq::Body>,
         inspector: &mut Inspector,
-        tokens: &mut super::usage::Scanner,
     ) -> Result<u64, RelayError> {
         let status = resp.status().as_u16();
         let length = resp
@@ -630,8 +629,7 @@ impl Exchange<'_> {
             w.flush().map_err(RelayError::Client)?;
         }
         let result = relay::copy_body(&mut reader, &mut w, framing, &mut |piece| {
-            inspector.feed(piece);
-            tokens.feed(piece);
+            inspector.feed(piece)
         });
         if let Err(RelayError::Upstream(_)) = &result {
             cut_client(client);

@@ -6,6 +6,10 @@
 //! and an error event after `[DONE]` (the current child's failed auth
 //! rotation after a quota).
 //!
+//! The same pass reads the answer's token counts for the usage book: the
+//! `usage` of a JSON answer, or of the last event of a stream that carries
+//! one (`usage::tokens_of`).
+//!
 //! The relay hands every piece to [`Inspector::feed`] after writing it to
 //! the client, so inspection never delays an event. An event stream is
 //! scanned line by line as it arrives (a line may span pieces); a JSON
@@ -14,7 +18,17 @@
 
 use serde_json::Value;
 
+use super::usage::{tokens_of, Tokens};
 use super::verdict::Emptiness;
+
+/// What reading an answer found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reading {
+    /// How it was empty, if it was (None also when not judged).
+    pub empty: Option<Emptiness>,
+    /// Its token counts, when it carried any.
+    pub tokens: Option<Tokens>,
+}
 
 /// The child's ways of reporting an upstream error inside a 200 answer,
 /// anywhere in the content: the current child always puts `\n\n` before
@@ -28,7 +42,8 @@ const NO_OUTPUT: &str = "*(Model finished thinking but generated no output.)*";
 const INTERNAL_TIMEOUT: &str = "internal_timeout";
 /// How much of the content's start is kept (to compare with `NO_OUTPUT`).
 const KEEP_START: usize = 128;
-/// Longest SSE line, and largest JSON answer, that is inspected.
+/// Longest SSE line, and largest JSON answer, that is inspected; a longer
+/// line is skipped (and taken for content), a larger answer not judged.
 const MAX_INSPECTED: usize = 8 << 20;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -55,6 +70,9 @@ pub struct Inspector {
     /// The end of the content seen so far, so a mark split across events
     /// is still found.
     tail: String,
+    /// A line grew past the bound: skip it to its end.
+    skipping: bool,
+    tokens: Option<Tokens>,
 }
 
 impl Inspector {
@@ -82,6 +100,8 @@ impl Inspector {
             start: String::new(),
             length: 0,
             tail: String::new(),
+            skipping: false,
+            tokens: None,
         }
     }
 
@@ -97,7 +117,9 @@ impl Inspector {
             }
             Mode::Events => {
                 while let Some(nl) = bytes.iter().position(|&b| b == b'\n') {
-                    if self.buf.is_empty() {
+                    if self.skipping {
+                        self.skipping = false;
+                    } else if self.buf.is_empty() {
                         self.line(&bytes[..nl]);
                     } else {
                         let mut line = std::mem::take(&mut self.buf);
@@ -106,8 +128,14 @@ impl Inspector {
                     }
                     bytes = &bytes[nl + 1..];
                 }
+                if self.skipping {
+                    return;
+                }
                 if self.buf.len() + bytes.len() > MAX_INSPECTED {
-                    self.off();
+                    // Too long to judge: content, as far as we know.
+                    self.buf = Vec::new();
+                    self.skipping = true;
+                    self.content = true;
                 } else {
                     self.buf.extend_from_slice(bytes);
                 }
@@ -115,25 +143,34 @@ impl Inspector {
         }
     }
 
-    /// The answer ended normally: is it empty? `None` when it had content
-    /// or was not judged.
-    pub fn finish(mut self) -> Option<Emptiness> {
+    /// The answer ended normally: was it empty, and its tokens.
+    pub fn finish(mut self) -> Reading {
         match self.mode {
-            Mode::Off => return None,
+            Mode::Off => return Reading::default(),
             Mode::Json => {
                 let buf = std::mem::take(&mut self.buf);
                 match serde_json::from_slice::<Value>(&buf) {
-                    Ok(v) => self.choices(&v, "message"),
-                    Err(_) => return None,
+                    Ok(v) => {
+                        self.choices(&v, "message");
+                        self.tokens = tokens_of(&v);
+                    }
+                    Err(_) => return Reading::default(),
                 }
             }
             Mode::Events => {
                 let rest = std::mem::take(&mut self.buf);
-                if !rest.is_empty() {
+                if !rest.is_empty() && !self.skipping {
                     self.line(&rest);
                 }
             }
         }
+        Reading {
+            empty: self.emptiness(),
+            tokens: self.tokens,
+        }
+    }
+
+    fn emptiness(&self) -> Option<Emptiness> {
         let trimmed = self.start.trim();
         if self.error_text || trimmed.starts_with(ERROR_START) {
             Some(Emptiness::ErrorText)
@@ -169,6 +206,9 @@ impl Inspector {
         if let Ok(v) = serde_json::from_slice::<Value>(data) {
             if self.done && v.get("error").is_some() {
                 self.error_after_done = true;
+            }
+            if let Some(t) = tokens_of(&v) {
+                self.tokens = Some(t);
             }
             self.choices(&v, "delta");
         }
@@ -248,7 +288,7 @@ mod tests {
         for p in pieces {
             i.feed(p.as_bytes());
         }
-        i.finish()
+        i.finish().empty
     }
 
     fn chunk(delta: &str) -> String {
@@ -323,7 +363,7 @@ mod tests {
         let judge = |body: &str| {
             let mut i = Inspector::new(Some("application/json"), true);
             i.feed(body.as_bytes());
-            i.finish()
+            i.finish().empty
         };
         let msg = |m: &str| format!(r#"{{"choices":[{{"message":{m}}}]}}"#);
         assert_eq!(judge(&msg(r#"{"content":"hi"}"#)), None);
@@ -343,9 +383,9 @@ mod tests {
         assert_eq!(judge("not json"), None, "not judged");
         let mut off = Inspector::new(Some("text/plain"), true);
         off.feed(b"whatever");
-        assert_eq!(off.finish(), None);
+        assert_eq!(off.finish(), Reading::default());
         let mut off = Inspector::new(Some("application/json"), false);
         off.feed(b"{}");
-        assert_eq!(off.finish(), None);
+        assert_eq!(off.finish(), Reading::default());
     }
 }

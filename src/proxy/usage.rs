@@ -1,20 +1,11 @@
-//! Reading the token counts of a completion's answer while it is relayed:
-//! the `usage` object of a JSON answer, or of the last event of a stream
-//! that carries one (OpenAI streams send it in the final chunk).
-//!
-//! Pure and incremental: the relay hands every piece to [`Scanner::feed`]
-//! (the same pieces as the inspector, after they reached the client), an
-//! event stream is scanned line by line (a line may span pieces) and only
-//! lines that mention `"usage"` are parsed; a JSON answer is kept up to a
-//! bound and parsed once at the end. Memory is bounded by [`MAX_KEPT`]
-//! whatever the child sends; past it the answer's tokens are simply not
-//! counted. Runs on the HTTP worker relaying the answer.
+//! The token counts of a completion's answer: the `usage` object of a JSON
+//! answer, or of the last event of a stream that carries one (OpenAI
+//! streams send it in the final chunk). The inspector reads them in the
+//! same pass that judges the answer (see `inspect`); this module says what
+//! a `usage` object means.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-/// Longest SSE line, and largest JSON answer, that is scanned.
-const MAX_KEPT: usize = 4 << 20;
 
 /// The token counts of one answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,124 +15,8 @@ pub struct Tokens {
     pub total: u64,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Mode {
-    Events,
-    Json,
-    Off,
-}
-
-#[derive(Debug)]
-pub struct Scanner {
-    mode: Mode,
-    /// The unfinished SSE line, or the JSON answer so far.
-    buf: Vec<u8>,
-    /// A line grew past the bound: skip it to its end.
-    skipping: bool,
-    found: Option<Tokens>,
-}
-
-impl Scanner {
-    /// A scanner for a 200 answer of `content_type`; anything else is not
-    /// scanned.
-    pub fn new(content_type: Option<&str>, status: u16) -> Scanner {
-        let ct = content_type.unwrap_or("").to_ascii_lowercase();
-        let mode = if status != 200 {
-            Mode::Off
-        } else if ct.starts_with("text/event-stream") {
-            Mode::Events
-        } else if ct.starts_with("application/json") {
-            Mode::Json
-        } else {
-            Mode::Off
-        };
-        Scanner {
-            mode,
-            buf: Vec::new(),
-            skipping: false,
-            found: None,
-        }
-    }
-
-    pub fn feed(&mut self, mut bytes: &[u8]) {
-        match self.mode {
-            Mode::Off => {}
-            Mode::Json => {
-                if self.buf.len() + bytes.len() > MAX_KEPT {
-                    self.mode = Mode::Off;
-                    self.buf = Vec::new();
-                } else {
-                    self.buf.extend_from_slice(bytes);
-                }
-            }
-            Mode::Events => {
-                while let Some(nl) = bytes.iter().position(|&b| b == b'\n') {
-                    if self.skipping {
-                        self.skipping = false;
-                    } else if self.buf.is_empty() {
-                        self.line(&bytes[..nl]);
-                    } else {
-                        let mut line = std::mem::take(&mut self.buf);
-                        line.extend_from_slice(&bytes[..nl]);
-                        self.line(&line);
-                    }
-                    bytes = &bytes[nl + 1..];
-                }
-                if self.skipping {
-                    return;
-                }
-                if self.buf.len() + bytes.len() > MAX_KEPT {
-                    self.buf = Vec::new();
-                    self.skipping = true;
-                } else {
-                    self.buf.extend_from_slice(bytes);
-                }
-            }
-        }
-    }
-
-    fn line(&mut self, line: &[u8]) {
-        let Some(data) = line.strip_prefix(b"data:") else {
-            return;
-        };
-        // Most chunks carry no usage: look before parsing.
-        if !contains(data, b"\"usage\"") {
-            return;
-        }
-        if let Some(t) = serde_json::from_slice::<Value>(data)
-            .ok()
-            .as_ref()
-            .and_then(tokens_of)
-        {
-            self.found = Some(t);
-        }
-    }
-
-    /// The answer's tokens, when it carried any.
-    pub fn finish(mut self) -> Option<Tokens> {
-        match self.mode {
-            Mode::Json => serde_json::from_slice::<Value>(&self.buf)
-                .ok()
-                .as_ref()
-                .and_then(tokens_of),
-            Mode::Events => {
-                if !self.buf.is_empty() && !self.skipping {
-                    let last = std::mem::take(&mut self.buf);
-                    self.line(&last);
-                }
-                self.found
-            }
-            Mode::Off => None,
-        }
-    }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 /// The `usage` of a completion or chunk object.
-fn tokens_of(v: &Value) -> Option<Tokens> {
+pub fn tokens_of(v: &Value) -> Option<Tokens> {
     let u = v.get("usage")?.as_object()?;
     let n = |k: &str| u.get(k).and_then(Value::as_u64);
     let (prompt, completion) = (n("prompt_tokens"), n("completion_tokens"));
@@ -158,14 +33,15 @@ fn tokens_of(v: &Value) -> Option<Tokens> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::inspect::Inspector;
     use super::*;
 
     fn scan(ct: &str, status: u16, pieces: &[&[u8]]) -> Option<Tokens> {
-        let mut s = Scanner::new(Some(ct), status);
+        let mut s = Inspector::new(Some(ct), status == 200);
         for p in pieces {
             s.feed(p);
         }
-        s.finish()
+        s.finish().tokens
     }
 
     fn t(prompt: u64, completion: u64, total: u64) -> Option<Tokens> {
@@ -254,21 +130,18 @@ mod tests {
     }
 
     #[test]
-    fn memory_stays_bounded() {
-        let mut s = Scanner::new(Some("text/event-stream"), 200);
+    fn a_line_too_long_is_skipped_and_the_next_still_counts() {
+        let mut s = Inspector::new(Some("text/event-stream"), true);
         let big = vec![b'x'; 1 << 20];
         for _ in 0..10 {
             s.feed(&big);
-            assert!(s.buf.len() <= MAX_KEPT);
         }
-        // The long line is skipped; the next one still counts.
         s.feed(b"\ndata: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n");
-        assert_eq!(s.finish(), t(1, 1, 2));
-        let mut j = Scanner::new(Some("application/json"), 200);
+        assert_eq!(s.finish().tokens, t(1, 1, 2));
+        let mut j = Inspector::new(Some("application/json"), true);
         for _ in 0..10 {
             j.feed(&big);
         }
-        assert!(j.buf.is_empty());
-        assert_eq!(j.finish(), None);
+        assert_eq!(j.finish().tokens, None);
     }
 }
