@@ -307,7 +307,7 @@ fn new_pool(cfg: &Config, hydrated: &Hydrated) -> (Arc<Pool>, Vec<Receiver<crate
     }
     pool.set_book(book, store);
     // A profile that needed a login and came back with new content runs.
-    pool.content_seen(&crate::hydrate::fingerprints(&hydrated.profiles));
+    pool.content_seen(&crate::hydrate::login_facts(&hydrated.profiles));
     info!(
         "{} slots for {profile_count} profiles ({} queued); child command: {}",
         pool.size(),

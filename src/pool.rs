@@ -670,26 +670,30 @@ impl Pool {
         }
     }
 
-    /// The profiles' source content now has these fingerprints (hydration,
-    /// a reload, a write-back): a profile that needed a login and has new
-    /// content may run again.
-    pub fn content_seen(&self, fingerprints: &[(String, u64)]) {
+    /// What the profiles' files say now (hydration, a reload): one that
+    /// needed a login and has new content may run again; one whose session
+    /// cookies all expired needs a login, before any start.
+    pub fn content_seen(&self, facts: &[crate::hydrate::LoginFacts]) {
         let renewed: Vec<&str> = {
             let mut inner = self.lock();
-            fingerprints
+            facts
                 .iter()
-                .filter(|(name, fp)| inner.book.content_seen(name, *fp))
-                .map(|(name, _)| name.as_str())
+                .filter(|f| inner.book.content_seen(&f.profile, f.fingerprint))
+                .map(|f| f.profile.as_str())
                 .collect()
         };
-        if renewed.is_empty() {
-            return;
-        }
         for name in &renewed {
             log::info!("profile {name} has new content: its login is tried again");
         }
-        self.save_book();
-        self.wake_all();
+        for f in facts {
+            if let Some(why) = &f.expired {
+                self.login_needed(&f.profile, why, f.fingerprint);
+            }
+        }
+        if !renewed.is_empty() {
+            self.save_book();
+            self.wake_all();
+        }
     }
 
     /// A start of `profile` ended; it had become ready or not.

@@ -182,9 +182,9 @@ impl Reloader {
         let keys_changed = self.proxy.set_keys(keys);
         self.writeback.rebase(&hydrated, since);
         let profiles = hydrated.profiles.len();
-        let fingerprints = hydrate::fingerprints(&hydrated.profiles);
+        let facts = hydrate::login_facts(&hydrated.profiles);
         let changes = self.pool.apply_profiles(hydrated.profiles);
-        self.pool.content_seen(&fingerprints);
+        self.pool.content_seen(&facts);
         if keys_changed {
             for slot in (0..self.pool.size()).filter(|s| !changes.draining.contains(s)) {
                 self.pool.command(

@@ -22,10 +22,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{after, select, Receiver, Sender};
 use log::{error, info, warn};
 
-use crate::book::{
-    self,
-    login::{self, Session},
-};
+use crate::book;
 use crate::config::{Config, Ports};
 use crate::dispatch::ChildId;
 use crate::hydrate::Profile;
@@ -384,14 +381,17 @@ impl Watcher {
     /// Start `profile` once its ports are free, watch it to its end, stop
     /// its whole tree.
     fn run_one(&mut self, profile: &Profile) -> Turn {
-        if let Some(why) = expired_login(profile) {
-            info!(
-                "slot {}: not starting profile {}: {why}",
-                self.slot, profile.name
-            );
-            self.pool
-                .login_needed(&profile.name, &why, profile.fingerprint().unwrap_or(0));
-            return Turn::NeedsLogin;
+        // Session cookies expire while a profile waits its turn too.
+        if let Some(facts) = profile.login() {
+            if let Some(why) = facts.expired {
+                info!(
+                    "slot {}: not starting profile {}: {why}",
+                    self.slot, profile.name
+                );
+                self.pool
+                    .login_needed(&profile.name, &why, facts.fingerprint);
+                return Turn::NeedsLogin;
+            }
         }
         let ports = self.pool.ports(self.slot);
         if let Some(busy) = self.wait_ports_free(&ports) {
@@ -828,18 +828,6 @@ impl Watcher {
                 self.slot
             );
         }
-    }
-}
-
-/// Why `profile` cannot log in, judged from its file before a start: every
-/// Google session cookie it has expired. None when it may be started.
-fn expired_login(profile: &Profile) -> Option<String> {
-    let bytes = std::fs::read(&profile.path).ok()?;
-    match login::session(&bytes, std::time::SystemTime::now()) {
-        Session::Expired { count } => Some(format!(
-            "its {count} Google session cookies have all expired"
-        )),
-        Session::Live | Session::Unknown => None,
     }
 }
 

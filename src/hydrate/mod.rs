@@ -39,14 +39,37 @@ impl Profile {
             .ok()
             .map(|b| crate::book::login::fingerprint(&b))
     }
+
+    /// What the file says of its login now: its fingerprint, and why it
+    /// cannot log in when every Google session cookie it has expired.
+    pub fn login(&self) -> Option<LoginFacts> {
+        let bytes = std::fs::read(&self.path).ok()?;
+        let expired = match crate::book::login::session(&bytes, std::time::SystemTime::now()) {
+            crate::book::login::Session::Expired { count } => Some(format!(
+                "its {count} Google session cookies have all expired"
+            )),
+            _ => None,
+        };
+        Some(LoginFacts {
+            profile: self.name.clone(),
+            fingerprint: crate::book::login::fingerprint(&bytes),
+            expired,
+        })
+    }
 }
 
-/// The fingerprints of `profiles` that can be read.
-pub fn fingerprints(profiles: &[Profile]) -> Vec<(String, u64)> {
-    profiles
-        .iter()
-        .filter_map(|p| Some((p.name.clone(), p.fingerprint()?)))
-        .collect()
+/// What one profile file says of its login (read outside any lock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginFacts {
+    pub profile: String,
+    pub fingerprint: u64,
+    /// Why it cannot log in, when its session cookies all expired.
+    pub expired: Option<String>,
+}
+
+/// The login facts of `profiles` that can be read.
+pub fn login_facts(profiles: &[Profile]) -> Vec<LoginFacts> {
+    profiles.iter().filter_map(Profile::login).collect()
 }
 
 /// What hydration produced; `--hydrate-only` prints it as JSON.

@@ -1,6 +1,7 @@
 """The status page in a real headless Chromium (Debian's, driven by
 Playwright without a browser download): it loads with the admin key, shows
-the slots, a cooling profile with its time left and the usage; a rotate
+the slots, a cooling profile with its time left (and the model it is out
+of quota for), a profile that needs a new login, and the usage; a rotate
 button works; every request the page makes stays on 127.0.0.1; a profile
 named like markup renders as text. Screenshots at laptop and phone widths
 go to target/console/. Figures for the report are printed (page size,
@@ -79,9 +80,13 @@ def fleet(tmp_path):
     active.mkdir(parents=True)
     # alice runs out after one answer; 100 profiles in all, one named like markup.
     (active / "alice.json").write_text(json.dumps({"cookies": [], "testchild": {"exhaust_after": 1}}))
-    names = ["bob", EVIL] + [f"p{i:03}" for i in range(97)]
+    names = ["bob", EVIL] + [f"p{i:03}" for i in range(96)]
     for n in names:
         (active / f"{n}.json").write_text(json.dumps({"cookies": [], "testchild": {}}))
+    # fay's Google session expired long ago: she needs a new login.
+    stale = [{"name": c, "value": "x", "domain": ".google.com", "path": "/", "expires": 1e9}
+             for c in ("SID", "HSID")]
+    (active / "fay.json").write_text(json.dumps({"cookies": stale, "testchild": {}}))
     (tmp_path / "profiles" / "key.txt").write_text("sk-page-test-1  # team-page\n")
     port = free_port()
     base = free_port() + 1000
@@ -150,6 +155,11 @@ def test_console_page_in_chromium(fleet):
             alice = page.locator("#profiles tbody tr", has_text="alice")
             text = alice.inner_text()
             assert "cooling" in text and "left" in text and "exhausted" in text, text
+            assert "gemini-test:" in text, text
+            # The profile that needs a login, plainly marked.
+            fay = page.locator("#profiles tbody tr.needs-login", has_text="fay")
+            assert fay.count() == 1
+            assert "needs login" in fay.inner_text() and "session cookies" in fay.inner_text()
             # Usage: the key's label, never the key.
             keys = page.locator("#keys tbody").inner_text()
             assert "team-page" in keys and "sk-page-test-1" not in page.content()

@@ -105,18 +105,11 @@
       " · rotation queue: " + queueText(st.rotation_queue || []);
   }
 
-  // Per-model cooldowns, when the book has them: any object field of the
-  // profile whose name mentions cooldowns, mapping a model to a time.
+  // Per-model cooldowns: [model, until] of each model the profile cools for.
   function modelCooldowns(p) {
-    const out = [];
-    for (const [k, v] of Object.entries(p)) {
-      if (!/cool/i.test(k) || !v || typeof v !== "object" || Array.isArray(v)) continue;
-      for (const [model, w] of Object.entries(v)) {
-        const until = typeof w === "number" ? w : (w && (w.until_unix_ms || w.cooling_until_unix_ms));
-        if (typeof until === "number" && until > now()) out.push([model, until]);
-      }
-    }
-    return out;
+    return (p.model_cooldowns || [])
+      .filter((m) => typeof m.until_unix_ms === "number" && m.until_unix_ms > now())
+      .map((m) => [String(m.model), m.until_unix_ms, m.reason]);
   }
 
   function drawProfiles(st, usage) {
@@ -129,8 +122,15 @@
         cool.append(el("span", { class: "left", "data-until": p.cooling_until_unix_ms }, human(p.cooling_until_unix_ms - now()) + " left"),
           p.reason ? " (" + p.reason + ")" : "");
       }
-      for (const [model, until] of modelCooldowns(p)) {
-        cool.append(el("div", {}, model + ": ", el("span", { class: "left", "data-until": until }, human(until - now()) + " left")));
+      for (const [model, until, reason] of modelCooldowns(p)) {
+        cool.append(el("div", { class: "model-cool" }, model + ": ",
+          el("span", { class: "left", "data-until": until }, human(until - now()) + " left"),
+          reason ? " (" + reason + ") " : " ",
+          action("Reset", "reset", { profile: p.profile, model: model },
+            "Clear the cooldown of model " + model + " on " + p.profile + "?")));
+      }
+      if (p.needs_login) {
+        cool.append(el("div", { class: "login" }, "needs a new login: " + String(p.needs_login.why || "")));
       }
       if (!cool.childNodes.length) cool.textContent = "-";
       const t = u.total || {};
@@ -143,7 +143,7 @@
         el("td", { class: "ops" },
           p.disabled ? action("Enable", "enable", { profile: p.profile }, "Enable profile " + p.profile + "?")
                      : action("Disable", "disable", { profile: p.profile }, "Disable profile " + p.profile + "? A running child is drained and rotated out."),
-          action("Reset", "reset", { profile: p.profile }, "Clear the cooldown and failure counts of " + p.profile + "?")));
+          action("Reset", "reset", { profile: p.profile }, "Clear the cooldowns, the login mark and the failure counts of " + p.profile + "?")));
     }));
   }
 
