@@ -130,7 +130,7 @@
             "Clear the cooldown of model " + model + " on " + p.profile + "?")));
       }
       if (p.needs_login) {
-        cool.append(el("div", { class: "login" }, "needs a new login: " + String(p.needs_login.why || "")));
+        cool.append(el("div", { class: "login-why" }, "needs a new login: " + String(p.needs_login.why || "")));
       }
       if (!cool.childNodes.length) cool.textContent = "-";
       const t = u.total || {};
