@@ -45,7 +45,7 @@
 //! | `login_fail_after_ms` | u64 | 1500 | when an expired login is found, from start |
 //! | `quota_log` | bool | false (cookie `FAKE_QUOTA`: true) | every completion hits the current child's quota handling (see `completion.rs`); prompt text `FAKE_QUOTA` does it per request |
 //! | `quota_models` | string | - (cookie `FAKE_QUOTA_MODEL=<part>` adds `<part>`) | comma-separated parts: quota only for a `model` containing one |
-//! | `quota_type` | string | `QUOTA_EXCEEDED` | the `Type:` of the quota log line (`RATE_LIMIT`) |
+//! | `quota_type` | string | `QUOTA_EXCEEDED` | the `Type:` of the quota log line (`RATE_LIMIT`: the error text of every quota line says `429 Too Many Requests`, as the real child's then does) |
 //! | `quota_requeue_ms` | u64 | 1000 | a non-streamed quota request's re-queue round |
 //! | `quota_deadline_ms` | u64 | 420000 | its own 504, from arrival |
 //! | `error_text_mark` | string | `[错误` | `error_text`'s form: the default gives `[错误: <text>]`, any other mark `<mark> AI Studio error: 500 <text>]` (`[Error:` as the current child) |
