@@ -27,7 +27,8 @@
 //!   comments `: processing auth rotation (attempt 1)...` and
 //!   `: processing auth rotation...` and `data: {"error": "Auth rotation
 //!   failed."}` (log: `[<req_id>] Quota limit hit during stream: AI Studio
-//!   quota exceeded: 429 RESOURCE_EXHAUSTED. ...`, before the chunk);
+//!   quota exceeded: 429 RESOURCE_EXHAUSTED. ...`, after `[DONE]` and
+//!   before the comments, as the real child's generator logs it);
 //!   non-streamed: no answer, a re-queue round every `quota_requeue_ms`
 //!   while the client stays (log each round: `[<req_id>] Quota Exceeded: AI
 //!   Studio quota exceeded: 429 RESOURCE_EXHAUSTED` (with `quota_type`
@@ -580,11 +581,17 @@ fn quota_answer(
     let id = &job.req_id;
     let error = quota_error(&app.knobs.quota_type);
     if job.stream {
+        // As the real child: its head and the empty chunk and `[DONE]` go
+        // out first; the quota shows (and is logged) only then, before the
+        // rotation's comments.
+        let events = quota_stream_events(answer);
+        let (answered, tail) = events.split_at(2);
+        let mut out = open_stream(app, request, job, waited_ms);
+        let mut ok = out.is_ok() && answered.iter().all(|e| out.chunk(e).is_ok());
         log_line(&format!(
             "[{id}] Quota limit hit during stream: {error}. Initiating rotation (Attempt 1/3)..."
         ));
-        let mut out = open_stream(app, request, job, waited_ms);
-        let ok = out.is_ok() && out.events(&quota_stream_events(answer)).is_ok();
+        ok = ok && out.events(tail).is_ok();
         log_line(&format!("[{id}] Auth rotation failed."));
         return if ok {
             Outcome::Answered
