@@ -22,7 +22,8 @@
 //!   `[DONE]`; non-streamed 502 with `Retry-After`;
 //! - out of quota (`quota_log`, `quota_models`, profile cookies `FAKE_QUOTA`
 //!   / `FAKE_QUOTA_MODEL`, or `FAKE_QUOTA` in the prompt), as the current
-//!   child: streamed 200, one chunk with empty content, `finish_reason:
+//!   child: streamed 200 (the head at once, the rest after
+//!   `completion_delay_ms`), one chunk with empty content, `finish_reason:
 //!   stop` and `usage.completion_tokens: 0`, `[DONE]`, and after it the
 //!   comments `: processing auth rotation (attempt 1)...` and
 //!   `: processing auth rotation...` and `data: {"error": "Auth rotation
@@ -581,13 +582,16 @@ fn quota_answer(
     let id = &job.req_id;
     let error = quota_error(&app.knobs.quota_type);
     if job.stream {
-        // As the real child: its head and the empty chunk and `[DONE]` go
-        // out first; the quota shows (and is logged) only then, before the
-        // rotation's comments.
+        // As the real child: its head goes out when the work starts, the
+        // empty chunk and `[DONE]` when AI Studio answered 429 (after
+        // `completion_delay_ms` here), and the quota is logged only then,
+        // before the rotation's comments.
         let events = quota_stream_events(answer);
         let (answered, tail) = events.split_at(2);
         let mut out = open_stream(app, request, job, waited_ms);
-        let mut ok = out.is_ok() && answered.iter().all(|e| out.chunk(e).is_ok());
+        let mut ok = out.is_ok()
+            && pause(Duration::from_millis(app.knobs.completion_delay_ms), watch)
+            && answered.iter().all(|e| out.chunk(e).is_ok());
         log_line(&format!(
             "[{id}] Quota limit hit during stream: {error}. Initiating rotation (Attempt 1/3)..."
         ));

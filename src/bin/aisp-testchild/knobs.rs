@@ -17,7 +17,7 @@
 //! | `ignore_sigterm` | bool | false | the launcher ignores SIGTERM |
 //! | `spawn_grandchild` | bool | false | SIGTERM-ignoring descendant in our group, `<profile>.grandchild.pid` |
 //! | `pid_dir` | path | - | where pid files go (`<profile>.pid`, `.browser.pid`, `.helper.pid`, `.driver.pid`, `.grandchild.pid`) |
-//! | `completion_delay_ms` | u64 | 0 | how long serving a completion takes (after the head, when streaming) |
+//! | `completion_delay_ms` | u64 | 0 | how long serving a completion takes (after the head, when streaming; a streamed quota's empty chunk comes after it too) |
 //! | `fail_status` | u16 | - | every completion answers this status at once |
 //! | `reset` | bool | false | every completion's connection is cut without an answer |
 //! | `stream_events` | u32 | 5 | content events per streamed answer (at least 1) |
