@@ -1,6 +1,7 @@
 //! The one integration-test binary: each module tests one area against the
 //! real binaries; `common` is the shared harness.
 
+mod accounts;
 mod common;
 mod conn;
 mod console;

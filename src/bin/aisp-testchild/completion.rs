@@ -22,16 +22,20 @@
 //!   `[DONE]`; non-streamed 502 with `Retry-After`;
 //! - out of quota (`quota_log`, `quota_models`, profile cookies `FAKE_QUOTA`
 //!   / `FAKE_QUOTA_MODEL`, or `FAKE_QUOTA` in the prompt), as the current
-//!   child: streamed 200, one chunk with empty content, `finish_reason:
+//!   child: streamed 200 (the head at once, the rest after
+//!   `completion_delay_ms`), one chunk with empty content, `finish_reason:
 //!   stop` and `usage.completion_tokens: 0`, `[DONE]`, and after it the
 //!   comments `: processing auth rotation (attempt 1)...` and
 //!   `: processing auth rotation...` and `data: {"error": "Auth rotation
 //!   failed."}` (log: `[<req_id>] Quota limit hit during stream: AI Studio
-//!   quota exceeded: 429 RESOURCE_EXHAUSTED. ...`, before the chunk);
+//!   quota exceeded: 429 RESOURCE_EXHAUSTED. ...`, after `[DONE]` and
+//!   before the comments, as the real child's generator logs it);
 //!   non-streamed: no answer, a re-queue round every `quota_requeue_ms`
 //!   while the client stays (log each round: `[<req_id>] Quota Exceeded: AI
-//!   Studio quota exceeded: 429 RESOURCE_EXHAUSTED`, `⛔ GLOBAL ALERT: Quota
-//!   Exceeded! Type: <quota_type> (Event Signal Sent)`, `[<req_id>]
+//!   Studio quota exceeded: 429 RESOURCE_EXHAUSTED` (with `quota_type`
+//!   `RATE_LIMIT`: `429 Too Many Requests`, here and in the streamed line,
+//!   since the real child derives its type from that text), `⛔ GLOBAL
+//!   ALERT: Quota Exceeded! Type: <quota_type> (Event Signal Sent)`, `[<req_id>]
 //!   (Worker) ⛔ Quota exceeded, re-queueing.`), holding the lane, until 504
 //!   `{"detail": "[<req_id>] Request processing timed out."}` at
 //!   `quota_deadline_ms` from arrival; a client that leaves ends it;
@@ -102,6 +106,20 @@ pub fn error_content(mark: &str, text: &str) -> String {
 
 /// What the current child says of a 429 from AI Studio.
 pub const QUOTA_ERROR: &str = "AI Studio quota exceeded: 429 RESOURCE_EXHAUSTED";
+/// The same for a rate limit.
+pub const RATE_LIMIT_ERROR: &str = "AI Studio quota exceeded: 429 Too Many Requests";
+
+/// The error text of a quota round of type `quota_type`. The real child
+/// reads its `Type:` from this very text (`RATE_LIMIT` only when it says
+/// "Too Many Requests", `config/global_state.py`), so its lines never
+/// disagree: a `RATE_LIMIT` round says so in its first line too.
+pub fn quota_error(quota_type: &str) -> &'static str {
+    if quota_type == "RATE_LIMIT" {
+        RATE_LIMIT_ERROR
+    } else {
+        QUOTA_ERROR
+    }
+}
 /// The current child's in-band form of an upstream 500, streamed.
 pub const ERROR500_CONTENT: &str = "[Error: AI Studio error: 500 Internal error]";
 /// The current child's placeholder for a stream with no output.
@@ -562,12 +580,22 @@ fn quota_answer(
     watch: &mut ConnWatch,
 ) -> Outcome {
     let id = &job.req_id;
+    let error = quota_error(&app.knobs.quota_type);
     if job.stream {
-        log_line(&format!(
-            "[{id}] Quota limit hit during stream: {QUOTA_ERROR}. Initiating rotation (Attempt 1/3)..."
-        ));
+        // As the real child: its head goes out when the work starts, the
+        // empty chunk and `[DONE]` when AI Studio answered 429 (after
+        // `completion_delay_ms` here), and the quota is logged only then,
+        // before the rotation's comments.
+        let events = quota_stream_events(answer);
+        let (answered, tail) = events.split_at(2);
         let mut out = open_stream(app, request, job, waited_ms);
-        let ok = out.is_ok() && out.events(&quota_stream_events(answer)).is_ok();
+        let mut ok = out.is_ok()
+            && pause(Duration::from_millis(app.knobs.completion_delay_ms), watch)
+            && answered.iter().all(|e| out.chunk(e).is_ok());
+        log_line(&format!(
+            "[{id}] Quota limit hit during stream: {error}. Initiating rotation (Attempt 1/3)..."
+        ));
+        ok = ok && out.events(tail).is_ok();
         log_line(&format!("[{id}] Auth rotation failed."));
         return if ok {
             Outcome::Answered
@@ -578,7 +606,7 @@ fn quota_answer(
     let deadline = job.arrived + Duration::from_millis(app.knobs.quota_deadline_ms);
     let round = Duration::from_millis(app.knobs.quota_requeue_ms.max(1));
     while Instant::now() < deadline {
-        log_line(&format!("[{id}] Quota Exceeded: {QUOTA_ERROR}"));
+        log_line(&format!("[{id}] Quota Exceeded: {error}"));
         log_line(&format!(
             "⛔ GLOBAL ALERT: Quota Exceeded! Type: {} (Event Signal Sent)",
             app.knobs.quota_type
@@ -977,6 +1005,13 @@ mod tests {
         let err: Value =
             serde_json::from_str(ev[4].strip_prefix("data: ").unwrap().trim_end()).unwrap();
         assert_eq!(err["error"], "Auth rotation failed.");
+    }
+
+    #[test]
+    fn a_rate_limits_text_says_so_as_the_real_childs_does() {
+        assert_eq!(quota_error("QUOTA_EXCEEDED"), QUOTA_ERROR);
+        assert!(quota_error("RATE_LIMIT").contains("429 Too Many Requests"));
+        assert!(!QUOTA_ERROR.to_lowercase().contains("too many requests"));
     }
 
     #[test]

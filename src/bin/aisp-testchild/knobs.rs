@@ -17,7 +17,7 @@
 //! | `ignore_sigterm` | bool | false | the launcher ignores SIGTERM |
 //! | `spawn_grandchild` | bool | false | SIGTERM-ignoring descendant in our group, `<profile>.grandchild.pid` |
 //! | `pid_dir` | path | - | where pid files go (`<profile>.pid`, `.browser.pid`, `.helper.pid`, `.driver.pid`, `.grandchild.pid`) |
-//! | `completion_delay_ms` | u64 | 0 | how long serving a completion takes (after the head, when streaming) |
+//! | `completion_delay_ms` | u64 | 0 | how long serving a completion takes (after the head, when streaming; a streamed quota's empty chunk comes after it too) |
 //! | `fail_status` | u16 | - | every completion answers this status at once |
 //! | `reset` | bool | false | every completion's connection is cut without an answer |
 //! | `stream_events` | u32 | 5 | content events per streamed answer (at least 1) |
@@ -45,7 +45,7 @@
 //! | `login_fail_after_ms` | u64 | 1500 | when an expired login is found, from start |
 //! | `quota_log` | bool | false (cookie `FAKE_QUOTA`: true) | every completion hits the current child's quota handling (see `completion.rs`); prompt text `FAKE_QUOTA` does it per request |
 //! | `quota_models` | string | - (cookie `FAKE_QUOTA_MODEL=<part>` adds `<part>`) | comma-separated parts: quota only for a `model` containing one |
-//! | `quota_type` | string | `QUOTA_EXCEEDED` | the `Type:` of the quota log line (`RATE_LIMIT`) |
+//! | `quota_type` | string | `QUOTA_EXCEEDED` | the `Type:` of the quota log line (`RATE_LIMIT`: the error text of every quota line says `429 Too Many Requests`, as the real child's then does) |
 //! | `quota_requeue_ms` | u64 | 1000 | a non-streamed quota request's re-queue round |
 //! | `quota_deadline_ms` | u64 | 420000 | its own 504, from arrival |
 //! | `error_text_mark` | string | `[错误` | `error_text`'s form: the default gives `[错误: <text>]`, any other mark `<mark> AI Studio error: 500 <text>]` (`[Error:` as the current child) |
