@@ -967,9 +967,9 @@ impl Pool {
                     look.overstayed = Some((slot, why));
                     inner.overstay = Some(slot);
                 }
-                if let Some(d) = decide::next_overstay(now, max, &slots) {
-                    next = next.min(d.max(decide::LOOK_HELD));
-                }
+                // A slot not ready yet reaches the limit no sooner than `max`.
+                let d = decide::next_overstay(now, max, &slots).unwrap_or(max);
+                next = next.min(d.max(decide::LOOK_HELD));
             }
             look.next = next;
             stamped

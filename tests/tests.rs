@@ -7,6 +7,7 @@ mod console;
 mod core;
 mod frontdoor;
 mod gentle;
+mod keepalive;
 mod leases;
 mod operate;
 mod proxy;

@@ -121,9 +121,13 @@ pub struct Look {
     pub overstayed: Option<(usize, String)>,
 }
 
-fn hours(d: Option<Duration>) -> String {
-    d.map(|d| format!("{:.1} h", d.as_secs_f64() / 3600.0))
-        .unwrap_or_else(|| "-".into())
+/// An idle time as operators read it: seconds under an hour, else hours.
+fn idle(d: Option<Duration>) -> String {
+    match d {
+        Some(d) if d.as_secs() < 3600 => format!("{} s", d.as_secs()),
+        Some(d) => format!("{:.1} h", d.as_secs_f64() / 3600.0),
+        None => "-".into(),
+    }
 }
 
 /// A turn's profile took its slot (`name` starts now).
@@ -131,7 +135,7 @@ pub fn note_begin(t: &Turn, name: &str) {
     info!(
         "slot {}: keep-alive turn for {name} begins (idle {}): starting it; {} waits at the front of the queue",
         t.slot,
-        hours(t.idle),
+        idle(t.idle),
         t.displaced.as_deref().unwrap_or("nobody"),
     );
     crate::events::record(
@@ -214,7 +218,7 @@ fn log_look(look: &Look, held: &mut Option<(String, decide::Hold)>) {
             "slot {}: keep-alive turn for {} (idle {}): draining {} to make way",
             t.slot,
             t.profile,
-            hours(t.idle),
+            idle(t.idle),
             t.holder.as_deref().unwrap_or("the slot")
         );
     }
