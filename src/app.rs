@@ -143,6 +143,7 @@ pub fn run(
     .map_err(|e| format!("cannot start the reload thread: {e}"))
     .map_err(fatal(1))?;
 
+    let keepalive = start_keepalive(cfg, &pool, shutdown_rx.clone())?;
     let (hurry_tx, hurry_rx) = crossbeam_channel::bounded::<()>(0);
     let flags = watcher::Signals {
         shutdown: shutdown_rx,
@@ -199,6 +200,7 @@ pub fn run(
     for w in watchers
         .into_iter()
         .chain([outcomes, reloads, client_watch, observer])
+        .chain(keepalive)
     {
         if w.is_finished() {
             let _ = w.join();
@@ -211,6 +213,39 @@ pub fn run(
     crate::usage::global().save();
     info!("shutdown complete");
     Ok(())
+}
+
+/// With `PROFILE_KEEPALIVE_S` or `PROFILE_MAX_RUNTIME_S`: the thread that
+/// gives idle profiles their turn and rotates long runs out.
+fn start_keepalive(
+    cfg: &Config,
+    pool: &Arc<Pool>,
+    shutdown: Receiver<()>,
+) -> Result<Option<JoinHandle<()>>, Fatal> {
+    let k = cfg.keepalive;
+    if !k.on() {
+        return Ok(None);
+    }
+    if let Some(every) = k.every {
+        info!(
+            "keep-alive turns for profiles idle {} s (PROFILE_KEEPALIVE_S), one at a time",
+            every.as_secs()
+        );
+    }
+    if let Some(max) = k.max_runtime {
+        info!(
+            "a profile holding its slot {} s makes way when another waits (PROFILE_MAX_RUNTIME_S)",
+            max.as_secs()
+        );
+    }
+    // A slot making way drains (REQUEST_TIMEOUT_S at most) and stops its
+    // child (the grace, then a kill): past that and a margin, the turn is
+    // dropped and asked for again.
+    let stuck = cfg.request_timeout + cfg.stop_grace * 2 + Duration::from_secs(60);
+    crate::keepalive::spawn(pool.clone(), k, stuck, shutdown)
+        .map(Some)
+        .map_err(|e| format!("cannot start the keep-alive thread: {e}"))
+        .map_err(fatal(1))
 }
 
 /// How long one lease request may take: well inside a renewal interval.

@@ -151,6 +151,8 @@ pub struct Config {
     pub start_stagger: Duration,
     /// `CHILD_MAX_RSS_MB`, `CHILD_MAX_AGE_S`, `CHILD_RSS_SAMPLE_S`.
     pub recycle: crate::recycle::Limits,
+    /// `PROFILE_KEEPALIVE_S`, `PROFILE_MAX_RUNTIME_S`.
+    pub keepalive: crate::keepalive::Settings,
     /// `PROFILE_PROXIES_FILE`: each profile's own outbound proxy.
     pub profile_proxies_file: Option<PathBuf>,
     pub hydrate_only: bool,
@@ -473,6 +475,16 @@ const SETTINGS: &[Setting] = &[
         env: "CHILD_RSS_SAMPLE_S",
         default: Some("5"),
         help: "seconds between measurements of a running child's process tree memory",
+    },
+    Setting {
+        env: "PROFILE_KEEPALIVE_S",
+        default: Some("43200"),
+        help: "give a profile idle this many seconds (since its last run, or since first seen) a short turn on a slot so its login is refreshed and written back; one turn at a time, never while requests wait (0: off)",
+    },
+    Setting {
+        env: "PROFILE_MAX_RUNTIME_S",
+        default: Some("0"),
+        help: "drain and rotate out a profile that has held its slot this many seconds while another profile waits its turn (0: off)",
     },
     Setting {
         env: "PROFILE_PROXIES_FILE",
@@ -844,6 +856,16 @@ impl Config {
                 },
                 sample: secs("CHILD_RSS_SAMPLE_S", 1, 3_600)?,
             },
+            keepalive: crate::keepalive::Settings {
+                every: match secs("PROFILE_KEEPALIVE_S", 0, 365 * 86_400)? {
+                    d if d.is_zero() => None,
+                    d => Some(d),
+                },
+                max_runtime: match secs("PROFILE_MAX_RUNTIME_S", 0, 365 * 86_400)? {
+                    d if d.is_zero() => None,
+                    d => Some(d),
+                },
+            },
             profile_proxies_file: get("PROFILE_PROXIES_FILE").map(abs),
             hydrate_only,
         })))
@@ -1072,6 +1094,21 @@ mod tests {
         assert_eq!(c.start_stagger, Duration::ZERO);
         assert_eq!(c.recycle, crate::recycle::Limits::default());
         assert_eq!(c.profile_proxies_file, None);
+        assert_eq!(c.keepalive.every, Some(Duration::from_secs(43_200)));
+        assert_eq!(c.keepalive.max_runtime, None);
+        let k = run(
+            &["--profile-keepalive-s", "0"],
+            &[("PROFILE_MAX_RUNTIME_S", "7200")],
+        )
+        .keepalive;
+        assert_eq!(
+            (k.every, k.max_runtime),
+            (None, Some(Duration::from_secs(7200)))
+        );
+        assert_eq!(
+            err(&[], &[("PROFILE_KEEPALIVE_S", "12h")]),
+            "invalid PROFILE_KEEPALIVE_S=\"12h\": expected an integer from 0 to 31536000"
+        );
         let c = run(
             &["--start-stagger-s", "1.5", "--child-max-rss-mb=800"],
             &[

@@ -37,6 +37,8 @@ pub enum Kind {
     NeedsLogin,
     Reload,
     Writeback,
+    /// A keep-alive turn began or ended (`PROFILE_KEEPALIVE_S`).
+    KeepAlive,
     LeaseGained,
     LeaseLost,
     Operator,

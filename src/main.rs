@@ -14,6 +14,7 @@ mod events;
 mod fleet;
 mod health;
 mod hydrate;
+mod keepalive;
 mod logging;
 mod metrics;
 mod notify;

@@ -23,6 +23,7 @@ use crate::config::{PortPlan, Ports};
 use crate::dispatch::{ChildId, Dispatch, Limits, SlotView};
 use crate::fleet::{Release, StatsView};
 use crate::hydrate::Profile;
+use crate::keepalive;
 use crate::placement;
 use crate::slot::{Event, State, StopReason};
 
@@ -54,6 +55,10 @@ pub enum Then {
     Restart,
     /// Start the next eligible profile of the queue.
     Rotate,
+    /// Make way for the keep-alive turn the pool holds for this slot
+    /// ([`Pool::begin_turn`]): the slot's profile waits at the front of the
+    /// queue and the turn's profile starts.
+    KeepAlive,
 }
 
 struct SlotInfo {
@@ -67,6 +72,9 @@ struct SlotInfo {
     /// Resident bytes of the running child's tree at its last measurement
     /// (see `recycle`); cleared at every spawn.
     rss: Option<u64>,
+    /// When its profile was placed in it (`PROFILE_MAX_RUNTIME_S` counts
+    /// from here, across restarts of the same profile).
+    placed: SystemTime,
 }
 
 impl SlotInfo {
@@ -114,6 +122,13 @@ struct Inner {
     /// With `PROFILE_LEASES=s3`: the profiles whose lease we hold; only
     /// those may run.
     leases: Option<Leases>,
+    /// The fleet's one keep-alive turn, while it runs (see `keepalive`).
+    turn: Option<keepalive::Turn>,
+    /// A turn that ended under the lock, to be logged once it is released.
+    ended: Option<keepalive::Turn>,
+    /// The slot draining for `PROFILE_MAX_RUNTIME_S`, until it rotates:
+    /// one at a time, so one waiting profile does not move two.
+    overstay: Option<usize>,
 }
 
 /// The pool's side of the profile leases (see `fleet`).
@@ -238,6 +253,7 @@ impl Pool {
                 generation: 0,
                 restarts: 0,
                 rss: None,
+                placed: SystemTime::now(),
             });
         }
         let dispatch = Dispatch::new(n, limits);
@@ -254,6 +270,9 @@ impl Pool {
                 all,
                 removed: Vec::new(),
                 leases: None,
+                turn: None,
+                ended: None,
+                overstay: None,
             }),
             cmds,
             dispatch,
@@ -293,11 +312,26 @@ impl Pool {
     /// route, any other state closes it. Only the slot's watcher applies
     /// events to it, so the dispatcher hears them in order.
     pub fn apply(&self, slot: usize, ev: &Event) -> bool {
+        let ran;
         let view = {
             let mut inner = self.lock();
+            let inner = &mut *inner;
             let s = &mut inner.slots[slot];
             match s.state.next(ev) {
                 Some(next) => {
+                    // Its login is fresh when its child is ready, and saved
+                    // when a ready one stops: the keep-alive clock restarts.
+                    ran = matches!(ev, Event::BecameReady)
+                        || matches!(
+                            (&s.state, ev),
+                            (State::Ready { .. } | State::Draining { .. }, Event::Stop(_))
+                        );
+                    if let (true, Some(p)) = (ran, &s.profile) {
+                        inner.book.ran(&p.name, SystemTime::now());
+                    }
+                    if let Some(t) = inner.turn.as_mut().filter(|t| t.slot == slot) {
+                        t.ready |= matches!(ev, Event::BecameReady);
+                    }
                     if matches!(ev, Event::Spawned { .. }) {
                         if s.generation > 0 {
                             s.restarts += 1;
@@ -316,6 +350,9 @@ impl Pool {
             inner.slots[slot].view(&inner.book)
         };
         self.dispatch.set_slot(slot, view);
+        if ran {
+            self.save_book();
+        }
         true
     }
 
@@ -338,7 +375,13 @@ impl Pool {
     /// one); None, with every profile queued, when none may run now.
     pub fn rotate(&self, slot: usize) -> Option<Profile> {
         let want = self.wanted_models();
-        take_next(&mut self.lock(), slot, SystemTime::now(), &want)
+        let (next, ended) = {
+            let mut inner = self.lock();
+            let next = take_next(&mut inner, slot, SystemTime::now(), &want);
+            (next, inner.ended.take())
+        };
+        keepalive::note_end(ended);
+        next
     }
 
     /// The models in demand and those requests wait for (asked of the
@@ -382,7 +425,11 @@ impl Pool {
                     ports: s.ports,
                     profile: s.profile.as_ref().map(|p| p.name.clone()),
                     state: s.state.name(),
-                    reason: s.state.reason(),
+                    reason: s.state.reason().or_else(|| {
+                        let t = inner.turn.as_ref().filter(|t| t.slot == i)?;
+                        t.running()
+                            .then(|| format!("keep-alive turn for {}", t.profile))
+                    }),
                     until_unix_ms: s.state.until().map(|t| {
                         let left = t.saturating_duration_since(std::time::Instant::now());
                         book::unix_ms(SystemTime::now() + left)
@@ -462,23 +509,13 @@ impl Pool {
     /// None when no profile may run now.
     pub fn current(&self, slot: usize) -> Option<Profile> {
         let want = self.wanted_models();
-        let mut inner = self.lock();
-        let now = SystemTime::now();
-        let demand = inner.book.demand(&want.asked, now);
-        if let Some(p) = &inner.slots[slot].profile {
-            // Kept, unless it is out of quota for some models and a queued
-            // profile is out of quota for none (see `placement`).
-            let fresh = |name: &str| inner.book.models_cooling(name, now).is_empty();
-            let keep = fresh(&p.name)
-                || !inner
-                    .queue
-                    .iter()
-                    .any(|q| inner.may_run(&q.name, &demand, now) && fresh(&q.name));
-            if keep && inner.may_run(&p.name, &demand, now) && !inner.removed.contains(&p.name) {
-                return Some(p.clone());
-            }
-        }
-        take_next(&mut inner, slot, now, &want)
+        let (next, ended) = {
+            let mut inner = self.lock();
+            let next = current_of(&mut inner, slot, SystemTime::now(), &want);
+            (next, inner.ended.take())
+        };
+        keepalive::note_end(ended);
+        next
     }
 
     /// How long until some profile this pool holds may run again (a
@@ -994,6 +1031,238 @@ impl Pool {
     }
 }
 
+/// Keep-alive turns and long runs giving way (`keepalive`): the pool
+/// gathers the facts under its lock, `keepalive::decide` decides, and the
+/// drains it asks for go out once the lock is released.
+impl Pool {
+    /// One look of the keep-alive thread at `now`: stamp first sights, end
+    /// a turn stuck making way longer than `stuck`, start a due turn
+    /// (`every`), rotate out a profile past `max_runtime` while another
+    /// waits. Returns what it did and when to look again.
+    pub fn keepalive_look(
+        &self,
+        now: SystemTime,
+        every: Option<std::time::Duration>,
+        max_runtime: Option<std::time::Duration>,
+        stuck: std::time::Duration,
+    ) -> keepalive::Look {
+        use keepalive::decide;
+        // Read apart from our lock: the two locks are never held together.
+        let in_flight = self.dispatch.in_flight();
+        let waiting = self.dispatch.waiting();
+        let mut look = keepalive::Look::default();
+        let mut drains = Vec::new();
+        let stamped = {
+            let mut inner = self.lock();
+            let inner = &mut *inner;
+            if inner.shutting_down {
+                return look;
+            }
+            let stamped = inner.book.stamp_first_seen(now);
+            if let Some(t) = inner
+                .turn
+                .take_if(|t| !t.running() && t.asked.elapsed() > stuck)
+            {
+                look.abandoned = Some(t);
+            }
+            let spares: Vec<decide::Spare> = inner
+                .queue
+                .iter()
+                .map(|p| {
+                    let idle = inner.book.idle_since(&p.name);
+                    decide::Spare {
+                        name: &p.name,
+                        // A login refreshes whatever models it is out of quota for.
+                        may_run: inner.may_run(&p.name, &[], now)
+                            && !inner.removed.contains(&p.name),
+                        idle_since: idle.map(|(t, _)| t),
+                        ran: idle.is_some_and(|(_, ran)| ran),
+                    }
+                })
+                .collect();
+            let slots: Vec<decide::Slot> = inner
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.profile.is_some())
+                .map(|(i, s)| decide::Slot {
+                    slot: i,
+                    ready: matches!(s.state, State::Ready { .. }),
+                    in_flight: in_flight.get(i).copied().unwrap_or(0),
+                    placed: s.placed,
+                })
+                .collect();
+            let mut next = decide::LOOK_MAX;
+            if let Some(every) = every {
+                // The turn's own profile waits in the queue while its slot
+                // makes way: it is not due again.
+                let turn_of = inner.turn.as_ref().map(|t| t.profile.as_str());
+                let others: Vec<decide::Spare> = spares
+                    .iter()
+                    .filter(|s| Some(s.name) != turn_of)
+                    .cloned()
+                    .collect();
+                let d = decide::turn(now, every, &others, &slots, waiting, turn_of.is_some());
+                match d {
+                    decide::Decision::NotDue(after) => next = after,
+                    decide::Decision::Held(profile, why) => {
+                        next = decide::LOOK_HELD;
+                        look.held = Some((profile.to_string(), why));
+                    }
+                    decide::Decision::Turn { profile, slot } => {
+                        let s = &inner.slots[slot];
+                        let idle = inner.book.idle_since(profile).map(|(t, _)| t);
+                        let turn = keepalive::Turn::new(
+                            profile.to_string(),
+                            slot,
+                            s.profile.as_ref().map(|p| p.name.clone()),
+                            idle.and_then(|t| now.duration_since(t).ok()),
+                        );
+                        drains.push((
+                            slot,
+                            s.generation,
+                            StopReason::Turn(turn.making_way()),
+                            Then::KeepAlive,
+                        ));
+                        look.started = Some(turn.clone());
+                        inner.turn = Some(turn);
+                        next = decide::LOOK_HELD;
+                    }
+                }
+            }
+            if let Some(max) = max_runtime.filter(|_| inner.overstay.is_none()) {
+                let except = inner.turn.as_ref().map(|t| t.slot);
+                if let Some(slot) = decide::overstayed(now, max, &spares, &slots, except) {
+                    let s = &inner.slots[slot];
+                    let name = s.profile.as_ref().map(|p| p.name.as_str()).unwrap_or("-");
+                    let ran = now.duration_since(s.placed).unwrap_or_default();
+                    let why = format!(
+                        "profile {name} has run {} s, PROFILE_MAX_RUNTIME_S={}, and others wait their turn: rotating it out",
+                        ran.as_secs(),
+                        max.as_secs()
+                    );
+                    drains.push((
+                        slot,
+                        s.generation,
+                        StopReason::Turn(why.clone()),
+                        Then::Rotate,
+                    ));
+                    look.overstayed = Some((slot, why));
+                    inner.overstay = Some(slot);
+                }
+                // A slot not ready yet reaches the limit no sooner than `max`.
+                let d = decide::next_overstay(now, max, &slots).unwrap_or(max);
+                next = next.min(d.max(decide::LOOK_HELD));
+            }
+            look.next = next;
+            stamped
+        };
+        for (slot, generation, reason, then) in drains {
+            // No new requests from now on, as for an exhausted profile.
+            self.dispatch
+                .set_slot(slot, SlotView::Draining { generation });
+            self.command(
+                slot,
+                Cmd::Drain {
+                    generation: Some(generation),
+                    reason,
+                    then,
+                },
+            );
+        }
+        if stamped {
+            self.save_book();
+        }
+        look
+    }
+
+    /// The slot drained for a keep-alive turn (`Then::KeepAlive`): its
+    /// profile waits at the front of the queue (keeping its lease, to come
+    /// back) and the turn's profile takes the slot, in one step. When the
+    /// turn is void (its profile may no longer run, or took another slot),
+    /// the slot goes on as before.
+    pub fn begin_turn(&self, slot: usize) -> Option<Profile> {
+        let want = self.wanted_models();
+        let (next, void) = {
+            let mut inner = self.lock();
+            let inner = &mut *inner;
+            let now = SystemTime::now();
+            let ours = inner
+                .turn
+                .as_ref()
+                .filter(|t| t.slot == slot && !t.running())
+                .map(|t| t.profile.clone());
+            let own = inner.slots[slot].profile.as_ref().map(|p| p.name.clone());
+            let at = ours.as_ref().and_then(|k| {
+                inner
+                    .queue
+                    .iter()
+                    .position(|p| p.name == *k && inner.may_run(k, &[], now))
+            });
+            match (ours, at) {
+                (Some(k), _) if own.as_deref() == Some(k.as_str()) => {
+                    // A rotation already brought it here: this start is the turn.
+                    if let Some(t) = inner.turn.as_mut() {
+                        t.begin(None);
+                    }
+                    (inner.slots[slot].profile.clone(), None)
+                }
+                (Some(_), Some(at)) => {
+                    let k = inner.queue.remove(at);
+                    let mut displaced = None;
+                    if let Some(p) = inner.slots[slot].profile.take() {
+                        if let Some(i) = inner.removed.iter().position(|n| *n == p.name) {
+                            // Removed by a reload: it leaves with its slot.
+                            inner.release(&p.name);
+                            inner.removed.remove(i);
+                            inner.all.retain(|n| *n != p.name);
+                            inner.book.forget(&p.name);
+                        } else {
+                            displaced = Some(p.name.clone());
+                            inner.queue.push_front(p);
+                        }
+                    }
+                    inner.slots[slot].profile = k.clone();
+                    inner.slots[slot].placed = now;
+                    if let Some(t) = inner.turn.as_mut() {
+                        t.begin(displaced);
+                    }
+                    (k, None)
+                }
+                (ours, _) => {
+                    let void = ours.and(inner.turn.take());
+                    (current_of(inner, slot, now, &want), void)
+                }
+            }
+        };
+        match (&next, void) {
+            (_, Some(t)) => log::info!(
+                "slot {slot}: keep-alive turn for {} dropped: it may not run now (or runs elsewhere)",
+                t.profile
+            ),
+            (Some(k), None) => {
+                if let Some(t) = self.lock().turn.clone() {
+                    keepalive::note_begin(&t, &k.name);
+                }
+            }
+            _ => {}
+        }
+        next
+    }
+
+    /// When slot `slot` runs a keep-alive turn: how long its ready child
+    /// stays before it is stopped (so its own start finishes).
+    pub fn turn_settle(&self, slot: usize) -> Option<std::time::Duration> {
+        let inner = self.lock();
+        let t = inner
+            .turn
+            .as_ref()
+            .filter(|t| t.slot == slot && t.running())?;
+        let own = inner.slots[slot].profile.as_ref()?;
+        (own.name == t.profile).then_some(keepalive::SETTLE)
+    }
+}
+
 /// Every profile with its state and health, in name order.
 /// A profile that cools for every model in `demand` shows as cooling until
 /// it serves one again.
@@ -1015,7 +1284,13 @@ fn profiles_of(inner: &Inner, asked: &[String]) -> Vec<ProfileSnapshot> {
                             .as_secs_f64()
                             .ceil() as u64,
                     );
-                    health.reason = Some(book::CoolReason::Exhausted);
+                    // The reason of the model cooldown that ends then.
+                    health.reason = health
+                        .model_cooldowns
+                        .iter()
+                        .find(|m| m.until_unix_ms == book::unix_ms(t))
+                        .map(|m| m.reason)
+                        .or(Some(book::CoolReason::Exhausted));
                 }
             }
             let slot = inner.slots.iter().position(|s| {
@@ -1049,16 +1324,56 @@ struct WantedModels {
     waited_for: Vec<String>,
 }
 
+/// The slot's own profile if it may run at `now` for the models in demand
+/// (and is out of quota for none while a queued one is, see `placement`),
+/// else `take_next`.
+fn current_of(
+    inner: &mut Inner,
+    slot: usize,
+    now: SystemTime,
+    want: &WantedModels,
+) -> Option<Profile> {
+    let demand = inner.book.demand(&want.asked, now);
+    if let Some(p) = &inner.slots[slot].profile {
+        let fresh = |name: &str| inner.book.models_cooling(name, now).is_empty();
+        let keep = fresh(&p.name)
+            || !inner
+                .queue
+                .iter()
+                .any(|q| inner.may_run(&q.name, &demand, now) && fresh(&q.name));
+        if keep && inner.may_run(&p.name, &demand, now) && !inner.removed.contains(&p.name) {
+            return Some(p.clone());
+        }
+    }
+    take_next(inner, slot, now, want)
+}
+
 /// Put the slot's profile (if any) at the back of the queue and give the
 /// slot the first queued profile that may run at `now` for the models in
 /// demand, preferring one that serves what requests wait for (see
-/// `placement`); the others keep their order.
+/// `placement`); the others keep their order. The profile of a keep-alive
+/// turn leaving its slot ends the turn (kept in `ended`); the profile it
+/// displaced waits at the front.
 fn take_next(
     inner: &mut Inner,
     slot: usize,
     now: SystemTime,
     want: &WantedModels,
 ) -> Option<Profile> {
+    if inner.overstay == Some(slot) {
+        inner.overstay = None;
+    }
+    let leaving = inner.slots[slot].profile.as_ref().map(|p| p.name.clone());
+    if let Some(t) = inner.turn.take() {
+        // A turn still making way here is dropped too: the slot moved on
+        // by itself (its child ended), and the next look asks again.
+        let ours = t.slot == slot && (!t.running() || leaving.as_deref() == Some(&t.profile));
+        if ours {
+            inner.ended = Some(t);
+        } else {
+            inner.turn = Some(t);
+        }
+    }
     if let Some(p) = inner.slots[slot].profile.take() {
         inner.release(&p.name);
         if let Some(i) = inner.removed.iter().position(|n| *n == p.name) {
@@ -1085,10 +1400,19 @@ fn take_next(
             },
             |name| inner.book.models_cooling(name, now).is_empty(),
             &want.waited_for,
-        )?
+        )
     };
-    let next = inner.queue.remove(at);
+    let next = at.and_then(|at| inner.queue.remove(at));
     inner.slots[slot].profile = next.clone();
+    inner.slots[slot].placed = now;
+    // The profile a finished turn displaced kept its lease to come back;
+    // if it did not (it cools now, say), the lease goes.
+    let displaced = inner.ended.as_ref().and_then(|t| t.displaced.clone());
+    if let Some(d) = displaced.filter(|d| next.as_ref().is_none_or(|n| n.name != *d)) {
+        if inner.queue.iter().any(|p| p.name == d) {
+            inner.release(&d);
+        }
+    }
     next
 }
 
@@ -1292,5 +1616,125 @@ mod tests {
         // Released on the way out, since we no longer hold it: no message.
         assert_eq!(pool.rotate(1), None);
         assert!(releases.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_keepalive_turn_displaces_one_profile_and_gives_its_slot_back() {
+        use std::time::Duration;
+        let s = Duration::from_secs;
+        let (pool, rxs) = Pool::new(
+            profiles(&["a", "b", "c", "d"]),
+            1,
+            plan(),
+            Limits::default(),
+        );
+        make_ready(&pool, 0);
+        let t0 = SystemTime::now();
+        let look = |at: u64| pool.keepalive_look(t0 + s(at), Some(s(100)), None, s(60));
+        // The first look sees b, c and d for the first time: none is due.
+        let first = look(0);
+        assert!(first.started.is_none() && first.held.is_none());
+        assert_eq!(first.next, s(30));
+        // The book keeps milliseconds: b runs in a later one than t0.
+        std::thread::sleep(Duration::from_millis(3));
+        // d may not run: of b and c (seen together), b goes first.
+        assert_eq!(pool.set_disabled("d", true), Ok(None));
+        let started = look(100).started.expect("b is due");
+        assert_eq!((started.profile.as_str(), started.slot), ("b", 0));
+        assert_eq!(
+            rxs[0].try_iter().find(|c| matches!(c, Cmd::Drain { .. })),
+            Some(Cmd::Drain {
+                generation: Some(1),
+                reason: StopReason::Turn("making way for a keep-alive turn for b".into()),
+                then: Then::KeepAlive,
+            })
+        );
+        assert!(pool.dispatch().ready().is_empty(), "no new requests for a");
+        let held = look(101).held.expect("c waits");
+        assert_eq!(
+            held,
+            ("c".to_string(), keepalive::decide::Hold::TurnRunning)
+        );
+        // The watcher drains a, stops it, and begins the turn.
+        assert!(pool.apply(0, &Event::Drain(StopReason::Turn("x".into()))));
+        assert!(pool.apply(0, &Event::Stop(StopReason::Turn("x".into()))));
+        assert!(pool.apply(0, &Event::Gone));
+        assert_eq!(pool.begin_turn(0).unwrap().name, "b");
+        pool.check_invariant().unwrap();
+        assert_eq!(pool.snapshot().queue, vec!["a", "c", "d"]);
+        assert_eq!(pool.current(0).unwrap().name, "b");
+        make_ready(&pool, 0);
+        assert_eq!(pool.turn_settle(0), Some(keepalive::SETTLE));
+        let snap = pool.snapshot();
+        assert_eq!(
+            snap.slots[0].reason.as_deref(),
+            Some("keep-alive turn for b")
+        );
+        assert!(pool.lock().book.idle_since("b").unwrap().1, "b ran");
+        // b's turn is over: it stops and the slot goes back to a.
+        assert!(pool.apply(0, &Event::Stop(StopReason::Turn("done".into()))));
+        assert!(pool.apply(0, &Event::Gone));
+        assert_eq!(pool.rotate(0).unwrap().name, "a");
+        pool.check_invariant().unwrap();
+        assert_eq!(pool.snapshot().queue, vec!["c", "d", "b"]);
+        assert!(pool.lock().turn.is_none());
+        // Next, c (a is not ready yet: no quiet slot).
+        assert_eq!(
+            look(102).held,
+            Some(("c".to_string(), keepalive::decide::Hold::NoQuietSlot))
+        );
+    }
+
+    #[test]
+    fn a_turn_whose_profile_can_no_longer_run_is_void_and_the_slot_goes_on() {
+        use std::time::Duration;
+        let s = Duration::from_secs;
+        let (pool, _rxs) = Pool::new(profiles(&["a", "b"]), 1, plan(), Limits::default());
+        make_ready(&pool, 0);
+        let t0 = SystemTime::now();
+        pool.keepalive_look(t0, Some(s(10)), None, s(60));
+        assert!(pool
+            .keepalive_look(t0 + s(10), Some(s(10)), None, s(60))
+            .started
+            .is_some());
+        pool.login_needed("b", "test", 1);
+        assert!(pool.apply(0, &Event::Stop(StopReason::Shutdown)));
+        assert!(pool.apply(0, &Event::Gone));
+        assert_eq!(pool.begin_turn(0).unwrap().name, "a");
+        assert!(pool.lock().turn.is_none());
+        pool.check_invariant().unwrap();
+    }
+
+    #[test]
+    fn a_long_run_makes_way_only_when_another_waits_and_one_at_a_time() {
+        use std::time::Duration;
+        let s = Duration::from_secs;
+        let (pool, rxs) = Pool::new(profiles(&["a", "b", "c"]), 2, plan(), Limits::default());
+        make_ready(&pool, 0);
+        make_ready(&pool, 1);
+        let t0 = SystemTime::now();
+        let look = |at: u64| pool.keepalive_look(t0 + s(at), None, Some(s(100)), s(60));
+        assert!(look(50).overstayed.is_none());
+        let (slot, why) = look(101).overstayed.expect("c waits");
+        assert_eq!(slot, 0);
+        assert!(why.contains("PROFILE_MAX_RUNTIME_S=100"), "{why}");
+        assert!(matches!(
+            rxs[0].try_iter().last(),
+            Some(Cmd::Drain {
+                then: Then::Rotate,
+                ..
+            })
+        ));
+        assert!(look(102).overstayed.is_none(), "one at a time");
+        // The book keeps milliseconds: a stops in a later one than b came.
+        std::thread::sleep(Duration::from_millis(3));
+        assert!(pool.apply(0, &Event::Stop(StopReason::Turn(why))));
+        assert!(pool.apply(0, &Event::Gone));
+        assert_eq!(pool.rotate(0).unwrap().name, "c");
+        make_ready(&pool, 0);
+        // a ran after b was placed: b keeps its slot, but once c has run
+        // as long, a (stopped before c came) takes its turn from c.
+        assert_eq!(look(200).overstayed.map(|o| o.0), Some(0));
+        pool.check_invariant().unwrap();
     }
 }

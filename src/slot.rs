@@ -51,6 +51,10 @@ pub enum StopReason {
     /// Past a limit of its own (`CHILD_MAX_RSS_MB`, `CHILD_MAX_AGE_S`):
     /// drained and started again, the same profile. Says which limit.
     Recycled(String),
+    /// A turn ended on schedule (`PROFILE_KEEPALIVE_S`,
+    /// `PROFILE_MAX_RUNTIME_S`): making way for a keep-alive turn, the end
+    /// of one, or a long run giving way. Says which.
+    Turn(String),
     Shutdown,
 }
 
@@ -66,6 +70,7 @@ impl StopReason {
             StopReason::Operator(_) => "operator",
             StopReason::LeaseLost(_) => "lease_lost",
             StopReason::Recycled(_) => "recycled",
+            StopReason::Turn(_) => "turn",
             StopReason::Shutdown => "shutdown",
         }
     }
@@ -82,6 +87,7 @@ impl fmt::Display for StopReason {
             StopReason::Operator(what) => f.write_str(what),
             StopReason::LeaseLost(why) => write!(f, "lease lost ({why})"),
             StopReason::Recycled(why) => write!(f, "recycled ({why})"),
+            StopReason::Turn(what) => f.write_str(what),
             StopReason::Shutdown => f.write_str("coordinator shutting down"),
         }
     }

@@ -264,7 +264,10 @@ impl Watcher {
                 );
                 continue;
             }
-            let next = self.pool.rotate(self.slot);
+            let next = match end.then {
+                Then::KeepAlive => self.pool.begin_turn(self.slot),
+                _ => self.pool.rotate(self.slot),
+            };
             if let Err(e) = self.pool.check_invariant() {
                 error!("slot {}: profile invariant broken: {e}", self.slot);
             }
@@ -301,8 +304,11 @@ impl Watcher {
                 then,
             } = cmd
             {
-                if then == Then::Rotate {
-                    let next = self.pool.rotate(self.slot);
+                if then != Then::Restart {
+                    let next = match then {
+                        Then::KeepAlive => self.pool.begin_turn(self.slot),
+                        _ => self.pool.rotate(self.slot),
+                    };
                     info!(
                         "slot {}: {reason} while no child ran: rotating to {} before the next start",
                         self.slot,
@@ -674,6 +680,8 @@ impl Watcher {
         // When each exhaustion (of a model, or the whole account: None) was
         // reported: the log repeats a sign every round.
         let mut exhausted: HashMap<Option<String>, Instant> = HashMap::new();
+        // A keep-alive turn's child: fires `keepalive::SETTLE` after ready.
+        let mut turn_over = crossbeam_channel::never();
         if let Some(Cmd::Drain { reason, then, .. }) = self.early.take() {
             // Asked for while it started: nothing is in flight yet.
             return Ending::Drained(reason, then);
@@ -706,6 +714,14 @@ impl Watcher {
                     Err(_) => {}
                 },
                 recv(samples) -> _ => care.look(&self.pool, name),
+                recv(turn_over) -> _ => {
+                    // Drained like any other (a request may have come).
+                    self.pool.command(self.slot, Cmd::Drain {
+                        generation: Some(generation),
+                        reason: StopReason::Turn(format!("keep-alive turn for {name} done")),
+                        then: Then::Rotate,
+                    });
+                }
                 recv(age_due) -> _ => care.look(&self.pool, name),
                 recv(self.cmds) -> cmd => match cmd {
                     Ok(Cmd::Evict { generation: g, reason }) if g == generation => {
@@ -754,6 +770,9 @@ impl Watcher {
                         metrics::child_ready(self.settings.ready_timeout.saturating_sub(left));
                         info!("slot {}: profile {name} pid {} is ready", self.slot, child.pid());
                         crate::events::record(crate::events::Kind::ChildReady, Some(self.slot), Some(name), "ready");
+                        if let Some(settle) = self.pool.turn_settle(self.slot) {
+                            turn_over = after(settle);
+                        }
                     } else if Instant::now() >= deadline {
                         return Ending::Stop(StopReason::ReadyTimeout);
                     }

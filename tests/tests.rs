@@ -8,6 +8,7 @@ mod console;
 mod core;
 mod frontdoor;
 mod gentle;
+mod keepalive;
 mod leases;
 mod models;
 mod operate;

@@ -377,6 +377,62 @@ fn current_child_freed_when_its_client_leaves_and_its_stop_saves_the_login() {
 }
 
 #[test]
+fn keepalive_turn_on_the_current_child_refreshes_a_spare_login() {
+    let Some(rc) = real_child("current") else {
+        return;
+    };
+    let dir = TestDir::with_deadline("upstream_current_keepalive", Duration::from_secs(300));
+    let _reap = Reap(&dir);
+    let later = unix_now() + MONTH;
+    dir.write_profile("a-runs", &google_profile(&[], later));
+    dir.write_profile("b-spare", &google_profile(&[], later));
+    let source = dir.profiles_dir().join("b-spare.json");
+    assert!(!read_to_string(&source).contains("FAKE_REFRESHED"));
+    let c = Coordinator::start(
+        &dir,
+        builder(&rc, &dir)
+            .pool_size(1)
+            .env("AUTH_WRITEBACK", "all")
+            .env("PROFILE_KEEPALIVE_S", 5),
+    );
+    wait_running(&c, 0, "a-runs", 150.0);
+
+    // b-spare falls due 5 s after boot; a-runs makes way once ready, b-spare
+    // starts, settles, and its stop (launcher first) saves its cookies.
+    wait_until("b-spare's keep-alive turn to end", secs(200.0), || {
+        c.stderr()
+            .contains("keep-alive turn for b-spare ended after")
+    });
+    let log = c.stderr();
+    let way = log_span(
+        &log,
+        "keep-alive turn for b-spare (idle",
+        "keep-alive turn for b-spare begins",
+    );
+    let took = log_span(
+        &log,
+        "keep-alive turn for b-spare begins",
+        "keep-alive turn for b-spare ended after",
+    );
+    eprintln!(
+        "MEASURED current: keep-alive turn took {took:.1} s (start, ready, 2 s settle, stop with its cookie save, write-back), after {way:.1} s making way"
+    );
+    assert!(
+        log.contains("its child was ready, then stopped and its login saved"),
+        "{log}"
+    );
+    let child_log = read_to_string(&dir.log_dir().join("b-spare.log"));
+    assert!(!child_log.contains("Failed to save cookies"), "{child_log}");
+    let after = read_to_string(&source);
+    assert!(after.contains("FAKE_REFRESHED"), "{after}");
+
+    // The slot goes back to a-runs.
+    wait_running(&c, 0, "a-runs", 150.0);
+    let body = c.ready().1;
+    assert_eq!(queue(&body), vec!["b-spare"], "{body}");
+}
+
+#[test]
 fn fork_child_login_internal_timeout_and_stop() {
     let Some(rc) = real_child("fork") else {
         return;

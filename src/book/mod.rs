@@ -159,6 +159,15 @@ pub struct Entry {
     pub models: models::Models,
     #[serde(default)]
     pub counts: Counts,
+    /// When a child of it was last ready: stamped as one becomes ready and
+    /// as a ready one stops (its refreshed login is saved then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ran_unix_ms: Option<u64>,
+    /// When the book first saw it: a profile that never ran is idle since
+    /// then (so a fresh fleet's keep-alive turns come after the interval,
+    /// not all at boot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seen_unix_ms: Option<u64>,
 }
 
 /// What a change asks of the profile's slot.
@@ -202,6 +211,9 @@ pub struct Status {
     pub empty_in_a_row: u32,
     pub start_failures_in_a_row: u32,
     pub counts: Counts,
+    /// When a child of it was last ready (see `Entry`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_ran_unix_ms: Option<u64>,
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {
@@ -501,6 +513,36 @@ impl Book {
         }
     }
 
+    /// A child of `name` is ready, or a ready one stops, at `now`.
+    pub fn ran(&mut self, name: &str, now: SystemTime) {
+        self.entry(name).last_ran_unix_ms = Some(unix_ms(now));
+    }
+
+    /// When `name` last ran, and whether it ever did: its last run, else
+    /// when the book first saw it (`false`); None before `stamp_first_seen`.
+    pub fn idle_since(&self, name: &str) -> Option<(SystemTime, bool)> {
+        let e = self.entries.get(name)?;
+        match (e.last_ran_unix_ms, e.first_seen_unix_ms) {
+            (Some(ms), _) => Some((from_unix_ms(ms), true)),
+            (None, Some(ms)) => Some((from_unix_ms(ms), false)),
+            (None, None) => None,
+        }
+    }
+
+    /// Record `now` as the first sight of every profile with neither a run
+    /// nor a first sight (new ones, and records of an older version). True
+    /// when any was stamped (the book should be saved).
+    pub fn stamp_first_seen(&mut self, now: SystemTime) -> bool {
+        let mut stamped = false;
+        for e in self.entries.values_mut() {
+            if e.last_ran_unix_ms.is_none() && e.first_seen_unix_ms.is_none() {
+                e.first_seen_unix_ms = Some(unix_ms(now));
+                stamped = true;
+            }
+        }
+        stamped
+    }
+
     /// Start keeping a record for `name` (a profile a reload added).
     pub fn ensure(&mut self, name: &str) {
         self.entry(name);
@@ -539,10 +581,12 @@ impl Book {
     pub fn reset(&mut self, name: &str) -> bool {
         match self.entries.get_mut(name) {
             Some(e) => {
-                let disabled = e.disabled;
+                // Its history stays: when it last ran is no health verdict.
                 *e = Entry {
-                    disabled,
+                    disabled: e.disabled,
                     counts: e.counts,
+                    last_ran_unix_ms: e.last_ran_unix_ms,
+                    first_seen_unix_ms: e.first_seen_unix_ms,
                     ..Entry::default()
                 };
                 true
@@ -571,6 +615,7 @@ impl Book {
                     empty_in_a_row: e.empty_in_a_row,
                     start_failures_in_a_row: e.start_failures_in_a_row,
                     counts: e.counts,
+                    last_ran_unix_ms: e.last_ran_unix_ms,
                 }
             })
             .collect()
@@ -823,5 +868,29 @@ mod tests {
         assert_eq!(b.model_blocked("pro", t0()), None);
         assert!(b.reset("b"));
         assert!(b.status(t0())[1].model_cooldowns.is_empty());
+    }
+
+    #[test]
+    fn when_a_profile_last_ran_survives_a_reset_and_first_sight_is_stamped_once() {
+        let mut b = book();
+        assert_eq!(b.idle_since("a"), None, "not stamped yet");
+        assert!(b.stamp_first_seen(t0()));
+        let later = t0() + Duration::from_secs(60);
+        assert!(!b.stamp_first_seen(later), "stamped once");
+        assert_eq!(b.idle_since("a"), Some((t0(), false)));
+        b.ran("a", later);
+        assert_eq!(b.idle_since("a"), Some((later, true)));
+        b.answer("a", quota(None), None, later);
+        assert!(b.reset("a"));
+        assert_eq!(b.idle_since("a"), Some((later, true)), "a reset keeps it");
+        assert_eq!(b.status(later)[0].last_ran_unix_ms, Some(unix_ms(later)));
+        assert_eq!(b.idle_since("nobody"), None);
+        // Saved and read back.
+        let json = serde_json::to_string(b.entries()).unwrap();
+        let saved: BTreeMap<String, Entry> = serde_json::from_str(&json).unwrap();
+        assert_eq!(&saved, b.entries());
+        // An older version's record has neither: stamped at the next look.
+        let old: Entry = serde_json::from_str("{}").unwrap();
+        assert_eq!(old.first_seen_unix_ms, None);
     }
 }
