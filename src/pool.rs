@@ -703,6 +703,12 @@ impl Pool {
             log::warn!(
                 "profile {profile} needs a new login ({why}): it is not started again until its file changes; renew the login and upload the profile, then reload (SIGHUP or `aistudioproxy ctl reload`), or `aistudioproxy ctl reset {profile}`"
             );
+            crate::events::record(
+                crate::events::Kind::NeedsLogin,
+                None,
+                Some(profile),
+                format!("{why}: log in again and replace its auth file"),
+            );
             self.save_book();
         }
     }

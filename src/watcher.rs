@@ -524,11 +524,14 @@ impl Watcher {
         self.pool.apply(self.slot, &Event::Gone);
         // The pumps are done: a login line printed just before the child
         // exited by itself has arrived now.
-        let login_needed = matches!(reason, StopReason::NeedsLogin)
-            || signs.try_iter().any(|s| s == Sign::LoginNeeded);
-        if login_needed {
+        // (Marked already when the watch saw the line: marking again now
+        // would undo an operator's reset made during the stop.)
+        let marked = matches!(reason, StopReason::NeedsLogin);
+        let late = !marked && signs.try_iter().any(|s| s == Sign::LoginNeeded);
+        if late {
             self.login_needed(profile);
         }
+        let login_needed = marked || late;
         // The child is gone, its shutdown write with it: the last state goes
         // back, unless the lease is lost: only the holder writes a profile.
         if let StopReason::LeaseLost(_) = reason {

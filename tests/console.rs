@@ -407,6 +407,56 @@ fn console_webhook_gets_an_exhausted_profile_once_with_its_text() {
 }
 
 #[test]
+fn console_webhook_gets_a_needs_login_once() {
+    let dir = TestDir::new("console_webhook_needs_login");
+    // fay's login expired: her child logs the login redirect and exits 0.
+    dir.write_profile(
+        "fay",
+        &json!({"cookies": [{"name": "FAKE_EXPIRED", "value": "1", "domain": ".google.com",
+                              "path": "/", "expires": -1}],
+                "testchild": {"login_fail_after_ms": 200}}),
+    );
+    dir.write_profiles(&["bob"]);
+    let hook = Hook::start(false);
+    let c = Coordinator::start(
+        &dir,
+        Builder::new()
+            .pool_size(2)
+            .env("METRICS_OPEN", "true")
+            .env("NOTIFY_WEBHOOK_URL", hook.url()),
+    );
+    wait_until("the needs_login message", secs(15.0), || {
+        !hook.bodies().is_empty()
+    });
+    let b = &hook.bodies()[0];
+    assert_eq!(
+        (b["kind"].as_str(), b["profile"].as_str()),
+        (Some("needs_login"), Some("fay")),
+        "{b}"
+    );
+    let text = b["text"].as_str().unwrap();
+    assert!(
+        text.contains("profile fay") && text.contains("needs a new login"),
+        "{text}"
+    );
+    // An operator's reset starts her again; the same login need again is
+    // folded into the first message, not sent twice.
+    wait_until("fay's child stopped", secs(10.0), || {
+        c.stderr().contains("rotating fay")
+    });
+    assert_eq!(ctl(&dir, &["reset", "fay"]).0, 0);
+    wait_until("the second one folded", secs(15.0), || {
+        metric(
+            &metrics(&c),
+            "aistudioproxy_notifications_total{outcome=\"folded\"}",
+        ) >= 1.0
+    });
+    let bodies = hook.bodies();
+    assert_eq!(bodies.len(), 1, "{bodies:#?}");
+    assert!(c.stderr().matches("started profile fay").count() >= 2);
+}
+
+#[test]
 fn console_a_hanging_webhook_costs_the_fleet_nothing() {
     let dir = TestDir::new("console_webhook_hangs");
     dir.write_profile("alice", &knobbed("alice", json!({"exhaust_after": 1})));

@@ -106,8 +106,6 @@ pub fn answer(status: Value, slots_pids: &[(usize, Option<i32>)], after: u64) ->
 /// What the observer remembers between looks (pure; see `look`).
 #[derive(Debug, Default)]
 pub struct Observer {
-    /// Profile -> state at the last look.
-    states: BTreeMap<String, String>,
     /// Profile -> cooling until (unix ms) at the last look.
     cooling: BTreeMap<String, u64>,
     /// Since when no slot has been ready (None: one is).
@@ -133,12 +131,12 @@ impl Observer {
         }
     }
 
-    /// Compare with the last look: `profiles` is (name, state, cooling
-    /// until) per profile, `ready` the ready slots, `no_ready` how long
+    /// Compare with the last look: `profiles` is (name, cooling until) per
+    /// profile, `ready` the ready slots, `no_ready` how long
     /// without one is worth an event.
     pub fn look(
         &mut self,
-        profiles: &[(String, String, Option<u64>)],
+        profiles: &[(String, Option<u64>)],
         ready: usize,
         slots: usize,
         now: Instant,
@@ -146,16 +144,7 @@ impl Observer {
         no_ready: Duration,
     ) -> Vec<Found> {
         let mut out = Vec::new();
-        for (name, state, until) in profiles {
-            let before = self.states.insert(name.clone(), state.clone());
-            if state == "needs_login" && before.as_deref() != Some("needs_login") {
-                out.push(Found {
-                    kind: Kind::NeedsLogin,
-                    profile: Some(name.clone()),
-                    text: "the profile's login expired: log in again and replace its auth file"
-                        .into(),
-                });
-            }
+        for (name, until) in profiles {
             match (self.cooling.get(name).copied(), until) {
                 (Some(was), None) if was <= now_ms + 1_000 && !self.first => out.push(Found {
                     kind: Kind::CooldownEnded,
@@ -214,16 +203,10 @@ pub fn spawn(
                     recv(after(LOOK_EVERY)) -> _ => {}
                 }
                 let snap = pool.snapshot();
-                let profiles: Vec<(String, String, Option<u64>)> = snap
+                let profiles: Vec<(String, Option<u64>)> = snap
                     .profiles
                     .iter()
-                    .map(|p| {
-                        (
-                            p.health.profile.clone(),
-                            p.state.to_string(),
-                            p.health.cooling_until_unix_ms,
-                        )
-                    })
+                    .map(|p| (p.health.profile.clone(), p.health.cooling_until_unix_ms))
                     .collect();
                 let ready = snap.slots.iter().filter(|s| s.state == "ready").count();
                 for f in obs.look(
@@ -254,8 +237,8 @@ pub fn spawn(
 mod tests {
     use super::*;
 
-    fn p(name: &str, state: &str, until: Option<u64>) -> (String, String, Option<u64>) {
-        (name.into(), state.into(), until)
+    fn p(name: &str, until: Option<u64>) -> (String, Option<u64>) {
+        (name.into(), until)
     }
 
     #[test]
@@ -266,44 +249,17 @@ mod tests {
         let nr = s(30);
         // The first look only learns (a cooldown from an earlier run is no news).
         assert!(o
-            .look(
-                &[p("a", "cooling", Some(5_000)), p("b", "running", None)],
-                1,
-                2,
-                t,
-                1_000,
-                nr
-            )
+            .look(&[p("a", Some(5_000)), p("b", None)], 1, 2, t, 1_000, nr)
             .is_empty());
-        let f = o.look(
-            &[p("a", "queued", None), p("b", "needs_login", None)],
-            1,
-            2,
-            t,
-            5_500,
-            nr,
-        );
+        let f = o.look(&[p("a", None), p("b", None)], 1, 2, t, 5_500, nr);
         let kinds: Vec<_> = f
             .iter()
             .map(|f| (f.kind, f.profile.clone().unwrap()))
             .collect();
-        assert_eq!(
-            kinds,
-            vec![
-                (Kind::CooldownEnded, "a".to_string()),
-                (Kind::NeedsLogin, "b".to_string())
-            ]
-        );
+        assert_eq!(kinds, vec![(Kind::CooldownEnded, "a".to_string())]);
         assert!(
-            o.look(
-                &[p("a", "queued", None), p("b", "needs_login", None)],
-                1,
-                2,
-                t,
-                6_000,
-                nr
-            )
-            .is_empty(),
+            o.look(&[p("a", None), p("b", None)], 1, 2, t, 6_000, nr)
+                .is_empty(),
             "said once"
         );
         // No ready child: one event after the bound, again only after a recovery.

@@ -379,7 +379,22 @@ mod tests {
         let mut c = cmd.spawn().unwrap();
         let pid = c.id() as i32;
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Scan::take().child_tree(-1, &tag).is_empty() {
+        // Found, and ignoring SIGTERM already: a SIGTERM before the shell's
+        // trap would end it, and the kill would go untested.
+        let ignores_term = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|st| {
+                    let hex = st.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+                    u64::from_str_radix(hex.trim(), 16).ok()
+                })
+                .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
+        };
+        while !Scan::take()
+            .child_tree(-1, &tag)
+            .iter()
+            .any(|s| ignores_term(s.pid))
+        {
             assert!(Instant::now() < deadline, "tagged process not found");
             std::thread::sleep(Duration::from_millis(5));
         }
