@@ -331,74 +331,55 @@ fn columns(rows: &[Vec<String>]) -> String {
 
 /// The usage answer as two tables: per profile and model, per key.
 pub fn usage_table(usage: &Value) -> String {
-    let n = |v: &Value| v.as_u64().unwrap_or(0).to_string();
-    let failed = |t: &Value| {
-        (t["answers"].as_u64().unwrap_or(0))
-            .saturating_sub(t["ok"].as_u64().unwrap_or(0))
-            .to_string()
-    };
-    let mut rows = vec![[
-        "PROFILE",
-        "MODEL",
-        "ANSWERS",
-        "OK",
-        "NOT-OK",
-        "PROMPT",
-        "COMPLETION",
-        "TOTAL",
-        "LAST-HOUR",
-    ]
-    .map(String::from)
-    .to_vec()];
-    for p in usage["profiles"].as_array().into_iter().flatten() {
-        for m in p["models"].as_array().into_iter().flatten() {
-            let t = &m["total"];
-            rows.push(vec![
-                text(&p["profile"]),
-                text(&m["model"]),
-                n(&t["answers"]),
-                n(&t["ok"]),
-                failed(t),
-                n(&t["prompt_tokens"]),
-                n(&t["completion_tokens"]),
-                n(&t["total_tokens"]),
-                format!(
-                    "{} answers, {} tokens",
-                    n(&m["last_hour"]["answers"]),
-                    n(&m["last_hour"]["tokens"])
-                ),
-            ]);
-        }
-    }
-    let mut out = columns(&rows);
-    let mut keys = vec![[
-        "KEY",
-        "ANSWERS",
-        "OK",
-        "NOT-OK",
-        "PROMPT",
-        "COMPLETION",
-        "TOTAL",
-        "LAST-HOUR",
-    ]
-    .map(String::from)
-    .to_vec()];
-    for k in usage["keys"].as_array().into_iter().flatten() {
-        let t = &k["total"];
-        keys.push(vec![
-            text(&k["key"]),
-            n(&t["answers"]),
+    /// The figures of one row: a `total` and a `last_hour` object.
+    fn figures(row: &Value) -> Vec<String> {
+        let n = |v: &Value| v.as_u64().unwrap_or(0).to_string();
+        let t = &row["total"];
+        let answers = t["answers"].as_u64().unwrap_or(0);
+        let not_ok = answers.saturating_sub(t["ok"].as_u64().unwrap_or(0));
+        vec![
+            answers.to_string(),
             n(&t["ok"]),
-            failed(t),
+            not_ok.to_string(),
             n(&t["prompt_tokens"]),
             n(&t["completion_tokens"]),
             n(&t["total_tokens"]),
             format!(
                 "{} answers, {} tokens",
-                n(&k["last_hour"]["answers"]),
-                n(&k["last_hour"]["tokens"])
+                n(&row["last_hour"]["answers"]),
+                n(&row["last_hour"]["tokens"])
             ),
-        ]);
+        ]
+    }
+    let head = |first: &[&str]| -> Vec<String> {
+        first
+            .iter()
+            .chain(&[
+                "ANSWERS",
+                "OK",
+                "NOT-OK",
+                "PROMPT",
+                "COMPLETION",
+                "TOTAL",
+                "LAST-HOUR",
+            ])
+            .map(|h| h.to_string())
+            .collect()
+    };
+    let mut rows = vec![head(&["PROFILE", "MODEL"])];
+    for p in usage["profiles"].as_array().into_iter().flatten() {
+        for m in p["models"].as_array().into_iter().flatten() {
+            let mut row = vec![text(&p["profile"]), text(&m["model"])];
+            row.extend(figures(m));
+            rows.push(row);
+        }
+    }
+    let mut out = columns(&rows);
+    let mut keys = vec![head(&["KEY"])];
+    for k in usage["keys"].as_array().into_iter().flatten() {
+        let mut row = vec![text(&k["key"])];
+        row.extend(figures(k));
+        keys.push(row);
     }
     if keys.len() > 1 {
         out.push('\n');
