@@ -533,10 +533,17 @@ impl Watcher {
         }
         let login_needed = marked || late;
         // The child is gone, its shutdown write with it: the last state goes
-        // back, unless the lease is lost: only the holder writes a profile.
+        // back, unless the lease is lost (only the holder writes a profile)
+        // or the login expired (a logged-out state would read as new
+        // content and end the profile's `needs_login`).
         if let StopReason::LeaseLost(_) = reason {
             info!(
                 "slot {}: profile {}: not writing back, its lease belongs to another replica now",
+                self.slot, profile.name
+            );
+        } else if login_needed {
+            info!(
+                "slot {}: profile {}: not writing back, its login expired",
                 self.slot, profile.name
             );
         } else {
