@@ -515,9 +515,13 @@ impl Exchange<'_> {
                     ticket.profile,
                     self.started.elapsed()
                 );
-                self.proxy
-                    .conns
-                    .give_back(ticket.port, ticket.child.generation, conn);
+                // Kept for the next request only while nothing can shut it
+                // (the client watch, a cancel).
+                if reg.done().is_ok() {
+                    self.proxy
+                        .conns
+                        .give_back(ticket.port, ticket.child.generation, conn);
+                }
                 Step::Answered(verdict)
             }
             Err(_) if reg.taken() == Some(Taken::ClientGone) => Step::ClientLeft,

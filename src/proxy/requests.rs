@@ -279,6 +279,21 @@ impl Registration<'_> {
         }
     }
 
+    /// The answer went out whole: nothing may shut its child connection
+    /// from now on (it is kept for the next request). Err when it was
+    /// taken meanwhile: its connection may be shut, and is not kept.
+    pub fn done(&self) -> Result<(), Taken> {
+        let mut entries = self.registry.lock();
+        let Some(e) = entries.get_mut(&self.id) else {
+            return Ok(());
+        };
+        if let Some(t) = e.taken {
+            return Err(t);
+        }
+        e.phase = Phase::Waiting;
+        Ok(())
+    }
+
     /// Running on `child` (a request for `model`) through `agent` for the
     /// client on socket `client`, unless taken already.
     pub fn running(
@@ -407,6 +422,22 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         r.free_left_clients();
         assert_eq!(reg.taken(), Some(Taken::ClientGone));
+        assert_eq!(
+            reg.done(),
+            Err(Taken::ClientGone),
+            "its connection is not kept"
+        );
+        // A request whose answer went out whole is watched no more.
+        let c2 = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (s2, _) = listener.accept().unwrap();
+        let reg2 = r.enter(8, "y");
+        reg2.running(&agent, "p", child(0), None, Some(s2.as_raw_fd()))
+            .unwrap();
+        assert_eq!(reg2.done(), Ok(()));
+        drop(c2);
+        std::thread::sleep(Duration::from_millis(20));
+        r.free_left_clients();
+        assert_eq!(reg2.taken(), None);
         drop(server_side);
     }
 }
