@@ -247,6 +247,15 @@ fn is_test_child_of(pid: i32, dir: &Path) -> bool {
         && cmdline.contains(&*dir.to_string_lossy())
 }
 
+/// The child tag (`AISTUDIOPROXY_CHILD`) in `pid`'s environment.
+fn tag_of(pid: i32) -> Option<String> {
+    let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ
+        .split(|b| *b == 0)
+        .find_map(|v| v.strip_prefix(b"AISTUDIOPROXY_CHILD="))
+        .map(|t| String::from_utf8_lossy(t).into_owned())
+}
+
 pub fn send_signal_to(pid: i32, sig: i32) {
     // SAFETY: plain kill(2); a gone pid gives ESRCH, which is fine.
     unsafe { libc::kill(pid, sig) };
@@ -736,6 +745,7 @@ impl<'a> Coordinator<'a> {
 
     /// Kill the coordinator and every test child we know of.
     fn kill_everything(&mut self) {
+        let coordinator = self.pid();
         if let Some(mut c) = self.child.take() {
             if self.status.is_none() {
                 let _ = c.kill();
@@ -757,6 +767,26 @@ impl<'a> Coordinator<'a> {
             if is_test_child_of(pid, &self.dir.path) {
                 send_signal_to(pid, libc::SIGKILL);
             }
+        }
+        // A child caught starting its own-session browser when the
+        // coordinator died may have forked it before writing its pid file:
+        // find this coordinator's stragglers by their tag (`<owner>/<its
+        // pid>.<start>/...`), for a bounded while.
+        let run = format!("/{coordinator}.");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let left: Vec<i32> = tree_survivors(self.dir)
+                .into_iter()
+                .map(|(pid, _)| pid)
+                .filter(|pid| tag_of(*pid).is_some_and(|t| t.contains(&run)))
+                .collect();
+            if left.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            for pid in left {
+                send_signal_to(pid, libc::SIGKILL);
+            }
+            std::thread::sleep(POLL);
         }
     }
 
