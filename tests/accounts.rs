@@ -954,11 +954,7 @@ fn a_malformed_signals_file_exits_2_naming_the_line_and_the_fix() {
         Builder::new().env("CHILD_SIGNALS_FILE", signals.display()),
     );
     assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
-    let lines: Vec<&str> = r
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("aistudioproxy:"))
-        .collect();
+    let lines = r.error_lines();
     assert_eq!(lines.len(), 1, "{}", r.stderr);
     assert!(
         lines[0].contains("CHILD_SIGNALS_FILE line 2"),

@@ -330,6 +330,16 @@ fn read_post(mut s: TcpStream) -> Option<Value> {
     serde_json::from_slice(&body).ok()
 }
 
+/// Wait until a notification was folded into an earlier one.
+fn wait_folded(c: &Coordinator, what: &str, within: f64) {
+    wait_until(what, secs(within), || {
+        metric(
+            &metrics(c),
+            "aistudioproxy_notifications_total{outcome=\"folded\"}",
+        ) >= 1.0
+    });
+}
+
 fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(prefix))
@@ -371,12 +381,7 @@ fn console_webhook_gets_an_exhausted_profile_once_with_its_text() {
     });
     assert_eq!(chat(&c, "any", "gemini-test", false).status, 200);
     let _ = chat(&c, "any", "gemini-test", true);
-    wait_until("the second exhaustion folded", secs(10.0), || {
-        metric(
-            &metrics(&c),
-            "aistudioproxy_notifications_total{outcome=\"folded\"}",
-        ) >= 1.0
-    });
+    wait_folded(&c, "the second exhaustion folded", 10.0);
     let bodies = hook.bodies();
     assert_eq!(bodies.len(), 1, "{bodies:#?}");
     let b = &bodies[0];
@@ -445,12 +450,7 @@ fn console_webhook_gets_a_needs_login_once() {
         c.stderr().contains("rotating fay")
     });
     assert_eq!(ctl(&dir, &["reset", "fay"]).0, 0);
-    wait_until("the second one folded", secs(15.0), || {
-        metric(
-            &metrics(&c),
-            "aistudioproxy_notifications_total{outcome=\"folded\"}",
-        ) >= 1.0
-    });
+    wait_folded(&c, "the second one folded", 15.0);
     let bodies = hook.bodies();
     assert_eq!(bodies.len(), 1, "{bodies:#?}");
     assert!(c.stderr().matches("started profile fay").count() >= 2);

@@ -342,11 +342,7 @@ fn an_operators_key_file_is_used_and_a_missing_one_refused() {
         Builder::new().env("AUTH_KEY_FILE_PATH", missing.display()),
     );
     assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
-    let lines: Vec<&str> = r
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("aistudioproxy:"))
-        .collect();
+    let lines = r.error_lines();
     assert_eq!(lines.len(), 1, "{}", r.stderr);
     assert!(lines[0].contains("AUTH_KEY_FILE_PATH"), "{}", lines[0]);
 

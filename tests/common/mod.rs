@@ -555,6 +555,16 @@ pub struct Finished {
     pub stderr: String,
 }
 
+impl Finished {
+    /// stderr without log lines: what the binary says on failure.
+    pub fn error_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("aistudioproxy:"))
+            .collect()
+    }
+}
+
 /// A running coordinator; killed (with all test children we know of) on drop.
 pub struct Coordinator<'a> {
     dir: &'a TestDir,
