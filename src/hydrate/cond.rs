@@ -193,7 +193,7 @@ impl Store {
 pub fn classify(e: S3Error, endpoint: &str) -> CondError {
     match e {
         S3Error::HttpFailWithBody(status, body) => {
-            let code = super::s3::error_code(&body);
+            let code = super::wire::error_code(&body);
             let shown = code.unwrap_or("no error code").to_string();
             match (status, code) {
                 (412, _) | (409, Some("ConditionalRequestConflict")) => {
@@ -209,7 +209,7 @@ pub fn classify(e: S3Error, endpoint: &str) -> CondError {
         }
         S3Error::Atto(e) => match e.kind() {
             attohttpc::ErrorKind::Io(io) => {
-                CondError::Unreachable(format!("{endpoint}: {}", super::s3::io_reason(io)))
+                CondError::Unreachable(format!("{endpoint}: {}", super::wire::io_reason(io)))
             }
             _ => CondError::Other(format!("request to {endpoint} failed: {e}")),
         },

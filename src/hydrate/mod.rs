@@ -12,6 +12,7 @@ pub mod cond;
 mod local;
 mod s3;
 mod stage;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -106,6 +107,11 @@ impl fmt::Debug for Base {
 }
 
 impl Hydrated {
+    /// The hydrated profiles' names.
+    pub fn names(&self) -> Vec<String> {
+        self.profiles.iter().map(|p| p.name.clone()).collect()
+    }
+
     pub fn summary_json(&self) -> serde_json::Value {
         serde_json::json!({
             "profiles_dir": self.profiles_dir,

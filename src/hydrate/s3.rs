@@ -46,6 +46,7 @@ use s3::creds::Credentials;
 use s3::error::S3Error;
 use s3::{Bucket, Region};
 
+use super::wire::{error_code, io_reason};
 use super::{HydrateError, Source};
 use crate::config::S3Settings;
 
@@ -399,30 +400,6 @@ impl S3Source {
 /// attohttpc; aws-creds does, through its error enum).
 mod attohttpc_error {
     pub use attohttpc::{Error, ErrorKind};
-}
-
-/// The `<Code>` of an S3 XML error body; the rest of the body is never shown.
-pub(super) fn error_code(body: &str) -> Option<&str> {
-    let start = body.find("<Code>")? + "<Code>".len();
-    let len = body[start..].find("</Code>")?;
-    let code = body[start..start + len].trim();
-    (!code.is_empty()
-        && code.len() <= 64
-        && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '.'))
-    .then_some(code)
-}
-
-pub(super) fn io_reason(e: &std::io::Error) -> String {
-    use std::io::ErrorKind as K;
-    let text = e.to_string();
-    match e.kind() {
-        K::ConnectionRefused => "connection refused".into(),
-        K::TimedOut | K::WouldBlock => "timed out".into(),
-        _ if text.contains("lookup address") || text.contains("resolve") => {
-            format!("name not resolvable: {text}")
-        }
-        _ => text,
-    }
 }
 
 fn aws_endpoint(region: &str) -> String {
@@ -789,14 +766,6 @@ mod tests {
         ] {
             assert_eq!(classify(rel), kind, "{rel:?}");
         }
-    }
-
-    #[test]
-    fn error_bodies_are_reduced_to_their_code() {
-        let body = "<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><StringToSign>AWS4-HMAC</StringToSign></Error>";
-        assert_eq!(error_code(body), Some("SignatureDoesNotMatch"));
-        assert_eq!(error_code("<Code>evil value</Code>"), None);
-        assert_eq!(error_code("not xml"), None);
     }
 
     fn source(prefix: &str, endpoint: Option<&str>) -> S3Source {
