@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::control::Fleet;
 use crate::hydrate::Hydrated;
 use crate::pool::Pool;
-use crate::process;
+use crate::process::{self, logsigns::Signs};
 use crate::proxy::{self, verdict};
 use crate::reload::{self, Reloader};
 use crate::writeback::WriteBack;
@@ -42,6 +42,35 @@ fn fatal(code: u8) -> impl FnOnce(String) -> Fatal {
     move |message| Fatal { message, code }
 }
 
+/// The files named by settings that are read once at start, before
+/// hydration: a bad one is a configuration error (exit 2).
+pub struct Files {
+    /// `PROFILE_PROXIES_FILE`.
+    pub proxies: outbound::Proxies,
+    /// The defaults and `CHILD_SIGNALS_FILE`.
+    pub signs: Signs,
+}
+
+impl Files {
+    pub fn load(cfg: &Config) -> Result<Files, String> {
+        let proxies = outbound::Proxies::load(cfg.profile_proxies_file.as_deref())
+            .map_err(|e| e.to_string())?;
+        let signs = match &cfg.signals_file {
+            Some(f) => Signs::load(f).map_err(|e| e.to_string())?,
+            None => Signs::default(),
+        };
+        Ok(Files { proxies, signs })
+    }
+
+    /// For `--hydrate-only`, which starts no child.
+    pub fn none() -> Files {
+        Files {
+            proxies: outbound::Proxies::none(),
+            signs: Signs::default(),
+        }
+    }
+}
+
 /// Supervise until a signal, then shut down.
 /// `early` (see `signals::exit_on_sigterm`) is dropped once the
 /// supervisor's own signal handlers are in place.
@@ -49,8 +78,9 @@ pub fn run(
     cfg: &Config,
     hydrated: Hydrated,
     early: Option<signals::EarlyExit>,
-    proxies: outbound::Proxies,
+    files: Files,
 ) -> Result<(), Fatal> {
+    let Files { proxies, signs } = files;
     std::fs::create_dir_all(&cfg.log_dir).map_err(|e| Fatal {
         message: format!(
             "cannot create {}: {e}; set COORDINATOR_LOG_DIR to a writable directory",
@@ -80,7 +110,7 @@ pub fn run(
 
     let (pool, cmd_rxs) = new_pool(cfg, &hydrated);
     let proxies = Arc::new(proxies);
-    note_proxies(&proxies, &hydrated);
+    proxies.note(&hydrated.names());
     // Before any watcher: with leases on, no profile runs unleased.
     let leaser = start_leaser(cfg, &pool)?;
     let proxy = Arc::new(new_proxy(cfg, key_file.as_deref())?);
@@ -151,9 +181,11 @@ pub fn run(
     };
     info!(
         "children's logs are read for {} account signs (login needed, quota, rate limit)",
-        cfg.signs.len()
+        signs.len()
     );
-    let settings = watcher::Settings::new(cfg, child_keys, identity, writeback, requests, proxies);
+    let settings = watcher::Settings::new(
+        cfg, child_keys, identity, writeback, requests, proxies, signs,
+    );
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let mut watchers = Vec::new();
     for (slot, cmds) in cmd_rxs.into_iter().enumerate() {
@@ -350,27 +382,6 @@ fn new_pool(cfg: &Config, hydrated: &Hydrated) -> (Arc<Pool>, Vec<Receiver<crate
         cfg.child_command.join(" ")
     );
     (pool, cmd_rxs)
-}
-
-/// Say how many profiles have a proxy of their own, and warn of names in
-/// the file that match no hydrated profile (a typo, or one still to come).
-pub fn note_proxies(proxies: &outbound::Proxies, hydrated: &Hydrated) {
-    if proxies.len() == 0 {
-        return;
-    }
-    let names: Vec<String> = hydrated.profiles.iter().map(|p| p.name.clone()).collect();
-    let unknown = proxies.unknown(&names);
-    info!(
-        "PROFILE_PROXIES_FILE: {} of {} profiles have a proxy of their own",
-        proxies.len() - unknown.len(),
-        names.len()
-    );
-    if !unknown.is_empty() {
-        warn!(
-            "PROFILE_PROXIES_FILE names profiles that do not exist: {} (a typo, or not hydrated yet)",
-            unknown.join(", ")
-        );
-    }
 }
 
 fn new_proxy(cfg: &Config, key_file: Option<&std::path::Path>) -> Result<proxy::Proxy, Fatal> {

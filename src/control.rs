@@ -34,7 +34,7 @@ impl Control for Fleet {
     fn handle(&self, rq: Request, via: Via) -> Value {
         if rq.changes_anything() {
             info!("admin ({via}): {}", rq.describe());
-            crate::events::operator(&rq, via);
+            record_operator(&rq, via);
         }
         match rq {
             Request::Status => proto::ok(self.status()),
@@ -270,6 +270,25 @@ fn tail(path: &std::path::Path, n: usize) -> std::io::Result<Vec<String>> {
     }
     let start = all.len().saturating_sub(n);
     Ok(all[start..].iter().map(|s| s.to_string()).collect())
+}
+
+/// An operator's command (that changes something).
+fn record_operator(rq: &crate::admin::proto::Request, via: crate::admin::Via) {
+    use crate::admin::proto::Request;
+    use crate::events::{record, Kind};
+    let (slot, profile) = match rq {
+        Request::Restart { slot } | Request::Rotate { slot } => (Some(*slot), None),
+        Request::Disable { profile }
+        | Request::Enable { profile }
+        | Request::Reset { profile, .. } => (None, Some(profile.as_str())),
+        _ => (None, None),
+    };
+    record(
+        Kind::Operator,
+        slot,
+        profile,
+        format!("{} (via {via})", rq.describe()),
+    );
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@
 //! where things happen are one line each; a ring buffer behind one mutex
 //! held for a push or a copy only. Readers ask for what came after a
 //! sequence number (`ctl events -f` and the status page poll so). Every
-//! event is also offered to the notifier (`notify::offer`), which never
-//! blocks. Texts are ours or a child's exit reason, never a key or a
+//! event is also handed to the one subscriber, if any (the notifier, see
+//! [`subscribe`]), which never blocks. Texts are ours or a child's exit reason, never a key or a
 //! profile's content.
 
 use std::collections::VecDeque;
@@ -127,7 +127,20 @@ pub fn record(kind: Kind, slot: Option<usize>, profile: Option<&str>, text: impl
         text.as_ref(),
         crate::usage::now_ms(),
     );
-    crate::notify::offer(&e);
+    if let Some(hear) = LISTENER.get() {
+        hear(&e);
+    }
+}
+
+type Listener = Box<dyn Fn(&Event) + Send + Sync>;
+
+/// The one subscriber; called after the ring's lock is released.
+static LISTENER: OnceLock<Listener> = OnceLock::new();
+
+/// Hear of every event from now on; `hear` must never block. One
+/// subscriber per process: a second call (tests) keeps the first.
+pub fn subscribe(hear: impl Fn(&Event) + Send + Sync + 'static) {
+    let _ = LISTENER.set(Box::new(hear));
 }
 
 /// A child of `slot` running `profile` stopped for `reason`.
@@ -137,24 +150,6 @@ pub fn child_ended(slot: usize, profile: &str, reason: &crate::slot::StopReason)
         _ => Kind::ChildExit,
     };
     record(kind, Some(slot), Some(profile), reason.to_string());
-}
-
-/// An operator's command (that changes something).
-pub fn operator(rq: &crate::admin::proto::Request, via: crate::admin::Via) {
-    use crate::admin::proto::Request;
-    let (slot, profile) = match rq {
-        Request::Restart { slot } | Request::Rotate { slot } => (Some(*slot), None),
-        Request::Disable { profile }
-        | Request::Enable { profile }
-        | Request::Reset { profile, .. } => (None, Some(profile.as_str())),
-        _ => (None, None),
-    };
-    record(
-        Kind::Operator,
-        slot,
-        profile,
-        format!("{} (via {via})", rq.describe()),
-    );
 }
 
 /// Events after `after`, at most `limit`, and the last sequence number.

@@ -14,11 +14,7 @@ use std::io::Write;
 
 use serde_json::{json, Map, Value};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Text,
-    Json,
-}
+pub use crate::config::LogFormat as Format;
 
 /// What is logged when `RUST_LOG` is unset: info, except rust-s3 (target
 /// `s3`), whose only warning ("Retrying safe S3 request after transient

@@ -56,6 +56,10 @@ fn main() -> ExitCode {
             print!("{}", config::help_text());
             return ExitCode::SUCCESS;
         }
+        Ok(Invocation::Reference) => {
+            print!("{}", config::reference_markdown());
+            return ExitCode::SUCCESS;
+        }
         Ok(Invocation::Version) => {
             println!("aistudioproxy {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
@@ -74,13 +78,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    // Each profile's proxy: a bad file is a configuration error, refused
-    // before hydration (which may download from S3).
-    let proxies = if cfg.hydrate_only {
-        outbound::Proxies::none()
+    // Each profile's proxy and the extra log signs: a bad file is a
+    // configuration error, refused before hydration (which may download
+    // from S3).
+    let files = if cfg.hydrate_only {
+        app::Files::none()
     } else {
-        match outbound::Proxies::load(cfg.profile_proxies_file.as_deref()) {
-            Ok(p) => p,
+        match app::Files::load(&cfg) {
+            Ok(f) => f,
             Err(e) => {
                 eprintln!("aistudioproxy: {e}");
                 return ExitCode::from(2);
@@ -111,7 +116,7 @@ fn main() -> ExitCode {
         let _ = writeln!(out, "{}", hydrated.summary_json());
         return ExitCode::SUCCESS;
     }
-    match app::run(&cfg, hydrated, early, proxies) {
+    match app::run(&cfg, hydrated, early, files) {
         Ok(()) => ExitCode::SUCCESS,
         Err(app::Fatal { message, code }) => {
             eprintln!("aistudioproxy: {message}");

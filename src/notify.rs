@@ -17,8 +17,7 @@
 //! scheme and host.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt;
-use std::sync::OnceLock;
+
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -41,54 +40,7 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 pub const CRASHES_TO_LOOP: usize = 3;
 pub const CRASH_WINDOW: Duration = Duration::from_secs(600);
 
-/// The webhook URL; its `Debug` and `Display` show only scheme and host.
-#[derive(Clone, PartialEq, Eq)]
-pub struct WebhookUrl(String);
-
-impl WebhookUrl {
-    pub fn new(url: &str) -> Result<WebhookUrl, &'static str> {
-        let url = url.trim();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err("a URL starting with http:// or https://");
-        }
-        Ok(WebhookUrl(url.to_string()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// `https://host/…`: what logs may show.
-    pub fn redacted(&self) -> String {
-        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
-        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-        // user:password@host: keep the host only.
-        let host = host.rsplit('@').next().unwrap_or(host);
-        format!("{scheme}://{host}/…")
-    }
-}
-
-impl fmt::Debug for WebhookUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "WebhookUrl({})", self.redacted())
-    }
-}
-
-impl fmt::Display for WebhookUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub url: Option<WebhookUrl>,
-    pub url_file: Option<std::path::PathBuf>,
-    /// No ready child this long is worth a message.
-    pub no_ready: Duration,
-    /// Repeats within this are folded into one later message.
-    pub fold: Duration,
-}
+pub use crate::config::{NotifySettings as Settings, WebhookUrl};
 
 /// What an operator hears about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -254,11 +206,8 @@ impl Folder {
     }
 }
 
-static INBOX: OnceLock<Sender<Event>> = OnceLock::new();
-
-/// Offer an event to the notifier, if one runs; never blocks.
-pub fn offer(e: &Event) {
-    let Some(tx) = INBOX.get() else { return };
+/// Hand an event to the notifier's inbox; never blocks.
+fn offer(tx: &Sender<Event>, e: &Event) {
     if !matches!(
         e.kind,
         Kind::NeedsLogin | Kind::CooldownSet | Kind::LeaseLost | Kind::NoReady | Kind::ChildCrash
@@ -302,7 +251,7 @@ pub fn start(url: WebhookUrl, fold: Duration) -> std::io::Result<Notifier> {
         .name("notify".into())
         .spawn(move || run(url, fold, rx, stop_rx))?;
     // Only one notifier per process; a second start (tests) keeps the first inbox.
-    let _ = INBOX.set(tx);
+    crate::events::subscribe(move |e| offer(&tx, e));
     Ok(Notifier { stop, thread })
 }
 

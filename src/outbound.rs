@@ -229,6 +229,27 @@ pub struct Proxies {
 }
 
 impl Proxies {
+    /// Say how many of these profiles have a proxy of their own, and warn
+    /// of names in the file that match none of them (a typo, or one still
+    /// to come).
+    pub fn note(&self, profiles: &[String]) {
+        if self.len() == 0 {
+            return;
+        }
+        let unknown = self.unknown(profiles);
+        log::info!(
+            "PROFILE_PROXIES_FILE: {} of {} profiles have a proxy of their own",
+            self.len() - unknown.len(),
+            profiles.len()
+        );
+        if !unknown.is_empty() {
+            log::warn!(
+                "PROFILE_PROXIES_FILE names profiles that do not exist: {} (a typo, or not hydrated yet)",
+                unknown.join(", ")
+            );
+        }
+    }
+
     /// No file: no profile has a proxy of its own.
     pub fn none() -> Proxies {
         Proxies::default()

@@ -25,26 +25,7 @@ use crate::slot::StopReason;
 
 const MB: u64 = 1024 * 1024;
 
-/// The limits, from the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// `CHILD_MAX_RSS_MB` in bytes; None: no memory limit.
-    pub max_rss: Option<u64>,
-    /// `CHILD_MAX_AGE_S`; None: no age limit.
-    pub max_age: Option<Duration>,
-    /// `CHILD_RSS_SAMPLE_S`: how often a running child's tree is measured.
-    pub sample: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_rss: None,
-            max_age: None,
-            sample: Duration::from_secs(5),
-        }
-    }
-}
+pub use crate::config::RecycleLimits as Limits;
 
 /// A limit passed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -171,7 +171,7 @@ impl Reloader {
             log::warn!("cannot rewrite the children's key file: {e}");
         }
         let proxies_changed = self.proxies.swap(fresh_proxies);
-        crate::app::note_proxies(&self.proxies, &hydrated);
+        self.proxies.note(&hydrated.names());
         if !proxies_changed.is_empty() {
             info!(
                 "PROFILE_PROXIES_FILE: the proxy of {} changed; used from each one's next start (ctl restart SLOT applies it now)",

@@ -91,6 +91,7 @@ impl Settings {
         writeback: WriteBack,
         requests: Arc<Registry>,
         proxies: Arc<outbound::Proxies>,
+        signs: Signs,
     ) -> Settings {
         Settings {
             command: cfg.child_command.clone(),
@@ -103,7 +104,7 @@ impl Settings {
             drain_timeout: cfg.request_timeout,
             identity,
             writeback,
-            signs: Arc::new(cfg.signs.clone()),
+            signs: Arc::new(signs),
             requests,
             stagger: Arc::new(Stagger::new(cfg.start_stagger)),
             recycle: cfg.recycle,

@@ -7,7 +7,6 @@
 //! time and never logged. The status page's files (`GET /admin/`, see
 //! `console`) are served without the key: they hold no data.
 
-use std::fmt;
 use std::io::Read;
 
 use serde_json::{json, Value};
@@ -16,32 +15,7 @@ use tiny_http::{Method, Request};
 use super::{proto, Control, Via};
 use crate::reply::{self, Reply};
 
-/// The admin key; its `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AdminKey(String);
-
-impl AdminKey {
-    pub fn new(key: String) -> Option<AdminKey> {
-        let key = key.trim().to_string();
-        (!key.is_empty()).then_some(AdminKey(key))
-    }
-
-    /// Equal to `offered`, in time that depends only on the lengths.
-    pub fn matches(&self, offered: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), offered.as_bytes());
-        let mut diff = u8::from(a.len() != b.len());
-        for i in 0..a.len().max(b.len()) {
-            diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
-        }
-        diff == 0
-    }
-}
-
-impl fmt::Debug for AdminKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AdminKey(..)")
-    }
-}
+pub use crate::config::AdminKey;
 
 fn offered_key(rq: &Request) -> Option<String> {
     rq.headers().iter().find_map(|h| {

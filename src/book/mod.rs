@@ -48,29 +48,7 @@ pub const START_COOLDOWN_FIRST: Duration = Duration::from_secs(300);
 /// The longest start-failure cooldown.
 pub const START_COOLDOWN_CAP: Duration = Duration::from_secs(24 * 3600);
 
-#[derive(Debug, Clone, Copy)]
-pub struct Settings {
-    pub empty_answers_to_rotate: u32,
-    /// Out of quota (`PROFILE_COOLDOWN_S`).
-    pub cooldown: Duration,
-    /// Rate-limited (`RATE_LIMIT_COOLDOWN_S`).
-    pub rate_limit_cooldown: Duration,
-    /// How long a model asked for stays in demand (`MODEL_DEMAND_WINDOW_S`).
-    pub demand_window: Duration,
-}
-
-impl Default for Settings {
-    /// `EMPTY_ANSWERS_TO_ROTATE`, `PROFILE_COOLDOWN_S` and
-    /// `RATE_LIMIT_COOLDOWN_S` defaults.
-    fn default() -> Settings {
-        Settings {
-            empty_answers_to_rotate: 2,
-            cooldown: Duration::from_secs(3600),
-            rate_limit_cooldown: Duration::from_secs(300),
-            demand_window: Duration::from_secs(600),
-        }
-    }
-}
+pub use crate::config::BookSettings as Settings;
 
 /// Why a profile is cooling down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

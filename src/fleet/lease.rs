@@ -42,50 +42,7 @@ pub struct Doc {
     pub cool_reason: Option<String>,
 }
 
-/// The lease's timing, from `LEASE_TTL_S` and `CHILD_STOP_GRACE_S`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timing {
-    pub ttl: Duration,
-    pub stop_grace: Duration,
-}
-
-impl Timing {
-    /// How often a holder renews.
-    pub fn renew_every(&self) -> Duration {
-        self.ttl / 3
-    }
-
-    /// The clock-skew allowance: a sixth of the TTL (10 s at the default
-    /// 60 s), so that a holder that missed one renewal still keeps its child.
-    pub fn margin(&self) -> Duration {
-        self.ttl / 6
-    }
-
-    /// How long after sending its last successful write a holder may keep
-    /// its child: the stop (up to the grace) must end before the lease
-    /// could expire on a clock `margin` ahead of ours.
-    pub fn keep_for(&self) -> Duration {
-        self.ttl
-            .saturating_sub(self.margin())
-            .saturating_sub(self.stop_grace)
-    }
-
-    /// A TTL that leaves at least one renewal's worth of slack, plus a
-    /// second to retry: a holder whose renewal failed once still keeps its
-    /// child until the next tries.
-    pub fn check(&self) -> Result<(), String> {
-        if self.keep_for() < self.renew_every() + Duration::from_secs(1) {
-            return Err(format!(
-                "LEASE_TTL_S={} is too short for CHILD_STOP_GRACE_S={}: a holder must keep its child \
-                 for a second more than a third of the TTL after a renewal, so LEASE_TTL_S must exceed \
-                 twice the stop grace by a few seconds",
-                self.ttl.as_secs(),
-                self.stop_grace.as_secs()
-            ));
-        }
-        Ok(())
-    }
-}
+pub use crate::config::LeaseTiming as Timing;
 
 /// What one replica sees when it looks at a profile's lease.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,20 +36,7 @@ use crate::pool::Pool;
 /// start (page load, cookie refresh) is done before it is stopped.
 pub const SETTLE: Duration = Duration::from_secs(2);
 
-/// The settings, from the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Settings {
-    /// `PROFILE_KEEPALIVE_S`; None: off.
-    pub every: Option<Duration>,
-    /// `PROFILE_MAX_RUNTIME_S`; None: off.
-    pub max_runtime: Option<Duration>,
-}
-
-impl Settings {
-    pub fn on(&self) -> bool {
-        self.every.is_some() || self.max_runtime.is_some()
-    }
-}
+pub use crate::config::KeepaliveSettings as Settings;
 
 /// The fleet's one keep-alive turn, held by the pool.
 #[derive(Debug, Clone)]
