@@ -46,12 +46,52 @@ pub fn parse(
     env: impl Fn(&str) -> Option<String>,
     cwd: &std::path::Path,
 ) -> Result<Args, String> {
-    let mut socket: Option<PathBuf> = None;
-    let mut cache: Option<PathBuf> = None;
-    let mut json = false;
-    let mut lines: usize = 50;
-    let mut follow = false;
-    let mut after: u64 = 0;
+    let (opts, rest) = options(words)?;
+    let request = request_of(&rest, &opts)?;
+    if opts.follow && !matches!(request, Request::Events { .. }) {
+        return Err("-f goes with events only".into());
+    }
+    let abs = |p: PathBuf| if p.is_absolute() { p } else { cwd.join(p) };
+    let set = |name: &str| env(name).filter(|s| !s.is_empty()).map(PathBuf::from);
+    let socket = opts
+        .socket
+        .or_else(|| set("ADMIN_SOCKET"))
+        .map(abs)
+        .unwrap_or_else(|| {
+            let dir = opts
+                .cache
+                .or_else(|| set("AUTH_PROFILE_CACHE_DIR"))
+                .unwrap_or_else(|| PathBuf::from("/tmp/auth_profiles"));
+            abs(dir).join("admin.sock")
+        });
+    Ok(Args {
+        socket,
+        json: opts.json,
+        request,
+        follow: opts.follow,
+    })
+}
+
+/// The options of a `ctl` command line.
+struct Options {
+    socket: Option<PathBuf>,
+    cache: Option<PathBuf>,
+    json: bool,
+    lines: usize,
+    follow: bool,
+    after: u64,
+}
+
+/// The options, and the words that are not options (the command).
+fn options(words: &[String]) -> Result<(Options, Vec<&str>), String> {
+    let mut o = Options {
+        socket: None,
+        cache: None,
+        json: false,
+        lines: 50,
+        follow: false,
+        after: 0,
+    };
     let mut rest: Vec<&str> = Vec::new();
     let mut it = words.iter();
     while let Some(w) = it.next() {
@@ -61,19 +101,19 @@ pub fn parse(
                 .ok_or_else(|| format!("{flag} needs a value"))
         };
         match w.as_str() {
-            "--json" => json = true,
-            "-f" | "--follow" => follow = true,
+            "--json" => o.json = true,
+            "-f" | "--follow" => o.follow = true,
             "--after" => {
                 let v = value("--after")?;
-                after = v
+                o.after = v
                     .parse()
                     .map_err(|_| format!("--after {v}: expected an event sequence number"))?;
             }
-            "--socket" => socket = Some(value("--socket")?.into()),
-            "--auth-profile-cache-dir" => cache = Some(value("--auth-profile-cache-dir")?.into()),
+            "--socket" => o.socket = Some(value("--socket")?.into()),
+            "--auth-profile-cache-dir" => o.cache = Some(value("--auth-profile-cache-dir")?.into()),
             "-n" | "--lines" => {
                 let v = value("-n")?;
-                lines = v
+                o.lines = v
                     .parse()
                     .ok()
                     .filter(|n| (1..=100_000).contains(n))
@@ -85,11 +125,16 @@ pub fn parse(
             word => rest.push(word),
         }
     }
-    let request = match rest.as_slice() {
+    Ok((o, rest))
+}
+
+/// The command words as a request.
+fn request_of(rest: &[&str], o: &Options) -> Result<Request, String> {
+    Ok(match rest {
         ["status"] => Request::Status,
         ["usage"] => Request::Usage,
         ["events"] => Request::Events {
-            after,
+            after: o.after,
             limit: crate::events::CAPACITY,
         },
         ["reload"] => Request::Reload,
@@ -119,37 +164,10 @@ pub fn parse(
         },
         ["logs", p] => Request::Logs {
             profile: p.to_string(),
-            lines,
+            lines: o.lines,
         },
         [] => return Err("no command given".into()),
         other => return Err(format!("unknown command: {}", other.join(" "))),
-    };
-    let abs = |p: PathBuf| if p.is_absolute() { p } else { cwd.join(p) };
-    let socket = socket
-        .or_else(|| {
-            env("ADMIN_SOCKET")
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from)
-        })
-        .map(abs)
-        .unwrap_or_else(|| {
-            let dir = cache
-                .or_else(|| {
-                    env("AUTH_PROFILE_CACHE_DIR")
-                        .filter(|s| !s.is_empty())
-                        .map(PathBuf::from)
-                })
-                .unwrap_or_else(|| PathBuf::from("/tmp/auth_profiles"));
-            abs(dir).join("admin.sock")
-        });
-    if follow && !matches!(request, Request::Events { .. }) {
-        return Err("-f goes with events only".into());
-    }
-    Ok(Args {
-        socket,
-        json,
-        request,
-        follow,
     })
 }
 

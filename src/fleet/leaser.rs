@@ -327,9 +327,32 @@ impl Leaser {
         if want == 0 || candidates.is_empty() {
             return;
         }
+        let (replicas, claimable) = self.survey(candidates);
+        let names: Vec<String> = claimable.iter().map(|c| c.name.clone()).collect();
+        let order = lease::preference(&names, &self.me, &replicas);
+        let mut granted = Vec::new();
+        for name in order {
+            if granted.len() >= want {
+                break;
+            }
+            if let Some(c) = claimable.iter().find(|c| c.name == name) {
+                if self.claim(c) {
+                    granted.push(name);
+                }
+            }
+        }
+        if !granted.is_empty() {
+            self.publish();
+            self.pool.lease_granted(&granted);
+        }
+    }
+
+    /// Read the candidates' leases: the replicas seen holding one (us
+    /// first), and the profiles nobody holds.
+    fn survey(&mut self, candidates: Vec<String>) -> (Vec<String>, Vec<Claimable>) {
         let now = SystemTime::now();
         let mut replicas = vec![self.me.clone()];
-        let mut claimable: Vec<(String, Option<Doc>, Option<String>)> = Vec::new();
+        let mut claimable = Vec::new();
         for name in candidates {
             // Reads may time out one after another: keep `keep_for` meanwhile.
             self.give_up_late();
@@ -358,63 +381,66 @@ impl Leaser {
                         replicas.push(holder);
                     }
                 }
-                Seen::Free | Seen::Stale { .. } => claimable.push((name, doc, etag)),
+                Seen::Free | Seen::Stale { .. } => claimable.push(Claimable { name, doc, etag }),
                 Seen::Cooling { .. } | Seen::Unreadable => {}
             }
         }
-        let names: Vec<String> = claimable.iter().map(|(n, _, _)| n.clone()).collect();
-        let order = lease::preference(&names, &self.me, &replicas);
-        let mut granted = Vec::new();
-        for name in order {
-            if granted.len() >= want {
-                break;
-            }
-            let Some((_, before, etag)) = claimable.iter().find(|(n, _, _)| *n == name) else {
-                continue;
-            };
-            let doc = lease::taken(&self.me, SystemTime::now(), &self.timing, before.as_ref());
-            let sent = Instant::now();
-            Stats::bump(&self.stats.writes);
-            let result = match etag {
-                None => self.store.put_if_absent(&key(&name), &json(&doc)),
-                Some(e) => self.store.put_if_match(&key(&name), &json(&doc), e),
-            };
-            match result {
-                Ok(Some(new_etag)) => {
-                    let over = etag.is_some();
-                    if over {
-                        Stats::bump(&self.stats.taken_over);
-                        metrics::lease_event("taken_over");
-                    } else {
-                        Stats::bump(&self.stats.taken);
-                        metrics::lease_event("taken");
-                    }
-                    info!(
-                        "lease of profile {name} {} (until +{}s)",
-                        if over { "taken over" } else { "taken" },
-                        self.timing.ttl.as_secs()
-                    );
-                    self.held.insert(
-                        name.clone(),
-                        Held {
-                            doc,
-                            etag: new_etag,
-                            sent,
-                            tried: sent,
-                        },
-                    );
-                    granted.push(name);
+        (replicas, claimable)
+    }
+
+    /// Write our lease over exactly the version we read (or where none
+    /// was); true when it is ours now.
+    fn claim(&mut self, c: &Claimable) -> bool {
+        let name = &c.name;
+        let doc = lease::taken(&self.me, SystemTime::now(), &self.timing, c.doc.as_ref());
+        let sent = Instant::now();
+        Stats::bump(&self.stats.writes);
+        let result = match &c.etag {
+            None => self.store.put_if_absent(&key(name), &json(&doc)),
+            Some(e) => self.store.put_if_match(&key(name), &json(&doc), e),
+        };
+        match result {
+            Ok(Some(new_etag)) => {
+                let over = c.etag.is_some();
+                if over {
+                    Stats::bump(&self.stats.taken_over);
+                    metrics::lease_event("taken_over");
+                } else {
+                    Stats::bump(&self.stats.taken);
+                    metrics::lease_event("taken");
                 }
-                Ok(None) => warn!("taking the lease of profile {name}: no ETag came back"),
-                Err(CondError::PreconditionFailed) => {} // another replica was faster
-                Err(e) => warn!("cannot take the lease of profile {name}: {e}"),
+                info!(
+                    "lease of profile {name} {} (until +{}s)",
+                    if over { "taken over" } else { "taken" },
+                    self.timing.ttl.as_secs()
+                );
+                let held = Held {
+                    doc,
+                    etag: new_etag,
+                    sent,
+                    tried: sent,
+                };
+                self.held.insert(name.clone(), held);
+                true
             }
-        }
-        if !granted.is_empty() {
-            self.publish();
-            self.pool.lease_granted(&granted);
+            Ok(None) => {
+                warn!("taking the lease of profile {name}: no ETag came back");
+                false
+            }
+            Err(CondError::PreconditionFailed) => false, // another replica was faster
+            Err(e) => {
+                warn!("cannot take the lease of profile {name}: {e}");
+                false
+            }
         }
     }
+}
+
+/// A profile whose lease nobody holds: the document and version read.
+struct Claimable {
+    name: String,
+    doc: Option<Doc>,
+    etag: Option<String>,
 }
 
 /// The lease object's name of `profile` below the leases prefix.

@@ -255,69 +255,9 @@ impl S3Source {
         permission: &str,
         object: &str,
     ) -> HydrateError {
-        let creds =
-            "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN (or AWS_PROFILE)";
         let (message, offline) = match &err {
             S3Error::HttpFailWithBody(status, body) => {
-                let code = error_code(body);
-                let shown = code.unwrap_or("no error code");
-                match (code, status) {
-                    (Some("NoSuchBucket"), _) => (self.no_bucket(), false),
-                    (Some("AccessDenied" | "AllAccessDisabled" | "AccountProblem"), _) => (
-                        format!(
-                            "access denied {action} ({shown}): the credentials need {permission} on {object}; grant it or {creds}"
-                        ),
-                        false,
-                    ),
-                    (Some("SignatureDoesNotMatch"), _) => (
-                        format!(
-                            "S3 rejected the request signature {action} (SignatureDoesNotMatch): the secret key does not match the access key id; check AWS_SECRET_ACCESS_KEY (or the AWS_PROFILE entry of the credentials file); this request needs {permission} on {object}"
-                        ),
-                        false,
-                    ),
-                    (Some("InvalidAccessKeyId" | "InvalidClientTokenId" | "NotSignedUp"), _) => (
-                        format!(
-                            "S3 does not know the access key id {action} ({shown}): check AWS_ACCESS_KEY_ID (or the AWS_PROFILE entry of the credentials file) and that it may use {permission} on {object}"
-                        ),
-                        false,
-                    ),
-                    (Some("ExpiredToken" | "InvalidToken" | "TokenRefreshRequired"), _) => (
-                        format!(
-                            "S3 refused the session token {action} ({shown}): refresh AWS_SESSION_TOKEN together with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-                        ),
-                        false,
-                    ),
-                    (Some("PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException"), _)
-                    | (None, 301) => (
-                        format!(
-                            "S3 bucket {:?} is not in region {} ({shown}): set AUTH_PROFILE_S3_REGION to the bucket's region",
-                            self.bucket_name, self.region
-                        ),
-                        false,
-                    ),
-                    (_, 403) => (
-                        format!(
-                            "access denied {action} (HTTP 403, {shown}): the credentials need {permission} on {object}; grant it or {creds}"
-                        ),
-                        false,
-                    ),
-                    // The store (or the gateway before it) is unavailable,
-                    // even after rust-s3's retry: the cache may serve.
-                    (_, 502..=504) => (
-                        format!(
-                            "S3 {} failed {action} (HTTP {status}, {shown}): the store is unavailable; retry later or check AUTH_PROFILE_S3_ENDPOINT",
-                            self.at()
-                        ),
-                        true,
-                    ),
-                    _ => (
-                        format!(
-                            "S3 {} answered HTTP {status} ({shown}) {action}: check AUTH_PROFILE_S3_BUCKET, AUTH_PROFILE_S3_PREFIX and AUTH_PROFILE_S3_ENDPOINT",
-                            self.at()
-                        ),
-                        false,
-                    ),
-                }
+                self.http_failure(*status, body, action, permission, object)
             }
             S3Error::Atto(e) => self.transport_error(e, action),
             S3Error::Credentials(e) => (
@@ -334,6 +274,79 @@ impl S3Source {
             other => (format!("S3 request failed {action}: {other}"), false),
         };
         HydrateError::Source { message, offline }
+    }
+
+    /// An HTTP error answer, by its S3 error code and status: the message
+    /// and whether the store counts as offline (the cache may serve).
+    fn http_failure(
+        &self,
+        status: u16,
+        body: &str,
+        action: &str,
+        permission: &str,
+        object: &str,
+    ) -> (String, bool) {
+        let creds =
+            "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN (or AWS_PROFILE)";
+        let code = error_code(body);
+        let shown = code.unwrap_or("no error code");
+        match (code, status) {
+            (Some("NoSuchBucket"), _) => (self.no_bucket(), false),
+            (Some("AccessDenied" | "AllAccessDisabled" | "AccountProblem"), _) => (
+                format!(
+                    "access denied {action} ({shown}): the credentials need {permission} on {object}; grant it or {creds}"
+                ),
+                false,
+            ),
+            (Some("SignatureDoesNotMatch"), _) => (
+                format!(
+                    "S3 rejected the request signature {action} (SignatureDoesNotMatch): the secret key does not match the access key id; check AWS_SECRET_ACCESS_KEY (or the AWS_PROFILE entry of the credentials file); this request needs {permission} on {object}"
+                ),
+                false,
+            ),
+            (Some("InvalidAccessKeyId" | "InvalidClientTokenId" | "NotSignedUp"), _) => (
+                format!(
+                    "S3 does not know the access key id {action} ({shown}): check AWS_ACCESS_KEY_ID (or the AWS_PROFILE entry of the credentials file) and that it may use {permission} on {object}"
+                ),
+                false,
+            ),
+            (Some("ExpiredToken" | "InvalidToken" | "TokenRefreshRequired"), _) => (
+                format!(
+                    "S3 refused the session token {action} ({shown}): refresh AWS_SESSION_TOKEN together with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                ),
+                false,
+            ),
+            (Some("PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException"), _)
+            | (None, 301) => (
+                format!(
+                    "S3 bucket {:?} is not in region {} ({shown}): set AUTH_PROFILE_S3_REGION to the bucket's region",
+                    self.bucket_name, self.region
+                ),
+                false,
+            ),
+            (_, 403) => (
+                format!(
+                    "access denied {action} (HTTP 403, {shown}): the credentials need {permission} on {object}; grant it or {creds}"
+                ),
+                false,
+            ),
+            // The store (or the gateway before it) is unavailable,
+            // even after rust-s3's retry: the cache may serve.
+            (_, 502..=504) => (
+                format!(
+                    "S3 {} failed {action} (HTTP {status}, {shown}): the store is unavailable; retry later or check AUTH_PROFILE_S3_ENDPOINT",
+                    self.at()
+                ),
+                true,
+            ),
+            _ => (
+                format!(
+                    "S3 {} answered HTTP {status} ({shown}) {action}: check AUTH_PROFILE_S3_BUCKET, AUTH_PROFILE_S3_PREFIX and AUTH_PROFILE_S3_ENDPOINT",
+                    self.at()
+                ),
+                false,
+            ),
+        }
     }
 
     fn no_bucket(&self) -> String {
@@ -453,37 +466,52 @@ fn env_set(name: &str) -> Option<String> {
 
 /// The credential chain described in the module docs. Returns the
 /// credentials and a description of their source (never their values).
-fn resolve_credentials() -> Result<(Credentials, String), HydrateError> {
-    let fail = |message: String, offline: bool| HydrateError::Source { message, offline };
-    s3::creds::set_request_timeout(Some(CREDENTIALS_TIMEOUT));
+/// What one credential source found: credentials and where they came
+/// from, a failure worth stopping for, or nothing (ask the next source).
+type Found = Option<Result<(Credentials, String), HydrateError>>;
 
-    // 1. Environment.
+fn fail(message: String, offline: bool) -> HydrateError {
+    HydrateError::Source { message, offline }
+}
+
+fn resolve_credentials() -> Result<(Credentials, String), HydrateError> {
+    s3::creds::set_request_timeout(Some(CREDENTIALS_TIMEOUT));
+    from_environment()
+        .or_else(from_credentials_file)
+        .or_else(from_web_identity)
+        .or_else(from_container)
+        .or_else(from_instance_metadata)
+        .unwrap_or_else(|| Err(fail(
+            "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (with AWS_SESSION_TOKEN for temporary ones), or AWS_PROFILE with a credentials file, or run with a web-identity, container or EC2 instance role".into(),
+            false,
+        )))
+}
+
+/// Source 1: The environment.
+fn from_environment() -> Found {
     let key_id = env_set("AWS_ACCESS_KEY_ID");
     let secret = env_set("AWS_SECRET_ACCESS_KEY");
-    match (&key_id, &secret) {
-        (Some(_), Some(_)) => {
-            let c = Credentials::from_env().map_err(|e| {
+    Some(match (&key_id, &secret) {
+        (Some(_), Some(_)) => Credentials::from_env()
+            .map(|c| (c, "the environment (AWS_ACCESS_KEY_ID)".into()))
+            .map_err(|e| {
                 fail(format!("cannot read AWS credentials from the environment: {}", creds_reason(&e)), false)
-            })?;
-            return Ok((c, "the environment (AWS_ACCESS_KEY_ID)".into()));
-        }
-        (Some(_), None) => {
-            return Err(fail(
-                "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not: set both, or neither to use another credential source".into(),
-                false,
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(fail(
-                "AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not: set both, or neither to use another credential source".into(),
-                false,
-            ))
-        }
-        (None, None) => {}
-    }
+            }),
+        (Some(_), None) => Err(fail(
+            "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not: set both, or neither to use another credential source".into(),
+            false,
+        )),
+        (None, Some(_)) => Err(fail(
+            "AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not: set both, or neither to use another credential source".into(),
+            false,
+        )),
+        (None, None) => return None,
+    })
+}
 
-    // 2. Shared credentials file. aws-creds reads AWS_SHARED_CREDENTIALS_FILE
-    // itself but not AWS_PROFILE.
+/// Source 2: The shared credentials file (aws-creds reads
+/// `AWS_SHARED_CREDENTIALS_FILE` itself but not `AWS_PROFILE`).
+fn from_credentials_file() -> Found {
     let profile = env_set("AWS_PROFILE");
     let file = env_set("AWS_SHARED_CREDENTIALS_FILE").or_else(|| {
         std::env::var_os("HOME").map(|h| format!("{}/.aws/credentials", h.to_string_lossy()))
@@ -491,79 +519,161 @@ fn resolve_credentials() -> Result<(Credentials, String), HydrateError> {
     let file_exists = file
         .as_deref()
         .is_some_and(|f| std::path::Path::new(f).is_file());
-    if file_exists || profile.is_some() {
-        let section = profile.as_deref().unwrap_or("default");
-        let shown_file = file.as_deref().unwrap_or("~/.aws/credentials");
-        match Credentials::from_profile(Some(section)) {
-            Ok(c) => return Ok((c, format!("profile [{section}] of {shown_file}"))),
-            // Without AWS_PROFILE a file without [default] is not a choice
-            // the operator made: keep looking.
-            Err(e) if profile.is_some() => {
-                return Err(fail(
-                    format!(
-                        "AWS_PROFILE={section:?} is unusable: {} in {shown_file}: add aws_access_key_id and aws_secret_access_key to [{section}] (role_arn, sso and credential_process profiles are not supported), or unset AWS_PROFILE",
-                        creds_reason(&e)
-                    ),
-                    false,
-                ))
-            }
-            Err(e) => debug!("no [default] credentials in {shown_file}: {}", creds_reason(&e)),
-        }
+    if !file_exists && profile.is_none() {
+        return None;
     }
-
-    // 3. Web identity.
-    if env_set("AWS_ROLE_ARN").is_some() && env_set("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() {
-        return match Credentials::from_sts_env("aistudioproxy") {
-            Ok(c) => Ok((c, "web identity (AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE)".into())),
-            Err(e) => Err(fail(
-                format!(
-                    "cannot get AWS credentials by web identity from https://sts.amazonaws.com ({}): check AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE and the role's trust policy",
-                    creds_reason(&e)
-                ),
-                creds_offline(&e),
-            )),
-        };
-    }
-
-    // 4. Container credentials.
-    if env_set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some()
-        || env_set("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some()
-    {
-        return match Credentials::from_container_credentials_provider() {
-            Ok(c) => Ok((c, "the container credentials endpoint (AWS_CONTAINER_CREDENTIALS_*)".into())),
-            Err(e) => Err(fail(
-                format!(
-                    "cannot get AWS credentials from the container credentials endpoint ({}): check AWS_CONTAINER_CREDENTIALS_RELATIVE_URI / AWS_CONTAINER_CREDENTIALS_FULL_URI and the task role",
-                    creds_reason(&e)
-                ),
-                creds_offline(&e),
-            )),
-        };
-    }
-
-    // 5. EC2 instance metadata (aws-creds checks it runs on EC2 first).
-    match Credentials::from_instance_metadata_v2(false)
-        .or_else(|e| match e {
-            CredentialsError::NotEc2 => Err(e),
-            _ => Credentials::from_instance_metadata(false),
-        }) {
-        Ok(c) => return Ok((c, "EC2 instance metadata".into())),
-        Err(CredentialsError::NotEc2) => {}
+    let section = profile.as_deref().unwrap_or("default");
+    let shown_file = file.as_deref().unwrap_or("~/.aws/credentials");
+    match Credentials::from_profile(Some(section)) {
+        Ok(c) => Some(Ok((c, format!("profile [{section}] of {shown_file}")))),
+        // Without AWS_PROFILE a file without [default] is not a choice
+        // the operator made: keep looking.
+        Err(e) if profile.is_some() => Some(Err(fail(
+            format!(
+                "AWS_PROFILE={section:?} is unusable: {} in {shown_file}: add aws_access_key_id and aws_secret_access_key to [{section}] (role_arn, sso and credential_process profiles are not supported), or unset AWS_PROFILE",
+                creds_reason(&e)
+            ),
+            false,
+        ))),
         Err(e) => {
-            return Err(fail(
-                format!(
-                    "cannot get AWS credentials from EC2 instance metadata ({}): attach an instance role, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-                    creds_reason(&e)
-                ),
-                creds_offline(&e),
-            ))
+            debug!("no [default] credentials in {shown_file}: {}", creds_reason(&e));
+            None
         }
     }
+}
 
-    Err(fail(
-        "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (with AWS_SESSION_TOKEN for temporary ones), or AWS_PROFILE with a credentials file, or run with a web-identity, container or EC2 instance role".into(),
-        false,
-    ))
+/// Source 3: Web identity.
+fn from_web_identity() -> Found {
+    if env_set("AWS_ROLE_ARN").is_none() || env_set("AWS_WEB_IDENTITY_TOKEN_FILE").is_none() {
+        return None;
+    }
+    Some(match Credentials::from_sts_env("aistudioproxy") {
+        Ok(c) => Ok((c, "web identity (AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE)".into())),
+        Err(e) => Err(fail(
+            format!(
+                "cannot get AWS credentials by web identity from https://sts.amazonaws.com ({}): check AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE and the role's trust policy",
+                creds_reason(&e)
+            ),
+            creds_offline(&e),
+        )),
+    })
+}
+
+/// Source 4: Container credentials.
+fn from_container() -> Found {
+    if env_set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_none()
+        && env_set("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_none()
+    {
+        return None;
+    }
+    Some(match Credentials::from_container_credentials_provider() {
+        Ok(c) => Ok((c, "the container credentials endpoint (AWS_CONTAINER_CREDENTIALS_*)".into())),
+        Err(e) => Err(fail(
+            format!(
+                "cannot get AWS credentials from the container credentials endpoint ({}): check AWS_CONTAINER_CREDENTIALS_RELATIVE_URI / AWS_CONTAINER_CREDENTIALS_FULL_URI and the task role",
+                creds_reason(&e)
+            ),
+            creds_offline(&e),
+        )),
+    })
+}
+
+/// Source 5: EC2 instance metadata (aws-creds checks it runs on EC2 first).
+fn from_instance_metadata() -> Found {
+    match Credentials::from_instance_metadata_v2(false).or_else(|e| match e {
+        CredentialsError::NotEc2 => Err(e),
+        _ => Credentials::from_instance_metadata(false),
+    }) {
+        Ok(c) => Some(Ok((c, "EC2 instance metadata".into()))),
+        Err(CredentialsError::NotEc2) => None,
+        Err(e) => Some(Err(fail(
+            format!(
+                "cannot get AWS credentials from EC2 instance metadata ({}): attach an instance role, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                creds_reason(&e)
+            ),
+            creds_offline(&e),
+        ))),
+    }
+}
+
+/// What a listing of `<prefix>/active/` found, object by object.
+#[derive(Default)]
+struct Listing {
+    names: Vec<String>,
+    seen: usize,
+    hidden: usize,
+    other: usize,
+    nested: Vec<String>,
+    hostile: BTreeSet<String>,
+}
+
+impl Listing {
+    /// One listed object.
+    fn take(
+        &mut self,
+        src: &S3Source,
+        key: &str,
+        size: u64,
+        where_: &str,
+    ) -> Result<(), HydrateError> {
+        self.seen += 1;
+        let Some(rel) = key.strip_prefix(&src.active_prefix) else {
+            return Ok(());
+        };
+        match classify(rel) {
+            KeyKind::Profile(name) => {
+                if size > MAX_PROFILE_BYTES {
+                    return Err(fail(
+                        format!(
+                            "{} is {size} bytes, larger than {MAX_PROFILE_BYTES}: is it really a profile? remove it from {where_}",
+                            src.url(key),
+                        ),
+                        false,
+                    ));
+                }
+                self.names.push(name);
+            }
+            KeyKind::Other => self.other += 1,
+            KeyKind::Hidden => self.hidden += 1,
+            KeyKind::Nested => self.nested.push(key.to_string()),
+            KeyKind::Hostile => {
+                self.hostile.insert(key.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Say what was skipped; refuse a listing with a key that would
+    /// escape the cache.
+    fn finish(self, src: &S3Source, where_: &str) -> Result<Vec<String>, HydrateError> {
+        if let Some(first) = self.nested.first() {
+            warn!(
+                "skipping {} objects nested below {where_} (only objects directly under active/ are profiles), e.g. {first:?}",
+                self.nested.len(),
+            );
+        }
+        if self.hidden > 0 {
+            warn!(
+                "skipping {} hidden .*.json objects {}",
+                self.hidden,
+                src.location()
+            );
+        }
+        if self.other > 0 {
+            debug!(
+                "ignoring {} objects that do not end in .json {}",
+                self.other,
+                src.location()
+            );
+        }
+        for key in &self.hostile {
+            warn!("refusing object {key:?}: its key would escape the cache directory");
+        }
+        if let Some(first) = self.hostile.into_iter().next() {
+            return Err(HydrateError::UnsafeName { name: first });
+        }
+        Ok(self.names)
+    }
 }
 
 impl Source for S3Source {
@@ -582,18 +692,12 @@ impl Source for S3Source {
         let started = Instant::now();
         let mut last_report = Instant::now();
         let mut token: Option<String> = None;
-        let mut names = Vec::new();
-        let (mut hidden, mut nested, mut other) = (0usize, Vec::new(), 0usize);
-        let mut hostile = BTreeSet::new();
-        let mut seen = 0usize;
+        let mut listing = Listing::default();
         for page in 0.. {
             if page >= MAX_LIST_PAGES {
-                return Err(HydrateError::Source {
-                    message: format!(
-                        "listing {where_} did not end after {MAX_LIST_PAGES} pages: is AUTH_PROFILE_S3_ENDPOINT a conforming S3 API?"
-                    ),
-                    offline: false,
-                });
+                return Err(fail(format!(
+                    "listing {where_} did not end after {MAX_LIST_PAGES} pages: is AUTH_PROFILE_S3_ENDPOINT a conforming S3 API?"
+                ), false));
             }
             let (result, _) = bucket
                 .list_page(
@@ -611,74 +715,24 @@ impl Source for S3Source {
                 result.is_truncated
             );
             for object in &result.contents {
-                seen += 1;
-                let Some(rel) = object.key.strip_prefix(&self.active_prefix) else {
-                    continue;
-                };
-                match classify(rel) {
-                    KeyKind::Profile(name) => {
-                        if object.size > MAX_PROFILE_BYTES {
-                            return Err(HydrateError::Source {
-                                message: format!(
-                                    "{} is {} bytes, larger than {MAX_PROFILE_BYTES}: is it really a profile? remove it from {where_}",
-                                    self.url(&object.key),
-                                    object.size
-                                ),
-                                offline: false,
-                            });
-                        }
-                        names.push(name);
-                    }
-                    KeyKind::Other => other += 1,
-                    KeyKind::Hidden => hidden += 1,
-                    KeyKind::Nested => nested.push(object.key.clone()),
-                    KeyKind::Hostile => {
-                        hostile.insert(object.key.clone());
-                    }
-                }
+                listing.take(self, &object.key, object.size, &where_)?;
             }
             if last_report.elapsed() >= PROGRESS_EVERY {
-                info!("listing {where_}: {seen} objects so far");
+                info!("listing {where_}: {} objects so far", listing.seen);
                 last_report = Instant::now();
             }
             match (result.is_truncated, result.next_continuation_token) {
                 (false, _) => break,
                 (true, Some(next)) if Some(&next) != token.as_ref() => token = Some(next),
                 (true, _) => {
-                    return Err(HydrateError::Source {
-                        message: format!(
-                            "listing {where_} is truncated without a new continuation token: is AUTH_PROFILE_S3_ENDPOINT a conforming S3 API?"
-                        ),
-                        offline: false,
-                    })
+                    return Err(fail(format!(
+                        "listing {where_} is truncated without a new continuation token: is AUTH_PROFILE_S3_ENDPOINT a conforming S3 API?"
+                    ), false))
                 }
             }
         }
-        if !nested.is_empty() {
-            warn!(
-                "skipping {} objects nested below {where_} (only objects directly under active/ are profiles), e.g. {:?}",
-                nested.len(),
-                nested[0]
-            );
-        }
-        if hidden > 0 {
-            warn!(
-                "skipping {hidden} hidden .*.json objects {}",
-                self.location()
-            );
-        }
-        if other > 0 {
-            debug!(
-                "ignoring {other} objects that do not end in .json {}",
-                self.location()
-            );
-        }
-        for key in &hostile {
-            warn!("refusing object {key:?}: its key would escape the cache directory");
-        }
-        if let Some(first) = hostile.into_iter().next() {
-            return Err(HydrateError::UnsafeName { name: first });
-        }
+        let seen = listing.seen;
+        let names = listing.finish(self, &where_)?;
         info!(
             "listed {seen} objects {} in {:.2?}: {} profiles",
             self.location(),

@@ -656,54 +656,16 @@ impl WorkingCopy {
     }
 
     fn write_back(&self, when: &'static str, deadline: Duration) -> Outcome {
-        let inner = &self.wb.inner;
-        if !self.wb.enabled() {
-            let o = Outcome::Disabled;
-            inner.record(&self.profile, &o, when);
-            return o;
-        }
-        let (base, settled) = {
-            let s = self.shared.lock();
-            (s.base.clone(), s.settled)
-        };
-        if settled {
-            return Outcome::Conflict;
-        }
         let until = Instant::now() + deadline;
-        let Some(guard) = self.shared.claim(until) else {
-            let o = Outcome::Failed("the previous write-back has not finished".into());
-            inner.record(&self.profile, &o, when);
-            return o;
-        };
-        let bytes = match read_capped(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == ErrorKind::InvalidData => {
-                let o = Outcome::Invalid(Invalid::TooLarge);
-                inner.record(&self.profile, &o, when);
-                return o;
-            }
-            Err(e) => {
-                let o = Outcome::Failed(format!(
-                    "cannot read the working copy {}: {e}",
-                    self.path.display()
-                ));
-                inner.record(&self.profile, &o, when);
+        let (guard, bytes, base) = match self.to_write(until) {
+            Ok(Some(w)) => w,
+            Ok(None) => return Outcome::Conflict,
+            Err(o) => {
+                self.wb.inner.record(&self.profile, &o, when);
                 return o;
             }
         };
-        match decide(&bytes, &base.content) {
-            Decision::Unchanged => {
-                let o = Outcome::Unchanged;
-                inner.record(&self.profile, &o, when);
-                return o;
-            }
-            Decision::Invalid(why) => {
-                let o = Outcome::Invalid(why);
-                inner.record(&self.profile, &o, when);
-                return o;
-            }
-            Decision::Write => {}
-        }
+        let inner = &self.wb.inner;
         let (tx, rx) = crossbeam_channel::bounded(1);
         let wb = self.wb.clone();
         let shared = self.shared.clone();
@@ -739,6 +701,46 @@ impl WorkingCopy {
             Err(_) => Outcome::Failed(format!(
                 "no answer within {deadline:?}; the write-back goes on in the background"
             )),
+        }
+    }
+}
+
+impl WorkingCopy {
+    /// What a write-back would send, with the right to send it: None once
+    /// an operator's upload settled the profile, Err with the outcome to
+    /// record when there is nothing to send.
+    fn to_write(&self, until: Instant) -> Result<Option<(BusyGuard, Vec<u8>, Base)>, Outcome> {
+        if !self.wb.enabled() {
+            return Err(Outcome::Disabled);
+        }
+        let (base, settled) = {
+            let s = self.shared.lock();
+            (s.base.clone(), s.settled)
+        };
+        if settled {
+            return Ok(None);
+        }
+        let Some(guard) = self.shared.claim(until) else {
+            return Err(Outcome::Failed(
+                "the previous write-back has not finished".into(),
+            ));
+        };
+        let bytes = match read_capped(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::InvalidData => {
+                return Err(Outcome::Invalid(Invalid::TooLarge))
+            }
+            Err(e) => {
+                return Err(Outcome::Failed(format!(
+                    "cannot read the working copy {}: {e}",
+                    self.path.display()
+                )))
+            }
+        };
+        match decide(&bytes, &base.content) {
+            Decision::Unchanged => Err(Outcome::Unchanged),
+            Decision::Invalid(why) => Err(Outcome::Invalid(why)),
+            Decision::Write => Ok(Some((guard, bytes, base))),
         }
     }
 }
