@@ -262,6 +262,9 @@ fn raw_streams_keys_and_error_shapes() {
     assert_eq!(r.json()["name"], "models/gemini-test", "{}", r.body);
     let r = get(port, "/v1beta/models/nope", &[]);
     assert_eq!(r.status, 404, "{}", r.body);
+    // A key sent in the URL is never logged.
+    let log = c.stderr();
+    assert!(!log.contains("sdk-key"), "{log}");
 }
 
 #[test]

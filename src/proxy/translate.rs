@@ -294,13 +294,15 @@ impl Events<'_> {
         self.inner.flush().map_err(RelayError::Client)
     }
 
+    /// Write `out` (whole events) as one chunk, in one write, and flush.
     fn send(&mut self, mut out: Vec<u8>) -> io::Result<()> {
         if !out.is_empty() {
             if self.chunked {
-                self.inner
-                    .write_all(format!("{:x}\r\n", out.len()).as_bytes())?;
-                self.inner.write_all(&out)?;
-                self.inner.write_all(b"\r\n")?;
+                let mut frame = format!("{:x}\r\n", out.len()).into_bytes();
+                frame.reserve(out.len() + 2);
+                frame.extend_from_slice(&out);
+                frame.extend_from_slice(b"\r\n");
+                self.inner.write_all(&frame)?;
             } else {
                 self.inner.write_all(&out)?;
             }
