@@ -9,6 +9,7 @@ mod book;
 mod config;
 mod console;
 mod control;
+mod dialect;
 mod dispatch;
 mod events;
 mod fleet;

@@ -472,7 +472,7 @@ fn route(holder: &mut Option<Request>, app: &App, spare_ok: bool) {
             let answer = admin::http::handle(&mut rq, app.admin_key.as_ref(), app.fleet.as_ref());
             let _ = rq.respond(answer);
         }
-        p if p.starts_with("/v1/") || p == "/v1" => {
+        p if p.starts_with("/v1/") || p == "/v1" || p.starts_with("/v1beta/") => {
             if !spare_ok {
                 let _ = rq
                     .respond(ApiError::Overloaded.reply(

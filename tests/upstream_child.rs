@@ -376,6 +376,51 @@ fn current_child_freed_when_its_client_leaves_and_its_stop_saves_the_login() {
     assert!(after.contains("FAKE_REFRESHED"), "{after}");
 }
 
+/// Anthropic's and Gemini's official SDKs through the dialect edge to the
+/// real child: plain and streamed text (the real child has no tools).
+#[test]
+fn dialects_through_the_real_child() {
+    let Some(rc) = real_child("current") else {
+        return;
+    };
+    let dir = TestDir::with_deadline("upstream_current_dialects", Duration::from_secs(300));
+    let _reap = Reap(&dir);
+    dir.write_profile("solo", &google_profile(&[], unix_now() + MONTH));
+    dir.write_key("sdk-key\n");
+    let c = Coordinator::start(&dir, builder(&rc, &dir).pool_size(1));
+    c.wait_all_ready(secs(150.0));
+    let base = format!("http://127.0.0.1:{}", c.ports.coordinator);
+    let args = |_: ()| {
+        vec![
+            base.clone(),
+            "sdk-key".into(),
+            "gemini-2.5-pro".into(),
+            "text-only".into(),
+        ]
+    };
+    let t = Instant::now();
+    let v = crate::dialect::run_client("anthropic_client.py", &args(()));
+    assert_eq!(v["plain"], "Fake answer to: plain", "{v}");
+    assert_eq!(v["plain_stop_reason"], "end_turn", "{v}");
+    assert_eq!(v["streamed"], "Fake answer to: streamed", "{v}");
+    assert_eq!(v["streamed_final"], "Fake answer to: streamed", "{v}");
+    eprintln!(
+        "MEASURED current: anthropic SDK {} plain and streamed through the real child in {:.1} s",
+        v["sdk_version"],
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let v = crate::dialect::run_client("genai_client.py", &args(()));
+    assert_eq!(v["plain"], "Fake answer to: plain", "{v}");
+    assert_eq!(v["plain_finish"], "STOP", "{v}");
+    assert_eq!(v["streamed"], "Fake answer to: streamed", "{v}");
+    eprintln!(
+        "MEASURED current: google-genai SDK {} plain and streamed through the real child in {:.1} s",
+        v["sdk_version"],
+        t.elapsed().as_secs_f64()
+    );
+}
+
 #[test]
 fn keepalive_turn_on_the_current_child_refreshes_a_spare_login() {
     let Some(rc) = real_child("current") else {

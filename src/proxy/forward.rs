@@ -17,6 +17,7 @@
 //! second opinion: when the retry answers 5xx too, the request is the
 //! problem, its client gets that answer as it is, and nobody is counted.
 
+use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::os::fd::RawFd;
 use std::time::{Instant, SystemTime};
@@ -24,6 +25,7 @@ use std::time::{Instant, SystemTime};
 use log::{debug, info, warn};
 use tiny_http::{Method, Request};
 
+use crate::dialect::{Dialect, Translator};
 use crate::dispatch::{ChildId, Kind, Refusal, Ticket, Want};
 use crate::metrics;
 use crate::pool::Pool;
@@ -67,6 +69,10 @@ pub(super) struct Exchange<'a> {
     pub usage: Option<crate::usage::Account>,
     /// The model a completion names: a profile cooling for it is avoided.
     pub model: Option<String>,
+    /// The API the client speaks; not OpenAI's: `translate` turns the
+    /// child's answer into its form.
+    pub dialect: Dialect,
+    pub translate: Option<RefCell<Translator>>,
 }
 
 /// A whole answer kept in memory (an error answer, to pass on as it is).
@@ -105,7 +111,7 @@ enum Step {
 
 impl Exchange<'_> {
     pub fn run(self, holder: &mut Option<Request>) {
-        let reg = self.proxy.requests.enter(self.id, &self.rid);
+        let reg = self.proxy.requests.enter(self.id, &self.rid, self.dialect);
         let dispatch = self.pool.dispatch().clone();
         let mut first: Option<Failed> = None;
         let mut evicted = false;
@@ -193,10 +199,10 @@ impl Exchange<'_> {
                         return respond(
                             holder,
                             &self.rid,
-                            ApiError::NoReadyChild.reply_after(
+                            self.shape(ApiError::NoReadyChild.reply_after(
                                 "every account tried for this request ran out of quota; retry later",
                                 Some(60),
-                            ),
+                            )),
                         );
                     }
                     reclaimed = Some(f.child);
@@ -269,18 +275,21 @@ impl Exchange<'_> {
         };
         match f1_answer {
             Some(a) => self.pass_on(holder, a),
-            None if timed_out => respond(
-                holder,
-                &self.rid,
-                ApiError::UpstreamTimeout
-                    .reply("the child did not answer within REQUEST_TIMEOUT_S, nor did another"),
-            ),
+            None if timed_out => {
+                respond(
+                    holder,
+                    &self.rid,
+                    self.shape(ApiError::UpstreamTimeout.reply(
+                        "the child did not answer within REQUEST_TIMEOUT_S, nor did another",
+                    )),
+                )
+            }
             None => respond(
                 holder,
                 &self.rid,
-                ApiError::ChildFailed.reply(&format!(
+                self.shape(ApiError::ChildFailed.reply(&format!(
                     "two children failed this request; the last one {why}"
-                )),
+                ))),
             ),
         }
     }
@@ -358,7 +367,11 @@ impl Exchange<'_> {
             other => format!("{other}; retry shortly"),
         };
         debug!("{} {} ({}): {r}", self.method, self.path, self.rid);
-        respond(holder, &self.rid, err.0.reply_after(&msg, err.1));
+        respond(
+            holder,
+            &self.rid,
+            self.shape(err.0.reply_after(&msg, err.1)),
+        );
     }
 
     fn cancelled(&self, holder: &mut Option<Request>) {
@@ -366,8 +379,26 @@ impl Exchange<'_> {
         respond(
             holder,
             &self.rid,
-            ApiError::Cancelled.reply(&format!("request {} was cancelled", self.rid)),
+            self.shape(ApiError::Cancelled.reply(&format!("request {} was cancelled", self.rid))),
         );
+    }
+
+    /// How the request came, for the log: streamed, in another dialect.
+    fn flavour(&self) -> String {
+        let mut s = String::new();
+        if self.streaming {
+            s.push_str(", stream");
+        }
+        if self.dialect != Dialect::OpenAi {
+            s.push_str(", ");
+            s.push_str(self.dialect.name());
+        }
+        s
+    }
+
+    /// Our own error reply in the client's dialect.
+    fn shape(&self, r: crate::reply::Reply) -> crate::reply::Reply {
+        super::translate::shaped(self.dialect, r)
     }
 
     fn evict(&self, child: ChildId, why: &str) {
@@ -511,7 +542,7 @@ impl Exchange<'_> {
                     self.method,
                     self.path,
                     self.rid,
-                    if self.streaming { ", stream" } else { "" },
+                    self.flavour(),
                     ticket.profile,
                     self.started.elapsed()
                 );
@@ -594,6 +625,17 @@ impl Exchange<'_> {
         mut resp: ureq::http::Response<ureq::Body>,
         inspector: &mut Inspector,
     ) -> Result<u64, RelayError> {
+        if let Some(t) = &self.translate {
+            let edge = super::translate::Edge {
+                dialect: self.dialect,
+                close: self.client_close || self.http10,
+                http10: self.http10,
+                head_only: self.head_only,
+                headers: self.answer_headers(&resp),
+                cut: cut_client,
+            };
+            return super::translate::relay(edge, rq, resp, inspector, t);
+        }
         let status = resp.status().as_u16();
         let length = resp
             .headers()
@@ -666,8 +708,15 @@ impl Exchange<'_> {
     }
 
     /// Give the client a kept answer as the child gave it.
-    fn pass_on(&self, holder: &mut Option<Request>, kept: Kept) {
+    fn pass_on(&self, holder: &mut Option<Request>, mut kept: Kept) {
         let Some(rq) = holder.take() else { return };
+        if self.dialect != Dialect::OpenAi {
+            kept.body = super::translate::shaped_body(self.dialect, kept.status, &kept.body);
+            kept.headers
+                .retain(|(k, _)| k != "content-type" && k != "content-encoding");
+            kept.headers
+                .push(("content-type".into(), b"application/json".to_vec()));
+        }
         metrics::request_done(kept.slot, kept.status, Some(self.started.elapsed()), None);
         let mut headers: Vec<(String, Vec<u8>)> = kept
             .headers

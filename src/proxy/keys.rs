@@ -174,7 +174,9 @@ impl Keys {
     }
 
     /// What a request's credentials allow: `Authorization: Bearer <key>` (any
-    /// case of the scheme) or `X-API-Key: <key>`; either may carry it.
+    /// case of the scheme), `X-API-Key: <key>` (Anthropic's clients) or
+    /// `X-Goog-Api-Key: <key>` (Gemini's); any may carry it. On a Gemini
+    /// path (`/v1beta/..`, `/v1/models..`) `?key=<key>` does too.
     pub fn access(&self, rq: &Request) -> Access<'_> {
         if !self.enabled() {
             return Access::NoKeys;
@@ -186,13 +188,21 @@ impl Keys {
                 v.split_once(' ')
                     .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
                     .map(|(_, t)| t.trim())
-            } else if h.field.equiv("X-API-Key") {
+            } else if h.field.equiv("X-API-Key") || h.field.equiv("X-Goog-Api-Key") {
                 Some(v)
             } else {
                 None
             };
             if let Some(m) = candidate.and_then(|c| self.matching(c.as_bytes())) {
                 found.get_or_insert(m);
+            }
+        }
+        // Gemini clients may send the key in the query (`?key=`), on the
+        // paths Gemini's API has; the URL carrying it is never logged.
+        let (path, query) = rq.url().split_once('?').unwrap_or((rq.url(), ""));
+        if found.is_none() && (path.starts_with("/v1beta/") || path.starts_with("/v1/models")) {
+            if let Some(k) = crate::dialect::query_param(query, "key") {
+                found = self.matching(k.trim().as_bytes());
             }
         }
         found.map(Access::Key).unwrap_or(Access::Denied)
@@ -241,7 +251,9 @@ pub enum Access<'k> {
 
 /// Whether a header carries credentials (the ones rewritten on the way).
 pub fn is_auth_header(name: &str) -> bool {
-    name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("x-api-key")
+    name.eq_ignore_ascii_case("authorization")
+        || name.eq_ignore_ascii_case("x-api-key")
+        || name.eq_ignore_ascii_case("x-goog-api-key")
 }
 
 /// The request's headers with their credentials made the child's one

@@ -17,6 +17,7 @@ mod inspect;
 pub mod keys;
 mod relay;
 pub mod requests;
+mod translate;
 pub mod usage;
 pub mod verdict;
 
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tiny_http::{Method, Request};
 
+use crate::dialect::{Dialect, Route};
 use crate::dispatch::Kind;
 use crate::pool::Pool;
 use crate::reply::{self, ApiError, Reply};
@@ -166,36 +168,29 @@ impl Proxy {
             .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID)
             .unwrap_or_else(|| format!("aisp-{:08x}-{id}", self.boot));
 
+        // Another client's dialect, told by its path (and headers).
+        let (route, speaks) = translate::route_of(rq, &url);
+
         // Keys first: nothing else of an unauthorised request is read.
-        let open = path == "/v1/models" || method == Method::Options;
+        let open = path == "/v1/models"
+            || method == Method::Options
+            || matches!(route, Some(Route::Models(_) | Route::Model(..)));
         let keys = self.keys.current();
         let access = keys.access(rq);
         if access == Access::Denied && !open {
-            self.refuse(
-                holder,
-                &rid,
-                ApiError::InvalidApiKey,
-                "Invalid API key: send Authorization: Bearer <key> or X-API-Key: <key>",
-            );
-            return;
+            let hint = translate::key_hint(speaks);
+            return self.refuse(holder, &rid, speaks, ApiError::InvalidApiKey, hint);
         }
         let body = match body::read_limited(rq, self.settings.max_body_bytes) {
             Ok(b) => b,
             Err(BodyError::TooLarge { limit }) => {
-                self.refuse(
-                    holder,
-                    &rid,
-                    ApiError::BodyTooLarge,
-                    &format!("request body exceeds MAX_BODY_BYTES ({limit} bytes)"),
-                );
-                return;
+                let msg = format!("request body exceeds MAX_BODY_BYTES ({limit} bytes)");
+                return self.refuse(holder, &rid, speaks, ApiError::BodyTooLarge, &msg);
             }
             Err(BodyError::Io(e)) => {
-                respond(
-                    holder,
-                    &rid,
-                    ApiError::BadRequest.reply(&format!("could not read the request body: {e}")),
-                );
+                let r =
+                    ApiError::BadRequest.reply(&format!("could not read the request body: {e}"));
+                respond(holder, &rid, translate::shaped(speaks, r));
                 return;
             }
         };
@@ -217,13 +212,17 @@ impl Proxy {
             }
         }
         if path == "/v1/queue" && matches!(method, Method::Get | Method::Head) {
-            let view = pool.dispatch().view();
-            let r = reply::json(200, &serde_json::to_value(view).unwrap_or_default())
+            let r = reply::json(200, &self.queue(pool))
                 .with_header(reply::header("Cache-Control", "no-store"));
             respond(holder, &rid, r);
             return;
         }
 
+        if let Some(route) = route {
+            let label = keys.label(access);
+            let plan = translate::plan(&route, &body);
+            return self.edge(holder, (id, rid, started), path, headers, label, plan, pool);
+        }
         let completion = path == "/v1/chat/completions" && method == Method::Post;
         let mut streaming = false;
         let mut account = None;
@@ -278,15 +277,91 @@ impl Proxy {
             started,
             usage: account,
             model,
+            dialect: Dialect::OpenAi,
+            translate: None,
         };
         exchange.run(holder);
     }
 
+    /// `GET /v1/queue`: the dispatcher's queue and routes, and every
+    /// request alive with the dialect it came in.
+    fn queue(&self, pool: &Pool) -> serde_json::Value {
+        let mut view = serde_json::to_value(pool.dispatch().view()).unwrap_or_default();
+        view["requests"] = serde_json::to_value(self.requests.listing()).unwrap_or_default();
+        view
+    }
+
+    /// Serve a dialect request: the child's request the edge made of it
+    /// (`plan`, or the answer to give at once) goes the OpenAI path's way,
+    /// the client's path kept for the logs. `who` is the request's ids and
+    /// start.
+    #[allow(clippy::too_many_arguments)]
+    fn edge(
+        &self,
+        holder: &mut Option<Request>,
+        who: (u64, String, Instant),
+        path: String,
+        headers: Vec<(String, Vec<u8>)>,
+        key: Option<String>,
+        plan: Result<translate::Plan, Reply>,
+        pool: &Pool,
+    ) {
+        let (id, rid, started) = who;
+        let plan = match plan {
+            Ok(p) => p,
+            Err(r) => return respond(holder, &rid, r),
+        };
+        let mut headers = translate::child_headers(headers);
+        let rq = holder.as_ref();
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case("x-request-id"));
+        headers.push(("X-Request-Id".to_string(), rid.clone().into_bytes()));
+        let method = if plan.completion {
+            Method::Post
+        } else {
+            Method::Get
+        };
+        let head_only = rq.is_some_and(|r| *r.method() == Method::Head);
+        forward::Exchange {
+            proxy: self,
+            pool,
+            id,
+            rid,
+            client_close: rq.is_some_and(wants_close),
+            http10: rq.is_some_and(|r| r.http_version().0 == 1 && r.http_version().1 == 0),
+            head_only,
+            method,
+            url: plan.url,
+            path,
+            headers,
+            body: plan.body,
+            kind: plan.kind,
+            inspect: plan.completion,
+            streaming: plan.streaming,
+            started,
+            usage: plan
+                .completion
+                .then(|| crate::usage::Account::new(key, plan.model.as_deref())),
+            model: plan
+                .model
+                .filter(|m| !m.is_empty() && m.len() <= MAX_MODEL_NAME),
+            dialect: plan.translator.dialect,
+            translate: Some(std::cell::RefCell::new(plan.translator)),
+        }
+        .run(holder)
+    }
+
     /// Answer before (or instead of) reading the whole body: the client's
     /// socket stops being read and the connection closes after the answer.
-    fn refuse(&self, holder: &mut Option<Request>, rid: &str, err: ApiError, msg: &str) {
+    fn refuse(
+        &self,
+        holder: &mut Option<Request>,
+        rid: &str,
+        d: Dialect,
+        err: ApiError,
+        msg: &str,
+    ) {
         if let Some(rq) = holder.take() {
-            body::refuse(rq, rid, err, msg);
+            translate::refuse(d, rq, rid, err, msg);
         }
     }
 }

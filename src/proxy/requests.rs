@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{select, Receiver};
 
+use crate::dialect::Dialect;
 use crate::dispatch::{ChildId, Dispatch};
 
 /// How often the client sockets of running requests are looked at.
@@ -47,6 +48,8 @@ struct Entry {
     client_id: String,
     phase: Phase,
     taken: Option<Taken>,
+    /// The API the request came in as (shown by `/v1/queue`).
+    dialect: Dialect,
 }
 
 enum Phase {
@@ -82,6 +85,16 @@ pub struct Cancelled {
     pub profile: Option<String>,
 }
 
+/// One request as `/v1/queue` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listed {
+    pub id: String,
+    pub dialect: Dialect,
+    /// `waiting` or `running`.
+    pub state: &'static str,
+    pub profile: Option<String>,
+}
+
 /// A request's entry; removed when dropped.
 pub struct Registration<'a> {
     registry: &'a Registry,
@@ -94,13 +107,14 @@ impl Registry {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn enter(&self, id: u64, client_id: &str) -> Registration<'_> {
+    pub fn enter(&self, id: u64, client_id: &str, dialect: Dialect) -> Registration<'_> {
         self.lock().insert(
             id,
             Entry {
                 client_id: client_id.to_string(),
                 phase: Phase::Waiting,
                 taken: None,
+                dialect,
             },
         );
         Registration { registry: self, id }
@@ -127,6 +141,30 @@ impl Registry {
             }
         }
         (waiting, running)
+    }
+
+    /// Every request alive now, oldest id first: its client's id, the
+    /// dialect it came in, and whether it waits or runs (and where).
+    pub fn listing(&self) -> Vec<Listed> {
+        let mut v: Vec<(u64, Listed)> = self
+            .lock()
+            .iter()
+            .map(|(id, e)| {
+                let (state, profile) = match &e.phase {
+                    Phase::Waiting => ("waiting", None),
+                    Phase::Running(r) => ("running", Some(r.profile.clone())),
+                };
+                let l = Listed {
+                    id: e.client_id.clone(),
+                    dialect: e.dialect,
+                    state,
+                    profile,
+                };
+                (*id, l)
+            })
+            .collect();
+        v.sort_by_key(|(id, _)| *id);
+        v.into_iter().map(|(_, l)| l).collect()
     }
 
     /// Cancel every request its client calls `client_id`. Empty when none.
@@ -379,9 +417,9 @@ mod tests {
     fn reclaim_takes_back_only_unanswered_requests_of_that_child() {
         let r = Registry::default();
         let agent = ureq::Agent::new_with_defaults();
-        let a = r.enter(1, "a");
-        let b = r.enter(2, "b");
-        let c = r.enter(3, "c");
+        let a = r.enter(1, "a", Dialect::OpenAi);
+        let b = r.enter(2, "b", Dialect::OpenAi);
+        let c = r.enter(3, "c", Dialect::OpenAi);
         a.running(&agent, "p", child(0), Some("pro"), None).unwrap();
         b.running(&agent, "p", child(0), Some("pro"), None).unwrap();
         b.answering().unwrap();
@@ -410,7 +448,7 @@ mod tests {
         let (server_side, _) = listener.accept().unwrap();
         let r = Arc::new(Registry::default());
         let agent = ureq::Agent::new_with_defaults();
-        let reg = r.enter(7, "x");
+        let reg = r.enter(7, "x", Dialect::OpenAi);
         reg.running(&agent, "p", child(0), None, Some(server_side.as_raw_fd()))
             .unwrap();
         r.free_left_clients();
@@ -430,7 +468,7 @@ mod tests {
         // A request whose answer went out whole is watched no more.
         let c2 = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (s2, _) = listener.accept().unwrap();
-        let reg2 = r.enter(8, "y");
+        let reg2 = r.enter(8, "y", Dialect::OpenAi);
         reg2.running(&agent, "p", child(0), None, Some(s2.as_raw_fd()))
             .unwrap();
         assert_eq!(reg2.done(), Ok(()));

@@ -1,4 +1,5 @@
 //! Chat completions: the answer, its queueing, and the streamed form.
+//! A tool call instead of text (knob `tool_call`) is `tools`'s.
 //!
 //! Each completion runs on its own thread (spawned by the HTTP worker that
 //! received it) so a long line of completions never starves /health. It gets
@@ -61,6 +62,9 @@
 //!
 //! Every answer carries `X-Testchild-Req-Id` and
 //! `X-Testchild-Queue-Wait-Ms` (time spent waiting in the lane).
+
+#[path = "tools.rs"]
+mod tools;
 
 use crate::lane::{Turn, CHECK_EVERY};
 use crate::sock::ConnWatch;
@@ -219,6 +223,8 @@ struct Job {
     prompt: String,
     /// When the request arrived (the child's own deadline counts from here).
     arrived: Instant,
+    /// The tool call to answer with (knob `tool_call`).
+    tool: Option<tools::Call>,
 }
 
 /// A JSON answer to a completion, with its id headers.
@@ -301,6 +307,11 @@ pub fn handle(app: Arc<App>, request: Request, body: &[u8]) {
         ),
         prompt: prompt_text(&parsed),
         arrived: Instant::now(),
+        tool: if app.knobs.tool_call {
+            tools::call_for(&parsed)
+        } else {
+            None
+        },
         req_id,
     };
     let arrived = job.arrived;
@@ -519,6 +530,14 @@ fn serve(
             return delivered(answer_json(app, request, job, waited_ms, 200, &body, None));
         }
         return delivered(in_band(app, request, job, waited_ms, &answer, &content));
+    }
+    if let Some(call) = &job.tool {
+        let ok = tools::answer(app, request, job, waited_ms, &answer, call, watch);
+        return if ok {
+            Outcome::Success
+        } else {
+            Outcome::ClientGone
+        };
     }
     if !job.stream {
         if !pause(Duration::from_millis(app.knobs.completion_delay_ms), watch) {

@@ -49,6 +49,7 @@
 //! | `quota_requeue_ms` | u64 | 1000 | a non-streamed quota request's re-queue round |
 //! | `quota_deadline_ms` | u64 | 420000 | its own 504, from arrival |
 //! | `error_text_mark` | string | `[错误` | `error_text`'s form: the default gives `[错误: <text>]`, any other mark `<mark> AI Studio error: 500 <text>]` (`[Error:` as the current child) |
+//! | `tool_call` | bool | false | a completion offering `tools` is answered with a call of one (see `tools.rs`); a tool's result with text |
 //! | `empty_output` | bool | false | streamed: the no-output placeholder; non-streamed: 502 `Aux stream completed but no content provided` |
 //! | `fork_internal_timeout` | bool | false | every completion gets the fork's internal timeout (502, or a `reasoning_content` stream) |
 //! | `internal_timeout_ms` | u64 | 2000 | how long that timeout takes |
@@ -129,6 +130,7 @@ pub struct Knobs {
     pub quota_deadline_ms: u64,
     pub error_text_mark: String,
     pub empty_output: bool,
+    pub tool_call: bool,
     pub fork_internal_timeout: bool,
     pub internal_timeout_ms: u64,
     /// Spawn the "Playwright driver" the SIGTERM save needs.
@@ -183,6 +185,7 @@ pub const NAMES: &[&str] = &[
     "quota_deadline_ms",
     "error_text_mark",
     "empty_output",
+    "tool_call",
     "fork_internal_timeout",
     "internal_timeout_ms",
     "driver",
@@ -401,6 +404,7 @@ impl Knobs {
                 .filter(|t| !t.is_empty())
                 .unwrap_or_else(|| LEGACY_ERROR_MARK.into()),
             empty_output: s.get("empty_output")?.unwrap_or(false),
+            tool_call: s.get("tool_call")?.unwrap_or(false),
             fork_internal_timeout: s.get("fork_internal_timeout")?.unwrap_or(false),
             internal_timeout_ms: s.get("internal_timeout_ms")?.unwrap_or(2000),
             driver: s.get("driver")?.unwrap_or(real_child),
