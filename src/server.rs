@@ -69,11 +69,12 @@ use tiny_http::{Admission, Method, Request};
 
 use crate::admin::{self, http::AdminKey};
 use crate::control::Fleet;
-use crate::health;
 use crate::metrics;
 use crate::pool::Pool;
 use crate::proxy::Proxy;
 use crate::reply::{self, ApiError};
+
+mod probes;
 
 /// A client silent this long mid-upload, or not reading what we send for
 /// this long, is dropped (per read or write; waiting for a head is bounded
@@ -234,6 +235,12 @@ impl HttpServer {
                         "cannot start the HTTP server on {host}:{port}: {e}"
                     ))
                 })?;
+        app.proxy.set_admin_key(app.admin_key.clone());
+        server.set_inline(probes::inline_hook(
+            app.pool.clone(),
+            app.proxy.clone(),
+            app.admin_key.clone(),
+        ));
         let shared = Arc::new(Shared {
             server,
             app,
@@ -430,28 +437,21 @@ fn route(holder: &mut Option<Request>, app: &App, spare_ok: bool) {
         let _ = rq.respond(ApiError::HeadersTooLarge.reply("request headers exceed 64 KiB"));
         return;
     }
-    let path = rq.url().split('?').next().unwrap_or("").to_string();
-    let probe = matches!(rq.method(), Method::Get | Method::Head);
-    if rq.in_reserve() && !(probe && matches!(path.as_str(), "/live" | "/ready" | "/health")) {
-        // A place kept for probes: nothing else may hold it.
-        let mut rq = rq;
-        rq.refuse_body();
-        let _ =
-            rq.respond(ApiError::Overloaded.reply(
-                "the coordinator is at its connection limit (MAX_CONNECTIONS); retry shortly",
-            ));
+    // Probes and the reserve are answered on the connection's own thread
+    // (see `probes`); one that got here in the moment before the hook was
+    // set is answered the same way.
+    let Some(rq) = probes::answer(rq, &app.pool, &app.proxy, app.admin_key.as_ref()) else {
+        return;
+    };
+    if let Err(why) = crate::edge::check(&rq) {
+        // The client's fault, found before anything else looked at it. An
+        // unread body is refused with the answer (tiny_http closes then).
+        let _ = rq.respond(ApiError::BadRequest.reply(&why.to_string()));
         return;
     }
+    let path = rq.url().split('?').next().unwrap_or("").to_string();
+    let probe = matches!(rq.method(), Method::Get | Method::Head);
     match path.as_str() {
-        "/live" if probe => {
-            let _ = rq.respond(health::live());
-        }
-        "/ready" if probe => {
-            let _ = rq.respond(health::ready(&app.pool.snapshot(), false));
-        }
-        "/health" if probe => {
-            let _ = rq.respond(health::ready(&app.pool.snapshot(), true));
-        }
         "/metrics" if probe => {
             if !app.metrics_open && !app.proxy.key_ok(&rq) {
                 let _ = rq.respond(ApiError::InvalidApiKey.reply(
@@ -459,7 +459,15 @@ fn route(holder: &mut Option<Request>, app: &App, spare_ok: bool) {
                 ));
                 return;
             }
-            let text = metrics::global().render(&app.fleet.metrics_view());
+            let mut text = metrics::global().render(&app.fleet.metrics_view());
+            let admin = app
+                .admin_key
+                .as_ref()
+                .is_some_and(|k| admin::http::offers(&rq, k));
+            if let (false, Some(label)) = (admin, app.proxy.key_label(&rq)) {
+                // A key holder sees its own usage row, no other key's.
+                text = metrics::only_key_rows(&text, &label);
+            }
             let _ = rq.respond(
                 tiny_http::Response::from_string(text).with_header(reply::header(
                     "Content-Type",

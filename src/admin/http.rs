@@ -43,6 +43,11 @@ impl fmt::Debug for AdminKey {
     }
 }
 
+/// Whether `rq` presents the admin key `key`.
+pub fn offers(rq: &Request, key: &AdminKey) -> bool {
+    offered_key(rq).is_some_and(|k| key.matches(&k))
+}
+
 fn offered_key(rq: &Request) -> Option<String> {
     rq.headers().iter().find_map(|h| {
         if h.field.equiv("Authorization") {
@@ -68,6 +73,7 @@ pub fn handle(rq: &mut Request, key: Option<&AdminKey>, control: &dyn Control) -
         }
     }
     if !offered_key(rq).is_some_and(|k| key.matches(&k)) {
+        super::refusals::refused("a missing or wrong admin key on /admin/");
         return reply::json(
             401,
             &proto::error("admin key missing or wrong: send Authorization: Bearer <ADMIN_KEY>"),

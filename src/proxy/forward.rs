@@ -25,6 +25,7 @@ use log::{debug, info, warn};
 use tiny_http::{Method, Request};
 
 use crate::dispatch::{ChildId, Kind, Refusal, Ticket, Want};
+use crate::edge::shown;
 use crate::metrics;
 use crate::pool::Pool;
 use crate::reply::ApiError;
@@ -48,6 +49,11 @@ pub(super) struct Exchange<'a> {
     pub id: u64,
     /// The id the client knows.
     pub rid: String,
+    /// The fingerprint of the key it came with (None without keys).
+    pub owner: Option<u64>,
+    /// An open path (`/v1/models`, `OPTIONS`): anyone may send it, so
+    /// whatever it meets never counts against a child.
+    pub open: bool,
     pub method: Method,
     pub url: String,
     pub path: String,
@@ -101,11 +107,23 @@ enum Step {
     Cancelled { answered: bool },
     /// The client went away mid-answer.
     ClientLeft,
+    /// The request could not even be written for the child (a header or
+    /// target the HTTP library refuses): the client's fault, not the
+    /// child's.
+    Unsendable(String),
+}
+
+/// Why a request did not reach its child.
+enum SendError {
+    /// The request itself cannot be built or written: the client's fault.
+    Request(String),
+    /// Anything on the way to the child or back.
+    Child(ureq::Error),
 }
 
 impl Exchange<'_> {
     pub fn run(self, holder: &mut Option<Request>) {
-        let reg = self.proxy.requests.enter(self.id, &self.rid);
+        let reg = self.proxy.requests.enter(self.id, &self.rid, self.owner);
         let dispatch = self.pool.dispatch().clone();
         let mut first: Option<Failed> = None;
         let mut evicted = false;
@@ -170,6 +188,21 @@ impl Exchange<'_> {
                         self.cancelled(holder);
                     }
                     return;
+                }
+                Step::Unsendable(why) => {
+                    drop(ticket);
+                    info!(
+                        "{} {} ({}): refused as unsendable: {why}",
+                        self.method,
+                        shown(&self.path),
+                        self.rid
+                    );
+                    return respond(
+                        holder,
+                        &self.rid,
+                        ApiError::BadRequest
+                            .reply(&format!("the request cannot be forwarded as sent: {why}")),
+                    );
                 }
                 Step::ClientLeft => {
                     debug!(
@@ -300,6 +333,9 @@ impl Exchange<'_> {
     /// One more counted failure of `child`; evicts it (true) when that
     /// makes `CONSECUTIVE_5XX_TO_EVICT` in a row.
     fn strike(&self, child: ChildId, verdict: &Verdict) -> bool {
+        if self.open {
+            return false;
+        }
         let strikes = self.proxy.strikes.strike(child);
         if strikes < self.proxy.settings.consecutive_5xx_to_evict {
             return false;
@@ -371,6 +407,17 @@ impl Exchange<'_> {
     }
 
     fn evict(&self, child: ChildId, why: &str) {
+        if self.open {
+            // Anyone may send an open request: it proves nothing of a child.
+            debug!(
+                "slot {}: {} {} ({}) failed: {why}; an open path, so not held against it",
+                child.slot,
+                self.method,
+                shown(&self.path),
+                self.rid
+            );
+            return;
+        }
         warn!(
             "slot {}: {} {} ({}) failed: {why}; evicting it",
             child.slot, self.method, self.path, self.rid
@@ -391,6 +438,11 @@ impl Exchange<'_> {
     }
 
     fn send_outcome(&self, child: ChildId, profile: &str, verdict: Verdict, evicted: bool) {
+        if self.open {
+            // No verdict of an open request reaches a profile's health or
+            // cooldowns.
+            return;
+        }
         crate::usage::answered(
             profile,
             self.usage.as_ref(),
@@ -453,7 +505,8 @@ impl Exchange<'_> {
         }
         let mut resp = match self.send(&conn, ticket.port) {
             Ok(r) => r,
-            Err(e) => {
+            Err(SendError::Request(why)) => return Step::Unsendable(why),
+            Err(SendError::Child(e)) => {
                 if let Some(t) = reg.taken() {
                     return taken(t);
                 }
@@ -546,7 +599,17 @@ impl Exchange<'_> {
 
     /// Send the request; the head must come within `REQUEST_TIMEOUT_S`
     /// (queueing inside a child included), later reads obey the idle cap.
-    fn send(
+    fn send(&self, conn: &Conn, port: u16) -> Result<ureq::http::Response<ureq::Body>, SendError> {
+        self.send_raw(conn, port).map_err(|e| match e {
+            // Refused by the HTTP library before a byte went out: the
+            // request is at fault, whatever the child is.
+            ureq::Error::BadUri(why) => SendError::Request(why),
+            ureq::Error::Http(e) => SendError::Request(e.to_string()),
+            other => SendError::Child(other),
+        })
+    }
+
+    fn send_raw(
         &self,
         conn: &Conn,
         port: u16,
@@ -564,7 +627,7 @@ impl Exchange<'_> {
             );
         let head = Some(self.proxy.settings.request_timeout);
         let agent = conn.agent();
-        let bad = |e: ureq::http::Error| ureq::Error::BadUri(e.to_string());
+        let bad = ureq::Error::Http;
         if bodiless {
             let rq = b.body(()).map_err(bad)?;
             let rq = agent

@@ -21,7 +21,7 @@ pub mod usage;
 pub mod verdict;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tiny_http::{Method, Request};
 
@@ -53,7 +53,7 @@ const HOP_BY_HOP: &[&str] = &[
 const MAX_MODEL_NAME: usize = 200;
 
 /// The longest client `X-Request-Id` kept; longer ones are replaced.
-const MAX_REQUEST_ID: usize = 200;
+const MAX_REQUEST_ID: usize = crate::edge::MAX_REQUEST_ID;
 
 /// The one field of a chat completion request the proxy looks at.
 #[derive(serde::Deserialize)]
@@ -86,14 +86,26 @@ pub struct Proxy {
     outcomes: verdict::Outcomes,
     /// Internal request ids; never reused.
     seq: AtomicU64,
-    /// Makes our generated `X-Request-Id`s differ between runs.
-    boot: u64,
+    /// The admin key, when configured: its holder may cancel any request.
+    admin: std::sync::OnceLock<crate::admin::http::AdminKey>,
 }
 
 impl Proxy {
     /// Whether `rq` passes the API key check (always, without keys).
     pub fn key_ok(&self, rq: &Request) -> bool {
         self.keys.current().access(rq) != Access::Denied
+    }
+
+    /// The label of the API key `rq` presents, if it presents one.
+    pub fn key_label(&self, rq: &Request) -> Option<String> {
+        let keys = self.keys.current();
+        let access = keys.access(rq);
+        keys.label(access)
+    }
+
+    /// Whether API keys are configured (an empty set disables the check).
+    pub fn keys_enabled(&self) -> bool {
+        self.keys.current().enabled()
     }
 
     /// Check requests against `keys` from now on (a reload); true when
@@ -129,10 +141,7 @@ impl Proxy {
             strikes: verdict::Strikes::default(),
             outcomes: verdict::Outcomes::default(),
             seq: AtomicU64::new(1),
-            boot: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64 & 0xffff_ffff)
-                .unwrap_or(0),
+            admin: std::sync::OnceLock::new(),
         }
     }
 
@@ -158,13 +167,15 @@ impl Proxy {
         let url = rq.url().to_string();
         let path = url.split('?').next().unwrap_or("").to_string();
         let id = self.seq.fetch_add(1, Ordering::Relaxed);
+        // A client's id was checked at the edge (visible ASCII only); ours
+        // are random, so nobody can guess another client's id.
         let rid = rq
             .headers()
             .iter()
             .find(|h| h.field.equiv("X-Request-Id"))
             .map(|h| h.value.as_str().trim().to_string())
-            .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID)
-            .unwrap_or_else(|| format!("aisp-{:08x}-{id}", self.boot));
+            .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID && crate::edge::request_id_ok(v))
+            .unwrap_or_else(|| format!("aisp-{}", crate::random::hex::<16>()));
 
         // Keys first: nothing else of an unauthorised request is read.
         let open = path == "/v1/models" || method == Method::Options;
@@ -179,6 +190,17 @@ impl Proxy {
             );
             return;
         }
+        if open && body::has_unread_body(rq) {
+            // The open paths take no body: nothing is read or forwarded.
+            self.refuse(
+                holder,
+                &rid,
+                ApiError::BadRequest,
+                "GET /v1/models and OPTIONS take no request body",
+            );
+            return;
+        }
+        let owner = self.owner(access);
         let body = match body::read_limited(rq, self.settings.max_body_bytes) {
             Ok(b) => b,
             Err(BodyError::TooLarge { limit }) => {
@@ -211,7 +233,18 @@ impl Proxy {
                     .filter(|(k, _)| keys::is_auth_header(k))
                     .cloned()
                     .collect();
-                let r = cancel::cancel(&self.agent, &self.requests, pool.dispatch(), target, &auth);
+                let who = match self.is_admin(rq) {
+                    true => cancel::Caller::Admin,
+                    false => cancel::Caller::Owner(owner),
+                };
+                let r = cancel::cancel(
+                    &self.agent,
+                    &self.requests,
+                    pool.dispatch(),
+                    target,
+                    &auth,
+                    who,
+                );
                 respond(holder, &rid, r);
                 return;
             }
@@ -232,6 +265,21 @@ impl Proxy {
             // Only `stream` matters here (for the logs); everything else is
             // skipped unparsed, which keeps multi-megabyte image payloads cheap.
             match serde_json::from_slice::<CompletionPeek>(&body) {
+                Ok(peek)
+                    if peek
+                        .model
+                        .as_deref()
+                        .is_some_and(|m| !crate::edge::model_ok(m)) =>
+                {
+                    respond(
+                        holder,
+                        &rid,
+                        ApiError::BadRequest.reply(
+                            "the model name must be 1 to 200 visible ASCII characters (no spaces or quotes)",
+                        ),
+                    );
+                    return;
+                }
                 Ok(peek) => {
                     streaming = peek.stream.unwrap_or(false);
                     let key = keys.label(access);
@@ -264,6 +312,8 @@ impl Proxy {
             pool,
             id,
             rid,
+            owner,
+            open,
             client_close: wants_close(rq),
             http10: rq.http_version().0 == 1 && rq.http_version().1 == 0,
             head_only: method == Method::Head,
@@ -280,6 +330,29 @@ impl Proxy {
             model,
         };
         exchange.run(holder);
+    }
+
+    /// Who made a request, for cancels: a fingerprint of its key (keyed
+    /// with this boot's secret, never the key), None without keys.
+    fn owner(&self, access: Access<'_>) -> Option<u64> {
+        match access {
+            Access::Key(k) => Some(keys::fingerprint(k)),
+            Access::NoKeys | Access::Denied => None,
+        }
+    }
+
+    /// Whether `rq` presents the admin key (when one is configured).
+    fn is_admin(&self, rq: &Request) -> bool {
+        self.admin
+            .get()
+            .is_some_and(|k| crate::admin::http::offers(rq, k))
+    }
+
+    /// The admin key, which may cancel any request; set once at start.
+    pub fn set_admin_key(&self, key: Option<crate::admin::http::AdminKey>) {
+        if let Some(k) = key {
+            let _ = self.admin.set(k);
+        }
     }
 
     /// Answer before (or instead of) reading the whole body: the client's

@@ -45,6 +45,8 @@ pub struct Registry {
 
 struct Entry {
     client_id: String,
+    /// The fingerprint of the key it was made with (None without keys).
+    owner: Option<u64>,
     phase: Phase,
     taken: Option<Taken>,
 }
@@ -94,11 +96,12 @@ impl Registry {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn enter(&self, id: u64, client_id: &str) -> Registration<'_> {
+    pub fn enter(&self, id: u64, client_id: &str, owner: Option<u64>) -> Registration<'_> {
         self.lock().insert(
             id,
             Entry {
                 client_id: client_id.to_string(),
+                owner,
                 phase: Phase::Waiting,
                 taken: None,
             },
@@ -129,9 +132,22 @@ impl Registry {
         (waiting, running)
     }
 
-    /// Cancel every request its client calls `client_id`. Empty when none.
-    pub fn cancel(&self, client_id: &str, dispatch: &Dispatch) -> Vec<Cancelled> {
-        let (queued, running) = self.take(Taken::Cancelled, |_, e| e.client_id == client_id);
+    /// Cancel every request its client calls `client_id` that `caller` may
+    /// cancel (see `cancel`). Empty when none.
+    pub fn cancel(
+        &self,
+        client_id: &str,
+        caller: super::cancel::Caller,
+        dispatch: &Dispatch,
+    ) -> Vec<Cancelled> {
+        use super::cancel::Caller;
+        let (queued, running) = self.take(Taken::Cancelled, |_, e| {
+            e.client_id == client_id
+                && match caller {
+                    Caller::Admin => true,
+                    Caller::Owner(who) => who.is_none() || e.owner == who,
+                }
+        });
         let mut done = Vec::new();
         for id in queued {
             // Not found: granted a child meanwhile, and the mark stops it.
@@ -149,6 +165,18 @@ impl Registry {
             });
         }
         done
+    }
+
+    /// The slots running a request made with the key `owner`.
+    pub fn slots_running(&self, owner: u64) -> Vec<usize> {
+        self.lock()
+            .values()
+            .filter(|e| e.owner == Some(owner))
+            .filter_map(|e| match &e.phase {
+                Phase::Running(r) => Some(r.child.slot),
+                Phase::Waiting => None,
+            })
+            .collect()
     }
 
     /// Take back every request running on `child` whose answer has not
@@ -379,9 +407,9 @@ mod tests {
     fn reclaim_takes_back_only_unanswered_requests_of_that_child() {
         let r = Registry::default();
         let agent = ureq::Agent::new_with_defaults();
-        let a = r.enter(1, "a");
-        let b = r.enter(2, "b");
-        let c = r.enter(3, "c");
+        let a = r.enter(1, "a", None);
+        let b = r.enter(2, "b", None);
+        let c = r.enter(3, "c", None);
         a.running(&agent, "p", child(0), Some("pro"), None).unwrap();
         b.running(&agent, "p", child(0), Some("pro"), None).unwrap();
         b.answering().unwrap();
@@ -410,7 +438,7 @@ mod tests {
         let (server_side, _) = listener.accept().unwrap();
         let r = Arc::new(Registry::default());
         let agent = ureq::Agent::new_with_defaults();
-        let reg = r.enter(7, "x");
+        let reg = r.enter(7, "x", None);
         reg.running(&agent, "p", child(0), None, Some(server_side.as_raw_fd()))
             .unwrap();
         r.free_left_clients();
@@ -430,7 +458,7 @@ mod tests {
         // A request whose answer went out whole is watched no more.
         let c2 = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (s2, _) = listener.accept().unwrap();
-        let reg2 = r.enter(8, "y");
+        let reg2 = r.enter(8, "y", None);
         reg2.running(&agent, "p", child(0), None, Some(s2.as_raw_fd()))
             .unwrap();
         assert_eq!(reg2.done(), Ok(()));
