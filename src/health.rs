@@ -48,8 +48,9 @@ pub fn ready_body(snap: &Snapshot) -> (u16, serde_json::Value) {
 }
 
 /// The /ready body as anyone may see it when keys are configured: what
-/// probes and load balancers need (status, counts, per-slot state) and no
-/// profile name, pid, port, reason or queue. The reference fields keep
+/// probes and load balancers need (status, counts, per-slot state and
+/// ports) and no profile name, pid, reason (it may quote a process's
+/// command line), memory, queue or lease. The reference fields keep
 /// their type and length: `ready_children` and `unhealthy_children` list
 /// `slot-<i>` instead of profile names.
 pub fn public_body(snap: &Snapshot) -> (u16, serde_json::Value) {
@@ -67,6 +68,7 @@ pub fn public_body(snap: &Snapshot) -> (u16, serde_json::Value) {
         .map(|s| {
             serde_json::json!({
                 "slot": s.slot,
+                "ports": s.ports,
                 "state": s.state,
                 "since_unix_ms": s.since_unix_ms,
                 "until_unix_ms": s.until_unix_ms,

@@ -444,8 +444,10 @@ fn route(holder: &mut Option<Request>, app: &App, spare_ok: bool) {
         return;
     };
     if let Err(why) = crate::edge::check(&rq) {
-        // The client's fault, found before anything else looked at it. An
-        // unread body is refused with the answer (tiny_http closes then).
+        // The client's fault, found before anything else looked at it: the
+        // answer closes the connection, and a body is never read.
+        let mut rq = rq;
+        rq.refuse_body();
         let _ = rq.respond(ApiError::BadRequest.reply(&why.to_string()));
         return;
     }
@@ -453,17 +455,17 @@ fn route(holder: &mut Option<Request>, app: &App, spare_ok: bool) {
     let probe = matches!(rq.method(), Method::Get | Method::Head);
     match path.as_str() {
         "/metrics" if probe => {
-            if !app.metrics_open && !app.proxy.key_ok(&rq) {
-                let _ = rq.respond(ApiError::InvalidApiKey.reply(
-                    "/metrics needs an API key (send Authorization: Bearer <key>), or set METRICS_OPEN=true",
-                ));
-                return;
-            }
-            let mut text = metrics::global().render(&app.fleet.metrics_view());
             let admin = app
                 .admin_key
                 .as_ref()
                 .is_some_and(|k| admin::http::offers(&rq, k));
+            if !app.metrics_open && !admin && !app.proxy.key_ok(&rq) {
+                let _ = rq.respond(ApiError::InvalidApiKey.reply(
+                    "/metrics needs an API key or the admin key (send Authorization: Bearer <key>), or set METRICS_OPEN=true",
+                ));
+                return;
+            }
+            let mut text = metrics::global().render(&app.fleet.metrics_view());
             if let (false, Some(label)) = (admin, app.proxy.key_label(&rq)) {
                 // A key holder sees its own usage row, no other key's.
                 text = metrics::only_key_rows(&text, &label);

@@ -44,8 +44,21 @@ impl fmt::Debug for AdminKey {
 }
 
 /// Whether `rq` presents the admin key `key`.
+/// Every header that may carry it is looked at: a request may carry an
+/// API key in `Authorization` and the admin key in `X-Admin-Key`.
 pub fn offers(rq: &Request, key: &AdminKey) -> bool {
-    offered_key(rq).is_some_and(|k| key.matches(&k))
+    let mut found = false;
+    for h in rq.headers() {
+        let offered = if h.field.equiv("Authorization") {
+            h.value.as_str().strip_prefix("Bearer ")
+        } else if h.field.equiv("X-Admin-Key") {
+            Some(h.value.as_str())
+        } else {
+            None
+        };
+        found |= offered.is_some_and(|k| key.matches(k));
+    }
+    found
 }
 
 fn offered_key(rq: &Request) -> Option<String> {

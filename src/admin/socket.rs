@@ -330,6 +330,51 @@ mod tests {
     }
 
     #[test]
+    fn a_childs_tree_is_recognised_by_its_tag_or_its_descent() {
+        // Our own descendant, tagged or not.
+        let mut tagged = std::process::Command::new("sleep")
+            .arg("5")
+            .env(tree::VAR, "o/r/0/1")
+            .spawn()
+            .unwrap();
+        let mut plain = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        assert!(in_child_tree(tagged.id() as i32));
+        assert!(in_child_tree(plain.id() as i32));
+        // Ourselves, our parent (the test runner) and init are not.
+        assert!(!in_child_tree(std::process::id() as i32));
+        let parent = proc::stat(std::process::id() as i32).unwrap().ppid;
+        assert!(!in_child_tree(parent));
+        assert!(!in_child_tree(1));
+        for c in [&mut tagged, &mut plain] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A silent client does not keep another from its answer.
+    #[test]
+    fn a_silent_client_blocks_nobody() {
+        let dir = std::env::temp_dir().join(format!("aisp-admin-silent-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("admin.sock");
+        let echo = Arc::new(Echo(Mutex::new(Vec::new())));
+        let sock = AdminSocket::start(&path, echo.clone()).unwrap();
+        let silent: Vec<UnixStream> = (0..3)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        let t = std::time::Instant::now();
+        let a = ask(&path, r#"{"op": "restart", "slot": 2}"#);
+        assert_eq!(a["ok"], true);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        drop(silent);
+        sock.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn one_request_one_answer_private_socket_and_clean_stop() {
         // Longer than sun_path allows: reached through the directory.
         let dir = std::env::temp_dir().join(format!(

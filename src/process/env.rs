@@ -178,6 +178,26 @@ mod tests {
         assert_eq!(names.len(), dedup.len(), "each variable once");
     }
 
+    /// In a forked copy of the test process, so the test binary itself
+    /// stays dumpable; the child only calls prctl and _exit.
+    #[test]
+    fn harden_makes_the_process_non_dumpable() {
+        // SAFETY: fork in a test; the child calls only async-signal-safe
+        // functions (prctl, _exit) on the success path.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                let ok = harden().is_ok() && libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) == 0;
+                libc::_exit(if ok { 0 } else { 1 });
+            }
+            let mut status = 0;
+            assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+            assert_eq!(libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0), 1);
+        }
+    }
+
     #[test]
     fn no_key_file_means_no_key_variable() {
         let env = for_child(parent(&[("AUTH_KEY_FILE_PATH", "/x")]), None, "t", None);
