@@ -1,13 +1,15 @@
 //! The HTTP front door on COORDINATOR_HOST:COORDINATOR_PORT: a tiny_http
 //! server and an elastic pool of named worker threads looping on `recv()`.
 //!
-//! Probes are answered inline by whichever worker receives them. Proxied
-//! requests can hold a worker for minutes, so the pool grows: whenever a
-//! worker takes a request and no other worker is idle, it starts another
-//! (up to `max`), and surplus idle workers retire. At the cap, proxied
-//! requests are refused with 503 rather than taking the last idle worker,
-//! so probes always find one. A panic in a handler becomes a 500 for that
-//! request, never a dead worker.
+//! Probes never reach a worker: they are answered on the client
+//! connection's own thread, before the request is queued (see `probes`).
+//! Every other request is first checked at the edge (see `crate::edge`;
+//! a failure is the client's 400, and closes). Proxied requests can hold a
+//! worker for minutes, so the pool grows: whenever a worker takes a
+//! request and no other worker is idle, it starts another (up to `max`),
+//! and surplus idle workers retire. At the cap, proxied requests are
+//! refused with 503 rather than taking the last idle worker. A panic in a
+//! handler becomes a 500 for that request, never a dead worker.
 //!
 //! # What a client connection costs, and what bounds it
 //!
@@ -45,7 +47,8 @@
 //! 3,000 half-heads cost at most 3,000 threads for 30 s by default, never
 //! more than `MAX_CONNECTIONS`, and none of the workers.
 //!
-//! A request refused before its body is read (413, 401, a reserve 503) is
+//! A request answered before its body is read to its end (413, 401, 404,
+//! a 400 of the edge, a reserve 503: any answer, tiny_http sees to it) is
 //! answered with `Connection: close`, then the connection closes with a
 //! bounded lingering close (tiny_http's `Linger`: our side shut, the rest
 //! read and discarded up to 64 MiB, 5 s in all, 1 s of silence), so clients

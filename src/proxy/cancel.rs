@@ -18,18 +18,9 @@ use std::time::Duration;
 use crate::dispatch::Dispatch;
 use crate::reply::{self, ApiError, Reply};
 
-use super::requests::Registry;
+use super::requests::{Caller, Registry};
 
 /// `req_id` is the raw (still percent-encoded) path segment, forwarded as is.
-/// Who asks for a cancel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Caller {
-    /// The admin key: any request.
-    Admin,
-    /// The fingerprint of the caller's API key (None without keys).
-    Owner(Option<u64>),
-}
-
 pub fn cancel(
     agent: &ureq::Agent,
     registry: &Registry,

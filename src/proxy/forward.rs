@@ -117,16 +117,15 @@ enum Step {
 enum SendError {
     /// The request itself cannot be built or written: the client's fault.
     Request(String),
-    /// Anything on the way to the child or back.
-    Child(ureq::Error),
+    /// Anything on the way to the child or back: the child's fault.
+    Child(Fault),
 }
 
 impl Exchange<'_> {
     pub fn run(self, holder: &mut Option<Request>) {
         let reg = self.proxy.requests.enter(self.id, &self.rid, self.owner);
         let dispatch = self.pool.dispatch().clone();
-        let mut first: Option<Failed> = None;
-        let mut evicted = false;
+        let (mut first, mut evicted): (Option<Failed>, bool) = (None, false);
         let mut reclaimed: Option<ChildId> = None;
         let mut reclaims = 0;
         loop {
@@ -189,21 +188,7 @@ impl Exchange<'_> {
                     }
                     return;
                 }
-                Step::Unsendable(why) => {
-                    drop(ticket);
-                    info!(
-                        "{} {} ({}): refused as unsendable: {why}",
-                        self.method,
-                        shown(&self.path),
-                        self.rid
-                    );
-                    return respond(
-                        holder,
-                        &self.rid,
-                        ApiError::BadRequest
-                            .reply(&format!("the request cannot be forwarded as sent: {why}")),
-                    );
-                }
+                Step::Unsendable(why) => return self.unsendable(holder, ticket, &why),
                 Step::ClientLeft => {
                     debug!(
                         "{} {} ({}): the client left after {:.1?}; its child is free",
@@ -397,6 +382,21 @@ impl Exchange<'_> {
         respond(holder, &self.rid, err.0.reply_after(&msg, err.1));
     }
 
+    /// The request cannot be written for a child: the client's 400, and
+    /// the child (freed with its ticket) is not blamed.
+    fn unsendable(&self, holder: &mut Option<Request>, ticket: Ticket, why: &str) {
+        drop(ticket);
+        info!(
+            "{} {} ({}): refused as unsendable: {}",
+            self.method,
+            self.path,
+            self.rid,
+            shown(why)
+        );
+        let msg = format!("the request cannot be forwarded as sent: {why}");
+        respond(holder, &self.rid, ApiError::BadRequest.reply(&msg));
+    }
+
     fn cancelled(&self, holder: &mut Option<Request>) {
         info!("{} {} ({}): cancelled", self.method, self.path, self.rid);
         respond(
@@ -411,10 +411,7 @@ impl Exchange<'_> {
             // Anyone may send an open request: it proves nothing of a child.
             debug!(
                 "slot {}: {} {} ({}) failed: {why}; an open path, so not held against it",
-                child.slot,
-                self.method,
-                shown(&self.path),
-                self.rid
+                child.slot, self.method, self.path, self.rid
             );
             return;
         }
@@ -506,15 +503,10 @@ impl Exchange<'_> {
         let mut resp = match self.send(&conn, ticket.port) {
             Ok(r) => r,
             Err(SendError::Request(why)) => return Step::Unsendable(why),
-            Err(SendError::Child(e)) => {
-                if let Some(t) = reg.taken() {
-                    return taken(t);
-                }
-                let fault = match e {
-                    ureq::Error::Timeout(_) => Fault::NoHead,
-                    other => Fault::Connection(describe(&other)),
-                };
-                return failed(Verdict::ChildFault(fault), None);
+            Err(SendError::Child(fault)) => {
+                return reg
+                    .taken()
+                    .map_or_else(|| failed(Verdict::ChildFault(fault), None), taken);
             }
         };
         conn.set_idle(Some(self.proxy.settings.stream_idle_timeout));
@@ -605,7 +597,8 @@ impl Exchange<'_> {
             // request is at fault, whatever the child is.
             ureq::Error::BadUri(why) => SendError::Request(why),
             ureq::Error::Http(e) => SendError::Request(e.to_string()),
-            other => SendError::Child(other),
+            ureq::Error::Timeout(_) => SendError::Child(Fault::NoHead),
+            other => SendError::Child(Fault::Connection(describe(&other))),
         })
     }
 

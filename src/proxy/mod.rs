@@ -167,38 +167,28 @@ impl Proxy {
         let url = rq.url().to_string();
         let path = url.split('?').next().unwrap_or("").to_string();
         let id = self.seq.fetch_add(1, Ordering::Relaxed);
-        // A client's id was checked at the edge (visible ASCII only); ours
-        // are random, so nobody can guess another client's id.
-        let rid = rq
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("X-Request-Id"))
-            .map(|h| h.value.as_str().trim().to_string())
-            .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID && crate::edge::request_id_ok(v))
-            .unwrap_or_else(|| format!("aisp-{}", crate::random::hex::<16>()));
+        let rid = request_id(rq);
 
         // Keys first: nothing else of an unauthorised request is read.
         let open = path == "/v1/models" || method == Method::Options;
         let keys = self.keys.current();
         let access = keys.access(rq);
-        if access == Access::Denied && !open {
-            self.refuse(
-                holder,
-                &rid,
+        let refusal = if access == Access::Denied && !open {
+            Some((
                 ApiError::InvalidApiKey,
                 "Invalid API key: send Authorization: Bearer <key> or X-API-Key: <key>",
-            );
-            return;
-        }
-        if open && body::has_unread_body(rq) {
+            ))
+        } else if open && body::has_unread_body(rq) {
             // The open paths take no body: nothing is read or forwarded.
-            self.refuse(
-                holder,
-                &rid,
+            Some((
                 ApiError::BadRequest,
                 "GET /v1/models and OPTIONS take no request body",
-            );
-            return;
+            ))
+        } else {
+            None
+        };
+        if let Some((err, msg)) = refusal {
+            return self.refuse(holder, &rid, err, msg);
         }
         let owner = self.owner(access);
         let body = match body::read_limited(rq, self.settings.max_body_bytes) {
@@ -228,25 +218,8 @@ impl Proxy {
                 .strip_prefix("/v1/cancel/")
                 .filter(|t| !t.is_empty() && !t.contains('/'))
             {
-                let auth: Vec<(String, Vec<u8>)> = headers
-                    .iter()
-                    .filter(|(k, _)| keys::is_auth_header(k))
-                    .cloned()
-                    .collect();
-                let who = match self.is_admin(rq) {
-                    true => cancel::Caller::Admin,
-                    false => cancel::Caller::Owner(owner),
-                };
-                let r = cancel::cancel(
-                    &self.agent,
-                    &self.requests,
-                    pool.dispatch(),
-                    target,
-                    &auth,
-                    who,
-                );
-                respond(holder, &rid, r);
-                return;
+                let r = self.cancel(rq, pool, target, &headers, owner);
+                return respond(holder, &rid, r);
             }
         }
         if path == "/v1/queue" && matches!(method, Method::Get | Method::Head) {
@@ -258,45 +231,16 @@ impl Proxy {
         }
 
         let completion = path == "/v1/chat/completions" && method == Method::Post;
-        let mut streaming = false;
-        let mut account = None;
-        let mut model = None;
+        let (mut streaming, mut account, mut model) = (false, None, None);
         if completion {
-            // Only `stream` matters here (for the logs); everything else is
-            // skipped unparsed, which keeps multi-megabyte image payloads cheap.
-            match serde_json::from_slice::<CompletionPeek>(&body) {
-                Ok(peek)
-                    if peek
-                        .model
-                        .as_deref()
-                        .is_some_and(|m| !crate::edge::model_ok(m)) =>
-                {
-                    respond(
-                        holder,
-                        &rid,
-                        ApiError::BadRequest.reply(
-                            "the model name must be 1 to 200 visible ASCII characters (no spaces or quotes)",
-                        ),
-                    );
-                    return;
-                }
+            match peek(&body) {
                 Ok(peek) => {
                     streaming = peek.stream.unwrap_or(false);
                     let key = keys.label(access);
                     account = Some(crate::usage::Account::new(key, peek.model.as_deref()));
-                    // Per-model cooldowns route by it; an absurd one is ignored.
-                    model = peek
-                        .model
-                        .filter(|m| !m.is_empty() && m.len() <= MAX_MODEL_NAME);
+                    model = peek.model;
                 }
-                Err(_) => {
-                    respond(
-                        holder,
-                        &rid,
-                        ApiError::BadRequest.reply("the request body must be a JSON object"),
-                    );
-                    return;
-                }
+                Err(why) => return respond(holder, &rid, ApiError::BadRequest.reply(why)),
             }
         }
         let kind = if method == Method::Post {
@@ -332,6 +276,29 @@ impl Proxy {
         exchange.run(holder);
     }
 
+    /// `POST /v1/cancel/{target}` (see `cancel`): as the admin when `rq`
+    /// carries the admin key, else as the owner of its API key.
+    fn cancel(
+        &self,
+        rq: &Request,
+        pool: &Pool,
+        target: &str,
+        headers: &[(String, Vec<u8>)],
+        owner: Option<u64>,
+    ) -> Reply {
+        let auth: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .filter(|(k, _)| keys::is_auth_header(k))
+            .cloned()
+            .collect();
+        let who = match self.is_admin(rq) {
+            true => requests::Caller::Admin,
+            false => requests::Caller::Owner(owner),
+        };
+        let (agent, registry) = (&self.agent, &self.requests);
+        cancel::cancel(agent, registry, pool.dispatch(), target, &auth, who)
+    }
+
     /// Who made a request, for cancels: a fingerprint of its key (keyed
     /// with this boot's secret, never the key), None without keys.
     fn owner(&self, access: Access<'_>) -> Option<u64> {
@@ -361,6 +328,33 @@ impl Proxy {
         if let Some(rq) = holder.take() {
             body::refuse(rq, rid, err, msg);
         }
+    }
+}
+
+/// The request's id: the client's `X-Request-Id` when it is one we keep
+/// (checked at the edge; see `edge::request_id_ok`), else a random one, so
+/// nobody can guess another client's id.
+fn request_id(rq: &Request) -> String {
+    rq.headers()
+        .iter()
+        .find(|h| h.field.equiv("X-Request-Id"))
+        .map(|h| h.value.as_str().trim().to_string())
+        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID && crate::edge::request_id_ok(v))
+        .unwrap_or_else(|| format!("aisp-{}", crate::random::hex::<16>()))
+}
+
+/// What the proxy reads of a completion's body: only `stream` and `model`;
+/// everything else is skipped unparsed, which keeps multi-megabyte image
+/// payloads cheap. A model name is routed by (per-model cooldowns) and
+/// logged, so one that is not a plain word is refused.
+fn peek(body: &[u8]) -> Result<CompletionPeek, &'static str> {
+    let peek = serde_json::from_slice::<CompletionPeek>(body)
+        .map_err(|_| "the request body must be a JSON object")?;
+    match peek.model.as_deref() {
+        Some(m) if !crate::edge::model_ok(m) || m.len() > MAX_MODEL_NAME => {
+            Err("the model name must be 1 to 200 visible ASCII characters (no spaces or quotes)")
+        }
+        _ => Ok(peek),
     }
 }
 

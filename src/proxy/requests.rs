@@ -76,6 +76,15 @@ pub enum Taken {
     ClientGone,
 }
 
+/// Who asks for a cancel (see `cancel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// The admin key: any request.
+    Admin,
+    /// The fingerprint of the caller's API key (None without keys).
+    Owner(Option<u64>),
+}
+
 /// What a cancel did to one request.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Cancelled {
@@ -134,13 +143,7 @@ impl Registry {
 
     /// Cancel every request its client calls `client_id` that `caller` may
     /// cancel (see `cancel`). Empty when none.
-    pub fn cancel(
-        &self,
-        client_id: &str,
-        caller: super::cancel::Caller,
-        dispatch: &Dispatch,
-    ) -> Vec<Cancelled> {
-        use super::cancel::Caller;
+    pub fn cancel(&self, client_id: &str, caller: Caller, dispatch: &Dispatch) -> Vec<Cancelled> {
         let (queued, running) = self.take(Taken::Cancelled, |_, e| {
             e.client_id == client_id
                 && match caller {
