@@ -173,7 +173,9 @@ impl Proxy {
         let open = path == "/v1/models" || method == Method::Options;
         let keys = self.keys.current();
         let access = keys.access(rq);
-        let refusal = if access == Access::Denied && !open {
+        // The admin key may cancel without an API key.
+        let admin_cancel = path.starts_with("/v1/cancel/") && self.is_admin(rq);
+        let refusal = if access == Access::Denied && !open && !admin_cancel {
             Some((
                 ApiError::InvalidApiKey,
                 "Invalid API key: send Authorization: Bearer <key> or X-API-Key: <key>",
