@@ -588,3 +588,33 @@ fn the_admin_socket_serves_one_client_while_another_is_silent() {
     assert!(status.stdout.contains("ready"), "{status:?}");
     drop(silent);
 }
+
+/// A child's process may not use the admin socket: the child command here
+/// is a shell that runs `aistudioproxy ctl status` (as a process of the
+/// child's tree) before it becomes the test child.
+#[test]
+fn the_admin_socket_refuses_a_childs_process() {
+    let dir = TestDir::new("the_admin_socket_refuses_a_childs_process");
+    dir.write_profiles(&["a"]);
+    let script = r#"coord="$0"; child="$1"; shift; "$coord" ctl status > ctl-from-child.txt 2>&1; echo "exit $?" >> ctl-from-child.txt; exec "$child" "$@""#;
+    let c = Coordinator::start(
+        &dir,
+        Builder::new()
+            .pool_size(1)
+            .child(&["sh", "-c", script, COORDINATOR, TESTCHILD]),
+    );
+    c.wait_all_ready(secs(15.0));
+    let out = read_to_string(&dir.path.join("ctl-from-child.txt"));
+    assert!(
+        out.contains("a child's process may not use this socket"),
+        "{out}"
+    );
+    assert!(!out.contains("exit 0"), "{out}");
+    wait_until("the refusal is logged", secs(5.0), || {
+        c.stderr()
+            .contains("of a child's tree connected to the admin socket")
+    });
+    // The operator's own ctl still works.
+    let status = ctl(&dir, &["status"]).ok();
+    assert!(status.stdout.contains("ready"), "{status:?}");
+}
