@@ -198,7 +198,9 @@ fn metrics_parse_as_openmetrics_and_count_what_the_fleet_did() {
         &dir,
         Builder::new()
             .pool_size(1)
-            .env("CONSECUTIVE_5XX_TO_EVICT", 1),
+            .env("CONSECUTIVE_5XX_TO_EVICT", 1)
+            // /ready names profiles and pids to the admin key only.
+            .env("ADMIN_KEY", "adm-test"),
     );
     let alice = wait_slot_ready(&c, 0, "alice", 10.0);
 
@@ -836,7 +838,11 @@ fn reload_adds_removes_and_changes_profiles_and_keys_on_sighup_and_ctl() {
     dir.write_key("old-key\n");
     let c = Coordinator::start(
         &dir,
-        Builder::new().pool_size(2).env("METRICS_OPEN", "true"),
+        Builder::new()
+            .pool_size(2)
+            .env("METRICS_OPEN", "true")
+            // /ready names profiles and pids to the admin key only.
+            .env("ADMIN_KEY", "adm-test"),
     );
     let alice = wait_slot_ready(&c, 0, "alice", 10.0);
     let bob = wait_slot_ready(&c, 1, "bob", 10.0);

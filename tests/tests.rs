@@ -7,6 +7,7 @@ mod conn;
 mod console;
 mod core;
 mod dialect;
+mod edge;
 mod frontdoor;
 mod gentle;
 mod keepalive;

@@ -218,7 +218,11 @@ fn current_child_serves_reclaims_quota_and_spots_expired_logins() {
     dir.write_profile("d-stale", &google_profile(&[], unix_now() - 86_400.0));
     dir.write_profile("e-good", &google_profile(&[], later));
     dir.write_key("sdk-key\n");
-    let c = Coordinator::start(&dir, builder(&rc, &dir).pool_size(2));
+    // /ready names profiles to the admin key only, once keys are configured.
+    let c = Coordinator::start(
+        &dir,
+        builder(&rc, &dir).pool_size(2).env("ADMIN_KEY", "adm-test"),
+    );
     c.wait_all_ready(secs(150.0));
 
     // Two requests at once: one lands on b-quota, whose child would put it

@@ -27,6 +27,7 @@ use tiny_http::{Method, Request};
 
 use crate::dialect::{Dialect, Translator};
 use crate::dispatch::{ChildId, Kind, Refusal, Ticket, Want};
+use crate::edge::shown;
 use crate::metrics;
 use crate::pool::Pool;
 use crate::reply::ApiError;
@@ -50,6 +51,11 @@ pub(super) struct Exchange<'a> {
     pub id: u64,
     /// The id the client knows.
     pub rid: String,
+    /// The fingerprint of the key it came with (None without keys).
+    pub owner: Option<u64>,
+    /// An open path (`/v1/models`, `OPTIONS`): anyone may send it, so
+    /// whatever it meets never counts against a child.
+    pub open: bool,
     pub method: Method,
     pub url: String,
     pub path: String,
@@ -107,14 +113,25 @@ enum Step {
     Cancelled { answered: bool },
     /// The client went away mid-answer.
     ClientLeft,
+    /// The request could not even be written for the child (a header or
+    /// target the HTTP library refuses): the client's fault, not the
+    /// child's.
+    Unsendable(String),
+}
+
+/// Why a request did not reach its child.
+enum SendError {
+    /// The request itself cannot be built or written: the client's fault.
+    Request(String),
+    /// Anything on the way to the child or back: the child's fault.
+    Child(Fault),
 }
 
 impl Exchange<'_> {
     pub fn run(self, holder: &mut Option<Request>) {
-        let reg = self.proxy.requests.enter(self.id, &self.rid, self.dialect);
+        let reg = (self.proxy.requests).enter(self.id, &self.rid, self.owner, self.dialect);
         let dispatch = self.pool.dispatch().clone();
-        let mut first: Option<Failed> = None;
-        let mut evicted = false;
+        let (mut first, mut evicted): (Option<Failed>, bool) = (None, false);
         let mut reclaimed: Option<ChildId> = None;
         let mut reclaims = 0;
         loop {
@@ -177,6 +194,7 @@ impl Exchange<'_> {
                     }
                     return;
                 }
+                Step::Unsendable(why) => return self.unsendable(holder, ticket, &why),
                 Step::ClientLeft => {
                     debug!(
                         "{} {} ({}): the client left after {:.1?}; its child is free",
@@ -309,6 +327,9 @@ impl Exchange<'_> {
     /// One more counted failure of `child`; evicts it (true) when that
     /// makes `CONSECUTIVE_5XX_TO_EVICT` in a row.
     fn strike(&self, child: ChildId, verdict: &Verdict) -> bool {
+        if self.open {
+            return false;
+        }
         let strikes = self.proxy.strikes.strike(child);
         if strikes < self.proxy.settings.consecutive_5xx_to_evict {
             return false;
@@ -374,6 +395,25 @@ impl Exchange<'_> {
         );
     }
 
+    /// The request cannot be written for a child: the client's 400, and
+    /// the child (freed with its ticket) is not blamed.
+    fn unsendable(&self, holder: &mut Option<Request>, ticket: Ticket, why: &str) {
+        drop(ticket);
+        info!(
+            "{} {} ({}): refused as unsendable: {}",
+            self.method,
+            self.path,
+            self.rid,
+            shown(why)
+        );
+        let msg = format!("the request cannot be forwarded as sent: {why}");
+        respond(
+            holder,
+            &self.rid,
+            self.shape(ApiError::BadRequest.reply(&msg)),
+        );
+    }
+
     fn cancelled(&self, holder: &mut Option<Request>) {
         info!("{} {} ({}): cancelled", self.method, self.path, self.rid);
         respond(
@@ -402,6 +442,14 @@ impl Exchange<'_> {
     }
 
     fn evict(&self, child: ChildId, why: &str) {
+        if self.open {
+            // Anyone may send an open request: it proves nothing of a child.
+            debug!(
+                "slot {}: {} {} ({}) failed: {why}; an open path, so not held against it",
+                child.slot, self.method, self.path, self.rid
+            );
+            return;
+        }
         warn!(
             "slot {}: {} {} ({}) failed: {why}; evicting it",
             child.slot, self.method, self.path, self.rid
@@ -422,6 +470,11 @@ impl Exchange<'_> {
     }
 
     fn send_outcome(&self, child: ChildId, profile: &str, verdict: Verdict, evicted: bool) {
+        if self.open {
+            // No verdict of an open request reaches a profile's health or
+            // cooldowns.
+            return;
+        }
         crate::usage::answered(
             profile,
             self.usage.as_ref(),
@@ -484,15 +537,11 @@ impl Exchange<'_> {
         }
         let mut resp = match self.send(&conn, ticket.port) {
             Ok(r) => r,
-            Err(e) => {
-                if let Some(t) = reg.taken() {
-                    return taken(t);
-                }
-                let fault = match e {
-                    ureq::Error::Timeout(_) => Fault::NoHead,
-                    other => Fault::Connection(describe(&other)),
-                };
-                return failed(Verdict::ChildFault(fault), None);
+            Err(SendError::Request(why)) => return Step::Unsendable(why),
+            Err(SendError::Child(fault)) => {
+                return reg
+                    .taken()
+                    .map_or_else(|| failed(Verdict::ChildFault(fault), None), taken);
             }
         };
         conn.set_idle(Some(self.proxy.settings.stream_idle_timeout));
@@ -577,7 +626,18 @@ impl Exchange<'_> {
 
     /// Send the request; the head must come within `REQUEST_TIMEOUT_S`
     /// (queueing inside a child included), later reads obey the idle cap.
-    fn send(
+    fn send(&self, conn: &Conn, port: u16) -> Result<ureq::http::Response<ureq::Body>, SendError> {
+        self.send_raw(conn, port).map_err(|e| match e {
+            // Refused by the HTTP library before a byte went out: the
+            // request is at fault, whatever the child is.
+            ureq::Error::BadUri(why) => SendError::Request(why),
+            ureq::Error::Http(e) => SendError::Request(e.to_string()),
+            ureq::Error::Timeout(_) => SendError::Child(Fault::NoHead),
+            other => SendError::Child(Fault::Connection(describe(&other))),
+        })
+    }
+
+    fn send_raw(
         &self,
         conn: &Conn,
         port: u16,
@@ -595,7 +655,7 @@ impl Exchange<'_> {
             );
         let head = Some(self.proxy.settings.request_timeout);
         let agent = conn.agent();
-        let bad = |e: ureq::http::Error| ureq::Error::BadUri(e.to_string());
+        let bad = ureq::Error::Http;
         if bodiless {
             let rq = b.body(()).map_err(bad)?;
             let rq = agent

@@ -22,7 +22,7 @@ pub mod usage;
 pub mod verdict;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tiny_http::{Method, Request};
 
@@ -55,7 +55,7 @@ const HOP_BY_HOP: &[&str] = &[
 const MAX_MODEL_NAME: usize = 200;
 
 /// The longest client `X-Request-Id` kept; longer ones are replaced.
-const MAX_REQUEST_ID: usize = 200;
+const MAX_REQUEST_ID: usize = crate::edge::MAX_REQUEST_ID;
 
 /// The one field of a chat completion request the proxy looks at.
 #[derive(serde::Deserialize)]
@@ -88,14 +88,26 @@ pub struct Proxy {
     outcomes: verdict::Outcomes,
     /// Internal request ids; never reused.
     seq: AtomicU64,
-    /// Makes our generated `X-Request-Id`s differ between runs.
-    boot: u64,
+    /// The admin key, when configured: its holder may cancel any request.
+    admin: std::sync::OnceLock<crate::admin::http::AdminKey>,
 }
 
 impl Proxy {
     /// Whether `rq` passes the API key check (always, without keys).
     pub fn key_ok(&self, rq: &Request) -> bool {
         self.keys.current().access(rq) != Access::Denied
+    }
+
+    /// The label of the API key `rq` presents, if it presents one.
+    pub fn key_label(&self, rq: &Request) -> Option<String> {
+        let keys = self.keys.current();
+        let access = keys.access(rq);
+        keys.label(access)
+    }
+
+    /// Whether API keys are configured (an empty set disables the check).
+    pub fn keys_enabled(&self) -> bool {
+        self.keys.current().enabled()
     }
 
     /// Check requests against `keys` from now on (a reload); true when
@@ -131,10 +143,7 @@ impl Proxy {
             strikes: verdict::Strikes::default(),
             outcomes: verdict::Outcomes::default(),
             seq: AtomicU64::new(1),
-            boot: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64 & 0xffff_ffff)
-                .unwrap_or(0),
+            admin: std::sync::OnceLock::new(),
         }
     }
 
@@ -160,13 +169,7 @@ impl Proxy {
         let url = rq.url().to_string();
         let path = url.split('?').next().unwrap_or("").to_string();
         let id = self.seq.fetch_add(1, Ordering::Relaxed);
-        let rid = rq
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("X-Request-Id"))
-            .map(|h| h.value.as_str().trim().to_string())
-            .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID)
-            .unwrap_or_else(|| format!("aisp-{:08x}-{id}", self.boot));
+        let rid = request_id(rq);
 
         // Another client's dialect, told by its path (and headers).
         let (route, speaks) = translate::route_of(rq, &url);
@@ -177,10 +180,23 @@ impl Proxy {
             || matches!(route, Some(Route::Models(_) | Route::Model(..)));
         let keys = self.keys.current();
         let access = keys.access(rq);
-        if access == Access::Denied && !open {
-            let hint = translate::key_hint(speaks);
-            return self.refuse(holder, &rid, speaks, ApiError::InvalidApiKey, hint);
+        // The admin key may cancel without an API key.
+        let admin_cancel = path.starts_with("/v1/cancel/") && self.is_admin(rq);
+        let refusal = if access == Access::Denied && !open && !admin_cancel {
+            Some((ApiError::InvalidApiKey, translate::key_hint(speaks)))
+        } else if open && body::has_unread_body(rq) {
+            // The open paths take no body: nothing is read or forwarded.
+            Some((
+                ApiError::BadRequest,
+                "GET /v1/models and OPTIONS take no request body",
+            ))
+        } else {
+            None
+        };
+        if let Some((err, msg)) = refusal {
+            return self.refuse(holder, &rid, speaks, err, msg);
         }
+        let owner = self.owner(access);
         let body = match body::read_limited(rq, self.settings.max_body_bytes) {
             Ok(b) => b,
             Err(BodyError::TooLarge { limit }) => {
@@ -201,14 +217,8 @@ impl Proxy {
                 .strip_prefix("/v1/cancel/")
                 .filter(|t| !t.is_empty() && !t.contains('/'))
             {
-                let auth: Vec<(String, Vec<u8>)> = headers
-                    .iter()
-                    .filter(|(k, _)| keys::is_auth_header(k))
-                    .cloned()
-                    .collect();
-                let r = cancel::cancel(&self.agent, &self.requests, pool.dispatch(), target, &auth);
-                respond(holder, &rid, r);
-                return;
+                let r = self.cancel(rq, pool, target, &headers, owner);
+                return respond(holder, &rid, r);
             }
         }
         if path == "/v1/queue" && matches!(method, Method::Get | Method::Head) {
@@ -221,33 +231,20 @@ impl Proxy {
         if let Some(route) = route {
             let label = keys.label(access);
             let plan = translate::plan(&route, &body);
-            return self.edge(holder, (id, rid, started), path, headers, label, plan, pool);
+            let who = (id, rid, started, owner, open);
+            return self.edge(holder, who, path, headers, label, plan, pool);
         }
         let completion = path == "/v1/chat/completions" && method == Method::Post;
-        let mut streaming = false;
-        let mut account = None;
-        let mut model = None;
+        let (mut streaming, mut account, mut model) = (false, None, None);
         if completion {
-            // Only `stream` matters here (for the logs); everything else is
-            // skipped unparsed, which keeps multi-megabyte image payloads cheap.
-            match serde_json::from_slice::<CompletionPeek>(&body) {
+            match peek(&body) {
                 Ok(peek) => {
                     streaming = peek.stream.unwrap_or(false);
                     let key = keys.label(access);
                     account = Some(crate::usage::Account::new(key, peek.model.as_deref()));
-                    // Per-model cooldowns route by it; an absurd one is ignored.
-                    model = peek
-                        .model
-                        .filter(|m| !m.is_empty() && m.len() <= MAX_MODEL_NAME);
+                    model = peek.model;
                 }
-                Err(_) => {
-                    respond(
-                        holder,
-                        &rid,
-                        ApiError::BadRequest.reply("the request body must be a JSON object"),
-                    );
-                    return;
-                }
+                Err(why) => return respond(holder, &rid, ApiError::BadRequest.reply(why)),
             }
         }
         let kind = if method == Method::Post {
@@ -263,6 +260,10 @@ impl Proxy {
             pool,
             id,
             rid,
+            owner,
+            open,
+            dialect: Dialect::OpenAi,
+            translate: None,
             client_close: wants_close(rq),
             http10: rq.http_version().0 == 1 && rq.http_version().1 == 0,
             head_only: method == Method::Head,
@@ -277,8 +278,6 @@ impl Proxy {
             started,
             usage: account,
             model,
-            dialect: Dialect::OpenAi,
-            translate: None,
         };
         exchange.run(holder);
     }
@@ -299,18 +298,28 @@ impl Proxy {
     fn edge(
         &self,
         holder: &mut Option<Request>,
-        who: (u64, String, Instant),
+        who: (u64, String, Instant, Option<u64>, bool),
         path: String,
         headers: Vec<(String, Vec<u8>)>,
         key: Option<String>,
         plan: Result<translate::Plan, Reply>,
         pool: &Pool,
     ) {
-        let (id, rid, started) = who;
+        let (id, rid, started, owner, open) = who;
         let plan = match plan {
             Ok(p) => p,
             Err(r) => return respond(holder, &rid, r),
         };
+        if plan
+            .model
+            .as_deref()
+            .is_some_and(|m| !crate::edge::model_ok(m))
+        {
+            let r = ApiError::BadRequest.reply(
+                "the model name must be 1 to 200 visible ASCII characters (no spaces or quotes)",
+            );
+            return respond(holder, &rid, translate::shaped(plan.translator.dialect, r));
+        }
         let mut headers = translate::child_headers(headers);
         let rq = holder.as_ref();
         headers.retain(|(k, _)| !k.eq_ignore_ascii_case("x-request-id"));
@@ -344,10 +353,60 @@ impl Proxy {
             model: plan
                 .model
                 .filter(|m| !m.is_empty() && m.len() <= MAX_MODEL_NAME),
+            owner,
+            open,
             dialect: plan.translator.dialect,
             translate: Some(std::cell::RefCell::new(plan.translator)),
         }
         .run(holder)
+    }
+
+    /// Answer before (or instead of) reading the whole body: the client's
+    /// socket stops being read and the connection closes after the answer.
+    /// `POST /v1/cancel/{target}` (see `cancel`): as the admin when `rq`
+    /// carries the admin key, else as the owner of its API key.
+    fn cancel(
+        &self,
+        rq: &Request,
+        pool: &Pool,
+        target: &str,
+        headers: &[(String, Vec<u8>)],
+        owner: Option<u64>,
+    ) -> Reply {
+        let auth: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .filter(|(k, _)| keys::is_auth_header(k))
+            .cloned()
+            .collect();
+        let who = match self.is_admin(rq) {
+            true => requests::Caller::Admin,
+            false => requests::Caller::Owner(owner),
+        };
+        let (agent, registry) = (&self.agent, &self.requests);
+        cancel::cancel(agent, registry, pool.dispatch(), target, &auth, who)
+    }
+
+    /// Who made a request, for cancels: a fingerprint of its key (keyed
+    /// with this boot's secret, never the key), None without keys.
+    fn owner(&self, access: Access<'_>) -> Option<u64> {
+        match access {
+            Access::Key(k) => Some(keys::fingerprint(k)),
+            Access::NoKeys | Access::Denied => None,
+        }
+    }
+
+    /// Whether `rq` presents the admin key (when one is configured).
+    fn is_admin(&self, rq: &Request) -> bool {
+        self.admin
+            .get()
+            .is_some_and(|k| crate::admin::http::offers(rq, k))
+    }
+
+    /// The admin key, which may cancel any request; set once at start.
+    pub fn set_admin_key(&self, key: Option<crate::admin::http::AdminKey>) {
+        if let Some(k) = key {
+            let _ = self.admin.set(k);
+        }
     }
 
     /// Answer before (or instead of) reading the whole body: the client's
@@ -363,6 +422,33 @@ impl Proxy {
         if let Some(rq) = holder.take() {
             translate::refuse(d, rq, rid, err, msg);
         }
+    }
+}
+
+/// The request's id: the client's `X-Request-Id` when it is one we keep
+/// (checked at the edge; see `edge::request_id_ok`), else a random one, so
+/// nobody can guess another client's id.
+fn request_id(rq: &Request) -> String {
+    rq.headers()
+        .iter()
+        .find(|h| h.field.equiv("X-Request-Id"))
+        .map(|h| h.value.as_str().trim().to_string())
+        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID && crate::edge::request_id_ok(v))
+        .unwrap_or_else(|| format!("aisp-{}", crate::random::hex::<16>()))
+}
+
+/// What the proxy reads of a completion's body: only `stream` and `model`;
+/// everything else is skipped unparsed, which keeps multi-megabyte image
+/// payloads cheap. A model name is routed by (per-model cooldowns) and
+/// logged, so one that is not a plain word is refused.
+fn peek(body: &[u8]) -> Result<CompletionPeek, &'static str> {
+    let peek = serde_json::from_slice::<CompletionPeek>(body)
+        .map_err(|_| "the request body must be a JSON object")?;
+    match peek.model.as_deref() {
+        Some(m) if !crate::edge::model_ok(m) || m.len() > MAX_MODEL_NAME => {
+            Err("the model name must be 1 to 200 visible ASCII characters (no spaces or quotes)")
+        }
+        _ => Ok(peek),
     }
 }
 
