@@ -122,6 +122,8 @@ pub struct Config {
     pub http_workers: usize,
     pub request_timeout: Duration,
     pub stream_idle_timeout: Duration,
+    /// Hold a streamed completion's head until its answer begins.
+    pub hold_stream_head: bool,
     pub max_body_bytes: u64,
     /// A request head must be whole within this (of the accept, or of its
     /// first byte on a kept-alive connection).
@@ -385,6 +387,11 @@ const SETTINGS: &[Setting] = &[
         env: "STREAM_IDLE_TIMEOUT_S",
         default: Some("120"),
         help: "longest silence of a streaming child before it is cut off",
+    },
+    Setting {
+        env: "HOLD_STREAM_HEAD",
+        default: Some("true"),
+        help: "hold a streamed answer's head until it carries content, so an empty one is served by another account: true or false",
     },
     Setting {
         env: "MAX_INFLIGHT_PER_CHILD",
@@ -791,6 +798,17 @@ impl Config {
             http_workers: parse_num("HTTP_WORKERS", &need("HTTP_WORKERS"), 2, 256)? as usize,
             request_timeout: secs("REQUEST_TIMEOUT_S", 1, 86_400)?,
             stream_idle_timeout: secs("STREAM_IDLE_TIMEOUT_S", 1, 86_400)?,
+            hold_stream_head: match need("HOLD_STREAM_HEAD").to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => {
+                    return Err(invalid(
+                        "HOLD_STREAM_HEAD",
+                        &need("HOLD_STREAM_HEAD"),
+                        "true or false",
+                    ))
+                }
+            },
             max_body_bytes: parse_num("MAX_BODY_BYTES", &need("MAX_BODY_BYTES"), 1024, 1 << 34)?,
             header_timeout: secs("HEADER_TIMEOUT_S", 1, 3_600)?,
             keepalive_timeout: secs("KEEPALIVE_TIMEOUT_S", 1, 3_600)?,

@@ -622,13 +622,33 @@ impl Pool {
     /// on: the dispatcher counts the slot as draining, a child will come,
     /// before its watcher even hears of it), then rotate.
     fn rotate_out(&self, slot: usize, generation: u64) {
+        self.drain_now(slot, generation, StopReason::Exhausted, Then::Rotate);
+    }
+
+    /// A client left a turn the child of `generation` on `slot` had begun:
+    /// its page may go on generating for nobody, and the real child's next
+    /// turn would stop that one instead of sending its own prompt. No new
+    /// request goes to it from now on; it is drained and started again.
+    pub fn restart_abandoned(&self, slot: usize, generation: u64) {
+        let why = "a client left a turn it had begun; its page may still be generating";
+        self.drain_now(
+            slot,
+            generation,
+            StopReason::Recycled(why.into()),
+            Then::Restart,
+        );
+    }
+
+    /// Close the slot to new requests at once (before its watcher even
+    /// hears of it), then have it drain and go on with `then`.
+    fn drain_now(&self, slot: usize, generation: u64, reason: StopReason, then: Then) {
         self.dispatch
             .set_slot(slot, SlotView::Draining { generation });
         if let Some(tx) = self.cmds.get(slot) {
             let _ = tx.send(Cmd::Drain {
                 generation: Some(generation),
-                reason: StopReason::Exhausted,
-                then: Then::Rotate,
+                reason,
+                then,
             });
         }
     }

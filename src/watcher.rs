@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{after, select, Receiver, Sender};
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 
 use crate::book;
 use crate::config::{Config, Ports};
@@ -33,6 +33,7 @@ use crate::process::childlog::Listener;
 use crate::process::env;
 use crate::process::logsigns::{Sign, Signs};
 use crate::process::ports::{self, Busy};
+use crate::process::sessions::Sessions;
 use crate::process::tree::{self, Identity};
 use crate::proxy::requests::Registry;
 use crate::slot::{Backoff, Event, StopReason};
@@ -53,6 +54,8 @@ const BACKOFF_PORT_MIN: Duration = Duration::from_secs(1);
 const SIGN_REPEAT: Duration = Duration::from_secs(10);
 /// How often a draining slot looks at its requests in flight.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// How often a ready child's own sessions (its browser) are looked at.
+const SESSION_LOOK: Duration = Duration::from_millis(500);
 
 /// What the watcher needs from the configuration, copied out once.
 #[derive(Clone)]
@@ -675,6 +678,11 @@ impl Watcher {
         let url = format!("http://127.0.0.1:{api_port}/health");
         // Memory and age: a limit passed drains the slot (a command to ourselves).
         let tag = self.settings.identity.tag(self.slot, self.starts);
+        // The browser and other parts in sessions of their own, found at
+        // readiness; one that ends evicts the child before a request finds it.
+        let mut sessions = Sessions::default();
+        let mut session_looks = crossbeam_channel::never();
+        let session_tag = tag.clone();
         let limits = self.settings.recycle;
         let mut care = recycle::Watch::new(
             limits,
@@ -733,6 +741,16 @@ impl Watcher {
                     });
                 }
                 recv(age_due) -> _ => care.look(&self.pool, name),
+                recv(session_looks) -> _ => {
+                    if let Some(pid) = sessions.ended() {
+                        let why = format!(
+                            "its process {pid}, in a session of its own (its browser), ended while the launcher lives"
+                        );
+                        warn!("slot {}: profile {name} pid {}: {why}", self.slot, child.pid());
+                        self.pool.evict(self.slot, generation, why.clone());
+                        return Ending::Stop(StopReason::Evicted(why));
+                    }
+                }
                 recv(self.cmds) -> cmd => match cmd {
                     Ok(Cmd::Evict { generation: g, reason }) if g == generation => {
                         return Ending::Stop(StopReason::Evicted(reason));
@@ -782,6 +800,15 @@ impl Watcher {
                         crate::events::record(crate::events::Kind::ChildReady, Some(self.slot), Some(name), "ready");
                         if let Some(settle) = self.pool.turn_settle(self.slot) {
                             turn_over = after(settle);
+                        }
+                        sessions = Sessions::of_child(child.pid(), &session_tag);
+                        if !sessions.is_empty() {
+                            debug!(
+                                "slot {}: watching {} processes of profile {name} in sessions of their own",
+                                self.slot,
+                                sessions.len()
+                            );
+                            session_looks = crossbeam_channel::tick(SESSION_LOOK);
                         }
                     } else if Instant::now() >= deadline {
                         return Ending::Stop(StopReason::ReadyTimeout);

@@ -30,6 +30,7 @@ use crate::pool::Pool;
 use crate::reply::ApiError;
 
 use super::conns::Conn;
+use super::hold::{self, Held};
 use super::inspect::Inspector;
 use super::relay::{self, Framing, RelayError};
 use super::requests::{Registration, Taken};
@@ -99,8 +100,11 @@ enum Step {
     /// Cancelled; `answered` when the client already had part of the answer
     /// (and was cut off).
     Cancelled { answered: bool },
-    /// The client went away mid-answer.
-    ClientLeft,
+    /// The client went away; `begun`: after the child had the request.
+    ClientLeft { begun: bool },
+    /// A held stream ended with nothing in it (see `hold`): served
+    /// elsewhere like a taking back, its answer kept in case none has more.
+    Empty(Failed),
 }
 
 impl Exchange<'_> {
@@ -111,6 +115,8 @@ impl Exchange<'_> {
         let mut evicted = false;
         let mut reclaimed: Option<ChildId> = None;
         let mut reclaims = 0;
+        // The last empty stream, passed on when no account has more.
+        let mut empty: Option<Failed> = None;
         loop {
             if reg.cancelled() {
                 return self.cancelled(holder);
@@ -127,7 +133,7 @@ impl Exchange<'_> {
             let asked = Instant::now();
             let ticket = match dispatch.acquire(want) {
                 Ok(t) => t,
-                Err(r) => return self.refused(holder, r, first),
+                Err(r) => return self.refused(holder, r, first.or(empty)),
             };
             if self.kind == Kind::Completion {
                 metrics::queue_waited(asked.elapsed());
@@ -171,16 +177,47 @@ impl Exchange<'_> {
                     }
                     return;
                 }
-                Step::ClientLeft => {
-                    debug!(
-                        "{} {} ({}): the client left after {:.1?}; its child is free",
-                        self.method,
-                        self.path,
-                        self.rid,
-                        self.started.elapsed()
-                    );
+                Step::ClientLeft { begun } => {
+                    let child = ticket.child;
+                    if begun && self.kind == Kind::Completion {
+                        // Its page may go on generating for nobody: no
+                        // request goes there until it starts again.
+                        info!(
+                            "{} {} ({}): the client left after {:.1?}, during its turn on slot {} profile {}; restarting that child",
+                            self.method,
+                            self.path,
+                            self.rid,
+                            self.started.elapsed(),
+                            child.slot,
+                            ticket.profile
+                        );
+                        self.pool.restart_abandoned(child.slot, child.generation);
+                    } else {
+                        debug!(
+                            "{} {} ({}): the client left after {:.1?}; its child is free",
+                            self.method,
+                            self.path,
+                            self.rid,
+                            self.started.elapsed()
+                        );
+                    }
                     holder.take();
                     return;
+                }
+                Step::Empty(f) => {
+                    reclaims += 1;
+                    info!(
+                        "{} {} ({}): slot {} profile {} gave a stream with nothing in it ({}) before any byte reached the client; serving it elsewhere",
+                        self.method, self.path, self.rid, f.child.slot, f.profile, f.verdict
+                    );
+                    self.outcome(&f, false);
+                    drop(ticket);
+                    reclaimed = Some(f.child);
+                    if reclaims > MAX_RECLAIMS {
+                        let kept = f.answer.expect("an empty stream is kept");
+                        return self.pass_on(holder, kept);
+                    }
+                    empty = Some(f);
                 }
                 Step::Failed(f) if f.verdict == Verdict::Reclaimed => {
                     reclaims += 1;
@@ -444,13 +481,18 @@ impl Exchange<'_> {
         let taken = |t: Taken| match t {
             Taken::Cancelled => Step::Cancelled { answered: false },
             Taken::Reclaimed => failed(Verdict::Reclaimed, None),
-            Taken::ClientGone => Step::ClientLeft,
+            Taken::ClientGone => Step::ClientLeft { begun: true },
         };
         let client = holder.as_ref().and_then(Request::socket_fd);
         let model = self.model.as_deref();
         if let Err(t) = reg.running(conn.agent(), &ticket.profile, ticket.child, model, client) {
-            return taken(t);
+            return match t {
+                // Never sent: the child knows nothing of it.
+                Taken::ClientGone => Step::ClientLeft { begun: false },
+                t => taken(t),
+            };
         }
+        let sent = Instant::now();
         let mut resp = match self.send(&conn, ticket.port) {
             Ok(r) => r,
             Err(e) => {
@@ -481,12 +523,6 @@ impl Exchange<'_> {
             let v = v.with_body(&kept.body);
             return failed(v, Some(kept));
         }
-        if let Err(t) = reg.answering() {
-            return taken(t);
-        }
-        let Some(rq) = holder.take() else {
-            return Step::ClientLeft;
-        };
         let judge = self.inspect && status == 200;
         let content_type = resp
             .headers()
@@ -494,7 +530,58 @@ impl Exchange<'_> {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let mut inspector = Inspector::new(content_type.as_deref(), judge);
-        let result = self.relay(rq, resp, &mut inspector);
+        let head = self.answer_head(&resp);
+        let mut reader = resp.body_mut().as_reader();
+        let mut held = Vec::new();
+        if self.proxy.settings.hold_stream_head && inspector.judges_events() {
+            let idle = self.proxy.settings.stream_idle_timeout;
+            let deadline = sent + self.proxy.settings.request_timeout;
+            match hold::hold(&mut reader, &mut inspector, &conn, idle, deadline) {
+                Held::Begun(bytes) => held = bytes,
+                Held::Ended(body) => {
+                    if let Some(t) = reg.taken() {
+                        return taken(t);
+                    }
+                    let reading =
+                        std::mem::replace(&mut inspector, Inspector::new(None, false)).finish();
+                    let verdict = Verdict::of_answer(status, reading.empty);
+                    if verdict == Verdict::Ok {
+                        // Not judged empty after all: relay it as it is.
+                        held = body;
+                    } else {
+                        let mut kept = head.kept(status, body);
+                        kept.slot = Some(ticket.child.slot);
+                        return Step::Empty(Failed {
+                            child: ticket.child,
+                            profile: ticket.profile.clone(),
+                            verdict,
+                            answer: Some(kept),
+                        });
+                    }
+                }
+                Held::Failed {
+                    error,
+                    past_deadline,
+                } => {
+                    if let Some(t) = reg.taken() {
+                        return taken(t);
+                    }
+                    let fault = match (past_deadline, is_timeout(&error)) {
+                        (true, _) => Fault::NoHead,
+                        (false, true) => Fault::Silent,
+                        (false, false) => Fault::Broken(error.to_string()),
+                    };
+                    return failed(Verdict::ChildFault(fault), None);
+                }
+            }
+        }
+        if let Err(t) = reg.answering() {
+            return taken(t);
+        }
+        let Some(rq) = holder.take() else {
+            return Step::ClientLeft { begun: true };
+        };
+        let result = self.relay(rq, status, &head, &held, &mut reader, &mut inspector);
         metrics::request_done(
             Some(ticket.child.slot),
             status,
@@ -524,7 +611,7 @@ impl Exchange<'_> {
                 }
                 Step::Answered(verdict)
             }
-            Err(_) if reg.taken() == Some(Taken::ClientGone) => Step::ClientLeft,
+            Err(_) if reg.taken() == Some(Taken::ClientGone) => Step::ClientLeft { begun: true },
             Err(_) if reg.cancelled() => Step::Cancelled { answered: true },
             Err(RelayError::Client(e)) => {
                 debug!(
@@ -534,7 +621,7 @@ impl Exchange<'_> {
                     self.rid,
                     self.started.elapsed()
                 );
-                Step::ClientLeft
+                Step::ClientLeft { begun: true }
             }
             Err(RelayError::Upstream(e)) => Step::Broke(if is_timeout(&e) {
                 Fault::Silent
@@ -588,19 +675,18 @@ impl Exchange<'_> {
     /// Relay the child's answer: head first, then the body as it arrives.
     /// When the child breaks off, the client's connection is cut so it
     /// sees the break instead of waiting for the rest.
+    /// `held`: the answer's first bytes, read (and inspected) already.
     fn relay(
         &self,
         rq: Request,
-        mut resp: ureq::http::Response<ureq::Body>,
+        status: u16,
+        head: &AnswerHead,
+        held: &[u8],
+        reader: &mut dyn Read,
         inspector: &mut Inspector,
     ) -> Result<u64, RelayError> {
-        let status = resp.status().as_u16();
-        let length = resp
-            .headers()
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let headers = self.answer_headers(&resp);
+        let length = head.length;
+        let headers = &head.headers;
         let no_body =
             self.head_only || status == 204 || status == 304 || (100..200).contains(&status);
         let framing = match (no_body, length, self.http10) {
@@ -620,11 +706,10 @@ impl Exchange<'_> {
         let mut w = rq.into_writer();
         let head = relay::head_bytes(
             status,
-            &headers,
+            headers,
             head_framing,
             self.client_close || self.http10,
         );
-        let mut reader = resp.body_mut().as_reader();
         w.write_all(&head).map_err(RelayError::Client)?;
         // A body of known length follows at once and is flushed with the
         // head (one segment for a short answer); anything else may take a
@@ -632,14 +717,42 @@ impl Exchange<'_> {
         if !matches!(framing, Framing::Length(_)) {
             w.flush().map_err(RelayError::Client)?;
         }
-        let result = relay::copy_body(&mut reader, &mut w, framing, &mut |piece| {
-            inspector.feed(piece)
-        });
+        let (rest, framing) = match framing {
+            Framing::Length(n) if (held.len() as u64) > n => {
+                cut_client(client);
+                return Err(RelayError::Upstream(std::io::Error::other(
+                    "child sent more than its Content-Length",
+                )));
+            }
+            Framing::Length(n) => (held.len() as u64, Framing::Length(n - held.len() as u64)),
+            f => (held.len() as u64, f),
+        };
+        relay::write_piece(&mut w, framing, held, &mut Vec::new()).map_err(RelayError::Client)?;
+        let result = relay::copy_body(reader, &mut w, framing, &mut |piece| inspector.feed(piece))
+            .map(|n| n + rest);
         if let Err(RelayError::Upstream(_)) = &result {
             cut_client(client);
         }
         drop(w);
         result
+    }
+
+    /// The parts of the child's head the relay needs.
+    fn answer_head(&self, resp: &ureq::http::Response<ureq::Body>) -> AnswerHead {
+        AnswerHead {
+            length: resp
+                .headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok()),
+            headers: self.answer_headers(resp),
+            kept: resp
+                .headers()
+                .iter()
+                .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()))
+                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        }
     }
 
     /// The child's end-to-end headers, with our request id.
@@ -692,6 +805,28 @@ impl Exchange<'_> {
             let _ = w.write_all(&kept.body);
         }
         let _ = w.flush();
+    }
+}
+
+/// A child's answer head, as the relay and a kept answer need it.
+struct AnswerHead {
+    /// Its `Content-Length`, if any.
+    length: Option<u64>,
+    /// End-to-end headers with our request id, for the client.
+    headers: Vec<(String, Vec<u8>)>,
+    /// End-to-end headers as the child gave them, for a kept answer.
+    kept: Vec<(String, Vec<u8>)>,
+}
+
+impl AnswerHead {
+    /// A whole answer with this head and `body`, to pass on later.
+    fn kept(&self, status: u16, body: Vec<u8>) -> Kept {
+        Kept {
+            slot: None,
+            status,
+            headers: self.kept.clone(),
+            body,
+        }
     }
 }
 

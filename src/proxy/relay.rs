@@ -71,6 +71,33 @@ pub fn head_bytes(
     head
 }
 
+/// Write one piece of a body with `framing` (a chunk of its own when
+/// chunked), flushed unless its length is known; `frame` is scratch space.
+pub fn write_piece(
+    w: &mut dyn Write,
+    framing: Framing,
+    piece: &[u8],
+    frame: &mut Vec<u8>,
+) -> io::Result<()> {
+    match framing {
+        Framing::NoBody => Ok(()),
+        _ if piece.is_empty() => Ok(()),
+        Framing::Chunked => {
+            frame.clear();
+            frame.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            frame.extend_from_slice(piece);
+            frame.extend_from_slice(b"\r\n");
+            w.write_all(frame)?;
+            w.flush()
+        }
+        Framing::UntilClose => {
+            w.write_all(piece)?;
+            w.flush()
+        }
+        Framing::Length(_) => w.write_all(piece),
+    }
+}
+
 thread_local! {
     /// One copy buffer per worker thread, reused by every response it relays.
     static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 32 * 1024]);
@@ -109,22 +136,7 @@ fn copy_with(
             Err(e) => return Err(RelayError::Upstream(e)),
         };
         total += n as u64;
-        match framing {
-            Framing::Chunked => {
-                frame.clear();
-                frame.extend_from_slice(format!("{n:x}\r\n").as_bytes());
-                frame.extend_from_slice(&buf[..n]);
-                frame.extend_from_slice(b"\r\n");
-                w.write_all(&frame).map_err(RelayError::Client)?;
-                w.flush().map_err(RelayError::Client)?;
-            }
-            _ => {
-                w.write_all(&buf[..n]).map_err(RelayError::Client)?;
-                if framing == Framing::UntilClose {
-                    w.flush().map_err(RelayError::Client)?;
-                }
-            }
-        }
+        write_piece(w, framing, &buf[..n], &mut frame).map_err(RelayError::Client)?;
         observe(&buf[..n]);
     }
     if let Framing::Length(expected) = framing {

@@ -363,7 +363,21 @@ pub fn handle(app: Arc<App>, request: Request, body: &[u8]) {
     }
 
     app.stats.begin();
-    let outcome = serve(&app, request, &job, waited_ms, &mut watch);
+    let turn_began = Instant::now();
+    let stall = app.knobs.abandoned_stall_ms;
+    let outcome = match stall {
+        Some(ms) if crate::page::take_busy() => {
+            stalled(&app, request, &job, waited_ms, ms, &mut watch)
+        }
+        _ => {
+            let outcome = serve(&app, request, &job, waited_ms, &mut watch);
+            if outcome == Outcome::ClientGone && stall.is_some() {
+                // Its cleanup skipped: the page generates to the turn's end.
+                crate::page::left_generating(turn_began + planned_turn(&app.knobs, job.stream));
+            }
+            outcome
+        }
+    };
     app.stats.end(outcome);
     drop(ticket);
     done(outcome.label(), waited_ms);
@@ -544,6 +558,43 @@ fn serve(
         ));
     }
     outcome
+}
+
+/// How long a normal turn takes upstream.
+fn planned_turn(knobs: &crate::knobs::Knobs, stream: bool) -> Duration {
+    let events = if stream {
+        u64::from(knobs.stream_events) * knobs.stream_interval_ms
+    } else {
+        0
+    };
+    Duration::from_millis(knobs.completion_delay_ms + events)
+}
+
+/// A turn whose Run click stopped a turn still generating for a client that
+/// left (see `page`): its prompt stays unsent, and it waits `ms` (the
+/// child's own timeout) for an answer that never comes, then 504.
+fn stalled(
+    app: &App,
+    request: Request,
+    job: &Job,
+    waited_ms: u128,
+    ms: u64,
+    watch: &mut ConnWatch,
+) -> Outcome {
+    log_line(&format!(
+        "[{}] the page was still generating for a client that left: the Run click stopped that turn, this prompt stays unsent",
+        job.req_id
+    ));
+    if !pause(Duration::from_millis(ms), watch) {
+        drop(request.into_writer());
+        return Outcome::ClientGone;
+    }
+    let body = json!({"detail": format!("[{}] Request processing timed out.", job.req_id)});
+    if answer_json(app, request, job, waited_ms, 504, &body, None) {
+        Outcome::Answered
+    } else {
+        Outcome::ClientGone
+    }
 }
 
 /// A streamed 200 whose whole content is `content` (an in-band error or a

@@ -30,6 +30,8 @@
 //! | `browser` | bool | false (real_child: true) | own-session browser on the camoufox port, `<profile>.browser.pid`; dead browser means completions 503 |
 //! | `browser_ignore_sigterm` | bool | false | the browser ignores SIGTERM |
 //! | `browser_fail_delay_ms` | u64 | 300 | how long a launcher whose browser failed lingers before exit 1 |
+//! | `browser_dies_after_ms` | u64 | - | the browser is SIGKILLed this long after start (as the OOM killer would); the launcher lives on, `/health` stays OK, completions 503 |
+//! | `abandoned_stall_ms` | u64 | - | a client leaving a turn being served leaves the page generating until that turn's end; a completion served meanwhile stops it instead of sending its prompt, stalls this long (the child's own timeout) and answers 504 |
 //! | `stream_helper` | bool | false (real_child: true) | SIGTERM-ignoring helper in our group on the stream port, `<profile>.helper.pid`; a SIGTERMed launcher waits for it (with `save_on_term`: SIGKILLs it after `helper_kill_after_ms`) |
 //! | `bind_after_ms` | u64 | 0 (real_child: 300) | the API port refuses until this long after start |
 //! | `models` | string | `gemini-test` | comma-separated model ids; any other `model` gets 500 |
@@ -96,6 +98,11 @@ pub struct Knobs {
     pub browser_ignore_sigterm: bool,
     /// How long the launcher lingers after its browser failed to start.
     pub browser_fail_delay_ms: u64,
+    /// SIGKILL the browser this long after start.
+    pub browser_dies_after_ms: Option<u64>,
+    /// A page left generating by a client that left stalls the next turn
+    /// this long (see `page`).
+    pub abandoned_stall_ms: Option<u64>,
     /// Spawn a SIGTERM-ignoring helper in our process group (the stream
     /// proxy); while it lives, a SIGTERM does not end the launcher.
     pub stream_helper: bool,
@@ -163,6 +170,8 @@ pub const NAMES: &[&str] = &[
     "browser",
     "browser_ignore_sigterm",
     "browser_fail_delay_ms",
+    "browser_dies_after_ms",
+    "abandoned_stall_ms",
     "stream_helper",
     "bind_after_ms",
     "models",
@@ -367,6 +376,8 @@ impl Knobs {
             browser: s.get("browser")?.unwrap_or(real_child),
             browser_ignore_sigterm: s.get("browser_ignore_sigterm")?.unwrap_or(false),
             browser_fail_delay_ms: s.get("browser_fail_delay_ms")?.unwrap_or(300),
+            browser_dies_after_ms: s.get("browser_dies_after_ms")?,
+            abandoned_stall_ms: s.get("abandoned_stall_ms")?,
             stream_helper: s.get("stream_helper")?.unwrap_or(real_child),
             bind_after_ms: s
                 .get("bind_after_ms")?
