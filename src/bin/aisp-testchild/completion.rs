@@ -23,7 +23,8 @@
 //! - out of quota (`quota_log`, `quota_models`, profile cookies `FAKE_QUOTA`
 //!   / `FAKE_QUOTA_MODEL`, or `FAKE_QUOTA` in the prompt), as the current
 //!   child: streamed 200 (the head at once, the rest after
-//!   `completion_delay_ms`), one chunk with empty content, `finish_reason:
+//!   `completion_delay_ms`, or `FAKE_DELAY=<s>` in the prompt, as for every
+//!   answer), one chunk with empty content, `finish_reason:
 //!   stop` and `usage.completion_tokens: 0`, `[DONE]`, and after it the
 //!   comments `: processing auth rotation (attempt 1)...` and
 //!   `: processing auth rotation...` and `data: {"error": "Auth rotation
@@ -219,6 +220,20 @@ struct Job {
     prompt: String,
     /// When the request arrived (the child's own deadline counts from here).
     arrived: Instant,
+    /// How long the work takes upstream: `FAKE_DELAY=<s>` in the prompt (as
+    /// the fake Google reads it), else `completion_delay_ms`.
+    delay: Duration,
+}
+
+/// The seconds of a `FAKE_DELAY=<s>` marker in `prompt`, if any.
+fn fake_delay(prompt: &str) -> Option<Duration> {
+    let rest = &prompt[prompt.find("FAKE_DELAY=")? + "FAKE_DELAY=".len()..];
+    let digits: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let s: f64 = digits.parse().ok()?;
+    (s.is_finite() && (0.0..=3600.0).contains(&s)).then(|| Duration::from_secs_f64(s))
 }
 
 /// A JSON answer to a completion, with its id headers.
@@ -299,6 +314,8 @@ pub fn handle(app: Arc<App>, request: Request, body: &[u8]) {
             app.profile,
             last_message_text(&parsed)
         ),
+        delay: fake_delay(&prompt_text(&parsed))
+            .unwrap_or(Duration::from_millis(app.knobs.completion_delay_ms)),
         prompt: prompt_text(&parsed),
         arrived: Instant::now(),
         req_id,
@@ -373,7 +390,7 @@ pub fn handle(app: Arc<App>, request: Request, body: &[u8]) {
             let outcome = serve(&app, request, &job, waited_ms, &mut watch);
             if outcome == Outcome::ClientGone && stall.is_some() {
                 // Its cleanup skipped: the page generates to the turn's end.
-                crate::page::left_generating(turn_began + planned_turn(&app.knobs, job.stream));
+                crate::page::left_generating(turn_began + planned_turn(&app.knobs, &job));
             }
             outcome
         }
@@ -535,7 +552,7 @@ fn serve(
         return delivered(in_band(app, request, job, waited_ms, &answer, &content));
     }
     if !job.stream {
-        if !pause(Duration::from_millis(app.knobs.completion_delay_ms), watch) {
+        if !pause(job.delay, watch) {
             log_line(&format!(
                 "completion req_id={} client disconnected while being served; stopped",
                 job.req_id
@@ -561,13 +578,13 @@ fn serve(
 }
 
 /// How long a normal turn takes upstream.
-fn planned_turn(knobs: &crate::knobs::Knobs, stream: bool) -> Duration {
-    let events = if stream {
+fn planned_turn(knobs: &crate::knobs::Knobs, job: &Job) -> Duration {
+    let events = if job.stream {
         u64::from(knobs.stream_events) * knobs.stream_interval_ms
     } else {
         0
     };
-    Duration::from_millis(knobs.completion_delay_ms + events)
+    job.delay + Duration::from_millis(events)
 }
 
 /// A turn whose Run click stopped a turn still generating for a client that
@@ -640,9 +657,8 @@ fn quota_answer(
         let events = quota_stream_events(answer);
         let (answered, tail) = events.split_at(2);
         let mut out = open_stream(app, request, job, waited_ms);
-        let mut ok = out.is_ok()
-            && pause(Duration::from_millis(app.knobs.completion_delay_ms), watch)
-            && answered.iter().all(|e| out.chunk(e).is_ok());
+        let mut ok =
+            out.is_ok() && pause(job.delay, watch) && answered.iter().all(|e| out.chunk(e).is_ok());
         log_line(&format!(
             "[{id}] Quota limit hit during stream: {error}. Initiating rotation (Attempt 1/3)..."
         ));
@@ -894,7 +910,7 @@ fn stream_answer(
     }
     let result = (|| -> io::Result<Outcome> {
         let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "client gone");
-        if !pause(Duration::from_millis(app.knobs.completion_delay_ms), watch) {
+        if !pause(job.delay, watch) {
             return Err(gone());
         }
         out.chunk(&answer.event(json!({"role": "assistant"}), None))?;
