@@ -419,11 +419,12 @@ fn listen_to_outcomes(
                     let Ok(o) = o else { return };
                     let answer = match o.verdict {
                         verdict::Verdict::Ok => book::Answer::Served,
+                        // Exhaustion and empty answers are reported to the
+                        // book by the proxy itself, at once.
                         verdict::Verdict::EmptyAnswer(_) => {
                             metrics::empty_answer(&o.profile);
-                            book::Answer::Empty
+                            continue;
                         }
-                        // Exhaustion is reported by the proxy itself, at once.
                         _ => continue,
                     };
                     pool.report(o.child.slot, o.child.generation, answer, o.model.as_deref());

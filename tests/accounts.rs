@@ -214,6 +214,19 @@ pub(crate) fn events(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// The content of a whole SSE answer, its deltas joined.
+pub(crate) fn streamed_content(body: &str) -> String {
+    events(body)
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect()
+}
+
 /// POST a completion through the coordinator: the whole reply and how long
 /// it took.
 pub(crate) fn complete(c: &Coordinator, body: &Value) -> (Reply, Duration) {
@@ -481,10 +494,16 @@ fn quota_in_the_log(name: &str, quota_type: &str, want_reason: &str, want_cooldo
     );
     assert_eq!(stat(quota_api, "completions_succeeded"), 0);
 
-    wait_state(&c, "a-quota", "cooling", 5.0);
+    // The request named its model: that model cools (the account would
+    // serve any other), the profile is not cooling as a whole.
+    wait_until("a-quota to cool for gemini-test", secs(5.0), || {
+        profile(&c, "a-quota")["cools_for"] == json!(["gemini-test"])
+    });
     let a = profile(&c, "a-quota");
-    assert_eq!(a["reason"], want_reason, "{a}");
-    let left = a["cooldown_left_s"].as_u64().unwrap_or(0);
+    assert_ne!(a["state"], "cooling", "{a}");
+    let m = &a["model_cooldowns"][0];
+    assert_eq!(m["reason"], want_reason, "{a}");
+    let left = m["left_s"].as_u64().unwrap_or(0);
     assert!(
         left <= want_cooldown_s && left + 10 >= want_cooldown_s,
         "cooldown_left_s {left}, want about {want_cooldown_s}: {a}"
@@ -826,13 +845,20 @@ fn empty_outputs_rotate_the_profile_without_eviction() {
         (pid, "ready"),
         "one empty answer changes nothing"
     );
-    // Streamed: the no-output placeholder, the second in a row.
+    // Streamed: the no-output placeholder, the second in a row. Nothing of
+    // it reached the client (its head is held until content): the profile
+    // cools for the model, and the spare that took its slot answers.
     let (r, _) = complete(&c, &chat("two", true));
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.body.contains("generated no output"), "{}", r.body);
-    wait_state(&c, "a", "cooling", 5.0);
+    assert!(!r.body.contains("generated no output"), "{}", r.body);
+    assert!(
+        streamed_content(&r.body).starts_with("profile=b-spare"),
+        "{}",
+        r.body
+    );
     let a = profile(&c, "a");
-    assert_eq!(a["reason"], "exhausted", "{a}");
+    assert_eq!(a["cools_for"], json!(["gemini-test"]), "{a}");
+    assert_eq!(a["model_cooldowns"][0]["reason"], "exhausted", "{a}");
     assert_eq!(a["counts"]["empty"], 2, "{a}");
     wait_ready_on(&c, "b-spare", 10.0);
     assert!(lines_with(&c, "evicting it").is_empty(), "{}", c.stderr());
@@ -853,12 +879,19 @@ fn the_forks_internal_timeout_evicts_nothing_and_counts_as_empty() {
     wait_empty_in_a_row(&c, 1);
     let s = &c.slots()[0];
     assert_eq!((s.pid, s.state.as_str(), s.restarts), (pid, "ready", 0));
-    // Streamed: its `internal_timeout` reasoning, the second in a row.
+    // Streamed: its `internal_timeout` reasoning, the second in a row; held
+    // (no content), so the spare that took its slot answers instead.
     let (r, _) = complete(&c, &chat("two", true));
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.body.contains("internal_timeout"), "{}", r.body);
-    wait_state(&c, "a", "cooling", 5.0);
-    assert_eq!(profile(&c, "a")["reason"], "exhausted");
+    assert!(!r.body.contains("internal_timeout"), "{}", r.body);
+    assert!(
+        streamed_content(&r.body).starts_with("profile=b-spare"),
+        "{}",
+        r.body
+    );
+    let a = profile(&c, "a");
+    assert_eq!(a["cools_for"], json!(["gemini-test"]), "{a}");
+    assert_eq!(a["model_cooldowns"][0]["reason"], "exhausted", "{a}");
     wait_ready_on(&c, "b-spare", 10.0);
     assert!(lines_with(&c, "evicting it").is_empty(), "{}", c.stderr());
 }

@@ -17,22 +17,10 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::accounts::{
-    chat, child_log, complete, cookie, events, knobbed, profile, wait_ready_on, with_cookies,
+    chat, child_log, complete, cookie, events, knobbed, profile, streamed_content, wait_ready_on,
+    with_cookies,
 };
 use crate::common::*;
-
-/// The content of a whole SSE answer.
-fn streamed_content(body: &str) -> String {
-    events(body)
-        .iter()
-        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .collect()
-}
 
 /// As the real child out of quota: the head when the work starts, the
 /// empty answer a while later.

@@ -440,19 +440,20 @@ impl Exchange<'_> {
                 child.slot, self.method, self.path, self.rid
             );
         }
-        if let Verdict::Exhausted { retry_after, .. } = verdict {
+        let answer = match verdict {
+            Verdict::Exhausted { retry_after, .. } => Some(crate::book::Answer::Exhausted {
+                retry_after,
+                limit: crate::book::Limit::Quota,
+            }),
+            Verdict::EmptyAnswer(_) => Some(crate::book::Answer::Empty),
+            _ => None,
+        };
+        if let Some(answer) = answer {
             // At once, not through the listener: the slot must be draining
             // before this request's retry asks for a child, so that it waits
             // for the replacement instead of finding no other child.
-            self.pool.report(
-                child.slot,
-                child.generation,
-                crate::book::Answer::Exhausted {
-                    retry_after,
-                    limit: crate::book::Limit::Quota,
-                },
-                self.model.as_deref(),
-            );
+            self.pool
+                .report(child.slot, child.generation, answer, self.model.as_deref());
         }
         self.proxy.outcomes.report(Outcome {
             child,

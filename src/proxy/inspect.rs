@@ -66,6 +66,8 @@ pub struct Inspector {
     internal_timeout: bool,
     /// Reasoning text other than the fork's `internal_timeout` was seen.
     reasoning: bool,
+    /// A tool call was seen.
+    tools: bool,
     /// The content's first `KEEP_START` bytes, and its whole length.
     start: String,
     length: usize,
@@ -100,6 +102,7 @@ impl Inspector {
             error_after_done: false,
             internal_timeout: false,
             reasoning: false,
+            tools: false,
             start: String::new(),
             length: 0,
             tail: String::new(),
@@ -153,9 +156,12 @@ impl Inspector {
 
     /// Whether the answer has begun for its client: content, a tool call or
     /// reasoning text was seen (a stream's empty role chunk, its empty
-    /// finishing chunk, `[DONE]` and error events are no beginning).
+    /// finishing chunk, `[DONE]` and error events are no beginning, nor is
+    /// content that may still be the no-output placeholder).
     pub fn begun(&self) -> bool {
-        self.content || self.reasoning
+        let text = self.length > 0
+            && (self.length > KEEP_START || !NO_OUTPUT.starts_with(self.start.trim()));
+        text || self.tools || self.reasoning
     }
 
     /// The answer ended normally: was it empty, and its tokens.
@@ -246,6 +252,7 @@ impl Inspector {
                 });
             if tools {
                 self.content = true;
+                self.tools = true;
             }
             match p.get("reasoning_content").and_then(Value::as_str) {
                 Some(INTERNAL_TIMEOUT) => self.internal_timeout = true,
@@ -394,6 +401,16 @@ mod tests {
         let it = chunk(r#"{"reasoning_content":"internal_timeout"}"#);
         assert!(!begun(&[&it]), "the fork's internal timeout");
         assert!(begun(&[&role, &chunk(r#"{"content":"h"}"#)]));
+        // The no-output placeholder, whole or in part, is no beginning.
+        let none = r#"{"content":"\n\n*(Model finished thinking but generated no output.)*"}"#;
+        assert!(!begun(&[&role, &chunk(none)]));
+        assert!(!begun(&[&role, &chunk(r#"{"content":"\n\n*(Model fin"}"#)]));
+        assert!(begun(&[
+            &role,
+            &chunk(none),
+            &chunk(r#"{"content":" But"}"#)
+        ]));
+        assert!(begun(&[&role, &chunk(r#"{"content":"*(Model said"}"#)]));
         assert!(begun(&[&chunk(r#"{"reasoning_content":"hmm"}"#)]));
         assert!(begun(&[&chunk(r#"{"tool_calls":[{"index":0}]}"#)]));
         // A line split across pieces begins when its end comes.
