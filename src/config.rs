@@ -690,11 +690,14 @@ impl Config {
             parse_num("COORDINATOR_PORT", &need("COORDINATOR_PORT"), 0, 65535)? as u16;
         check_ports(&ports, pool_size, coordinator_port)?;
 
-        let headless = match need("HEADLESS").to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => true,
-            "false" | "0" | "no" | "off" => false,
-            _ => return Err(invalid("HEADLESS", &need("HEADLESS"), "true or false")),
+        let switch = |name: &'static str| -> Result<bool, ConfigError> {
+            match need(name).to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(invalid(name, &need(name), "true or false")),
+            }
         };
+        let headless = switch("HEADLESS")?;
 
         let child_command = match child_args {
             Some(a) if !a.is_empty() => a,
@@ -770,17 +773,7 @@ impl Config {
                 .unwrap_or_else(|| abs(need("AUTH_PROFILE_CACHE_DIR")).join("admin.sock")),
             admin_key: get("ADMIN_KEY").and_then(crate::admin::http::AdminKey::new),
             admin_key_file: get("ADMIN_KEY_FILE").map(abs),
-            metrics_open: match need("METRICS_OPEN").to_ascii_lowercase().as_str() {
-                "true" | "1" => true,
-                "false" | "0" => false,
-                _ => {
-                    return Err(invalid(
-                        "METRICS_OPEN",
-                        &need("METRICS_OPEN"),
-                        "true or false",
-                    ))
-                }
-            },
+            metrics_open: switch("METRICS_OPEN")?,
             reload_interval: match parse_num(
                 "PROFILE_RELOAD_INTERVAL_S",
                 &need("PROFILE_RELOAD_INTERVAL_S"),
@@ -798,17 +791,7 @@ impl Config {
             http_workers: parse_num("HTTP_WORKERS", &need("HTTP_WORKERS"), 2, 256)? as usize,
             request_timeout: secs("REQUEST_TIMEOUT_S", 1, 86_400)?,
             stream_idle_timeout: secs("STREAM_IDLE_TIMEOUT_S", 1, 86_400)?,
-            hold_stream_head: match need("HOLD_STREAM_HEAD").to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" => true,
-                "false" | "0" | "no" | "off" => false,
-                _ => {
-                    return Err(invalid(
-                        "HOLD_STREAM_HEAD",
-                        &need("HOLD_STREAM_HEAD"),
-                        "true or false",
-                    ))
-                }
-            },
+            hold_stream_head: switch("HOLD_STREAM_HEAD")?,
             max_body_bytes: parse_num("MAX_BODY_BYTES", &need("MAX_BODY_BYTES"), 1024, 1 << 34)?,
             header_timeout: secs("HEADER_TIMEOUT_S", 1, 3_600)?,
             keepalive_timeout: secs("KEEPALIVE_TIMEOUT_S", 1, 3_600)?,

@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{after, select, Receiver, Sender};
-use log::{debug, error, info, warn};
+use log::{error, info, warn};
 
 use crate::book;
 use crate::config::{Config, Ports};
@@ -678,10 +678,8 @@ impl Watcher {
         let url = format!("http://127.0.0.1:{api_port}/health");
         // Memory and age: a limit passed drains the slot (a command to ourselves).
         let tag = self.settings.identity.tag(self.slot, self.starts);
-        // The browser and other parts in sessions of their own, found at
-        // readiness; one that ends evicts the child before a request finds it.
-        let mut sessions = Sessions::default();
-        let mut session_looks = crossbeam_channel::never();
+        // Its browser, in a session of its own, found at readiness.
+        let (mut sessions, mut session_looks) = (Sessions::default(), crossbeam_channel::never());
         let session_tag = tag.clone();
         let limits = self.settings.recycle;
         let mut care = recycle::Watch::new(
@@ -741,16 +739,9 @@ impl Watcher {
                     });
                 }
                 recv(age_due) -> _ => care.look(&self.pool, name),
-                recv(session_looks) -> _ => {
-                    if let Some(pid) = sessions.ended() {
-                        let why = format!(
-                            "its process {pid}, in a session of its own (its browser), ended while the launcher lives"
-                        );
-                        warn!("slot {}: profile {name} pid {}: {why}", self.slot, child.pid());
-                        self.pool.evict(self.slot, generation, why.clone());
-                        return Ending::Stop(StopReason::Evicted(why));
-                    }
-                }
+                recv(session_looks) -> _ => if let Some(pid) = sessions.ended() {
+                    return self.browser_ended(name, child.pid(), pid, generation);
+                },
                 recv(self.cmds) -> cmd => match cmd {
                     Ok(Cmd::Evict { generation: g, reason }) if g == generation => {
                         return Ending::Stop(StopReason::Evicted(reason));
@@ -791,25 +782,9 @@ impl Watcher {
                             return Ending::Drained(reason.clone(), *then);
                         }
                     } else if is_ready(&self.http, &url) {
-                        self.pool.apply(self.slot, &Event::BecameReady);
                         *ready_at = Some(Instant::now());
-                        // The deadline is the start plus the readiness timeout.
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        metrics::child_ready(self.settings.ready_timeout.saturating_sub(left));
-                        info!("slot {}: profile {name} pid {} is ready", self.slot, child.pid());
-                        crate::events::record(crate::events::Kind::ChildReady, Some(self.slot), Some(name), "ready");
-                        if let Some(settle) = self.pool.turn_settle(self.slot) {
-                            turn_over = after(settle);
-                        }
-                        sessions = Sessions::of_child(child.pid(), &session_tag);
-                        if !sessions.is_empty() {
-                            debug!(
-                                "slot {}: watching {} processes of profile {name} in sessions of their own",
-                                self.slot,
-                                sessions.len()
-                            );
-                            session_looks = crossbeam_channel::tick(SESSION_LOOK);
-                        }
+                        (turn_over, sessions) = self.became_ready(name, child.pid(), deadline, &session_tag);
+                        session_looks = sessions.looks(SESSION_LOOK);
                     } else if Instant::now() >= deadline {
                         return Ending::Stop(StopReason::ReadyTimeout);
                     }
@@ -820,6 +795,42 @@ impl Watcher {
 }
 
 impl Watcher {
+    /// The child (launcher `leader`, tag `tag`) answered ready: recorded,
+    /// and its keep-alive turn's settle timer (or never) and the processes
+    /// of its tree in sessions of their own (its browser) returned.
+    fn became_ready(
+        &self,
+        name: &str,
+        leader: i32,
+        deadline: Instant,
+        tag: &str,
+    ) -> (Receiver<Instant>, Sessions) {
+        self.pool.apply(self.slot, &Event::BecameReady);
+        // The deadline is the start plus the readiness timeout.
+        let left = deadline.saturating_duration_since(Instant::now());
+        metrics::child_ready(self.settings.ready_timeout.saturating_sub(left));
+        info!("slot {}: profile {name} pid {leader} is ready", self.slot);
+        let kind = crate::events::Kind::ChildReady;
+        crate::events::record(kind, Some(self.slot), Some(name), "ready");
+        let turn_over = match self.pool.turn_settle(self.slot) {
+            Some(settle) => after(settle),
+            None => crossbeam_channel::never(),
+        };
+        (turn_over, Sessions::of_child(leader, tag))
+    }
+
+    /// A process of the child (launcher `leader`) in a session of its own,
+    /// its browser, ended while the launcher lives: the child is evicted
+    /// before a request finds it broken.
+    fn browser_ended(&self, name: &str, leader: i32, pid: i32, generation: u64) -> Ending {
+        let why = format!(
+            "its process {pid}, in a session of its own (its browser), ended while the launcher lives"
+        );
+        warn!("slot {}: profile {name} pid {leader}: {why}", self.slot);
+        self.pool.evict(self.slot, generation, why.clone());
+        Ending::Stop(StopReason::Evicted(why))
+    }
+
     /// The child's log says `profile`'s login expired.
     fn login_needed(&self, profile: &Profile) {
         self.pool.login_needed(

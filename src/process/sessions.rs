@@ -14,6 +14,10 @@
 //! Plain reads of `/proc`, called from the slot's watcher thread: one full
 //! scan at readiness, then one `stat` per leader per look.
 
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
 use super::proc;
 use super::tree::Scan;
 
@@ -45,8 +49,14 @@ impl Sessions {
         self.leaders.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.leaders.len()
+    /// A tick every `every` to look at the leaders, or never when there
+    /// are none.
+    pub fn looks(&self, every: Duration) -> Receiver<Instant> {
+        if self.is_empty() {
+            crossbeam_channel::never()
+        } else {
+            crossbeam_channel::tick(every)
+        }
     }
 
     /// The pid of the first leader that has ended, if one has.

@@ -30,9 +30,9 @@ use crate::pool::Pool;
 use crate::reply::ApiError;
 
 use super::conns::Conn;
-use super::hold::{self, Held};
+use super::hold::{self, is_timeout, HoldEnd};
 use super::inspect::Inspector;
-use super::relay::{self, Framing, RelayError};
+use super::relay::{self, AnswerHead, Framing, RelayError};
 use super::requests::{Registration, Taken};
 use super::verdict::{Fault, Outcome, Verdict};
 use super::{respond, Proxy, HOP_BY_HOP};
@@ -177,33 +177,7 @@ impl Exchange<'_> {
                     }
                     return;
                 }
-                Step::ClientLeft { begun } => {
-                    let child = ticket.child;
-                    if begun && self.kind == Kind::Completion {
-                        // Its page may go on generating for nobody: no
-                        // request goes there until it starts again.
-                        info!(
-                            "{} {} ({}): the client left after {:.1?}, during its turn on slot {} profile {}; restarting that child",
-                            self.method,
-                            self.path,
-                            self.rid,
-                            self.started.elapsed(),
-                            child.slot,
-                            ticket.profile
-                        );
-                        self.pool.restart_abandoned(child.slot, child.generation);
-                    } else {
-                        debug!(
-                            "{} {} ({}): the client left after {:.1?}; its child is free",
-                            self.method,
-                            self.path,
-                            self.rid,
-                            self.started.elapsed()
-                        );
-                    }
-                    holder.take();
-                    return;
-                }
+                Step::ClientLeft { begun } => return self.left(holder, &ticket, begun),
                 Step::Empty(f) => {
                     reclaims += 1;
                     info!(
@@ -213,11 +187,10 @@ impl Exchange<'_> {
                     self.outcome(&f, false);
                     drop(ticket);
                     reclaimed = Some(f.child);
-                    if reclaims > MAX_RECLAIMS {
-                        let kept = f.answer.expect("an empty stream is kept");
-                        return self.pass_on(holder, kept);
+                    match f.answer {
+                        Some(kept) if reclaims > MAX_RECLAIMS => return self.pass_on(holder, kept),
+                        _ => empty = Some(f),
                     }
-                    empty = Some(f);
                 }
                 Step::Failed(f) if f.verdict == Verdict::Reclaimed => {
                     reclaims += 1;
@@ -260,6 +233,82 @@ impl Exchange<'_> {
                 }
             }
         }
+    }
+
+    /// What looks inside `resp`'s body: a completion's 200 is judged.
+    fn inspector_for(&self, resp: &ureq::http::Response<ureq::Body>) -> Inspector {
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok());
+        let judge = self.inspect && resp.status().as_u16() == 200;
+        Inspector::new(content_type, judge)
+    }
+
+    /// Hold a streamed completion's head (see `hold`): the bytes to relay
+    /// first, or how the attempt ended (taken back or not).
+    fn hold_head(
+        &self,
+        reader: &mut dyn Read,
+        inspector: &mut Inspector,
+        conn: &Conn,
+        sent: Instant,
+        head: &AnswerHead,
+        ticket: &Ticket,
+    ) -> Result<Vec<u8>, Box<Step>> {
+        if !self.proxy.settings.hold_stream_head || !inspector.judges_events() {
+            return Ok(Vec::new());
+        }
+        let settings = &self.proxy.settings;
+        let deadline = sent + settings.request_timeout;
+        let failed = |verdict: Verdict, answer: Option<Kept>| Failed {
+            child: ticket.child,
+            profile: ticket.profile.clone(),
+            verdict,
+            answer,
+        };
+        match hold::hold_answer(
+            reader,
+            inspector,
+            conn,
+            settings.stream_idle_timeout,
+            deadline,
+        ) {
+            HoldEnd::Begun(bytes) => Ok(bytes),
+            HoldEnd::Failed(fault) => Err(Box::new(Step::Failed(failed(
+                Verdict::ChildFault(fault),
+                None,
+            )))),
+            HoldEnd::Empty { verdict, body } => Err(Box::new(Step::Empty(failed(
+                verdict,
+                Some(Kept {
+                    slot: Some(ticket.child.slot),
+                    status: 200,
+                    headers: head.kept.clone(),
+                    body,
+                }),
+            )))),
+        }
+    }
+
+    /// The client went away; `begun`: after the child had its request. A
+    /// completion the child had begun may go on generating on its page for
+    /// nobody: the child takes no request until it starts again.
+    fn left(&self, holder: &mut Option<Request>, ticket: &Ticket, begun: bool) {
+        let (after, child) = (self.started.elapsed(), ticket.child);
+        if begun && self.kind == Kind::Completion {
+            info!(
+                "{} {} ({}): the client left after {after:.1?}, during its turn on slot {} profile {}; restarting that child",
+                self.method, self.path, self.rid, child.slot, ticket.profile
+            );
+            self.pool.restart_abandoned(child.slot, child.generation);
+        } else {
+            debug!(
+                "{} {} ({}): the client left after {after:.1?}; its child is free",
+                self.method, self.path, self.rid
+            );
+        }
+        holder.take();
     }
 
     /// Both attempts failed.
@@ -524,58 +573,13 @@ impl Exchange<'_> {
             let v = v.with_body(&kept.body);
             return failed(v, Some(kept));
         }
-        let judge = self.inspect && status == 200;
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let mut inspector = Inspector::new(content_type.as_deref(), judge);
-        let head = self.answer_head(&resp);
+        let mut inspector = self.inspector_for(&resp);
+        let head = relay::answer_head(&resp, &self.rid);
         let mut reader = resp.body_mut().as_reader();
-        let mut held = Vec::new();
-        if self.proxy.settings.hold_stream_head && inspector.judges_events() {
-            let idle = self.proxy.settings.stream_idle_timeout;
-            let deadline = sent + self.proxy.settings.request_timeout;
-            match hold::hold(&mut reader, &mut inspector, &conn, idle, deadline) {
-                Held::Begun(bytes) => held = bytes,
-                Held::Ended(body) => {
-                    if let Some(t) = reg.taken() {
-                        return taken(t);
-                    }
-                    let reading =
-                        std::mem::replace(&mut inspector, Inspector::new(None, false)).finish();
-                    let verdict = Verdict::of_answer(status, reading.empty);
-                    if verdict == Verdict::Ok {
-                        // Not judged empty after all: relay it as it is.
-                        held = body;
-                    } else {
-                        let mut kept = head.kept(status, body);
-                        kept.slot = Some(ticket.child.slot);
-                        return Step::Empty(Failed {
-                            child: ticket.child,
-                            profile: ticket.profile.clone(),
-                            verdict,
-                            answer: Some(kept),
-                        });
-                    }
-                }
-                Held::Failed {
-                    error,
-                    past_deadline,
-                } => {
-                    if let Some(t) = reg.taken() {
-                        return taken(t);
-                    }
-                    let fault = match (past_deadline, is_timeout(&error)) {
-                        (true, _) => Fault::NoHead,
-                        (false, true) => Fault::Silent,
-                        (false, false) => Fault::Broken(error.to_string()),
-                    };
-                    return failed(Verdict::ChildFault(fault), None);
-                }
-            }
-        }
+        let held = match self.hold_head(&mut reader, &mut inspector, &conn, sent, &head, ticket) {
+            Ok(held) => held,
+            Err(step) => return reg.taken().map_or(*step, taken),
+        };
         if let Err(t) = reg.answering() {
             return taken(t);
         }
@@ -738,47 +742,6 @@ impl Exchange<'_> {
         result
     }
 
-    /// The parts of the child's head the relay needs.
-    fn answer_head(&self, resp: &ureq::http::Response<ureq::Body>) -> AnswerHead {
-        AnswerHead {
-            length: resp
-                .headers()
-                .get("content-length")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok()),
-            headers: self.answer_headers(resp),
-            kept: resp
-                .headers()
-                .iter()
-                .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()))
-                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-                .collect(),
-        }
-    }
-
-    /// The child's end-to-end headers, with our request id.
-    fn answer_headers(&self, resp: &ureq::http::Response<ureq::Body>) -> Vec<(String, Vec<u8>)> {
-        let named: Vec<String> = resp
-            .headers()
-            .get_all("connection")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
-            .collect();
-        let mut headers: Vec<(String, Vec<u8>)> = resp
-            .headers()
-            .iter()
-            .filter(|(k, _)| {
-                !HOP_BY_HOP.contains(&k.as_str())
-                    && !named.iter().any(|n| n == k.as_str())
-                    && k.as_str() != "x-request-id"
-            })
-            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-            .collect();
-        headers.push(("X-Request-Id".to_string(), self.rid.as_bytes().to_vec()));
-        headers
-    }
-
     /// Give the client a kept answer as the child gave it.
     fn pass_on(&self, holder: &mut Option<Request>, kept: Kept) {
         let Some(rq) = holder.take() else { return };
@@ -806,28 +769,6 @@ impl Exchange<'_> {
             let _ = w.write_all(&kept.body);
         }
         let _ = w.flush();
-    }
-}
-
-/// A child's answer head, as the relay and a kept answer need it.
-struct AnswerHead {
-    /// Its `Content-Length`, if any.
-    length: Option<u64>,
-    /// End-to-end headers with our request id, for the client.
-    headers: Vec<(String, Vec<u8>)>,
-    /// End-to-end headers as the child gave them, for a kept answer.
-    kept: Vec<(String, Vec<u8>)>,
-}
-
-impl AnswerHead {
-    /// A whole answer with this head and `body`, to pass on later.
-    fn kept(&self, status: u16, body: Vec<u8>) -> Kept {
-        Kept {
-            slot: None,
-            status,
-            headers: self.kept.clone(),
-            body,
-        }
     }
 }
 
@@ -863,13 +804,6 @@ fn cut_client(fd: Option<RawFd>) {
             libc::shutdown(fd, libc::SHUT_RDWR);
         }
     }
-}
-
-fn is_timeout(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::TimedOut
-        || e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<ureq::Error>())
-            .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)))
 }
 
 fn describe(e: &ureq::Error) -> String {

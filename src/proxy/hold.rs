@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::conns::Conn;
 use super::inspect::Inspector;
+use super::verdict::{Fault, Verdict};
 
 /// Most bytes held before the answer counts as begun anyway.
 const MAX_HELD: usize = 1 << 20;
@@ -34,8 +35,8 @@ pub enum Held {
     Begun(Vec<u8>),
     /// The stream ended before anything began: its whole body.
     Ended(Vec<u8>),
-    /// Reading failed (`timed_out`: silent past the idle limit or the
-    /// deadline); nothing reached the client.
+    /// Reading failed (`past_deadline`: at or after the deadline); nothing
+    /// reached the client.
     Failed {
         error: io::Error,
         past_deadline: bool,
@@ -82,4 +83,56 @@ pub fn hold(
     };
     conn.set_idle(Some(idle));
     result
+}
+
+/// How a held answer turned out, for the forwarder.
+#[derive(Debug)]
+pub enum HoldEnd {
+    /// It has begun: relay these bytes first, then the rest.
+    Begun(Vec<u8>),
+    /// It ended with nothing in it: its verdict, and its whole body to pass
+    /// on if no other account has more.
+    Empty { verdict: Verdict, body: Vec<u8> },
+    /// The child failed it before it began.
+    Failed(Fault),
+}
+
+/// Hold a 200 event stream (see [`hold`]) and judge how it turned out: an
+/// answer that ended without beginning is judged by `inspector` (which is
+/// spent then), a failed read is the child's fault (no content before the
+/// deadline counts as no head).
+pub fn hold_answer(
+    src: &mut dyn Read,
+    inspector: &mut Inspector,
+    conn: &Conn,
+    idle: Duration,
+    deadline: Instant,
+) -> HoldEnd {
+    match hold(src, inspector, conn, idle, deadline) {
+        Held::Begun(bytes) => HoldEnd::Begun(bytes),
+        Held::Ended(body) => {
+            let reading = std::mem::replace(inspector, Inspector::new(None, false)).finish();
+            match Verdict::of_answer(200, reading.empty) {
+                // Not judged empty after all: relay it as it is.
+                Verdict::Ok => HoldEnd::Begun(body),
+                verdict => HoldEnd::Empty { verdict, body },
+            }
+        }
+        Held::Failed {
+            error,
+            past_deadline,
+        } => HoldEnd::Failed(match (past_deadline, is_timeout(&error)) {
+            (true, _) => Fault::NoHead,
+            (false, true) => Fault::Silent,
+            (false, false) => Fault::Broken(error.to_string()),
+        }),
+    }
+}
+
+/// Whether a read from a child failed by timing out.
+pub fn is_timeout(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::TimedOut
+        || e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+            .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)))
 }

@@ -11,6 +11,8 @@
 
 use std::io::{self, Read, Write};
 
+use super::HOP_BY_HOP;
+
 /// How the body is delimited on the client connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -95,6 +97,48 @@ pub fn write_piece(
             w.flush()
         }
         Framing::Length(_) => w.write_all(piece),
+    }
+}
+
+/// A child's answer head, as the relay and a kept answer need it.
+pub struct AnswerHead {
+    /// Its `Content-Length`, if any.
+    pub length: Option<u64>,
+    /// End-to-end headers with our request id `rid`, for the client.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// End-to-end headers as the child gave them, for a kept answer.
+    pub kept: Vec<(String, Vec<u8>)>,
+}
+
+/// The parts of `resp`'s head the relay needs, for the request the client
+/// knows as `rid`: hop-by-hop headers (and those `Connection` names) are
+/// the child's connection's own, its `X-Request-Id` is replaced by ours.
+pub fn answer_head(resp: &ureq::http::Response<ureq::Body>, rid: &str) -> AnswerHead {
+    let named: Vec<String> = resp
+        .headers()
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .collect();
+    let end_to_end = || {
+        resp.headers()
+            .iter()
+            .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()))
+            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+    };
+    let mut headers: Vec<(String, Vec<u8>)> = end_to_end()
+        .filter(|(k, _)| !named.iter().any(|n| n == k) && k != "x-request-id")
+        .collect();
+    headers.push(("X-Request-Id".to_string(), rid.as_bytes().to_vec()));
+    AnswerHead {
+        length: resp
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok()),
+        headers,
+        kept: end_to_end().collect(),
     }
 }
 
