@@ -631,12 +631,13 @@ impl Pool {
         self.drain_now(slot, generation, StopReason::Exhausted, Then::Rotate);
     }
 
-    /// A client left a turn the child of `generation` on `slot` had begun:
-    /// its page may go on generating for nobody, and the real child's next
-    /// turn would stop that one instead of sending its own prompt. No new
-    /// request goes to it from now on; it is drained and started again.
+    /// A turn the child of `generation` on `slot` had begun was abandoned
+    /// (its client left, or it was cancelled): its page may go on
+    /// generating for nobody, and the real child's next turn would stop that
+    /// one instead of sending its own prompt. No new request goes to it from
+    /// now on; it is drained and started again.
     pub fn restart_abandoned(&self, slot: usize, generation: u64) {
-        let why = "a client left a turn it had begun; its page may still be generating";
+        let why = "a turn it had begun was abandoned; its page may still be generating";
         self.drain_now(
             slot,
             generation,

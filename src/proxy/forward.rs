@@ -11,8 +11,12 @@
 //!
 //! A request taken back from a child whose log said its account ran out
 //! (see `requests`) is served by another child; that costs no retry, up to
-//! `MAX_RECLAIMS` times. A client that leaves ends its request at once, and
-//! the child's connection with it. Other 5xx count toward
+//! `MAX_RECLAIMS` times. So is a streamed completion whose held head (see
+//! `hold`) turned out to lead to nothing: its empty stream is kept and
+//! passed on only when no other account has more. A client that leaves ends
+//! its request at once, and the child's connection with it; a completion
+//! the child had begun restarts that child (its page may go on generating),
+//! as does a cancel of one. Other 5xx count toward
 //! `CONSECUTIVE_5XX_TO_EVICT`, but only once another child has given a
 //! second opinion: when the retry answers 5xx too, the request is the
 //! problem, its client gets that answer as it is, and nobody is counted.
@@ -98,8 +102,8 @@ enum Step {
     /// off): no retry.
     Broke(Fault),
     /// Cancelled; `answered` when the client already had part of the answer
-    /// (and was cut off).
-    Cancelled { answered: bool },
+    /// (and was cut off), `begun` when the child had the request.
+    Cancelled { answered: bool, begun: bool },
     /// The client went away; `begun`: after the child had the request.
     ClientLeft { begun: bool },
     /// A held stream ended with nothing in it (see `hold`): served
@@ -171,7 +175,10 @@ impl Exchange<'_> {
                     }
                     return;
                 }
-                Step::Cancelled { answered } => {
+                Step::Cancelled { answered, begun } => {
+                    if begun && self.kind == Kind::Completion {
+                        self.abandon(&ticket, "cancelled");
+                    }
                     if !answered {
                         self.cancelled(holder);
                     }
@@ -295,20 +302,35 @@ impl Exchange<'_> {
     /// completion the child had begun may go on generating on its page for
     /// nobody: the child takes no request until it starts again.
     fn left(&self, holder: &mut Option<Request>, ticket: &Ticket, begun: bool) {
-        let (after, child) = (self.started.elapsed(), ticket.child);
         if begun && self.kind == Kind::Completion {
-            info!(
-                "{} {} ({}): the client left after {after:.1?}, during its turn on slot {} profile {}; restarting that child",
-                self.method, self.path, self.rid, child.slot, ticket.profile
-            );
-            self.pool.restart_abandoned(child.slot, child.generation);
+            self.abandon(ticket, "the client left");
         } else {
             debug!(
-                "{} {} ({}): the client left after {after:.1?}; its child is free",
-                self.method, self.path, self.rid
+                "{} {} ({}): the client left after {:.1?}; its child is free",
+                self.method,
+                self.path,
+                self.rid,
+                self.started.elapsed()
             );
         }
         holder.take();
+    }
+
+    /// A completion its child had begun ends for `what` (its client left,
+    /// it was cancelled): the child's page may go on generating, so the
+    /// child takes no request until it starts again.
+    fn abandon(&self, ticket: &Ticket, what: &str) {
+        let child = ticket.child;
+        info!(
+            "{} {} ({}): {what} after {:.1?}, during its turn on slot {} profile {}; restarting that child",
+            self.method,
+            self.path,
+            self.rid,
+            self.started.elapsed(),
+            child.slot,
+            ticket.profile
+        );
+        self.pool.restart_abandoned(child.slot, child.generation);
     }
 
     /// Both attempts failed.
@@ -529,7 +551,10 @@ impl Exchange<'_> {
         // What a request taken from its child becomes, before any byte of
         // the answer reached the client.
         let taken = |t: Taken| match t {
-            Taken::Cancelled => Step::Cancelled { answered: false },
+            Taken::Cancelled => Step::Cancelled {
+                answered: false,
+                begun: true,
+            },
             Taken::Reclaimed => failed(Verdict::Reclaimed, None),
             Taken::ClientGone => Step::ClientLeft { begun: true },
         };
@@ -539,6 +564,10 @@ impl Exchange<'_> {
             return match t {
                 // Never sent: the child knows nothing of it.
                 Taken::ClientGone => Step::ClientLeft { begun: false },
+                Taken::Cancelled => Step::Cancelled {
+                    answered: false,
+                    begun: false,
+                },
                 t => taken(t),
             };
         }
@@ -617,7 +646,10 @@ impl Exchange<'_> {
                 Step::Answered(verdict)
             }
             Err(_) if reg.taken() == Some(Taken::ClientGone) => Step::ClientLeft { begun: true },
-            Err(_) if reg.cancelled() => Step::Cancelled { answered: true },
+            Err(_) if reg.cancelled() => Step::Cancelled {
+                answered: true,
+                begun: true,
+            },
             Err(RelayError::Client(e)) => {
                 debug!(
                     "{} {} ({}): client went away after {:.1?} ({e}); upstream closed",

@@ -136,3 +136,81 @@ pub fn is_timeout(e: &io::Error) -> bool {
             .and_then(|inner| inner.downcast_ref::<ureq::Error>())
             .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::conns::Conns;
+
+    /// A reader that hands out its pieces one read at a time, then an
+    /// error if `fail`, else the end.
+    struct Pieces(Vec<&'static str>, bool);
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return if self.1 {
+                    Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset"))
+                } else {
+                    Ok(0)
+                };
+            }
+            let p = self.0.remove(0).as_bytes();
+            buf[..p.len()].copy_from_slice(p);
+            Ok(p.len())
+        }
+    }
+
+    const ROLE: &str = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n";
+    const EMPTY_STOP: &str =
+        "data: {\"choices\":[{\"delta\":{\"content\":\"\"},\"finish_reason\":\"stop\"}]}\n\n";
+    const AFTER_DONE: &str =
+        "data: [DONE]\n\n: processing auth rotation...\n\ndata: {\"error\": \"Auth rotation failed.\"}\n\n";
+    const HELLO: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"hello\"}}]}\n\n";
+
+    fn held(pieces: Vec<&'static str>, fail: bool) -> (HoldEnd, usize) {
+        let conn = Conns::new(ureq::config::Config::default()).take(1, 1);
+        let mut src = Pieces(pieces, fail);
+        let mut inspector = Inspector::new(Some("text/event-stream"), true);
+        let far = Instant::now() + Duration::from_secs(60);
+        let end = hold_answer(&mut src, &mut inspector, &conn, Duration::from_secs(5), far);
+        (end, src.0.len())
+    }
+
+    #[test]
+    fn a_stream_is_held_until_its_content_and_an_empty_one_to_its_end() {
+        let (end, left) = held(vec![ROLE, HELLO, EMPTY_STOP, "data: [DONE]\n\n"], false);
+        match end {
+            HoldEnd::Begun(bytes) => assert_eq!(bytes, format!("{ROLE}{HELLO}").into_bytes()),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(left, 2, "the rest is relayed as it comes, not held");
+        // The current child's streamed quota: all of it, judged exhausted.
+        let (end, _) = held(vec![ROLE, EMPTY_STOP, AFTER_DONE], false);
+        match end {
+            HoldEnd::Empty { verdict, body } => {
+                assert!(matches!(verdict, Verdict::Exhausted { status: 200, .. }));
+                assert_eq!(body, format!("{ROLE}{EMPTY_STOP}{AFTER_DONE}").into_bytes());
+            }
+            other => panic!("{other:?}"),
+        }
+        // Broken off before any content: the child's fault, nothing sent.
+        let (end, _) = held(vec![ROLE], true);
+        assert!(matches!(end, HoldEnd::Failed(Fault::Broken(_))), "{end:?}");
+    }
+
+    #[test]
+    fn the_hold_ends_with_the_heads_deadline() {
+        let conn = Conns::new(ureq::config::Config::default()).take(1, 1);
+        let mut inspector = Inspector::new(Some("text/event-stream"), true);
+        let past = Instant::now() - Duration::from_millis(1);
+        let mut src = Pieces(vec![ROLE], false);
+        let end = hold_answer(
+            &mut src,
+            &mut inspector,
+            &conn,
+            Duration::from_secs(5),
+            past,
+        );
+        assert!(matches!(end, HoldEnd::Failed(Fault::NoHead)), "{end:?}");
+    }
+}
