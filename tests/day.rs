@@ -167,14 +167,14 @@ fn day_a_dead_browser_is_noticed_from_the_process_tree_and_its_child_replaced() 
     let pid_dir = pids.display().to_string();
     dir.write_profile(
         "a",
-        &knobbed(json!({"browser": true, "pid_dir": pid_dir, "browser_dies_after_ms": 1500})),
+        &knobbed(json!({"browser": true, "pid_dir": pid_dir, "browser_dies_after_ms": 3000})),
     );
     dir.write_profile("b", &knobbed(json!({"browser": true, "pid_dir": pid_dir})));
     let c = Coordinator::start(&dir, Builder::new().pool_size(1));
     wait_ready_on(&c, "a", 10.0);
     let ready = Instant::now();
     // The launcher lives on and its /health says OK.
-    wait_until("a's browser to die", secs(5.0), || {
+    wait_until("a's browser to die", secs(8.0), || {
         child_log(&dir, "a").contains("browser pid=")
             && child_log(&dir, "a").contains("killed (SIGKILL")
     });

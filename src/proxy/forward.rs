@@ -586,7 +586,6 @@ impl Exchange<'_> {
             }
         };
         conn.set_idle(Some(self.proxy.settings.stream_idle_timeout));
-        let first_byte = self.started.elapsed();
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -612,6 +611,8 @@ impl Exchange<'_> {
         if let Err(t) = reg.answering() {
             return taken(t);
         }
+        // The client's first byte: the head, once any hold is over.
+        let first_byte = self.started.elapsed();
         let Some(rq) = holder.take() else {
             return Step::ClientLeft { begun: true };
         };
