@@ -1073,6 +1073,7 @@ mod tests {
             }
         );
         assert!(c.headless);
+        assert!(c.hold_stream_head);
         assert_eq!(c.pool_size, 2);
         assert_eq!(c.ready_timeout, Duration::from_secs(60));
         assert_eq!(c.child_command, vec!["python", "launch_camoufox.py"]);
@@ -1293,6 +1294,10 @@ mod tests {
         assert_eq!(
             err(&[], &[("HEADLESS", "maybe")]),
             "invalid HEADLESS=\"maybe\": expected true or false"
+        );
+        assert_eq!(
+            err(&[], &[("HOLD_STREAM_HEAD", "sometimes")]),
+            "invalid HOLD_STREAM_HEAD=\"sometimes\": expected true or false"
         );
         assert!(err(&[], &[("BASE_API_PORT", "65535")]).contains("past 65535"));
         assert!(err(&[], &[("BASE_STREAM_PORT", "3101")]).contains("port 3101 is used twice"));

@@ -56,6 +56,28 @@ fn day_a_streamed_quota_is_answered_by_another_account() {
 }
 
 #[test]
+fn day_without_the_hold_a_streamed_quota_reaches_its_client_empty() {
+    // HOLD_STREAM_HEAD=false: the head goes out at once, as before the
+    // hold, and the client is left with the empty stream.
+    let dir = TestDir::new("day_streamed_quota_not_held");
+    dir.write_profile("a-quota", &out_of_quota());
+    dir.write_profile("b-good", &knobbed(json!({})));
+    let c = Coordinator::start(
+        &dir,
+        Builder::new()
+            .pool_size(1)
+            .ready_timeout_s(10)
+            .env("HOLD_STREAM_HEAD", "false"),
+    );
+    wait_ready_on(&c, "a-quota", 10.0);
+    let (r, _) = complete(&c, &chat("hello", true));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(streamed_content(&r.body), "", "{}", r.body);
+    assert!(r.body.contains("Auth rotation failed."), "{}", r.body);
+    assert!(!c.stderr().contains("gave a stream with nothing in it"));
+}
+
+#[test]
 fn day_a_stream_is_empty_for_its_client_only_when_every_account_is() {
     let dir = TestDir::new("day_streamed_quota_everywhere");
     dir.write_profile("a-quota", &out_of_quota());
