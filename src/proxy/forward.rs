@@ -22,7 +22,6 @@
 //! problem, its client gets that answer as it is, and nobody is counted.
 
 use std::io::{Read, Write};
-use std::os::fd::RawFd;
 use std::time::{Instant, SystemTime};
 
 use log::{debug, info, warn};
@@ -33,10 +32,10 @@ use crate::metrics;
 use crate::pool::Pool;
 use crate::reply::ApiError;
 
-use super::conns::Conn;
+use super::conns::{describe, Conn};
 use super::hold::{self, is_timeout, HoldEnd};
 use super::inspect::Inspector;
-use super::relay::{self, AnswerHead, Framing, RelayError};
+use super::relay::{self, cut_client, AnswerHead, Framing, RelayError};
 use super::requests::{Registration, Taken};
 use super::verdict::{Fault, Outcome, Verdict};
 use super::{respond, Proxy, HOP_BY_HOP};
@@ -109,6 +108,12 @@ enum Step {
     /// A held stream ended with nothing in it (see `hold`): served
     /// elsewhere like a taking back, its answer kept in case none has more.
     Empty(Failed),
+}
+
+impl Step {
+    fn cancelled(answered: bool, begun: bool) -> Step {
+        Step::Cancelled { answered, begun }
+    }
 }
 
 impl Exchange<'_> {
@@ -263,39 +268,35 @@ impl Exchange<'_> {
         head: &AnswerHead,
         ticket: &Ticket,
     ) -> Result<Vec<u8>, Box<Step>> {
-        if !self.proxy.settings.hold_stream_head || !inspector.judges_events() {
+        let s = &self.proxy.settings;
+        if !s.hold_stream_head || !inspector.judges_events() {
             return Ok(Vec::new());
         }
-        let settings = &self.proxy.settings;
-        let deadline = sent + settings.request_timeout;
-        let failed = |verdict: Verdict, answer: Option<Kept>| Failed {
+        let deadline = sent + s.request_timeout;
+        let (verdict, body) =
+            match hold::hold_answer(reader, inspector, conn, s.stream_idle_timeout, deadline) {
+                HoldEnd::Begun(bytes) => return Ok(bytes),
+                HoldEnd::Failed(fault) => (Verdict::ChildFault(fault), None),
+                HoldEnd::Empty { verdict, body } => (verdict, Some(body)),
+            };
+        let empty = body.is_some();
+        let (slot, headers) = (Some(ticket.child.slot), head.kept.clone());
+        let f = Failed {
             child: ticket.child,
             profile: ticket.profile.clone(),
             verdict,
-            answer,
+            answer: body.map(|body| Kept {
+                slot,
+                status: 200,
+                headers,
+                body,
+            }),
         };
-        match hold::hold_answer(
-            reader,
-            inspector,
-            conn,
-            settings.stream_idle_timeout,
-            deadline,
-        ) {
-            HoldEnd::Begun(bytes) => Ok(bytes),
-            HoldEnd::Failed(fault) => Err(Box::new(Step::Failed(failed(
-                Verdict::ChildFault(fault),
-                None,
-            )))),
-            HoldEnd::Empty { verdict, body } => Err(Box::new(Step::Empty(failed(
-                verdict,
-                Some(Kept {
-                    slot: Some(ticket.child.slot),
-                    status: 200,
-                    headers: head.kept.clone(),
-                    body,
-                }),
-            )))),
-        }
+        Err(Box::new(if empty {
+            Step::Empty(f)
+        } else {
+            Step::Failed(f)
+        }))
     }
 
     /// The client went away; `begun`: after the child had its request. A
@@ -551,10 +552,7 @@ impl Exchange<'_> {
         // What a request taken from its child becomes, before any byte of
         // the answer reached the client.
         let taken = |t: Taken| match t {
-            Taken::Cancelled => Step::Cancelled {
-                answered: false,
-                begun: true,
-            },
+            Taken::Cancelled => Step::cancelled(false, true),
             Taken::Reclaimed => failed(Verdict::Reclaimed, None),
             Taken::ClientGone => Step::ClientLeft { begun: true },
         };
@@ -564,10 +562,7 @@ impl Exchange<'_> {
             return match t {
                 // Never sent: the child knows nothing of it.
                 Taken::ClientGone => Step::ClientLeft { begun: false },
-                Taken::Cancelled => Step::Cancelled {
-                    answered: false,
-                    begun: false,
-                },
+                Taken::Cancelled => Step::cancelled(false, false),
                 t => taken(t),
             };
         }
@@ -647,10 +642,7 @@ impl Exchange<'_> {
                 Step::Answered(verdict)
             }
             Err(_) if reg.taken() == Some(Taken::ClientGone) => Step::ClientLeft { begun: true },
-            Err(_) if reg.cancelled() => Step::Cancelled {
-                answered: true,
-                begun: true,
-            },
+            Err(_) if reg.cancelled() => Step::cancelled(true, true),
             Err(RelayError::Client(e)) => {
                 debug!(
                     "{} {} ({}): client went away after {:.1?} ({e}); upstream closed",
@@ -825,24 +817,5 @@ fn keep(resp: &mut ureq::http::Response<ureq::Body>) -> Kept {
         status,
         headers,
         body,
-    }
-}
-
-/// Shut the client's connection both ways.
-fn cut_client(fd: Option<RawFd>) {
-    if let Some(fd) = fd {
-        // SAFETY: the caller holds the request's writer, which keeps `fd`
-        // open; shutdown(2) does not close it.
-        unsafe {
-            libc::shutdown(fd, libc::SHUT_RDWR);
-        }
-    }
-}
-
-fn describe(e: &ureq::Error) -> String {
-    match e {
-        ureq::Error::ConnectionFailed => "connection refused".to_string(),
-        ureq::Error::Timeout(t) => format!("silent too long ({t})"),
-        other => other.to_string(),
     }
 }

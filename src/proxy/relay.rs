@@ -142,6 +142,18 @@ pub fn answer_head(resp: &ureq::http::Response<ureq::Body>, rid: &str) -> Answer
     }
 }
 
+/// Shut the client's connection both ways (the child broke off: the
+/// client must see the break instead of waiting for the rest).
+pub fn cut_client(fd: Option<std::os::fd::RawFd>) {
+    if let Some(fd) = fd {
+        // SAFETY: the caller holds the request's writer, which keeps `fd`
+        // open; shutdown(2) does not close it.
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_RDWR);
+        }
+    }
+}
+
 thread_local! {
     /// One copy buffer per worker thread, reused by every response it relays.
     static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 32 * 1024]);
