@@ -51,7 +51,10 @@ fn day_a_streamed_quota_is_answered_by_another_account() {
     let a = profile(&c, "a-quota");
     assert_eq!(a["cools_for"], json!(["gemini-test"]), "{a}");
     let log = c.stderr();
-    assert!(log.contains("gave a stream with nothing in it"), "{log}");
+    assert!(
+        log.contains("a stream with nothing in it, held back"),
+        "{log}"
+    );
     assert!(!log.contains("evicting"), "{log}");
 }
 
@@ -74,7 +77,9 @@ fn day_without_the_hold_a_streamed_quota_reaches_its_client_empty() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(streamed_content(&r.body), "", "{}", r.body);
     assert!(r.body.contains("Auth rotation failed."), "{}", r.body);
-    assert!(!c.stderr().contains("gave a stream with nothing in it"));
+    assert!(!c
+        .stderr()
+        .contains("a stream with nothing in it, held back"));
 }
 
 #[test]

@@ -10,13 +10,11 @@
 //! older fork's internal timeout) rotates its profile gracefully instead.
 //!
 //! A request taken back from a child whose log said its account ran out
-//! (see `requests`) is served by another child; that costs no retry, up to
-//! `MAX_RECLAIMS` times. So is a streamed completion whose held head (see
-//! `hold`) turned out to lead to nothing: its empty stream is kept and
-//! passed on only when no other account has more. A client that leaves ends
-//! its request at once, and the child's connection with it; a completion
-//! the child had begun restarts that child (its page may go on generating),
-//! as does a cancel of one. Other 5xx count toward
+//! (see `requests`), or whose held stream had nothing in it (`hold`; kept,
+//! to pass on if no account has more), is served by another child at no
+//! retry's cost, up to `MAX_RECLAIMS` times. A client that leaves (or a
+//! cancel) ends its request at once, and the child's connection with it; a
+//! completion the child had begun restarts that child. Other 5xx count toward
 //! `CONSECUTIVE_5XX_TO_EVICT`, but only once another child has given a
 //! second opinion: when the retry answers 5xx too, the request is the
 //! problem, its client gets that answer as it is, and nobody is counted.
@@ -91,6 +89,19 @@ struct Failed {
     answer: Option<Kept>,
 }
 
+impl Failed {
+    /// `ticket`'s child failed so.
+    fn at(ticket: &Ticket, verdict: Verdict, answer: Option<Kept>) -> Failed {
+        let (child, profile) = (ticket.child, ticket.profile.clone());
+        Failed {
+            child,
+            profile,
+            verdict,
+            answer,
+        }
+    }
+}
+
 /// How one attempt ended.
 enum Step {
     /// The answer went to the client in full.
@@ -105,9 +116,9 @@ enum Step {
     Cancelled { answered: bool, begun: bool },
     /// The client went away; `begun`: after the child had the request.
     ClientLeft { begun: bool },
-    /// A held stream ended with nothing in it (see `hold`): served
-    /// elsewhere like a taking back, its answer kept in case none has more.
-    Empty(Failed),
+    /// Taken back (its log said quota), or a held stream with nothing in
+    /// it: served elsewhere at no retry's cost.
+    Elsewhere(Failed),
 }
 
 impl Step {
@@ -190,38 +201,32 @@ impl Exchange<'_> {
                     return;
                 }
                 Step::ClientLeft { begun } => return self.left(holder, &ticket, begun),
-                Step::Empty(f) => {
+                Step::Elsewhere(f) => {
                     reclaims += 1;
+                    let taken_back = f.verdict == Verdict::Reclaimed;
                     info!(
-                        "{} {} ({}): slot {} profile {} gave a stream with nothing in it ({}) before any byte reached the client; serving it elsewhere",
-                        self.method, self.path, self.rid, f.child.slot, f.profile, f.verdict
+                        "{} {} ({}): slot {} profile {} {}{}; serving it elsewhere",
+                        self.method,
+                        self.path,
+                        self.rid,
+                        f.child.slot,
+                        f.profile,
+                        f.verdict,
+                        if taken_back {
+                            ""
+                        } else {
+                            ": a stream with nothing in it, held back"
+                        }
                     );
-                    self.outcome(&f, false);
+                    if !taken_back {
+                        self.outcome(&f, false);
+                    }
                     drop(ticket);
                     reclaimed = Some(f.child);
-                    match f.answer {
-                        Some(kept) if reclaims > MAX_RECLAIMS => return self.pass_on(holder, kept),
-                        _ => empty = Some(f),
-                    }
-                }
-                Step::Failed(f) if f.verdict == Verdict::Reclaimed => {
-                    reclaims += 1;
-                    info!(
-                        "{} {} ({}): slot {} profile {} {}; serving it elsewhere",
-                        self.method, self.path, self.rid, f.child.slot, f.profile, f.verdict
-                    );
-                    drop(ticket);
+                    empty = if f.answer.is_some() { Some(f) } else { empty };
                     if reclaims > MAX_RECLAIMS {
-                        return respond(
-                            holder,
-                            &self.rid,
-                            ApiError::NoReadyChild.reply_after(
-                                "every account tried for this request ran out of quota; retry later",
-                                Some(60),
-                            ),
-                        );
+                        return self.no_more_accounts(holder, empty);
                     }
-                    reclaimed = Some(f.child);
                 }
                 Step::Failed(f) if !retry => {
                     info!(
@@ -281,22 +286,31 @@ impl Exchange<'_> {
             };
         let empty = body.is_some();
         let (slot, headers) = (Some(ticket.child.slot), head.kept.clone());
-        let f = Failed {
-            child: ticket.child,
-            profile: ticket.profile.clone(),
-            verdict,
-            answer: body.map(|body| Kept {
-                slot,
-                status: 200,
-                headers,
-                body,
-            }),
-        };
+        let kept = body.map(|body| Kept {
+            slot,
+            status: 200,
+            headers,
+            body,
+        });
+        let f = Failed::at(ticket, verdict, kept);
         Err(Box::new(if empty {
-            Step::Empty(f)
+            Step::Elsewhere(f)
         } else {
             Step::Failed(f)
         }))
+    }
+
+    /// Every account tried had nothing for this request: the last empty
+    /// stream as its child sent it, else 503.
+    fn no_more_accounts(&self, holder: &mut Option<Request>, empty: Option<Failed>) {
+        if let Some(kept) = empty.and_then(|f| f.answer) {
+            return self.pass_on(holder, kept);
+        }
+        let err = ApiError::NoReadyChild.reply_after(
+            "every account tried for this request ran out of quota; retry later",
+            Some(60),
+        );
+        respond(holder, &self.rid, err);
     }
 
     /// The client went away; `begun`: after the child had its request. A
@@ -306,13 +320,8 @@ impl Exchange<'_> {
         if begun && self.kind == Kind::Completion {
             self.abandon(ticket, "the client left");
         } else {
-            debug!(
-                "{} {} ({}): the client left after {:.1?}; its child is free",
-                self.method,
-                self.path,
-                self.rid,
-                self.started.elapsed()
-            );
+            let (m, p, rid, after) = (&self.method, &self.path, &self.rid, self.started.elapsed());
+            debug!("{m} {p} ({rid}): the client left after {after:.1?}; its child is free");
         }
         holder.take();
     }
@@ -541,19 +550,12 @@ impl Exchange<'_> {
     /// One try at the ticket's child.
     fn attempt(&self, holder: &mut Option<Request>, ticket: &Ticket, reg: &Registration) -> Step {
         let conn = self.proxy.conns.take(ticket.port, ticket.child.generation);
-        let failed = |verdict: Verdict, answer: Option<Kept>| {
-            Step::Failed(Failed {
-                child: ticket.child,
-                profile: ticket.profile.clone(),
-                verdict,
-                answer,
-            })
-        };
+        let failed = |v: Verdict, answer: Option<Kept>| Step::Failed(Failed::at(ticket, v, answer));
         // What a request taken from its child becomes, before any byte of
         // the answer reached the client.
         let taken = |t: Taken| match t {
             Taken::Cancelled => Step::cancelled(false, true),
-            Taken::Reclaimed => failed(Verdict::Reclaimed, None),
+            Taken::Reclaimed => Step::Elsewhere(Failed::at(ticket, Verdict::Reclaimed, None)),
             Taken::ClientGone => Step::ClientLeft { begun: true },
         };
         let client = holder.as_ref().and_then(Request::socket_fd);
