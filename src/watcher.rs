@@ -4,7 +4,8 @@
 //! foreign holder is named in the log and the slot backs off instead of
 //! starting a child that cannot bind). It starts the slot's profile, polls
 //! the child's `/health` until it is ready or the readiness deadline passes,
-//! then blocks until the child exits or is evicted. Every ending stops the
+//! then blocks until the child exits or is evicted (also when a process of
+//! its tree in a session of its own, its browser, ends). Every ending stops the
 //! child's whole process tree (see `process::tree`; its launcher first, so
 //! it can save its login) and rotates the slot:
 //! the profile goes to the back of the queue, the front of the queue is
