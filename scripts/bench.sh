@@ -10,7 +10,7 @@
 # package that pulls `nginx` plus an extra module, so `nginx` is the
 # smallest). Without root or apt-get their columns are skipped, not the run.
 #
-# Usage: scripts/bench.sh [proxy|routing|supervision|fleet|hydrate|edge|dialect ...]
+# Usage: scripts/bench.sh [proxy|routing|supervision|fleet|hydrate|edge|dialect|hold ...]
 #        (default: proxy routing supervision fleet dialect)
 # Env: BENCH_MEASURE_MS (proxy and dialect cell window, default 1500),
 #      BENCH_ROUTING_MS (routing run window, default 3000),

@@ -399,6 +399,7 @@ fn new_proxy(cfg: &Config, key_file: Option<&std::path::Path>) -> Result<proxy::
             stream_idle_timeout: cfg.stream_idle_timeout,
             max_body_bytes: cfg.max_body_bytes,
             consecutive_5xx_to_evict: cfg.consecutive_5xx_to_evict,
+            hold_stream_head: cfg.hold_stream_head,
         },
     ))
 }
@@ -429,11 +430,12 @@ fn listen_to_outcomes(
                     let Ok(o) = o else { return };
                     let answer = match o.verdict {
                         verdict::Verdict::Ok => book::Answer::Served,
+                        // Exhaustion and empty answers are reported to the
+                        // book by the proxy itself, at once.
                         verdict::Verdict::EmptyAnswer(_) => {
                             metrics::empty_answer(&o.profile);
-                            book::Answer::Empty
+                            continue;
                         }
-                        // Exhaustion is reported by the proxy itself, at once.
                         _ => continue,
                     };
                     pool.report(o.child.slot, o.child.generation, answer, o.model.as_deref());

@@ -413,7 +413,6 @@ impl Pool {
         // Read apart from our lock: the two locks are never held together.
         let in_flight = self.dispatch.in_flight();
         let requests_waiting = self.dispatch.waiting();
-        let demand = self.dispatch.demand();
         let inner = self.lock();
         Snapshot {
             slots: inner
@@ -449,7 +448,7 @@ impl Pool {
             queue: inner.queue.iter().map(|p| p.name.clone()).collect(),
             shutting_down: inner.shutting_down,
             requests_waiting,
-            profiles: profiles_of(&inner, &demand),
+            profiles: profiles_of(&inner),
             leases: self.lease_stats.get().map(|s| s.view()),
         }
     }
@@ -478,6 +477,9 @@ pub struct ProfileSnapshot {
     /// The slot holding it, when one does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slot: Option<usize>,
+    /// The models it cools for now (it serves the others).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cools_for: Vec<String>,
     #[serde(flatten)]
     pub health: book::Status,
 }
@@ -580,10 +582,14 @@ impl Pool {
                                 .iter()
                                 .all(|(m, _)| m != model)
                     });
+                    let demand = inner.book.demand(&want.asked, now);
+                    let spare_for_demand = inner
+                        .queue
+                        .iter()
+                        .any(|p| inner.may_run(&p.name, &demand, now));
                     leaves = placement::leaves_slot(
-                        inner
-                            .book
-                            .eligible_for(&name, &inner.book.demand(&want.asked, now), now),
+                        inner.book.eligible_for(&name, &demand, now),
+                        spare_for_demand,
                         want.waited_for.contains(model),
                         spare,
                     );
@@ -591,7 +597,7 @@ impl Pool {
                         "slot {slot}: profile {name} is out of quota for model {model}: it cools for it for {}s{}",
                         left.as_secs(),
                         if leaves {
-                            "; it is rotated out (of no use for the models in demand, or another serves the waiting requests)"
+                            "; it is rotated out (another profile serves the models in demand, or the waiting requests)"
                         } else {
                             " and keeps serving other models"
                         }
@@ -622,13 +628,34 @@ impl Pool {
     /// on: the dispatcher counts the slot as draining, a child will come,
     /// before its watcher even hears of it), then rotate.
     fn rotate_out(&self, slot: usize, generation: u64) {
+        self.drain_now(slot, generation, StopReason::Exhausted, Then::Rotate);
+    }
+
+    /// A turn the child of `generation` on `slot` had begun was abandoned
+    /// (its client left, or it was cancelled): its page may go on
+    /// generating for nobody, and the real child's next turn would stop that
+    /// one instead of sending its own prompt. No new request goes to it from
+    /// now on; it is drained and started again.
+    pub fn restart_abandoned(&self, slot: usize, generation: u64) {
+        let why = "a turn it had begun was abandoned; its page may still be generating";
+        self.drain_now(
+            slot,
+            generation,
+            StopReason::Recycled(why.into()),
+            Then::Restart,
+        );
+    }
+
+    /// Close the slot to new requests at once (before its watcher even
+    /// hears of it), then have it drain and go on with `then`.
+    fn drain_now(&self, slot: usize, generation: u64, reason: StopReason, then: Then) {
         self.dispatch
             .set_slot(slot, SlotView::Draining { generation });
         if let Some(tx) = self.cmds.get(slot) {
             let _ = tx.send(Cmd::Drain {
                 generation: Some(generation),
-                reason: StopReason::Exhausted,
-                then: Then::Rotate,
+                reason,
+                then,
             });
         }
     }
@@ -766,8 +793,7 @@ impl Pool {
 
     /// Every profile with its state and health, in name order.
     pub fn profiles(&self) -> Vec<ProfileSnapshot> {
-        let demand = self.dispatch.demand();
-        profiles_of(&self.lock(), &demand)
+        profiles_of(&self.lock())
     }
 
     /// Clear a profile's cooldown and runs (an operator's reset). False
@@ -1269,36 +1295,17 @@ impl Pool {
     }
 }
 
-/// Every profile with its state and health, in name order.
-/// A profile that cools for every model in `demand` shows as cooling until
-/// it serves one again.
-fn profiles_of(inner: &Inner, asked: &[String]) -> Vec<ProfileSnapshot> {
+/// Every profile with its state and health, in name order. `cooling` is
+/// the whole account's cooldown only: one that cools for some models is
+/// running or queued, and `cools_for` names those models (it can serve any
+/// other, and takes a slot when nothing better can).
+fn profiles_of(inner: &Inner) -> Vec<ProfileSnapshot> {
     let now = SystemTime::now();
-    let demand = inner.book.demand(asked, now);
     inner
         .book
         .status(now)
         .into_iter()
-        .map(|mut health| {
-            if health.cooling_until_unix_ms.is_none() {
-                let useful = inner.book.available_at(&health.profile, &demand, now);
-                if let Some(t) = useful.filter(|t| *t > now) {
-                    health.cooling_until_unix_ms = Some(book::unix_ms(t));
-                    health.cooldown_left_s = Some(
-                        t.duration_since(now)
-                            .unwrap_or_default()
-                            .as_secs_f64()
-                            .ceil() as u64,
-                    );
-                    // The reason of the model cooldown that ends then.
-                    health.reason = health
-                        .model_cooldowns
-                        .iter()
-                        .find(|m| m.until_unix_ms == book::unix_ms(t))
-                        .map(|m| m.reason)
-                        .or(Some(book::CoolReason::Exhausted));
-                }
-            }
+        .map(|health| {
             let slot = inner.slots.iter().position(|s| {
                 s.profile.as_ref().is_some_and(|p| p.name == health.profile)
                     && s.state.pid().is_some()
@@ -1317,6 +1324,11 @@ fn profiles_of(inner: &Inner, asked: &[String]) -> Vec<ProfileSnapshot> {
             ProfileSnapshot {
                 state,
                 slot,
+                cools_for: health
+                    .model_cooldowns
+                    .iter()
+                    .map(|m| m.model.clone())
+                    .collect(),
                 health,
             }
         })
@@ -1397,6 +1409,7 @@ fn take_next(
         placement::next_in_queue(
             inner.queue.iter().map(|p| p.name.as_str()),
             |name| inner.may_run(name, &demand, now),
+            |name| inner.may_run(name, &[], now),
             |name, model| {
                 inner
                     .book

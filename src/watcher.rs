@@ -4,7 +4,8 @@
 //! foreign holder is named in the log and the slot backs off instead of
 //! starting a child that cannot bind). It starts the slot's profile, polls
 //! the child's `/health` until it is ready or the readiness deadline passes,
-//! then blocks until the child exits or is evicted. Every ending stops the
+//! then blocks until the child exits or is evicted (also when a process of
+//! its tree in a session of its own, its browser, ends). Every ending stops the
 //! child's whole process tree (see `process::tree`; its launcher first, so
 //! it can save its login) and rotates the slot:
 //! the profile goes to the back of the queue, the front of the queue is
@@ -33,6 +34,7 @@ use crate::process::childlog::Listener;
 use crate::process::env;
 use crate::process::logsigns::{Sign, Signs};
 use crate::process::ports::{self, Busy};
+use crate::process::sessions::Sessions;
 use crate::process::tree::{self, Identity};
 use crate::proxy::requests::Registry;
 use crate::slot::{Backoff, Event, StopReason};
@@ -53,6 +55,8 @@ const BACKOFF_PORT_MIN: Duration = Duration::from_secs(1);
 const SIGN_REPEAT: Duration = Duration::from_secs(10);
 /// How often a draining slot looks at its requests in flight.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// How often a ready child's own sessions (its browser) are looked at.
+const SESSION_LOOK: Duration = Duration::from_millis(500);
 
 /// What the watcher needs from the configuration, copied out once.
 #[derive(Clone)]
@@ -676,6 +680,9 @@ impl Watcher {
         let url = format!("http://127.0.0.1:{api_port}/health");
         // Memory and age: a limit passed drains the slot (a command to ourselves).
         let tag = self.settings.identity.tag(self.slot, self.starts);
+        // Its browser, in a session of its own, found at readiness.
+        let (mut sessions, mut session_looks) = (Sessions::default(), crossbeam_channel::never());
+        let session_tag = tag.clone();
         let limits = self.settings.recycle;
         let mut care = recycle::Watch::new(
             limits,
@@ -734,6 +741,9 @@ impl Watcher {
                     });
                 }
                 recv(age_due) -> _ => care.look(&self.pool, name),
+                recv(session_looks) -> _ => if let Some(pid) = sessions.ended() {
+                    return self.browser_ended(name, child.pid(), pid, generation);
+                },
                 recv(self.cmds) -> cmd => match cmd {
                     Ok(Cmd::Evict { generation: g, reason }) if g == generation => {
                         return Ending::Stop(StopReason::Evicted(reason));
@@ -774,16 +784,9 @@ impl Watcher {
                             return Ending::Drained(reason.clone(), *then);
                         }
                     } else if is_ready(&self.http, &url) {
-                        self.pool.apply(self.slot, &Event::BecameReady);
                         *ready_at = Some(Instant::now());
-                        // The deadline is the start plus the readiness timeout.
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        metrics::child_ready(self.settings.ready_timeout.saturating_sub(left));
-                        info!("slot {}: profile {name} pid {} is ready", self.slot, child.pid());
-                        crate::events::record(crate::events::Kind::ChildReady, Some(self.slot), Some(name), "ready");
-                        if let Some(settle) = self.pool.turn_settle(self.slot) {
-                            turn_over = after(settle);
-                        }
+                        (turn_over, sessions) = self.became_ready(name, child.pid(), deadline, &session_tag);
+                        session_looks = sessions.looks(SESSION_LOOK);
                     } else if Instant::now() >= deadline {
                         return Ending::Stop(StopReason::ReadyTimeout);
                     }
@@ -794,6 +797,42 @@ impl Watcher {
 }
 
 impl Watcher {
+    /// The child (launcher `leader`, tag `tag`) answered ready: recorded,
+    /// and its keep-alive turn's settle timer (or never) and the processes
+    /// of its tree in sessions of their own (its browser) returned.
+    fn became_ready(
+        &self,
+        name: &str,
+        leader: i32,
+        deadline: Instant,
+        tag: &str,
+    ) -> (Receiver<Instant>, Sessions) {
+        self.pool.apply(self.slot, &Event::BecameReady);
+        // The deadline is the start plus the readiness timeout.
+        let left = deadline.saturating_duration_since(Instant::now());
+        metrics::child_ready(self.settings.ready_timeout.saturating_sub(left));
+        info!("slot {}: profile {name} pid {leader} is ready", self.slot);
+        let kind = crate::events::Kind::ChildReady;
+        crate::events::record(kind, Some(self.slot), Some(name), "ready");
+        let turn_over = match self.pool.turn_settle(self.slot) {
+            Some(settle) => after(settle),
+            None => crossbeam_channel::never(),
+        };
+        (turn_over, Sessions::of_child(leader, tag))
+    }
+
+    /// A process of the child (launcher `leader`) in a session of its own,
+    /// its browser, ended while the launcher lives: the child is evicted
+    /// before a request finds it broken.
+    fn browser_ended(&self, name: &str, leader: i32, pid: i32, generation: u64) -> Ending {
+        let why = format!(
+            "its process {pid}, in a session of its own (its browser), ended while the launcher lives"
+        );
+        warn!("slot {}: profile {name} pid {leader}: {why}", self.slot);
+        self.pool.evict(self.slot, generation, why.clone());
+        Ending::Stop(StopReason::Evicted(why))
+    }
+
     /// The child's log says `profile`'s login expired.
     fn login_needed(&self, profile: &Profile) {
         self.pool.login_needed(

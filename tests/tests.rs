@@ -6,6 +6,7 @@ mod common;
 mod conn;
 mod console;
 mod core;
+mod day;
 mod dialect;
 mod edge;
 mod frontdoor;

@@ -10,16 +10,17 @@
 //! older fork's internal timeout) rotates its profile gracefully instead.
 //!
 //! A request taken back from a child whose log said its account ran out
-//! (see `requests`) is served by another child; that costs no retry, up to
-//! `MAX_RECLAIMS` times. A client that leaves ends its request at once, and
-//! the child's connection with it. Other 5xx count toward
+//! (see `requests`), or whose held stream had nothing in it (`hold`; kept,
+//! to pass on if no account has more), is served by another child at no
+//! retry's cost, up to `MAX_RECLAIMS` times. A client that leaves (or a
+//! cancel) ends its request at once, and the child's connection with it; a
+//! completion the child had begun restarts that child. Other 5xx count toward
 //! `CONSECUTIVE_5XX_TO_EVICT`, but only once another child has given a
 //! second opinion: when the retry answers 5xx too, the request is the
 //! problem, its client gets that answer as it is, and nobody is counted.
 
 use std::cell::RefCell;
 use std::io::{Read, Write};
-use std::os::fd::RawFd;
 use std::time::{Instant, SystemTime};
 
 use log::{debug, info, warn};
@@ -32,9 +33,10 @@ use crate::metrics;
 use crate::pool::Pool;
 use crate::reply::ApiError;
 
-use super::conns::Conn;
+use super::conns::{describe, Conn};
+use super::hold::{self, is_timeout, HoldEnd};
 use super::inspect::Inspector;
-use super::relay::{self, Framing, RelayError};
+use super::relay::{self, cut_client, AnswerHead, Framing, RelayError};
 use super::requests::{Registration, Taken};
 use super::verdict::{Fault, Outcome, Verdict};
 use super::{respond, Proxy, HOP_BY_HOP};
@@ -99,6 +101,19 @@ struct Failed {
     answer: Option<Kept>,
 }
 
+impl Failed {
+    /// `ticket`'s child failed so.
+    fn at(ticket: &Ticket, verdict: Verdict, answer: Option<Kept>) -> Failed {
+        let (child, profile) = (ticket.child, ticket.profile.clone());
+        Failed {
+            child,
+            profile,
+            verdict,
+            answer,
+        }
+    }
+}
+
 /// How one attempt ended.
 enum Step {
     /// The answer went to the client in full.
@@ -109,10 +124,13 @@ enum Step {
     /// off): no retry.
     Broke(Fault),
     /// Cancelled; `answered` when the client already had part of the answer
-    /// (and was cut off).
-    Cancelled { answered: bool },
-    /// The client went away mid-answer.
-    ClientLeft,
+    /// (and was cut off), `begun` when the child had the request.
+    Cancelled { answered: bool, begun: bool },
+    /// The client went away; `begun`: after the child had the request.
+    ClientLeft { begun: bool },
+    /// Taken back (its log said quota), or a held stream with nothing in
+    /// it: served elsewhere at no retry's cost.
+    Elsewhere(Failed),
     /// The request could not even be written for the child (a header or
     /// target the HTTP library refuses): the client's fault, not the
     /// child's.
@@ -127,6 +145,12 @@ enum SendError {
     Child(Fault),
 }
 
+impl Step {
+    fn cancelled(answered: bool, begun: bool) -> Step {
+        Step::Cancelled { answered, begun }
+    }
+}
+
 impl Exchange<'_> {
     pub fn run(self, holder: &mut Option<Request>) {
         let reg = (self.proxy.requests).enter(self.id, &self.rid, self.owner, self.dialect);
@@ -134,6 +158,8 @@ impl Exchange<'_> {
         let (mut first, mut evicted): (Option<Failed>, bool) = (None, false);
         let mut reclaimed: Option<ChildId> = None;
         let mut reclaims = 0;
+        // The last empty stream, passed on when no account has more.
+        let mut empty: Option<Failed> = None;
         loop {
             if reg.cancelled() {
                 return self.cancelled(holder);
@@ -150,7 +176,7 @@ impl Exchange<'_> {
             let asked = Instant::now();
             let ticket = match dispatch.acquire(want) {
                 Ok(t) => t,
-                Err(r) => return self.refused(holder, r, first),
+                Err(r) => return self.refused(holder, r, first.or(empty)),
             };
             if self.kind == Kind::Completion {
                 metrics::queue_waited(asked.elapsed());
@@ -188,42 +214,43 @@ impl Exchange<'_> {
                     }
                     return;
                 }
-                Step::Cancelled { answered } => {
+                Step::Cancelled { answered, begun } => {
+                    if begun && self.kind == Kind::Completion {
+                        self.abandon(&ticket, "cancelled");
+                    }
                     if !answered {
                         self.cancelled(holder);
                     }
                     return;
                 }
                 Step::Unsendable(why) => return self.unsendable(holder, ticket, &why),
-                Step::ClientLeft => {
-                    debug!(
-                        "{} {} ({}): the client left after {:.1?}; its child is free",
+                Step::ClientLeft { begun } => return self.left(holder, &ticket, begun),
+                Step::Elsewhere(f) => {
+                    reclaims += 1;
+                    let taken_back = f.verdict == Verdict::Reclaimed;
+                    info!(
+                        "{} {} ({}): slot {} profile {} {}{}; serving it elsewhere",
                         self.method,
                         self.path,
                         self.rid,
-                        self.started.elapsed()
+                        f.child.slot,
+                        f.profile,
+                        f.verdict,
+                        if taken_back {
+                            ""
+                        } else {
+                            ": a stream with nothing in it, held back"
+                        }
                     );
-                    holder.take();
-                    return;
-                }
-                Step::Failed(f) if f.verdict == Verdict::Reclaimed => {
-                    reclaims += 1;
-                    info!(
-                        "{} {} ({}): slot {} profile {} {}; serving it elsewhere",
-                        self.method, self.path, self.rid, f.child.slot, f.profile, f.verdict
-                    );
-                    drop(ticket);
-                    if reclaims > MAX_RECLAIMS {
-                        return respond(
-                            holder,
-                            &self.rid,
-                            self.shape(ApiError::NoReadyChild.reply_after(
-                                "every account tried for this request ran out of quota; retry later",
-                                Some(60),
-                            )),
-                        );
+                    if !taken_back {
+                        self.outcome(&f, false);
                     }
+                    drop(ticket);
                     reclaimed = Some(f.child);
+                    empty = if f.answer.is_some() { Some(f) } else { empty };
+                    if reclaims > MAX_RECLAIMS {
+                        return self.no_more_accounts(holder, empty);
+                    }
                 }
                 Step::Failed(f) if !retry => {
                     info!(
@@ -247,6 +274,97 @@ impl Exchange<'_> {
                 }
             }
         }
+    }
+
+    /// What looks inside `resp`'s body: a completion's 200 is judged.
+    fn inspector_for(&self, resp: &ureq::http::Response<ureq::Body>) -> Inspector {
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok());
+        let judge = self.inspect && resp.status().as_u16() == 200;
+        Inspector::new(content_type, judge)
+    }
+
+    /// Hold a streamed completion's head (see `hold`): the bytes to relay
+    /// first, or how the attempt ended (taken back or not).
+    fn hold_head(
+        &self,
+        reader: &mut dyn Read,
+        inspector: &mut Inspector,
+        conn: &Conn,
+        sent: Instant,
+        head: &AnswerHead,
+        ticket: &Ticket,
+    ) -> Result<Vec<u8>, Box<Step>> {
+        let s = &self.proxy.settings;
+        if !s.hold_stream_head || !inspector.judges_events() {
+            return Ok(Vec::new());
+        }
+        let deadline = sent + s.request_timeout;
+        let (verdict, body) =
+            match hold::hold_answer(reader, inspector, conn, s.stream_idle_timeout, deadline) {
+                HoldEnd::Begun(bytes) => return Ok(bytes),
+                HoldEnd::Failed(fault) => (Verdict::ChildFault(fault), None),
+                HoldEnd::Empty { verdict, body } => (verdict, Some(body)),
+            };
+        let empty = body.is_some();
+        let (slot, headers) = (Some(ticket.child.slot), head.kept.clone());
+        let kept = body.map(|body| Kept {
+            slot,
+            status: 200,
+            headers,
+            body,
+        });
+        let f = Failed::at(ticket, verdict, kept);
+        Err(Box::new(if empty {
+            Step::Elsewhere(f)
+        } else {
+            Step::Failed(f)
+        }))
+    }
+
+    /// Every account tried had nothing for this request: the last empty
+    /// stream as its child sent it, else 503.
+    fn no_more_accounts(&self, holder: &mut Option<Request>, empty: Option<Failed>) {
+        if let Some(kept) = empty.and_then(|f| f.answer) {
+            return self.pass_on(holder, kept);
+        }
+        let err = ApiError::NoReadyChild.reply_after(
+            "every account tried for this request ran out of quota; retry later",
+            Some(60),
+        );
+        respond(holder, &self.rid, err);
+    }
+
+    /// The client went away; `begun`: after the child had its request. A
+    /// completion the child had begun may go on generating on its page for
+    /// nobody: the child takes no request until it starts again.
+    fn left(&self, holder: &mut Option<Request>, ticket: &Ticket, begun: bool) {
+        if begun && self.kind == Kind::Completion {
+            self.abandon(ticket, "the client left");
+        } else {
+            let (m, p, rid, after) = (&self.method, &self.path, &self.rid, self.started.elapsed());
+            debug!("{m} {p} ({rid}): the client left after {after:.1?}; its child is free");
+        }
+        holder.take();
+    }
+
+    /// A completion its child had begun ends for `what` (its client left,
+    /// it was cancelled): the child's page may go on generating, so the
+    /// child takes no request until it starts again.
+    fn abandon(&self, ticket: &Ticket, what: &str) {
+        let child = ticket.child;
+        info!(
+            "{} {} ({}): {what} after {:.1?}, during its turn on slot {} profile {}; restarting that child",
+            self.method,
+            self.path,
+            self.rid,
+            self.started.elapsed(),
+            child.slot,
+            ticket.profile
+        );
+        self.pool.restart_abandoned(child.slot, child.generation);
     }
 
     /// Both attempts failed.
@@ -487,19 +605,20 @@ impl Exchange<'_> {
                 child.slot, self.method, self.path, self.rid
             );
         }
-        if let Verdict::Exhausted { retry_after, .. } = verdict {
+        let answer = match verdict {
+            Verdict::Exhausted { retry_after, .. } => Some(crate::book::Answer::Exhausted {
+                retry_after,
+                limit: crate::book::Limit::Quota,
+            }),
+            Verdict::EmptyAnswer(_) => Some(crate::book::Answer::Empty),
+            _ => None,
+        };
+        if let Some(answer) = answer {
             // At once, not through the listener: the slot must be draining
             // before this request's retry asks for a child, so that it waits
             // for the replacement instead of finding no other child.
-            self.pool.report(
-                child.slot,
-                child.generation,
-                crate::book::Answer::Exhausted {
-                    retry_after,
-                    limit: crate::book::Limit::Quota,
-                },
-                self.model.as_deref(),
-            );
+            self.pool
+                .report(child.slot, child.generation, answer, self.model.as_deref());
         }
         self.proxy.outcomes.report(Outcome {
             child,
@@ -515,26 +634,25 @@ impl Exchange<'_> {
     /// One try at the ticket's child.
     fn attempt(&self, holder: &mut Option<Request>, ticket: &Ticket, reg: &Registration) -> Step {
         let conn = self.proxy.conns.take(ticket.port, ticket.child.generation);
-        let failed = |verdict: Verdict, answer: Option<Kept>| {
-            Step::Failed(Failed {
-                child: ticket.child,
-                profile: ticket.profile.clone(),
-                verdict,
-                answer,
-            })
-        };
+        let failed = |v: Verdict, answer: Option<Kept>| Step::Failed(Failed::at(ticket, v, answer));
         // What a request taken from its child becomes, before any byte of
         // the answer reached the client.
         let taken = |t: Taken| match t {
-            Taken::Cancelled => Step::Cancelled { answered: false },
-            Taken::Reclaimed => failed(Verdict::Reclaimed, None),
-            Taken::ClientGone => Step::ClientLeft,
+            Taken::Cancelled => Step::cancelled(false, true),
+            Taken::Reclaimed => Step::Elsewhere(Failed::at(ticket, Verdict::Reclaimed, None)),
+            Taken::ClientGone => Step::ClientLeft { begun: true },
         };
         let client = holder.as_ref().and_then(Request::socket_fd);
         let model = self.model.as_deref();
         if let Err(t) = reg.running(conn.agent(), &ticket.profile, ticket.child, model, client) {
-            return taken(t);
+            return match t {
+                // Never sent: the child knows nothing of it.
+                Taken::ClientGone => Step::ClientLeft { begun: false },
+                Taken::Cancelled => Step::cancelled(false, false),
+                t => taken(t),
+            };
         }
+        let sent = Instant::now();
         let mut resp = match self.send(&conn, ticket.port) {
             Ok(r) => r,
             Err(SendError::Request(why)) => return Step::Unsendable(why),
@@ -545,7 +663,6 @@ impl Exchange<'_> {
             }
         };
         conn.set_idle(Some(self.proxy.settings.stream_idle_timeout));
-        let first_byte = self.started.elapsed();
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -561,20 +678,22 @@ impl Exchange<'_> {
             let v = v.with_body(&kept.body);
             return failed(v, Some(kept));
         }
+        let mut inspector = self.inspector_for(&resp);
+        let head = relay::answer_head(&resp, &self.rid);
+        let mut reader = resp.body_mut().as_reader();
+        let held = match self.hold_head(&mut reader, &mut inspector, &conn, sent, &head, ticket) {
+            Ok(held) => held,
+            Err(step) => return reg.taken().map_or(*step, taken),
+        };
         if let Err(t) = reg.answering() {
             return taken(t);
         }
+        // The client's first byte: the head, once any hold is over.
+        let first_byte = self.started.elapsed();
         let Some(rq) = holder.take() else {
-            return Step::ClientLeft;
+            return Step::ClientLeft { begun: true };
         };
-        let judge = self.inspect && status == 200;
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let mut inspector = Inspector::new(content_type.as_deref(), judge);
-        let result = self.relay(rq, resp, &mut inspector);
+        let result = self.relay(rq, status, &head, &held, &mut reader, &mut inspector);
         metrics::request_done(
             Some(ticket.child.slot),
             status,
@@ -604,8 +723,8 @@ impl Exchange<'_> {
                 }
                 Step::Answered(verdict)
             }
-            Err(_) if reg.taken() == Some(Taken::ClientGone) => Step::ClientLeft,
-            Err(_) if reg.cancelled() => Step::Cancelled { answered: true },
+            Err(_) if reg.taken() == Some(Taken::ClientGone) => Step::ClientLeft { begun: true },
+            Err(_) if reg.cancelled() => Step::cancelled(true, true),
             Err(RelayError::Client(e)) => {
                 debug!(
                     "{} {} ({}): client went away after {:.1?} ({e}); upstream closed",
@@ -614,7 +733,7 @@ impl Exchange<'_> {
                     self.rid,
                     self.started.elapsed()
                 );
-                Step::ClientLeft
+                Step::ClientLeft { begun: true }
             }
             Err(RelayError::Upstream(e)) => Step::Broke(if is_timeout(&e) {
                 Fault::Silent
@@ -679,10 +798,14 @@ impl Exchange<'_> {
     /// Relay the child's answer: head first, then the body as it arrives.
     /// When the child breaks off, the client's connection is cut so it
     /// sees the break instead of waiting for the rest.
+    /// `held`: the answer's first bytes, read (and inspected) already.
     fn relay(
         &self,
         rq: Request,
-        mut resp: ureq::http::Response<ureq::Body>,
+        status: u16,
+        head: &AnswerHead,
+        held: &[u8],
+        reader: &mut dyn Read,
         inspector: &mut Inspector,
     ) -> Result<u64, RelayError> {
         if let Some(t) = &self.translate {
@@ -691,18 +814,13 @@ impl Exchange<'_> {
                 close: self.client_close || self.http10,
                 http10: self.http10,
                 head_only: self.head_only,
-                headers: self.answer_headers(&resp),
+                headers: head.headers.clone(),
                 cut: cut_client,
             };
-            return super::translate::relay(edge, rq, resp, inspector, t);
+            return super::translate::relay(edge, rq, status, held, reader, inspector, t);
         }
-        let status = resp.status().as_u16();
-        let length = resp
-            .headers()
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let headers = self.answer_headers(&resp);
+        let length = head.length;
+        let headers = &head.headers;
         let no_body =
             self.head_only || status == 204 || status == 304 || (100..200).contains(&status);
         let framing = match (no_body, length, self.http10) {
@@ -722,11 +840,10 @@ impl Exchange<'_> {
         let mut w = rq.into_writer();
         let head = relay::head_bytes(
             status,
-            &headers,
+            headers,
             head_framing,
             self.client_close || self.http10,
         );
-        let mut reader = resp.body_mut().as_reader();
         w.write_all(&head).map_err(RelayError::Client)?;
         // A body of known length follows at once and is flushed with the
         // head (one segment for a short answer); anything else may take a
@@ -734,37 +851,24 @@ impl Exchange<'_> {
         if !matches!(framing, Framing::Length(_)) {
             w.flush().map_err(RelayError::Client)?;
         }
-        let result = relay::copy_body(&mut reader, &mut w, framing, &mut |piece| {
-            inspector.feed(piece)
-        });
+        let (rest, framing) = match framing {
+            Framing::Length(n) if (held.len() as u64) > n => {
+                cut_client(client);
+                return Err(RelayError::Upstream(std::io::Error::other(
+                    "child sent more than its Content-Length",
+                )));
+            }
+            Framing::Length(n) => (held.len() as u64, Framing::Length(n - held.len() as u64)),
+            f => (held.len() as u64, f),
+        };
+        relay::write_piece(&mut w, framing, held, &mut Vec::new()).map_err(RelayError::Client)?;
+        let result = relay::copy_body(reader, &mut w, framing, &mut |piece| inspector.feed(piece))
+            .map(|n| n + rest);
         if let Err(RelayError::Upstream(_)) = &result {
             cut_client(client);
         }
         drop(w);
         result
-    }
-
-    /// The child's end-to-end headers, with our request id.
-    fn answer_headers(&self, resp: &ureq::http::Response<ureq::Body>) -> Vec<(String, Vec<u8>)> {
-        let named: Vec<String> = resp
-            .headers()
-            .get_all("connection")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
-            .collect();
-        let mut headers: Vec<(String, Vec<u8>)> = resp
-            .headers()
-            .iter()
-            .filter(|(k, _)| {
-                !HOP_BY_HOP.contains(&k.as_str())
-                    && !named.iter().any(|n| n == k.as_str())
-                    && k.as_str() != "x-request-id"
-            })
-            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-            .collect();
-        headers.push(("X-Request-Id".to_string(), self.rid.as_bytes().to_vec()));
-        headers
     }
 
     /// Give the client a kept answer as the child gave it.
@@ -824,31 +928,5 @@ fn keep(resp: &mut ureq::http::Response<ureq::Body>) -> Kept {
         status,
         headers,
         body,
-    }
-}
-
-/// Shut the client's connection both ways.
-fn cut_client(fd: Option<RawFd>) {
-    if let Some(fd) = fd {
-        // SAFETY: the caller holds the request's writer, which keeps `fd`
-        // open; shutdown(2) does not close it.
-        unsafe {
-            libc::shutdown(fd, libc::SHUT_RDWR);
-        }
-    }
-}
-
-fn is_timeout(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::TimedOut
-        || e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<ureq::Error>())
-            .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)))
-}
-
-fn describe(e: &ureq::Error) -> String {
-    match e {
-        ureq::Error::ConnectionFailed => "connection refused".to_string(),
-        ureq::Error::Timeout(t) => format!("silent too long ({t})"),
-        other => other.to_string(),
     }
 }

@@ -13,6 +13,7 @@ mod body;
 mod cancel;
 mod conns;
 mod forward;
+mod hold;
 mod inspect;
 pub mod keys;
 mod relay;
@@ -75,6 +76,8 @@ pub struct Settings {
     pub max_body_bytes: u64,
     /// Counted 5xx answers in a row that evict a child.
     pub consecutive_5xx_to_evict: u32,
+    /// Hold a streamed completion's head until its answer begins (`hold`).
+    pub hold_stream_head: bool,
 }
 
 pub struct Proxy {

@@ -171,14 +171,17 @@ pub(super) struct Edge {
 
 /// Relay the child's answer translated: an error in the dialect's shape,
 /// a JSON answer whole, a stream event by event.
+/// `held`: the answer's first bytes, read (and inspected) already while
+/// its head was held; `reader` has the rest.
 pub(super) fn relay(
     x: Edge,
     rq: Request,
-    mut resp: ureq::http::Response<ureq::Body>,
+    status: u16,
+    held: &[u8],
+    reader: &mut dyn Read,
     inspector: &mut Inspector,
     translator: &RefCell<Translator>,
 ) -> Result<u64, RelayError> {
-    let status = resp.status().as_u16();
     let mut t = translator.borrow_mut();
     let mut headers: Vec<(String, Vec<u8>)> = x
         .headers
@@ -188,14 +191,15 @@ pub(super) fn relay(
     let client = rq.socket_fd();
     let mut w = rq.into_writer();
     let close = x.close;
-    let mut reader = resp.body_mut().as_reader();
     if status != 200 || !t.streams() {
-        let mut raw = Vec::new();
-        (&mut reader)
-            .take(MAX_WHOLE)
-            .read_to_end(&mut raw)
+        let mut raw = held.to_vec();
+        let mut rest = Vec::new();
+        reader
+            .take(MAX_WHOLE.saturating_sub(raw.len() as u64))
+            .read_to_end(&mut rest)
             .map_err(RelayError::Upstream)?;
-        inspector.feed(&raw);
+        inspector.feed(&rest);
+        raw.extend_from_slice(&rest);
         let (status, body) = whole(x.dialect, &t, status, &raw);
         headers.push(("Content-Type".into(), b"application/json".to_vec()));
         let framing = if x.head_only {
@@ -227,10 +231,13 @@ pub(super) fn relay(
         buf: Vec::new(),
     };
     let opened = out.open();
+    // What the hold read goes through the translator first, as it came.
+    let opened = opened.and_then(|()| out.write_all(held).map_err(RelayError::Client));
     let result = opened.and_then(|()| {
-        relay::copy_body(&mut reader, &mut out, Framing::UntilClose, &mut |piece| {
+        relay::copy_body(reader, &mut out, Framing::UntilClose, &mut |piece| {
             inspector.feed(piece)
         })
+        .map(|n| n + held.len() as u64)
     });
     let result = result.and_then(|n| out.finish().map(|()| n));
     if let Err(RelayError::Upstream(_)) = &result {

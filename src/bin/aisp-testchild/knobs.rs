@@ -26,10 +26,12 @@
 //! | `stall_mid_stream_ms` | u64 | - | pause this long after the first content event |
 //! | `refuse_after_ms` | u64 | - | close the API listener this long after binding |
 //! | `log_lines`, `log_line_bytes` | u64 | 0, 100 | log lines printed at start, and their size |
-//! | `real_child` | bool | false | behave like the real child: defaults `browser`, `stream_helper`, `driver` and (without `fork`) `save_on_term` true, `bind_after_ms` 300, `refresh_every` 10 (unset with `fork`); its saved state carries cookie `FAKE_REFRESHED` |
+//! | `real_child` | bool | false | behave like the real child: defaults `browser`, `stream_helper`, `driver` and (without `fork`) `save_on_term` true, `bind_after_ms` 300, `refresh_every` 10 (unset with `fork`), `abandoned_stall_ms` 150000; its saved state carries cookie `FAKE_REFRESHED` |
 //! | `browser` | bool | false (real_child: true) | own-session browser on the camoufox port, `<profile>.browser.pid`; dead browser means completions 503 |
 //! | `browser_ignore_sigterm` | bool | false | the browser ignores SIGTERM |
 //! | `browser_fail_delay_ms` | u64 | 300 | how long a launcher whose browser failed lingers before exit 1 |
+//! | `browser_dies_after_ms` | u64 | - | the browser is SIGKILLed this long after start (as the OOM killer would); the launcher lives on, `/health` stays OK, completions 503 |
+//! | `abandoned_stall_ms` | u64 | - (real_child: 150000) | a client leaving a turn being served leaves the page generating until that turn's end; a completion served meanwhile stops it instead of sending its prompt, stalls this long (the child's own timeout) and answers 504 |
 //! | `stream_helper` | bool | false (real_child: true) | SIGTERM-ignoring helper in our group on the stream port, `<profile>.helper.pid`; a SIGTERMed launcher waits for it (with `save_on_term`: SIGKILLs it after `helper_kill_after_ms`) |
 //! | `bind_after_ms` | u64 | 0 (real_child: 300) | the API port refuses until this long after start |
 //! | `models` | string | `gemini-test` | comma-separated model ids; any other `model` gets 500 |
@@ -97,6 +99,11 @@ pub struct Knobs {
     pub browser_ignore_sigterm: bool,
     /// How long the launcher lingers after its browser failed to start.
     pub browser_fail_delay_ms: u64,
+    /// SIGKILL the browser this long after start.
+    pub browser_dies_after_ms: Option<u64>,
+    /// A page left generating by a client that left stalls the next turn
+    /// this long (see `page`).
+    pub abandoned_stall_ms: Option<u64>,
     /// Spawn a SIGTERM-ignoring helper in our process group (the stream
     /// proxy); while it lives, a SIGTERM does not end the launcher.
     pub stream_helper: bool,
@@ -165,6 +172,8 @@ pub const NAMES: &[&str] = &[
     "browser",
     "browser_ignore_sigterm",
     "browser_fail_delay_ms",
+    "browser_dies_after_ms",
+    "abandoned_stall_ms",
     "stream_helper",
     "bind_after_ms",
     "models",
@@ -195,6 +204,10 @@ pub const NAMES: &[&str] = &[
 
 /// The default of `error_text_mark`: the older `[错误: <text>]` form.
 pub const LEGACY_ERROR_MARK: &str = "[错误";
+
+/// `abandoned_stall_ms` of `real_child`: the real child's own timeout is
+/// 150-300 s.
+pub const REAL_CHILD_STALL_MS: u64 = 150_000;
 
 /// The model list when the `models` knob is unset.
 pub const DEFAULT_MODEL: &str = "gemini-test";
@@ -370,6 +383,10 @@ impl Knobs {
             browser: s.get("browser")?.unwrap_or(real_child),
             browser_ignore_sigterm: s.get("browser_ignore_sigterm")?.unwrap_or(false),
             browser_fail_delay_ms: s.get("browser_fail_delay_ms")?.unwrap_or(300),
+            browser_dies_after_ms: s.get("browser_dies_after_ms")?,
+            abandoned_stall_ms: s
+                .get("abandoned_stall_ms")?
+                .or(real_child.then_some(REAL_CHILD_STALL_MS)),
             stream_helper: s.get("stream_helper")?.unwrap_or(real_child),
             bind_after_ms: s
                 .get("bind_after_ms")?
@@ -584,6 +601,7 @@ mod tests {
         assert!(k.real_child && k.browser && k.stream_helper);
         assert_eq!(k.bind_after_ms, 300);
         assert_eq!(k.refresh_every, Some(10));
+        assert_eq!(k.abandoned_stall_ms, Some(REAL_CHILD_STALL_MS));
         let profile = json!({"browser": false, "bind_after_ms": 5, "refresh_every": 0});
         let (k, _) = Knobs::load(
             env(&[
