@@ -21,6 +21,7 @@ use crate::accounts::{
     with_cookies,
 };
 use crate::common::*;
+use crate::proxy::post;
 
 /// As the real child out of quota: the head when the work starts, the
 /// empty answer a while later.
@@ -222,4 +223,40 @@ fn day_a_dead_browser_is_noticed_from_the_process_tree_and_its_child_replaced() 
     let r = ask(&c, "gemini-test", "after");
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.contains("profile=b"), "{}", r.body);
+}
+
+/// A streamed Anthropic request is held like an OpenAI one: the account out
+/// of quota gives an empty stream, which the client never sees; it gets
+/// the other account's content as Anthropic events.
+#[test]
+fn day_a_streamed_quota_in_another_dialect_is_answered_by_another_account() {
+    let dir = TestDir::new("day_streamed_quota_dialect");
+    dir.write_profile("a-quota", &out_of_quota());
+    dir.write_profile("b-good", &knobbed(json!({})));
+    let c = Coordinator::start(&dir, Builder::new().pool_size(1).ready_timeout_s(10));
+    wait_ready_on(&c, "a-quota", 10.0);
+    let body = json!({"model": "gemini-test", "max_tokens": 50, "stream": true,
+                      "messages": [{"role": "user", "content": "hello"}]});
+    let r = post(
+        c.ports.coordinator,
+        "/v1/messages",
+        &[("anthropic-version", "2023-06-01")],
+        &body.to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let text: String = r
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|e| e["type"] == "content_block_delta")
+        .filter_map(|e| e["delta"]["text"].as_str().map(str::to_string))
+        .collect();
+    assert!(text.starts_with("profile=b-good echo=hello"), "{}", r.body);
+    assert!(r.body.contains("event: message_stop"), "{}", r.body);
+    let log = c.stderr();
+    assert!(
+        log.contains("a stream with nothing in it, held back"),
+        "{log}"
+    );
 }
