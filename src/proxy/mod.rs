@@ -16,6 +16,7 @@ mod forward;
 mod hold;
 mod inspect;
 pub mod keys;
+pub mod limits;
 mod relay;
 pub mod requests;
 mod translate;
@@ -117,6 +118,7 @@ impl Proxy {
     /// the set differs from the one in force.
     pub fn set_keys(&self, keys: Keys) -> bool {
         let changed = !self.keys.current().same_set(&keys);
+        limits::publish(keys.limited());
         self.keys.replace(keys);
         changed
     }
@@ -137,6 +139,7 @@ impl Proxy {
             .max_response_header_size(256 * 1024)
             .build();
         let conns = conns::Conns::new(config);
+        limits::publish(keys.limited());
         Proxy {
             agent: conns.shared_agent(),
             conns,
@@ -224,6 +227,15 @@ impl Proxy {
                 return respond(holder, &rid, r);
             }
         }
+        if path == "/v1/budget" && matches!(method, Method::Get | Method::Head) {
+            let key = keys
+                .holder(access)
+                .map(|(l, lim)| crate::usage::key_budget(&l, &lim));
+            // Room for the fleet's account budgets by model, later.
+            let view = serde_json::json!({ "key": key, "models": null });
+            let r = reply::json(200, &view).with_header(reply::header("Cache-Control", "no-store"));
+            return respond(holder, &rid, r);
+        }
         if path == "/v1/queue" && matches!(method, Method::Get | Method::Head) {
             let r = reply::json(200, &self.queue(pool))
                 .with_header(reply::header("Cache-Control", "no-store"));
@@ -232,16 +244,19 @@ impl Proxy {
         }
 
         if let Some(route) = route {
-            let label = keys.label(access);
+            let holder_key = keys.holder(access);
             let plan = translate::plan(&route, &body);
             let who = (id, rid, started, owner, open);
-            return self.edge(holder, who, path, headers, label, plan, pool);
+            return self.edge(holder, who, path, headers, holder_key, plan, pool);
         }
         let completion = path == "/v1/chat/completions" && method == Method::Post;
         let (mut streaming, mut account, mut model) = (false, None, None);
         if completion {
             match peek(&body) {
                 Ok(peek) => {
+                    if let Err(r) = limit(&keys, access, peek.model.as_deref()) {
+                        return respond(holder, &rid, r);
+                    }
                     streaming = peek.stream.unwrap_or(false);
                     let key = keys.label(access);
                     account = Some(crate::usage::Account::new(key, peek.model.as_deref()));
@@ -304,7 +319,7 @@ impl Proxy {
         who: (u64, String, Instant, Option<u64>, bool),
         path: String,
         headers: Vec<(String, Vec<u8>)>,
-        key: Option<String>,
+        key: Option<(String, std::sync::Arc<limits::Limits>)>,
         plan: Result<translate::Plan, Reply>,
         pool: &Pool,
     ) {
@@ -323,6 +338,12 @@ impl Proxy {
             );
             return respond(holder, &rid, translate::shaped(plan.translator.dialect, r));
         }
+        if let (true, Some((label, limits))) = (plan.completion, &key) {
+            if let Err(r) = limits::check(label, limits, plan.model.as_deref()) {
+                return respond(holder, &rid, translate::shaped(plan.translator.dialect, r));
+            }
+        }
+        let key = key.map(|(label, _)| label);
         let mut headers = translate::child_headers(headers);
         let rq = holder.as_ref();
         headers.retain(|(k, _)| !k.eq_ignore_ascii_case("x-request-id"));
@@ -425,6 +446,14 @@ impl Proxy {
         if let Some(rq) = holder.take() {
             translate::refuse(d, rq, rid, err, msg);
         }
+    }
+}
+
+/// The key's own limits on a completion (see `limits`): Err is the answer.
+fn limit(keys: &Keys, access: Access<'_>, model: Option<&str>) -> Result<(), Reply> {
+    match keys.holder(access) {
+        Some((label, limits)) => limits::check(&label, &limits, model),
+        None => Ok(()),
     }
 }
 
