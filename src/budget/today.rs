@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use super::Day;
 use crate::proxy::limits::{Limits, Over, Refusal};
 
-const MINUTE_MS: i64 = 60_000;
+/// The sliding window of `rpm`, in whole seconds.
+const MINUTE_S: i64 = 60;
 
 /// One key's day.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,10 +51,10 @@ pub struct Today {
     pub keys: BTreeMap<String, KeyDay>,
     /// profile -> model -> counts.
     pub profiles: BTreeMap<String, BTreeMap<String, ModelDay>>,
-    /// Key label -> times (ms) of its completions in the last 60 s; kept
-    /// only for keys with `rpm`, at most `rpm` each.
+    /// Key label -> its completions of the last 60 s, per second; kept
+    /// only for keys with `rpm` (at most 60 buckets each, whatever the rate).
     #[serde(skip)]
-    minutes: HashMap<String, VecDeque<i64>>,
+    minutes: HashMap<String, VecDeque<(i64, u64)>>,
 }
 
 /// A key came near or to one of its daily limits.
@@ -125,20 +126,29 @@ impl Today {
             return Err(refusal(Over::Tokens, tpd, until_day_ends));
         }
         if let Some(rpm) = limits.rpm {
-            let w = self.minutes.entry(label.to_string()).or_default();
-            while w.front().is_some_and(|t| t + MINUTE_MS <= now_ms) {
+            let now_s = now_ms.div_euclid(1000);
+            if !self.minutes.contains_key(label) {
+                self.minutes.insert(label.to_string(), VecDeque::new());
+            }
+            let w = self.minutes.get_mut(label).expect("inserted above");
+            while w.front().is_some_and(|(t, _)| t + MINUTE_S <= now_s) {
                 w.pop_front();
             }
-            if w.len() as u64 >= rpm {
-                let frees = w.front().map_or(now_ms, |t| t + MINUTE_MS);
-                let secs = ((frees - now_ms + 999) / 1000).max(1) as u64;
-                return Err(refusal(Over::Rate, rpm, secs));
+            if w.iter().map(|(_, n)| n).sum::<u64>() >= rpm {
+                let frees = w.front().map_or(now_s, |(t, _)| t + MINUTE_S);
+                return Err(refusal(Over::Rate, rpm, (frees - now_s).max(1) as u64));
             }
-            w.push_back(now_ms);
+            match w.back_mut() {
+                Some((t, n)) if *t == now_s => *n += 1,
+                _ => w.push_back((now_s, 1)),
+            }
         }
-        let day = self.keys.entry(label.to_string()).or_default();
+        if !self.keys.contains_key(label) {
+            self.keys.insert(label.to_string(), KeyDay::default());
+        }
+        let day = self.keys.get_mut(label).expect("inserted above");
         day.requests += 1;
-        if day.limits.as_ref() != Some(limits) {
+        if !day.limits.as_ref().is_some_and(|l| Arc::ptr_eq(l, limits)) {
             day.limits = Some(limits.clone());
         }
         Ok(alerts(label, day, percent))
@@ -177,8 +187,12 @@ impl Today {
 
     /// Completions of `label` in the last 60 s.
     pub fn last_minute(&self, label: &str, now_ms: i64) -> u64 {
+        let now_s = now_ms.div_euclid(1000);
         self.minutes.get(label).map_or(0, |w| {
-            w.iter().filter(|t| **t + MINUTE_MS > now_ms).count() as u64
+            w.iter()
+                .filter(|(t, _)| t + MINUTE_S > now_s)
+                .map(|(_, n)| n)
+                .sum()
         })
     }
 }

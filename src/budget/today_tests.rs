@@ -18,6 +18,7 @@ fn the_minute_window_slides() {
     assert!(t.admit("a", &l, 80, t0).is_ok());
     assert!(t.admit("a", &l, 80, t0 + 10_000).is_ok());
     let r = t.admit("a", &l, 80, t0 + 20_500).unwrap_err();
+    // Counted per whole second: the first leaves the window 60 s after.
     assert_eq!((r.over, r.limit, r.retry_after_s), (Over::Rate, 2, 40));
     // Another key is not touched.
     assert!(t.admit("b", &l, 80, t0 + 20_500).is_ok());
