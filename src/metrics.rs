@@ -231,21 +231,7 @@ impl Metrics {
                 "Tokens the answers reported, by API key label and kind",
                 m.key_tokens.clone(),
             );
-            r.register(
-                "key_today",
-                "Each API key's use of the current budget day (BUDGET_TIMEZONE), by kind: requests, tokens",
-                m.key_today.clone(),
-            );
-            r.register(
-                "key_limit",
-                "Each API key's limits from the key file, by limit: rpm, rpd, tpd",
-                m.key_limit.clone(),
-            );
-            r.register(
-                "key_refusals",
-                "Completions refused by an API key's own limits, by key and code",
-                m.key_refusals.clone(),
-            );
+            register_key_budget(&mut r, &m);
             r.register("slots", "Slots by state", m.slots.clone());
             r.register(
                 "child_rss_bytes",
@@ -429,6 +415,25 @@ pub fn only_key_rows(text: &str, label: &str) -> String {
         }
     }
     out
+}
+
+/// The per-key budget families (see `budget`, `proxy::limits`).
+fn register_key_budget(r: &mut Registry, m: &Metrics) {
+    r.register(
+        "key_today",
+        "Each API key's use of the current budget day (BUDGET_TIMEZONE), by kind: requests, tokens",
+        m.key_today.clone(),
+    );
+    r.register(
+        "key_limit",
+        "Each API key's limits from the key file, by limit: rpm, rpd, tpd",
+        m.key_limit.clone(),
+    );
+    r.register(
+        "key_refusals",
+        "Completions refused by an API key's own limits, by key and code",
+        m.key_refusals.clone(),
+    );
 }
 
 /// A completion refused by its key's own limits (see `proxy::limits`).

@@ -227,20 +227,9 @@ impl Proxy {
                 return respond(holder, &rid, r);
             }
         }
-        if path == "/v1/budget" && matches!(method, Method::Get | Method::Head) {
-            let key = keys
-                .holder(access)
-                .map(|(l, lim)| crate::usage::key_budget(&l, &lim));
-            // Room for the fleet's account budgets by model, later.
-            let view = serde_json::json!({ "key": key, "models": null });
+        if let Some(view) = self.view(&method, &path, pool, &keys, access) {
             let r = reply::json(200, &view).with_header(reply::header("Cache-Control", "no-store"));
             return respond(holder, &rid, r);
-        }
-        if path == "/v1/queue" && matches!(method, Method::Get | Method::Head) {
-            let r = reply::json(200, &self.queue(pool))
-                .with_header(reply::header("Cache-Control", "no-store"));
-            respond(holder, &rid, r);
-            return;
         }
 
         if let Some(route) = route {
@@ -298,6 +287,25 @@ impl Proxy {
             model,
         };
         exchange.run(holder);
+    }
+
+    /// The views answered here: `GET /v1/queue` and `GET /v1/budget`.
+    fn view(
+        &self,
+        method: &Method,
+        path: &str,
+        pool: &Pool,
+        keys: &Keys,
+        access: Access<'_>,
+    ) -> Option<serde_json::Value> {
+        if !matches!(method, Method::Get | Method::Head) {
+            return None;
+        }
+        match path {
+            "/v1/queue" => Some(self.queue(pool)),
+            "/v1/budget" => Some(budget(keys, access)),
+            _ => None,
+        }
     }
 
     /// `GET /v1/queue`: the dispatcher's queue and routes, and every
@@ -447,6 +455,15 @@ impl Proxy {
             translate::refuse(d, rq, rid, err, msg);
         }
     }
+}
+
+/// `GET /v1/budget`: the presenting key's own day and limits (null
+/// without keys), with room for the fleet's account budgets by model.
+fn budget(keys: &Keys, access: Access<'_>) -> serde_json::Value {
+    let key = keys
+        .holder(access)
+        .map(|(label, limits)| crate::usage::key_budget(&label, &limits));
+    serde_json::json!({ "key": key, "models": null })
 }
 
 /// The key's own limits on a completion (see `limits`): Err is the answer.
