@@ -412,6 +412,25 @@ mod tests {
             "aistudioproxy: profile alice (slot 1) needs a new login"
         );
         assert_eq!(n.body()["kind"], "needs_login");
+        let text = "key team-a: used 80% of its 10 completions per day (8 of 10)";
+        let n = Decider::default()
+            .decide(&ev(Kind::KeyBudget, None, None, text, 5))
+            .unwrap();
+        assert_eq!(
+            n.text(),
+            format!("aistudioproxy: an API key's daily budget: {text}")
+        );
+        assert_eq!(n.body()["kind"], "key_budget");
+    }
+
+    #[test]
+    fn alerts_of_different_keys_are_not_folded_together() {
+        let mut f = Folder::new(Duration::from_secs(600));
+        let mut d = Decider::default();
+        for text in ["key a: used 80% of x", "key b: used 80% of x"] {
+            let n = d.decide(&ev(Kind::KeyBudget, None, None, text, 0)).unwrap();
+            assert!(f.offer(n, 0).is_some(), "{text} goes out at once");
+        }
     }
 
     #[test]
