@@ -449,7 +449,9 @@ impl Usage {
                 d.version
             ));
         }
-        *self.lock() = d.ledger;
+        let mut ledger = d.ledger;
+        ledger.today.recheck(crate::budget::now_ms());
+        *self.lock() = ledger;
         Ok(())
     }
 

@@ -417,4 +417,14 @@ fn budget_bad_limits_and_zones_stop_the_start_and_a_reload_keeps_the_keys() {
         b["key"]["limits"]["rpd"], 100,
         "the keys in force stay: {b:#}"
     );
+    // A good file at the next reload: its limits apply at once.
+    dir.write_key("sk-budget-good-8 # ok rpd=1\n");
+    ctl(&dir, &["reload"]).ok();
+    let r = chat(&c, "sk-budget-good-8", "gemini-test");
+    assert_eq!(
+        (r.status, code(&r)),
+        (429, "key_daily_limit".into()),
+        "{}",
+        r.body
+    );
 }

@@ -106,6 +106,22 @@ impl Today {
         self.ends_unix = d.ends;
     }
 
+    /// After loading saved counts: the day they belong to is checked
+    /// against the zone in force now (it may have changed, or the clock
+    /// moved back); counts of another day are dropped, the end is fixed.
+    pub fn recheck(&mut self, now_ms: i64) {
+        if self.ends_unix == 0 {
+            return;
+        }
+        let d = Day::at(now_ms.div_euclid(1000));
+        if d.number != self.day {
+            self.ends_unix = 0;
+            self.roll(now_ms);
+        } else {
+            self.ends_unix = d.ends;
+        }
+    }
+
     /// Let a completion of key `label` in (and count it) unless one of its
     /// limits is reached; the alerts it brings about.
     pub fn admit(

@@ -96,3 +96,21 @@ fn answers_count_per_profile_and_model() {
     assert_eq!(back.profiles, t.profiles);
     assert_eq!(back.date, "2026-07-04");
 }
+
+#[test]
+fn saved_counts_of_another_day_are_dropped_at_load() {
+    let mut t = Today::default();
+    let l = limits("rpd=5");
+    t.admit("a", &l, 80, at(2026, 7, 4, 12)).unwrap();
+    // Saved under another zone: the same day, a wrong end, is fixed.
+    t.ends_unix += 3600;
+    t.recheck(at(2026, 7, 4, 13));
+    assert_eq!(
+        (t.keys["a"].requests, t.ends_unix),
+        (1, at(2026, 7, 5, 7) / 1000)
+    );
+    // The clock moved back a day: those counts are not today's.
+    t.recheck(at(2026, 7, 3, 13));
+    assert!(t.keys.is_empty());
+    assert_eq!(t.date, "2026-07-03");
+}
