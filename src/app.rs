@@ -98,6 +98,7 @@ pub fn run(
     if let Some(k) = &child_keys {
         info!("AUTH_KEY_FILE_PATH={} is handed to children", k.display());
     }
+    crate::budget::init(&cfg.budget);
     if let Err(e) = crate::usage::global().load(&cfg.cache_dir) {
         warn!("{e}; starting the usage counts from zero");
     }
@@ -387,7 +388,7 @@ fn new_pool(cfg: &Config, hydrated: &Hydrated) -> (Arc<Pool>, Vec<Receiver<crate
 fn new_proxy(cfg: &Config, key_file: Option<&std::path::Path>) -> Result<proxy::Proxy, Fatal> {
     let keys = proxy::keys::Keys::load(key_file).map_err(|e| Fatal {
         message: format!("cannot read the key file: {e}; check AUTH_PROFILE_CACHE_DIR/key.txt"),
-        code: 1,
+        code: key_file_exit(&e),
     })?;
     if keys.enabled() {
         info!("API keys enforced on /v1/* ({} keys loaded)", keys.len());
@@ -506,6 +507,16 @@ fn wait_for_watchers(
     }
 }
 
+/// A key file with a bad limit is a configuration error (2); one that
+/// cannot be read, an I/O failure (1).
+fn key_file_exit(e: &std::io::Error) -> u8 {
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        2
+    } else {
+        1
+    }
+}
+
 /// The key file children read: the coordinator's own, or a copy without
 /// the labels when it has any (see `proxy::keys::child_copy`).
 fn child_key_file(
@@ -517,7 +528,7 @@ fn child_key_file(
     };
     let keys = proxy::keys::Keys::load(Some(source)).map_err(|e| Fatal {
         message: format!("cannot read the key file: {e}; check AUTH_PROFILE_CACHE_DIR/key.txt"),
-        code: 1,
+        code: key_file_exit(&e),
     })?;
     proxy::keys::child_copy(source, &keys, &cfg.cache_dir)
         .map(Some)

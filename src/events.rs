@@ -44,6 +44,8 @@ pub enum Kind {
     Operator,
     /// No child was ready for a while (the console's own observation).
     NoReady,
+    /// An API key came near or to one of its daily limits.
+    KeyBudget,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

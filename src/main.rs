@@ -6,6 +6,7 @@
 mod admin;
 mod app;
 mod book;
+mod budget;
 mod civil;
 mod config;
 mod console;

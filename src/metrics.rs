@@ -51,6 +51,9 @@ pub struct Metrics {
     usage_tokens: Family<Labels, Counter>,
     key_answers: Family<Labels, Counter>,
     key_tokens: Family<Labels, Counter>,
+    key_today: Family<Labels, Gauge>,
+    key_limit: Family<Labels, Gauge>,
+    key_refusals: Family<Labels, Counter>,
     // Set from the snapshot at every scrape.
     slots: Family<Labels, Gauge>,
     profiles: Family<Labels, Gauge>,
@@ -110,6 +113,9 @@ impl Metrics {
             usage_tokens: Family::default(),
             key_answers: Family::default(),
             key_tokens: Family::default(),
+            key_today: Family::default(),
+            key_limit: Family::default(),
+            key_refusals: Family::default(),
             slots: Family::default(),
             profiles: Family::default(),
             queue_length: Gauge::default(),
@@ -225,6 +231,7 @@ impl Metrics {
                 "Tokens the answers reported, by API key label and kind",
                 m.key_tokens.clone(),
             );
+            register_key_budget(&mut r, &m);
             r.register("slots", "Slots by state", m.slots.clone());
             r.register(
                 "child_rss_bytes",
@@ -370,6 +377,28 @@ impl Metrics {
             let base = vec![("key", key.clone())];
             fill(&self.key_answers, &self.key_tokens, base, &row.total);
         }
+        self.key_today.clear();
+        self.key_limit.clear();
+        let mut today = l.today.clone();
+        today.roll(crate::budget::now_ms());
+        for (key, day) in &today.keys {
+            for (kind, n) in [("requests", day.requests), ("tokens", day.tokens)] {
+                let labels = vec![("key", key.clone()), ("kind", kind.to_string())];
+                self.key_today.get_or_create(&labels).set(n as i64);
+            }
+        }
+        for (key, limits) in crate::proxy::limits::published() {
+            for (name, v) in [
+                ("rpm", limits.rpm),
+                ("rpd", limits.rpd),
+                ("tpd", limits.tpd),
+            ] {
+                if let Some(v) = v {
+                    let labels = vec![("key", key.clone()), ("limit", name.to_string())];
+                    self.key_limit.get_or_create(&labels).set(v as i64);
+                }
+            }
+        }
     }
 }
 
@@ -386,6 +415,36 @@ pub fn only_key_rows(text: &str, label: &str) -> String {
         }
     }
     out
+}
+
+/// The per-key budget families (see `budget`, `proxy::limits`).
+fn register_key_budget(r: &mut Registry, m: &Metrics) {
+    r.register(
+        "key_today",
+        "Each API key's use of the current budget day (BUDGET_TIMEZONE), by kind: requests, tokens",
+        m.key_today.clone(),
+    );
+    r.register(
+        "key_limit",
+        "Each API key's limits from the key file, by limit: rpm, rpd, tpd",
+        m.key_limit.clone(),
+    );
+    r.register(
+        "key_refusals",
+        "Completions refused by an API key's own limits, by key and code",
+        m.key_refusals.clone(),
+    );
+}
+
+/// A completion refused by its key's own limits (see `proxy::limits`).
+pub fn key_refused(label: &str, code: &'static str) {
+    global()
+        .key_refusals
+        .get_or_create(&vec![
+            ("key", label.to_string()),
+            ("code", code.to_string()),
+        ])
+        .inc();
 }
 
 /// A webhook notification's outcome (see `notify`).

@@ -51,6 +51,8 @@ pub enum NoteKind {
     CrashLoop,
     LeaseLost,
     NoReady,
+    /// An API key came near or to one of its daily limits.
+    KeyBudget,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -82,6 +84,7 @@ impl Note {
             NoteKind::CrashLoop => format!("{who} is in a crash loop"),
             NoteKind::LeaseLost => format!("{who}: lease lost"),
             NoteKind::NoReady => "no child is ready to serve requests".to_string(),
+            NoteKind::KeyBudget => "an API key's daily budget".to_string(),
         };
         let times = if self.count > 1 {
             format!(" ({} times)", self.count)
@@ -145,6 +148,7 @@ impl Decider {
             Kind::CooldownSet if e.text.starts_with("exhausted") => NoteKind::Exhausted,
             Kind::LeaseLost => NoteKind::LeaseLost,
             Kind::NoReady => NoteKind::NoReady,
+            Kind::KeyBudget => NoteKind::KeyBudget,
             Kind::ChildCrash => {
                 let slot = e.slot?;
                 let times = self.crashes.entry(slot).or_default();
@@ -193,7 +197,7 @@ impl Folder {
 
     /// The note to send now, if any (else it is held and counted).
     pub fn offer(&mut self, note: Note, now: u64) -> Option<Note> {
-        let key = (note.kind, note.profile.clone());
+        let key = fold_key(&note);
         match self.last_sent.get(&key) {
             Some(t) if now < t + self.window => {
                 let count = self.pending.get(&key).map_or(0, |p| p.count) + 1;
@@ -229,11 +233,26 @@ impl Folder {
     }
 }
 
+/// What repeats fold by: the kind and profile; a key's budget alert by
+/// its own text (each is sent once per key, limit and day already).
+fn fold_key(note: &Note) -> (NoteKind, Option<String>) {
+    let subject = match note.kind {
+        NoteKind::KeyBudget => Some(note.detail.clone()),
+        _ => note.profile.clone(),
+    };
+    (note.kind, subject)
+}
+
 /// Hand an event to the notifier's inbox; never blocks.
 fn offer(tx: &Sender<Event>, e: &Event) {
     if !matches!(
         e.kind,
-        Kind::NeedsLogin | Kind::CooldownSet | Kind::LeaseLost | Kind::NoReady | Kind::ChildCrash
+        Kind::NeedsLogin
+            | Kind::CooldownSet
+            | Kind::LeaseLost
+            | Kind::NoReady
+            | Kind::ChildCrash
+            | Kind::KeyBudget
     ) {
         return;
     }
@@ -393,6 +412,25 @@ mod tests {
             "aistudioproxy: profile alice (slot 1) needs a new login"
         );
         assert_eq!(n.body()["kind"], "needs_login");
+        let text = "key team-a: used 80% of its 10 completions per day (8 of 10)";
+        let n = Decider::default()
+            .decide(&ev(Kind::KeyBudget, None, None, text, 5))
+            .unwrap();
+        assert_eq!(
+            n.text(),
+            format!("aistudioproxy: an API key's daily budget: {text}")
+        );
+        assert_eq!(n.body()["kind"], "key_budget");
+    }
+
+    #[test]
+    fn alerts_of_different_keys_are_not_folded_together() {
+        let mut f = Folder::new(Duration::from_secs(600));
+        let mut d = Decider::default();
+        for text in ["key a: used 80% of x", "key b: used 80% of x"] {
+            let n = d.decide(&ev(Kind::KeyBudget, None, None, text, 0)).unwrap();
+            assert!(f.offer(n, 0).is_some(), "{text} goes out at once");
+        }
     }
 
     #[test]

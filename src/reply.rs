@@ -43,6 +43,14 @@ pub enum ApiError {
     ChildFailed,
     UpstreamTimeout,
     Internal,
+    /// A key's `rpm` limit (see `proxy::limits`).
+    KeyRateLimited,
+    /// A key's `rpd` limit.
+    KeyDailyLimit,
+    /// A key's `tpd` limit.
+    KeyTokenLimit,
+    /// A model outside a key's `models`.
+    ModelNotAllowed,
 }
 
 impl ApiError {
@@ -64,6 +72,8 @@ impl ApiError {
             ApiError::ChildFailed => 502,
             ApiError::UpstreamTimeout => 504,
             ApiError::Internal => 500,
+            ApiError::KeyRateLimited | ApiError::KeyDailyLimit | ApiError::KeyTokenLimit => 429,
+            ApiError::ModelNotAllowed => 403,
         }
     }
 
@@ -84,6 +94,10 @@ impl ApiError {
             ApiError::ChildFailed => ("server_error", "child_failed"),
             ApiError::UpstreamTimeout => ("server_error", "upstream_timeout"),
             ApiError::Internal => ("server_error", "internal_error"),
+            ApiError::KeyRateLimited => ("rate_limit_error", "key_rate_limited"),
+            ApiError::KeyDailyLimit => ("rate_limit_error", "key_daily_limit"),
+            ApiError::KeyTokenLimit => ("rate_limit_error", "key_token_limit"),
+            ApiError::ModelNotAllowed => ("permission_error", "model_not_allowed"),
         }
     }
 

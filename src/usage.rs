@@ -228,6 +228,9 @@ pub struct Ledger {
     /// key label -> row.
     pub keys: BTreeMap<String, Row>,
     pub fleet: VecDeque<FleetMinute>,
+    /// The budget day's counts (see `budget::today`).
+    #[serde(default)]
+    pub today: crate::budget::today::Today,
 }
 
 impl Ledger {
@@ -380,6 +383,7 @@ pub fn view(l: &Ledger, now_ms: u64) -> serde_json::Value {
         "keys": keys,
         "fleet": l.fleet,
         "window_minutes": WINDOW_MINUTES,
+        "today": l.today.view(&crate::proxy::limits::published(), crate::budget::now_ms()),
     })
 }
 
@@ -445,7 +449,9 @@ impl Usage {
                 d.version
             ));
         }
-        *self.lock() = d.ledger;
+        let mut ledger = d.ledger;
+        ledger.today.recheck(crate::budget::now_ms());
+        *self.lock() = ledger;
         Ok(())
     }
 
@@ -481,9 +487,48 @@ impl Usage {
 pub fn answered(profile: &str, account: Option<&Account>, verdict: &Verdict, took: Duration) {
     let Some(a) = account else { return };
     let u = global();
-    u.lock()
-        .answered(profile, a, Class::of(verdict), took, now_ms());
+    let class = Class::of(verdict);
+    {
+        let mut l = u.lock();
+        l.answered(profile, a, class, took, now_ms());
+        let model = l.model_name(&a.model);
+        let ok = class == Class::Ok;
+        l.today
+            .answered(profile, &model, ok, crate::budget::now_ms());
+    }
     u.touch();
+}
+
+/// Let a completion of the key labelled `label` in, unless one of its
+/// `limits` is reached (and count it): one short lock, no I/O. The alerts
+/// it brings about are recorded as events (the notifier hears them).
+pub fn admit(
+    label: &str,
+    limits: &std::sync::Arc<crate::proxy::limits::Limits>,
+) -> Result<(), crate::proxy::limits::Refusal> {
+    let u = global();
+    let pct = crate::budget::alert_percent();
+    let alerts = u
+        .lock()
+        .today
+        .admit(label, limits, pct, crate::budget::now_ms())?;
+    u.touch();
+    key_alerts(alerts);
+    Ok(())
+}
+
+/// `GET /v1/budget` for the key labelled `label`: its own day and limits.
+pub fn key_budget(label: &str, limits: &crate::proxy::limits::Limits) -> serde_json::Value {
+    let u = global();
+    let now = crate::budget::now_ms();
+    let today = u.lock().today.clone();
+    today.key_view(label, limits, now)
+}
+
+fn key_alerts(alerts: Vec<crate::budget::today::Alert>) {
+    for a in alerts {
+        crate::events::record(crate::events::Kind::KeyBudget, None, None, a.text());
+    }
 }
 
 /// The tokens a completion's answer reported, if it did.
@@ -492,8 +537,17 @@ pub fn tokens(profile: &str, account: Option<&Account>, t: Option<Tokens>) {
         return;
     };
     let u = global();
-    u.lock().tokens(profile, a, t, now_ms());
+    let pct = crate::budget::alert_percent();
+    let alerts = {
+        let mut l = u.lock();
+        l.tokens(profile, a, t, now_ms());
+        let model = l.model_name(&a.model);
+        let key = a.key.as_deref();
+        let now = crate::budget::now_ms();
+        l.today.tokens(profile, &model, key, t.total, pct, now)
+    };
     u.touch();
+    key_alerts(alerts);
 }
 
 #[cfg(test)]

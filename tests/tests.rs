@@ -2,6 +2,7 @@
 //! real binaries; `common` is the shared harness.
 
 mod accounts;
+mod budget;
 mod common;
 mod conn;
 mod console;

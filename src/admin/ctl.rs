@@ -386,6 +386,58 @@ pub fn usage_table(usage: &Value) -> String {
         out.push('\n');
         out.push_str(&columns(&keys));
     }
+    out.push_str(&today_table(&usage["today"]));
+    out
+}
+
+/// The budget day's part of the usage answer: per key its use and limits,
+/// per profile and model its answers.
+fn today_table(today: &Value) -> String {
+    if today.is_null() {
+        return String::new();
+    }
+    let n = |v: &Value| v.as_u64().map_or("-".to_string(), |n| n.to_string());
+    let mut out = format!(
+        "\ntoday {} ({}):\n",
+        text(&today["day"]),
+        text(&today["zone"])
+    );
+    let mut keys = vec![[
+        "KEY", "REQUESTS", "TOKENS", "LAST-MIN", "RPM", "RPD", "TPD", "MODELS",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for k in today["keys"].as_array().into_iter().flatten() {
+        let (u, l) = (&k["today"], &k["limits"]);
+        let models = l["models"].as_array().map_or("-".to_string(), |m| {
+            m.iter().map(text).collect::<Vec<_>>().join(",")
+        });
+        keys.push(vec![
+            text(&k["key"]),
+            n(&u["requests"]),
+            n(&u["tokens"]),
+            n(&u["last_minute"]),
+            n(&l["rpm"]),
+            n(&l["rpd"]),
+            n(&l["tpd"]),
+            models,
+        ]);
+    }
+    if keys.len() > 1 {
+        out.push_str(&columns(&keys));
+    }
+    let mut rows = vec![["PROFILE", "MODEL", "ANSWERS", "OK", "TOKENS"]
+        .map(String::from)
+        .to_vec()];
+    for p in today["profiles"].as_array().into_iter().flatten() {
+        let row = [text(&p["profile"]), text(&p["model"]), n(&p["answers"])];
+        let mut row = row.to_vec();
+        row.extend([n(&p["ok"]), n(&p["tokens"])]);
+        rows.push(row);
+    }
+    if rows.len() > 1 {
+        out.push_str(&columns(&rows));
+    }
     out
 }
 
@@ -636,6 +688,18 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("team-a  5        4   1"), "{t}");
+        let mut u = u;
+        u["today"] = json!({"day": "2026-03-08", "zone": "America/Los_Angeles", "keys": [
+            {"key": "team-a", "today": {"requests": 3, "tokens": 40, "last_minute": 1},
+             "limits": {"rpm": 60, "rpd": null, "tpd": 1000, "models": ["g-*"]}}],
+            "profiles": [{"profile": "alice", "model": "gemini-x", "answers": 3, "ok": 2, "tokens": 40}]});
+        let t = usage_table(&u);
+        assert!(t.contains("today 2026-03-08 (America/Los_Angeles):"), "{t}");
+        assert!(
+            t.contains("team-a  3         40      1         60   -    1000  g-*"),
+            "{t}"
+        );
+        assert!(t.contains("alice    gemini-x  3        2   40"), "{t}");
         let e = json!({"seq": 12, "at_unix_ms": 1_700_000_003_000u64, "kind": "rotation", "slot": 1, "profile": "bob", "text": "alice -> bob"});
         assert_eq!(
             event_line(&e),

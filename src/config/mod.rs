@@ -79,6 +79,8 @@ pub struct Config {
     pub demand_window: Duration,
     /// Webhook notifications (see `notify`).
     pub notify: NotifySettings,
+    /// Budget days and key-limit alerts (see `budget`).
+    pub budget: BudgetSettings,
     /// Consecutive counted 5xx answers that evict a child.
     pub consecutive_5xx_to_evict: u32,
     /// Where refreshed auth state goes back to (`AUTH_WRITEBACK`).
@@ -215,6 +217,7 @@ impl Config {
             queue_timeout: v.secs("QUEUE_TIMEOUT_S"),
             demand_window: v.secs("MODEL_DEMAND_WINDOW_S"),
             notify: notify_settings(&v),
+            budget: budget_settings(&v)?,
             consecutive_5xx_to_evict: v.int("CONSECUTIVE_5XX_TO_EVICT") as u32,
             writeback: writeback_mode(&v),
             writeback_interval: v.secs("AUTH_WRITEBACK_INTERVAL_S"),
@@ -326,6 +329,28 @@ fn notify_settings(v: &Values) -> NotifySettings {
         no_ready: v.secs("NOTIFY_NO_READY_S"),
         fold: v.secs("NOTIFY_FOLD_S"),
     }
+}
+
+fn budget_settings(v: &Values) -> Result<BudgetSettings, ConfigError> {
+    let name = v.text("BUDGET_TIMEZONE").unwrap_or_default();
+    let zone = crate::budget::Zone::named(&name)
+        .map_err(|e| invalid("BUDGET_TIMEZONE", &name, e.to_string()))?;
+    // Test-only: moves the budget days' clock (see `budget`).
+    let offset = match v.outside("AISP_TEST_CLOCK_OFFSET_S") {
+        Some(s) => s.trim().parse::<i64>().map_err(|_| {
+            invalid(
+                "AISP_TEST_CLOCK_OFFSET_S",
+                &s,
+                "whole seconds (a test-only setting)",
+            )
+        })?,
+        None => 0,
+    };
+    Ok(BudgetSettings {
+        zone,
+        alert_percent: v.int("BUDGET_ALERT_PERCENT") as u8,
+        clock_offset_s: offset,
+    })
 }
 
 fn recycle_limits(v: &Values) -> RecycleLimits {

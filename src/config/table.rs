@@ -27,6 +27,8 @@ pub enum Kind {
     SecretUrl,
     /// An IP address, or `localhost`.
     Host,
+    /// An IANA time zone name or a POSIX TZ string (see `budget::zone`).
+    TimeZone,
 }
 
 /// One setting: its variable (the flag is derived from it), its default as
@@ -357,6 +359,20 @@ pub const SETTINGS: &[Setting] = &[
         kind: Kind::Secs { min: 0, max: 86_400 },
         summary: "repeats of a notification (same kind and profile) within this many seconds are folded into one later message with a count",
         doc: "repeats of a notification (same kind and profile) within this many seconds become one later message with a count",
+    },
+    Setting {
+        env: "BUDGET_TIMEZONE",
+        default: Some("America/Los_Angeles"),
+        kind: Kind::TimeZone,
+        summary: "the zone whose midnight starts a budget day (per-key daily limits, day counts): an IANA name or a POSIX TZ string",
+        doc: "the zone whose midnight starts a budget day (per-key daily limits and the day counts, see [Key limits](operating.md#key-limits)): an IANA name, read from `/usr/share/zoneinfo` when the system has it, else from a built-in table of common zones (the production image has none), or a POSIX TZ string such as `PST8PDT,M3.2.0,M11.1.0`",
+    },
+    Setting {
+        env: "BUDGET_ALERT_PERCENT",
+        default: Some("80"),
+        kind: Kind::Int { min: 1, max: 100 },
+        summary: "notify when a key has used this percent of one of its daily limits (and again when it reaches it)",
+        doc: "notify when a key has used this percent of one of its daily limits, and again when it reaches the limit; once per key, limit and day",
     },
     Setting {
         env: "QUEUE_TIMEOUT_S",

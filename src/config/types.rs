@@ -152,6 +152,16 @@ impl fmt::Display for WebhookUrl {
     }
 }
 
+/// Budget days and key-limit alerts (`BUDGET_*`).
+#[derive(Debug, Clone)]
+pub struct BudgetSettings {
+    pub zone: crate::budget::Zone,
+    /// Percent of a daily limit that sends a notification.
+    pub alert_percent: u8,
+    /// `AISP_TEST_CLOCK_OFFSET_S`: test-only, moves the budget days' clock.
+    pub clock_offset_s: i64,
+}
+
 #[derive(Debug, Clone)]
 /// Webhook notifications (`NOTIFY_*`).
 pub struct NotifySettings {

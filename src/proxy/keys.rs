@@ -17,9 +17,16 @@
 //! without a Bearer header): so a request let in here reaches the child
 //! with exactly `Authorization: Bearer <the matched key>` and no other auth
 //! header (see [`Access`] and the proxy's header rewriting).
+//!
+//! After the label, words with `=` are the key's limits (`rpm=60 rpd=1000
+//! tpd=200000 models=a,b*`, see [`super::limits`]); a bad one fails the
+//! whole file with its line number (never the key): at start the program
+//! exits 2, at a reload the keys in force stay.
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
+
+use super::limits::Limits;
 
 use tiny_http::Request;
 
@@ -45,6 +52,8 @@ pub struct Keys {
     keys: Vec<Vec<u8>>,
     /// The label of each key, same order.
     labels: Vec<String>,
+    /// The limits of each key, same order.
+    limits: Vec<Arc<Limits>>,
     /// Some line had a label or a comment: children need the clean copy.
     annotated: bool,
 }
@@ -96,6 +105,7 @@ impl Keys {
         Keys {
             keys: Vec::new(),
             labels: Vec::new(),
+            limits: Vec::new(),
             annotated: false,
         }
     }
@@ -105,12 +115,14 @@ impl Keys {
             return Ok(Keys::none());
         };
         let text = std::fs::read_to_string(path)?;
-        Ok(Keys::parse(&text))
+        Keys::parse(&text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 
-    pub fn parse(text: &str) -> Keys {
+    /// The keys of a key file's text; a bad limit is an error naming its
+    /// line (never the key).
+    pub fn parse(text: &str) -> Result<Keys, String> {
         let mut k = Keys::none();
-        for line in text.lines() {
+        for (n, line) in text.lines().enumerate() {
             let Some((key, label)) = split_line(line) else {
                 k.annotated |= line.trim().starts_with('#');
                 continue;
@@ -119,13 +131,34 @@ impl Keys {
             if key.is_empty() {
                 continue;
             }
-            let label = label
-                .and_then(crate::usage::clean)
-                .unwrap_or_else(|| hash_label(key.as_bytes()));
+            let (label, limits) =
+                Limits::split(label.unwrap_or("")).map_err(|e| format!("line {}: {e}", n + 1))?;
+            let label = crate::usage::clean(&label).unwrap_or_else(|| hash_label(key.as_bytes()));
             k.keys.push(key.as_bytes().to_vec());
             k.labels.push(label);
+            k.limits.push(Arc::new(limits));
         }
-        k
+        Ok(k)
+    }
+
+    /// The label and limits of the key a request presented (None without
+    /// keys).
+    pub fn holder(&self, access: Access<'_>) -> Option<(String, Arc<Limits>)> {
+        let Access::Key(key) = access else {
+            return None;
+        };
+        let i = self.keys.iter().position(|k| k.as_slice() == key)?;
+        Some((self.labels.get(i)?.clone(), self.limits.get(i)?.clone()))
+    }
+
+    /// Every key's label and limits, for the usage views (limits only).
+    pub fn limited(&self) -> Vec<(String, Arc<Limits>)> {
+        self.labels
+            .iter()
+            .zip(&self.limits)
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .collect()
     }
 
     /// The label of the key a request presented (None without keys).
@@ -314,16 +347,16 @@ mod tests {
 
     #[test]
     fn parses_one_key_per_line() {
-        let k = Keys::parse("  alpha \n\n beta\r\n");
+        let k = Keys::parse("  alpha \n\n beta\r\n").unwrap();
         assert_eq!(k.len(), 2);
         assert!(k.accepts(b"alpha") && k.accepts(b"beta"));
         assert!(!k.accepts(b"alph") && !k.accepts(b"alphaa") && !k.accepts(b""));
-        assert!(!Keys::parse("\n \n").enabled());
+        assert!(!Keys::parse("\n \n").unwrap().enabled());
     }
 
     #[test]
     fn labels_are_stripped_from_keys_and_never_the_key() {
-        let k = Keys::parse("# the team keys\nalpha  # team-a\nbeta\ngam#ma\ndelta\t#\n");
+        let k = Keys::parse("# the team keys\nalpha  # team-a\nbeta\ngam#ma\ndelta\t#\n").unwrap();
         assert_eq!(k.len(), 4);
         assert!(k.accepts(b"alpha") && !k.accepts(b"alpha  # team-a"));
         assert!(k.accepts(b"gam#ma"), "a # inside a key is part of it");
@@ -338,7 +371,7 @@ mod tests {
         );
         assert_eq!(k.label(Access::NoKeys), None);
         assert_eq!(k.child_text(), b"alpha\nbeta\ngam#ma\ndelta\n");
-        assert!(!Keys::parse("a\nb\n").annotated);
+        assert!(!Keys::parse("a\nb\n").unwrap().annotated);
     }
 
     #[test]
@@ -347,8 +380,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         let src = d.join("key.txt");
-        assert_eq!(child_copy(&src, &Keys::parse("a\n"), &d).unwrap(), src);
-        let copy = child_copy(&src, &Keys::parse("a # x\n"), &d).unwrap();
+        assert_eq!(
+            child_copy(&src, &Keys::parse("a\n").unwrap(), &d).unwrap(),
+            src
+        );
+        let copy = child_copy(&src, &Keys::parse("a # x\n").unwrap(), &d).unwrap();
         assert_eq!(copy, d.join(CHILD_KEY_FILE));
         assert_eq!(std::fs::read(&copy).unwrap(), b"a\n");
         std::fs::remove_dir_all(&d).unwrap();
@@ -356,16 +392,16 @@ mod tests {
 
     #[test]
     fn key_sets_compare_in_any_order() {
-        let k = Keys::parse("alpha\nbeta\n");
-        assert!(k.same_set(&Keys::parse("beta\n\nalpha")));
-        assert!(!k.same_set(&Keys::parse("alpha")));
-        assert!(!k.same_set(&Keys::parse("alpha\nbeta\ngamma")));
-        assert!(Keys::none().same_set(&Keys::parse("\n")));
+        let k = Keys::parse("alpha\nbeta\n").unwrap();
+        assert!(k.same_set(&Keys::parse("beta\n\nalpha").unwrap()));
+        assert!(!k.same_set(&Keys::parse("alpha").unwrap()));
+        assert!(!k.same_set(&Keys::parse("alpha\nbeta\ngamma").unwrap()));
+        assert!(Keys::none().same_set(&Keys::parse("\n").unwrap()));
     }
 
     #[test]
     fn the_child_gets_exactly_the_matched_key_as_bearer() {
-        let k = Keys::parse("alpha\nbeta\n");
+        let k = Keys::parse("alpha\nbeta\n").unwrap();
         let h = |pairs: &[(&str, &str)]| -> Vec<(String, Vec<u8>)> {
             pairs
                 .iter()
@@ -388,6 +424,23 @@ mod tests {
         assert_eq!(out, h(&[("a", "b")]));
         let same = h(&[("Authorization", "Bearer tok")]);
         assert_eq!(for_child(Access::NoKeys, same.clone()), same);
+    }
+
+    #[test]
+    fn limits_follow_the_label_and_bad_ones_name_their_line() {
+        let k = Keys::parse("alpha  # team a rpm=2 models=x*\nbeta # rpd=5\ngamma\n").unwrap();
+        let (label, l) = k.holder(Access::Key(b"alpha")).unwrap();
+        assert_eq!((label.as_str(), l.rpm), ("team a", Some(2)));
+        let (label, l) = k.holder(Access::Key(b"beta")).unwrap();
+        assert!(label.starts_with("key-") && l.rpd == Some(5));
+        assert!(k.holder(Access::Key(b"gamma")).unwrap().1.is_empty());
+        assert_eq!(k.limited().len(), 2);
+        assert_eq!(k.child_text(), b"alpha\nbeta\ngamma\n");
+        let e = Keys::parse("# c\nsecret-key-1\nsecret-key-2 # t rpm=lots\n")
+            .err()
+            .unwrap();
+        assert!(e.starts_with("line 3: rpm=\"lots\""), "{e}");
+        assert!(!e.contains("secret"), "{e}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod forward;
 mod hold;
 mod inspect;
 pub mod keys;
+pub mod limits;
 mod relay;
 pub mod requests;
 mod translate;
@@ -117,6 +118,7 @@ impl Proxy {
     /// the set differs from the one in force.
     pub fn set_keys(&self, keys: Keys) -> bool {
         let changed = !self.keys.current().same_set(&keys);
+        limits::publish(keys.limited());
         self.keys.replace(keys);
         changed
     }
@@ -137,6 +139,7 @@ impl Proxy {
             .max_response_header_size(256 * 1024)
             .build();
         let conns = conns::Conns::new(config);
+        limits::publish(keys.limited());
         Proxy {
             agent: conns.shared_agent(),
             conns,
@@ -224,24 +227,25 @@ impl Proxy {
                 return respond(holder, &rid, r);
             }
         }
-        if path == "/v1/queue" && matches!(method, Method::Get | Method::Head) {
-            let r = reply::json(200, &self.queue(pool))
-                .with_header(reply::header("Cache-Control", "no-store"));
-            respond(holder, &rid, r);
-            return;
+        if let Some(view) = self.view(&method, &path, pool, &keys, access) {
+            let r = reply::json(200, &view).with_header(reply::header("Cache-Control", "no-store"));
+            return respond(holder, &rid, r);
         }
 
         if let Some(route) = route {
-            let label = keys.label(access);
+            let holder_key = keys.holder(access);
             let plan = translate::plan(&route, &body);
             let who = (id, rid, started, owner, open);
-            return self.edge(holder, who, path, headers, label, plan, pool);
+            return self.edge(holder, who, path, headers, holder_key, plan, pool);
         }
         let completion = path == "/v1/chat/completions" && method == Method::Post;
         let (mut streaming, mut account, mut model) = (false, None, None);
         if completion {
             match peek(&body) {
                 Ok(peek) => {
+                    if let Err(r) = limit(&keys, access, peek.model.as_deref()) {
+                        return respond(holder, &rid, r);
+                    }
                     streaming = peek.stream.unwrap_or(false);
                     let key = keys.label(access);
                     account = Some(crate::usage::Account::new(key, peek.model.as_deref()));
@@ -285,6 +289,25 @@ impl Proxy {
         exchange.run(holder);
     }
 
+    /// The views answered here: `GET /v1/queue` and `GET /v1/budget`.
+    fn view(
+        &self,
+        method: &Method,
+        path: &str,
+        pool: &Pool,
+        keys: &Keys,
+        access: Access<'_>,
+    ) -> Option<serde_json::Value> {
+        if !matches!(method, Method::Get | Method::Head) {
+            return None;
+        }
+        match path {
+            "/v1/queue" => Some(self.queue(pool)),
+            "/v1/budget" => Some(budget(keys, access)),
+            _ => None,
+        }
+    }
+
     /// `GET /v1/queue`: the dispatcher's queue and routes, and every
     /// request alive with the dialect it came in.
     fn queue(&self, pool: &Pool) -> serde_json::Value {
@@ -304,7 +327,7 @@ impl Proxy {
         who: (u64, String, Instant, Option<u64>, bool),
         path: String,
         headers: Vec<(String, Vec<u8>)>,
-        key: Option<String>,
+        key: Option<(String, std::sync::Arc<limits::Limits>)>,
         plan: Result<translate::Plan, Reply>,
         pool: &Pool,
     ) {
@@ -323,6 +346,12 @@ impl Proxy {
             );
             return respond(holder, &rid, translate::shaped(plan.translator.dialect, r));
         }
+        if let (true, Some((label, limits))) = (plan.completion, &key) {
+            if let Err(r) = limits::check(label, limits, plan.model.as_deref()) {
+                return respond(holder, &rid, translate::shaped(plan.translator.dialect, r));
+            }
+        }
+        let key = key.map(|(label, _)| label);
         let mut headers = translate::child_headers(headers);
         let rq = holder.as_ref();
         headers.retain(|(k, _)| !k.eq_ignore_ascii_case("x-request-id"));
@@ -425,6 +454,23 @@ impl Proxy {
         if let Some(rq) = holder.take() {
             translate::refuse(d, rq, rid, err, msg);
         }
+    }
+}
+
+/// `GET /v1/budget`: the presenting key's own day and limits (null
+/// without keys), with room for the fleet's account budgets by model.
+fn budget(keys: &Keys, access: Access<'_>) -> serde_json::Value {
+    let key = keys
+        .holder(access)
+        .map(|(label, limits)| crate::usage::key_budget(&label, &limits));
+    serde_json::json!({ "key": key, "models": null })
+}
+
+/// The key's own limits on a completion (see `limits`): Err is the answer.
+fn limit(keys: &Keys, access: Access<'_>, model: Option<&str>) -> Result<(), Reply> {
+    match keys.holder(access) {
+        Some((label, limits)) => limits::check(&label, &limits, model),
+        None => Ok(()),
     }
 }
 

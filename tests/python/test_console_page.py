@@ -87,7 +87,7 @@ def fleet(tmp_path):
     stale = [{"name": c, "value": "x", "domain": ".google.com", "path": "/", "expires": 1e9}
              for c in ("SID", "HSID")]
     (active / "fay.json").write_text(json.dumps({"cookies": stale, "testchild": {}}))
-    (tmp_path / "profiles" / "key.txt").write_text("sk-page-test-1  # team-page\n")
+    (tmp_path / "profiles" / "key.txt").write_text("sk-page-test-1  # team-page rpd=1000 tpd=500000\n")
     port = free_port()
     base = free_port() + 1000
     env = {
@@ -165,6 +165,9 @@ def test_console_page_in_chromium(fleet):
             # Usage: the key's label, never the key.
             keys = page.locator("#keys tbody").inner_text()
             assert "team-page" in keys and "sk-page-test-1" not in page.content()
+            # Its budget day: use against its limits.
+            assert "/ 1,000 req" in keys and "/ 500,000 tok" in keys, keys
+            assert "Today is " in page.locator("#keys-day").inner_text()
             assert "3" in alice.inner_text() or "2" in alice.inner_text()
             # The markup-like profile is text, and nothing ran.
             evil = page.locator("#profiles tbody td", has_text=EVIL)

@@ -149,17 +149,41 @@
     }));
   }
 
+  // A key's budget day: its use against its limits ("3 / 1,000 req").
+  function dayText(d) {
+    if (!d) return "";
+    const u = d.today || {}, l = d.limits || {};
+    const of = (n, lim, unit) => num(n || 0) + (lim ? " / " + num(lim) : "") + " " + unit;
+    const parts = [of(u.requests, l.rpd, "req"), of(u.tokens, l.tpd, "tok")];
+    if (l.rpm) parts.push(num(u.last_minute || 0) + " / " + num(l.rpm) + " per min");
+    if (l.models) parts.push("models " + l.models.map(String).join(", "));
+    return parts.join(", ");
+  }
+
   function drawKeys(usage) {
+    const today = {};
+    for (const d of (usage.today || {}).keys || []) today[d.key] = d;
+    const seen = new Set();
     const rows = (usage.keys || []).map((k) => {
+      seen.add(k.key);
       const t = k.total || {};
       const errs = (t.answers || 0) - (t.ok || 0);
       return el("tr", {}, td("Key", k.key), td("Answers", num(t.answers), "num"), td("ok", num(t.ok), "num"),
         td("Errors", num(errs), "num"), td("Prompt tokens", num(t.prompt_tokens), "num"),
         td("Completion tokens", num(t.completion_tokens), "num"),
-        td("Last hour", num((k.last_hour || {}).answers || 0) + " / " + num((k.last_hour || {}).tokens || 0) + " tok", "num"));
+        td("Last hour", num((k.last_hour || {}).answers || 0) + " / " + num((k.last_hour || {}).tokens || 0) + " tok", "num"),
+        td("Today", dayText(today[k.key])));
     });
-    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "no API keys, or no use yet")));
+    for (const d of Object.values(today)) {
+      if (seen.has(d.key)) continue;
+      rows.push(el("tr", {}, td("Key", d.key), td("Answers", "0", "num"), td("ok", "0", "num"), td("Errors", "0", "num"),
+        td("Prompt tokens", "0", "num"), td("Completion tokens", "0", "num"), td("Last hour", "0 / 0 tok", "num"),
+        td("Today", dayText(d))));
+    }
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 8, class: "muted" }, "no API keys, or no use yet")));
     replace($("keys").tBodies[0], rows);
+    const day = usage.today || {};
+    $("keys-day").textContent = day.day ? "Today is " + day.day + " in " + day.zone + "." : "";
   }
 
   const SVG = "http://www.w3.org/2000/svg";

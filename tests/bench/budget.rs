@@ -1,0 +1,111 @@
+//! Benchmark: the cost per request of the per-key limit check (issue 24).
+//!
+//! One coordinator, two test children answering at once, two API keys:
+//! `free` with no limits and `limited` with all of them (`rpm`, `rpd` and
+//! `tpd` set so high they never refuse, and a `models` list with a prefix),
+//! so each of its completions runs the whole check: the model list, then
+//! the minute window and the day counts under the ledger's lock. Closed
+//! loop, 8 keep-alive clients, `POST /v1/chat/completions` non-streamed;
+//! the two keys take turns (free, limited, free, limited) in the same run
+//! and the figures are the ratios limited / free of the pooled runs.
+//! Prints; asserts nothing.
+//!
+//! `BENCH_MEASURE_MS` (default 1500) sets the measured window per run.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use support::{chat_body, ratio, summarize_ns, Coordinator, CoordinatorSpec, Load, LoadResult};
+
+const CLIENTS: usize = 8;
+const ROUNDS: usize = 3;
+
+fn request(port: u16, key: &str) -> Vec<u8> {
+    let body = chat_body(false);
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn main() {
+    support::watchdog("budget", Duration::from_secs(180));
+    let measure = Duration::from_millis(
+        std::env::var("BENCH_MEASURE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1500),
+    );
+    let keys = support::TempDir::new("budget-keys");
+    let key_file = keys.path().join("key.txt");
+    std::fs::write(
+        &key_file,
+        "sk-bench-free # free\nsk-bench-limited # limited rpm=1000000000 rpd=1000000000000 tpd=1000000000000 models=other-model,gemini-*\n",
+    )
+    .expect("write the key file");
+    let mut spec = CoordinatorSpec::plain(2);
+    spec.env = vec![
+        ("MAX_INFLIGHT_PER_CHILD".into(), "0".into()),
+        ("TESTCHILD_COMPLETION_DELAY_MS".into(), "0".into()),
+        ("AUTH_KEY_FILE_PATH".into(), key_file.display().to_string()),
+    ];
+    let coord = Coordinator::start(&spec);
+    println!(
+        "== budget: the per-key limit check, POST /v1/chat/completions, c={CLIENTS}, keep-alive =="
+    );
+    println!(
+        "keys: free (no limits) and limited (rpm, rpd, tpd never reached; models=other-model,gemini-*); {ROUNDS} rounds each, alternating, {:.1} s measured per run",
+        measure.as_secs_f64()
+    );
+    let run = |key: &str| -> LoadResult {
+        Load {
+            request: request(coord.port, key),
+            ports: vec![coord.port],
+            clients: CLIENTS,
+            warmup: Duration::from_millis(300),
+            measure,
+            max_requests: 1_000_000,
+            capture_header: None,
+        }
+        .run()
+    };
+    let (mut free, mut limited) = (Vec::new(), Vec::new());
+    let (mut free_rate, mut limited_rate) = (0.0, 0.0);
+    for _ in 0..ROUNDS {
+        for (key, lat, rate) in [
+            ("sk-bench-free", &mut free, &mut free_rate),
+            ("sk-bench-limited", &mut limited, &mut limited_rate),
+        ] {
+            let r = run(key);
+            if r.errors > 0 || r.non_200 > 0 {
+                println!(
+                    "{key}: {} errors, {} non-200 (first: {:?})",
+                    r.errors, r.non_200, r.first_error
+                );
+            }
+            *rate += r.throughput() / ROUNDS as f64;
+            lat.extend_from_slice(&r.latency_ns);
+        }
+    }
+    let (f, l) = (summarize_ns(&free), summarize_ns(&limited));
+    println!(
+        "{:<8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "key", "p50", "p90", "p99", "mean", "req/s", "n"
+    );
+    for (name, s, rate) in [("free", &f, free_rate), ("limited", &l, limited_rate)] {
+        println!(
+            "{name:<8} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.0} {:>8}",
+            s.p50, s.p90, s.p99, s.mean, rate, s.n
+        );
+    }
+    println!(
+        "limited / free: p50 {}, mean {}, req/s {}; added per request at p50: {:+.1} µs",
+        ratio(l.p50, f.p50),
+        ratio(l.mean, f.mean),
+        ratio(limited_rate, free_rate),
+        (l.p50 - f.p50) * 1000.0
+    );
+}
