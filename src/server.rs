@@ -71,9 +71,9 @@ use crate::admin::{self, http::AdminKey};
 use crate::control::Fleet;
 use crate::health;
 use crate::metrics;
-use crate::pool::Pool;
 use crate::proxy::Proxy;
 use crate::reply::{self, ApiError};
+use crate::supervisor::Handle;
 
 /// A client silent this long mid-upload, or not reading what we send for
 /// this long, is dropped (per read or write; waiting for a head is bounded
@@ -173,7 +173,7 @@ impl RefusalLog {
 
 /// What request handlers can reach.
 pub struct App {
-    pub pool: Arc<Pool>,
+    pub pool: Handle,
     pub proxy: Arc<Proxy>,
     pub fleet: Arc<Fleet>,
     /// `/admin/` exists only with a key.
@@ -447,10 +447,10 @@ fn route(holder: &mut Option<Request>, app: &App, spare_ok: bool) {
             let _ = rq.respond(health::live());
         }
         "/ready" if probe => {
-            let _ = rq.respond(health::ready(&app.pool.snapshot(), false));
+            let _ = rq.respond(health::ready(&app.pool.view(), false));
         }
         "/health" if probe => {
-            let _ = rq.respond(health::ready(&app.pool.snapshot(), true));
+            let _ = rq.respond(health::ready(&app.pool.view(), true));
         }
         "/metrics" if probe => {
             if !app.metrics_open && !app.proxy.key_ok(&rq) {

@@ -26,8 +26,8 @@ use tiny_http::{Method, Request};
 
 use crate::dispatch::{ChildId, Kind, Refusal, Ticket, Want};
 use crate::metrics;
-use crate::pool::Pool;
 use crate::reply::ApiError;
+use crate::supervisor::Handle;
 
 use super::conns::Conn;
 use super::inspect::Inspector;
@@ -43,7 +43,7 @@ const MAX_RECLAIMS: u32 = 3;
 
 pub(super) struct Exchange<'a> {
     pub proxy: &'a Proxy,
-    pub pool: &'a Pool,
+    pub pool: &'a Handle,
     /// Internal id (unique).
     pub id: u64,
     /// The id the client knows.
@@ -403,20 +403,11 @@ impl Exchange<'_> {
                 child.slot, self.method, self.path, self.rid
             );
         }
-        if let Verdict::Exhausted { retry_after, .. } = verdict {
-            // At once, not through the listener: the slot must be draining
-            // before this request's retry asks for a child, so that it waits
-            // for the replacement instead of finding no other child.
-            self.pool.report(
-                child.slot,
-                child.generation,
-                crate::book::Answer::Exhausted {
-                    retry_after,
-                    limit: crate::book::Limit::Quota,
-                },
-                self.model.as_deref(),
-            );
-        }
+        // An exhausted profile's answer goes at once, not through the
+        // outcome channel: the slot must be draining before this request's
+        // retry asks for a child, so that it waits for the replacement
+        // instead of finding no other child.
+        self.pool.exhausted(child, &verdict, self.model.as_deref());
         self.proxy.outcomes.report(Outcome {
             child,
             profile: profile.to_string(),

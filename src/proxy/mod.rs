@@ -26,8 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tiny_http::{Method, Request};
 
 use crate::dispatch::Kind;
-use crate::pool::Pool;
 use crate::reply::{self, ApiError, Reply};
+use crate::supervisor::Handle;
 use body::BodyError;
 use keys::{Access, KeyRing, Keys};
 
@@ -151,7 +151,7 @@ impl Proxy {
 
     /// Handle one `/v1/*` request held in `holder`; the request is taken out
     /// when answered, so a panic midway leaves it for the caller's 500.
-    pub fn handle(&self, holder: &mut Option<Request>, pool: &Pool) {
+    pub fn handle(&self, holder: &mut Option<Request>, pool: &Handle) {
         let Some(rq) = holder.as_mut() else { return };
         let started = Instant::now();
         let method = rq.method().clone();
