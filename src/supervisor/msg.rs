@@ -1,8 +1,9 @@
 //! Every message that crosses into or out of the supervisor thread: what
 //! the watchers, the proxy, the dispatcher, the keep-alive clock, the
 //! leaser, reloads and the operator tell it ([`Msg`]), what it answers
-//! ([`Reply`]), and what it tells a slot's watcher ([`Cmd`]). Plain data:
-//! no channel, no clock, no I/O lives here.
+//! ([`Reply`]), and what it tells a slot's watcher ([`Cmd`]). Plain data,
+//! built on any thread and read on the receiving one: no channel, no clock,
+//! no I/O may live here.
 
 use std::time::Duration;
 

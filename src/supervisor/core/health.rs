@@ -1,6 +1,7 @@
 //! Profile health: what an answer, a start, a login sign, an operator or
 //! the leaser changes in the book, and which slot must make way for it.
-//! Part of the pure core: no I/O, no clock.
+//! Part of the pure core, run on the supervisor thread (and by table tests):
+//! it must do no I/O and read no clock.
 
 use super::{cooling_instants, event, log, warn, Action, At, Out, State};
 use crate::book::{self, Verdict};

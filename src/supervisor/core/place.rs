@@ -1,6 +1,7 @@
 //! Placement: which profile a free slot starts (its own, the next of the
 //! queue, or a keep-alive turn's), and what a reload's new set of profiles
-//! changes. Part of the pure core: no I/O, no clock.
+//! changes. Part of the pure core, run on the supervisor thread (and by
+//! table tests): it must do no I/O and read no clock.
 
 use super::{event, log, warn, Action, At, Out, State};
 use crate::events::Kind;

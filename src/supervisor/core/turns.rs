@@ -1,7 +1,8 @@
 //! Keep-alive turns and long runs giving way: at each look of the
 //! keep-alive clock the core gathers the facts, `keepalive::decide`
 //! decides, and the drains it asks for go out as actions. Part of the pure
-//! core: no I/O, no clock.
+//! core, run on the supervisor thread (and by table tests): it must do no
+//! I/O and read no clock.
 
 use std::time::Duration;
 
