@@ -137,7 +137,7 @@ impl Exchange<'_> {
                 Step::Answered(v) => {
                     // Free the child before anything else: the next waiter's
                     // wake-up is the handoff's critical path, and sending the
-                    // verdict wakes the outcomes thread, which on a busy
+                    // verdict wakes the supervisor thread, which on a busy
                     // machine then runs first. The verdict reaches the book
                     // asynchronously either way, so the order changes nothing
                     // for it.

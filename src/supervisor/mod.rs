@@ -22,7 +22,7 @@ pub mod snapshot;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{after, never, select, Receiver, Sender};
 use log::{info, warn};
@@ -57,11 +57,19 @@ pub struct Wiring {
     pub stop: Receiver<()>,
 }
 
+/// How long an answer's counts may wait to be published: answers come at
+/// the proxy's rate, and a copy of the state for each would be work on
+/// every request for figures nobody reads that fast.
+const COUNTS_LAG: Duration = Duration::from_millis(50);
+
 /// The running supervisor.
 pub struct Supervisor {
     state: State,
     w: Wiring,
     published: handle::Published,
+    /// Since when the state has changes not yet published (only answers'
+    /// counts wait; every other change is published at once).
+    unpublished: Option<Instant>,
     /// The keep-alive look last held back (logged once per change).
     held: Option<(String, decide::Hold)>,
 }
@@ -80,6 +88,7 @@ pub fn spawn(state: State, w: Wiring) -> std::io::Result<(Handle, JoinHandle<()>
         state,
         w,
         published,
+        unpublished: None,
         held: None,
     };
     let thread = std::thread::Builder::new()
@@ -98,23 +107,41 @@ impl Supervisor {
             } else {
                 never()
             };
+            let lag = match self.unpublished {
+                Some(since) => {
+                    after((since + COUNTS_LAG).saturating_duration_since(Instant::now()))
+                }
+                None => never(),
+            };
             let env = select! {
                 recv(self.w.stop) -> _ => return,
                 recv(rx) -> e => match e {
                     Ok(e) => e,
                     Err(_) => return,
                 },
-                recv(self.w.outcomes) -> o => match o.ok().and_then(|o| self.of_verdict(&o)) {
-                    Some(msg) => Envelope { msg, reply: None },
-                    None => continue,
+                recv(self.w.outcomes) -> o => match o.map(|o| self.of_verdict(&o)) {
+                    Ok(Some(msg)) => Envelope { msg, reply: None },
+                    Ok(None) => continue,
+                    // The proxy is gone: no more answers (and no spinning).
+                    Err(_) => {
+                        self.w.outcomes = never();
+                        continue;
+                    }
                 },
                 recv(self.w.starved) -> m => match m {
                     Ok(m) => Envelope { msg: Msg::Starved(m), reply: None },
-                    Err(_) => continue,
+                    Err(_) => {
+                        self.w.starved = never();
+                        continue;
+                    }
                 },
                 recv(timer) -> _ => Envelope { msg: Msg::Tick, reply: None },
+                recv(lag) -> _ => {
+                    self.publish();
+                    continue;
+                }
             };
-            if let Some(Reply::Look(next)) = self.one(env, &rx) {
+            if let Some(Reply::Look(next)) = self.one(env) {
                 next_look = Instant::now() + next;
             }
         }
@@ -131,8 +158,11 @@ impl Supervisor {
     }
 
     /// Handle one message: decide, carry out, publish, answer.
-    fn one(&mut self, env: Envelope, rx: &Receiver<Envelope>) -> Option<Reply> {
+    fn one(&mut self, env: Envelope) -> Option<Reply> {
         let at = self.facts(&env.msg);
+        // A served or empty answer only counts (its verdict, when it has
+        // one, comes with actions): it may wait to be published.
+        let counts_only = matches!(&env.msg, Msg::Outcome(_)) && env.reply.is_none();
         let actions = self::core::handle(&mut self.state, env.msg, &at);
         let mut reply = None;
         let mut save = false;
@@ -146,10 +176,11 @@ impl Supervisor {
         if save {
             self.save(&at);
         }
-        // Readers see every change before its asker goes on; a burst of
-        // outcomes is published once it is handled.
-        let quiet = rx.is_empty() && self.w.outcomes.is_empty();
-        if env.reply.is_some() || quiet {
+        // Readers see every change before its asker goes on; answers'
+        // counts within `COUNTS_LAG`.
+        if counts_only && !save {
+            self.unpublished.get_or_insert_with(Instant::now);
+        } else {
             self.publish();
         }
         if let Some(tx) = env.reply {
@@ -224,7 +255,8 @@ impl Supervisor {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        self.unpublished = None;
         let snap = Arc::new(Snapshot {
             state: self.state.clone(),
             leases: self.w.leases.as_ref().map(|(_, s)| s.clone()),
