@@ -15,7 +15,6 @@ use log::warn;
 use super::msg::{Msg, Reply};
 use super::outcome;
 use super::snapshot::{Snapshot, View};
-use crate::book::Answer;
 use crate::dispatch::{ChildId, Dispatch};
 use crate::proxy::verdict::Verdict;
 
@@ -119,10 +118,12 @@ impl Handle {
     /// request's retry asks for a child); the others go through the outcome
     /// channel. Waits for the supervisor, bounded.
     pub fn exhausted(&self, child: ChildId, verdict: &Verdict, model: Option<&str>) {
+        // Every answer passes here: the others cost one comparison.
+        if !matches!(verdict, Verdict::Exhausted { .. }) {
+            return;
+        }
         if let Some(o) = outcome::of_verdict(child, verdict, model) {
-            if matches!(o.answer, Answer::Exhausted { .. }) {
-                self.ask(Msg::Outcome(o));
-            }
+            self.ask(Msg::Outcome(o));
         }
     }
 }
