@@ -621,83 +621,146 @@ fn slot_moves_table() {
     )));
 }
 
+/// The leases given back by `actions`.
+fn releases(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Release(r) => Some(r.profile.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Leasing, `a`, `b`, `c` on two slots; `granted` held and slot 0 running
+/// the first of them.
+fn leased(granted: &[&str]) -> State {
+    let mut st = fleet_with(&["a", "b", "c"], 2, leasing());
+    let names = granted.iter().map(|n| n.to_string()).collect();
+    handle(&mut st, Msg::LeaseGranted(names), &t(1));
+    handle(&mut st, next(0, Pick::Current), &t(1));
+    st
+}
+
+fn lease_rotates_out(st: &mut State) -> Vec<Action> {
+    handle(st, next(0, Pick::Rotate), &t(2))
+}
+
+fn lease_lost_then_rotates(st: &mut State) -> Vec<Action> {
+    make_ready(st, 0, &t(2));
+    let lost = Msg::LeaseLost {
+        profile: "c".into(),
+        why: "x".into(),
+    };
+    let mut out = handle(st, lost, &t(3));
+    make_gone(st, 0, &t(4));
+    out.extend(handle(st, next(0, Pick::Rotate), &t(4)));
+    out
+}
+
+fn lease_granted_late(st: &mut State) -> Vec<Action> {
+    handle(st, Msg::BeginShutdown, &t(2));
+    handle(st, Msg::LeaseGranted(vec!["a".into()]), &t(2))
+}
+
+fn lease_kept_by_the_slot(st: &mut State) -> Vec<Action> {
+    make_ready(st, 0, &t(2));
+    make_gone(st, 0, &t(3));
+    handle(st, next(0, Pick::Current), &t(3))
+}
+
+type LeaseRow = (
+    &'static str,
+    &'static [&'static str],
+    fn(&mut State) -> Vec<Action>,
+    &'static [&'static str],
+    &'static [&'static str],
+);
+
 #[test]
 fn lease_give_back_table() {
-    let held = |st: &State| {
-        st.leases
+    // (what, leases granted, what happens, leases given back, held after)
+    let rows: [LeaseRow; 4] = [
+        (
+            "a held profile leaving its slot gives its lease back",
+            &["c"],
+            lease_rotates_out,
+            &["c"],
+            &[],
+        ),
+        (
+            "a lost lease is not given back",
+            &["c"],
+            lease_lost_then_rotates,
+            &[],
+            &[],
+        ),
+        (
+            "granted while shutting down: given back at once",
+            &["c"],
+            lease_granted_late,
+            &["a"],
+            &["c"],
+        ),
+        (
+            "a profile that keeps its slot keeps its lease",
+            &["c"],
+            lease_kept_by_the_slot,
+            &[],
+            &["c"],
+        ),
+    ];
+    for (what, granted, scene, back, held) in rows {
+        let mut st = leased(granted);
+        let out = scene(&mut st);
+        assert_eq!(releases(&out), back.to_vec(), "{what}");
+        let now: Vec<&str> = st
+            .leases
             .as_ref()
             .unwrap()
             .iter()
-            .cloned()
-            .collect::<Vec<_>>()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(now, held.to_vec(), "{what}");
+        st.check().unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+}
+
+#[test]
+fn a_lost_lease_closes_the_route_first_and_demand_counts_free_slots() {
+    let mut st = leased(&["c"]);
+    make_ready(&mut st, 0, &t(2));
+    let lost = Msg::LeaseLost {
+        profile: "c".into(),
+        why: "x".into(),
     };
-    let releases = |out: &[Action]| {
-        out.iter()
-            .filter_map(|a| match a {
-                Action::Release(r) => Some(r.profile.clone()),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
+    let out = handle(&mut st, lost, &t(3));
+    let child = ChildId {
+        slot: 0,
+        generation: 1,
     };
-    // A held profile leaving its slot gives its lease back.
-    let mut st = fleet_with(&["a", "b", "c"], 2, leasing());
-    handle(&mut st, Msg::LeaseGranted(vec!["c".into()]), &t(1));
     assert_eq!(
-        ran(&handle(&mut st, next(0, Pick::Current), &t(1))).as_deref(),
-        Some("c")
+        out.first().map(|a| matches!(a, Action::Event { .. })),
+        Some(true)
     );
-    let out = handle(&mut st, next(0, Pick::Rotate), &t(2));
-    assert_eq!(
-        releases(&out),
-        vec!["c"],
-        "leaving its slot releases a held profile"
-    );
-    assert!(held(&st).is_empty());
-    // A lost lease closes the route and stops the child at once.
-    handle(&mut st, Msg::LeaseGranted(vec!["b".into()]), &t(3));
-    assert_eq!(
-        ran(&handle(&mut st, next(1, Pick::Current), &t(3))).as_deref(),
-        Some("b")
-    );
-    make_ready(&mut st, 1, &t(3));
-    let out = handle(
-        &mut st,
-        Msg::LeaseLost {
-            profile: "b".into(),
-            why: "x".into(),
-        },
-        &t(4),
-    );
-    assert!(
-        out.contains(&Action::Close(ChildId {
-            slot: 1,
-            generation: 1
-        })),
-        "lost: route closes"
-    );
-    assert!(out.iter().any(|a| matches!(
-        a,
-        Action::Tell {
-            slot: 1,
-            cmd: Cmd::LeaseLost { generation: 1, .. }
-        }
-    )));
-    make_gone(&mut st, 1, &t(5));
-    let out = handle(&mut st, next(1, Pick::Rotate), &t(5));
-    assert!(releases(&out).is_empty(), "a lost lease is not given back");
-    // Granted while shutting down: straight back.
-    handle(&mut st, Msg::BeginShutdown, &t(6));
-    let out = handle(&mut st, Msg::LeaseGranted(vec!["a".into()]), &t(6));
-    assert_eq!(
-        releases(&out),
-        vec!["a"],
-        "granted too late: given back at once"
-    );
-    // The demand: one more per slot without a lease, none when shutting down.
+    assert!(out.contains(&Action::Close(child)), "the route closes");
+    let stop = out.iter().any(|a| {
+        matches!(
+            a,
+            Action::Tell {
+                slot: 0,
+                cmd: Cmd::LeaseLost { generation: 1, .. }
+            }
+        )
+    });
+    assert!(stop, "the child stops at once, no drain");
     let mut st = fleet_with(&["a", "b", "c"], 2, leasing());
     let out = handle(&mut st, Msg::LeaseDemand, &t(1));
+    let wanted =
+        matches!(reply(&out), Some(Reply::Wanted { more: 2, candidates }) if candidates.len() == 3);
     assert!(
-        matches!(reply(&out), Some(Reply::Wanted { more: 2, candidates }) if candidates.len() == 3)
+        wanted,
+        "two slots want leases, three profiles could fill them"
     );
 }
 
