@@ -10,9 +10,9 @@
 # package that pulls `nginx` plus an extra module, so `nginx` is the
 # smallest). Without root or apt-get their columns are skipped, not the run.
 #
-# Usage: scripts/bench.sh [proxy|routing|supervision|fleet|hydrate ...]
-#        (default: proxy routing supervision fleet)
-# Env: BENCH_MEASURE_MS (proxy cell window, default 1500),
+# Usage: scripts/bench.sh [proxy|routing|supervision|fleet|hydrate|edge|dialect|hold ...]
+#        (default: proxy routing supervision fleet dialect)
+# Env: BENCH_MEASURE_MS (proxy and dialect cell window, default 1500),
 #      BENCH_ROUTING_MS (routing run window, default 3000),
 #      BENCH_FLEET_MS (fleet run window, default 6000),
 #      BENCH_FLEET_REPS (fleet repetitions, default 3).
@@ -50,7 +50,7 @@ fi
 
 benches=("$@")
 if [ "${#benches[@]}" -eq 0 ]; then
-    benches=(proxy routing supervision fleet)
+    benches=(proxy routing supervision fleet dialect)
 fi
 
 args=()

@@ -2,7 +2,8 @@
 # Install what the test suite needs on a fresh machine, then run all of it:
 # formatting and lints, the Rust unit and integration tests (the real
 # binaries against real test children, a real signature-checking S3 server,
-# the official OpenAI Python SDK; the real AI Studio proxy child, current and
+# the official OpenAI, Anthropic and Google Gen AI Python SDKs, the Claude Code
+# CLI; the real AI Studio proxy child, current and
 # older fork, from ../shared/realchild), the deployment checks (shellcheck,
 # hadolint, Kubernetes schemas) and, under CI=true or AISP_CONTAINER_SMOKE=1,
 # the real container run of scripts/container-smoke.sh. Exits non-zero if
@@ -35,6 +36,17 @@ fi
 say "Python venv (.venv) for the OpenAI SDK test and the deployment checks"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+
+# The Claude Code CLI for tests/dialect.rs, in a local prefix (ignored by
+# git); npm skips the download when the pinned version is there already.
+say "Claude Code CLI (.npm-tools)"
+if ! command -v npm >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+if [ ! -x .npm-tools/node_modules/.bin/claude ]; then
+    npm install --prefix .npm-tools --no-audit --no-fund --silent @anthropic-ai/claude-code@2
+fi
 
 # The real child (tests/upstream_child.rs): chromium (apt), a copy of each
 # flavour's source and its venv, in .realchild/ (ignored by git; idempotent).

@@ -506,6 +506,7 @@ fn new_proxy(cfg: &Config, key_file: Option<&std::path::Path>) -> Result<proxy::
             stream_idle_timeout: cfg.stream_idle_timeout,
             max_body_bytes: cfg.max_body_bytes,
             consecutive_5xx_to_evict: cfg.consecutive_5xx_to_evict,
+            hold_stream_head: cfg.hold_stream_head,
         },
     ))
 }

@@ -48,8 +48,59 @@ pub fn ready_body(snap: &Snapshot) -> (u16, serde_json::Value) {
     (if ok { 200 } else { 503 }, body)
 }
 
-pub fn ready(snap: &Snapshot, deprecated_alias: bool) -> Reply {
-    let (status, body) = ready_body(snap);
+/// The /ready body as anyone may see it when keys are configured: what
+/// probes and load balancers need (status, counts, per-slot state and
+/// ports) and no profile name, pid, reason (it may quote a process's
+/// command line), memory, queue or lease. The reference fields keep
+/// their type and length: `ready_children` and `unhealthy_children` list
+/// `slot-<i>` instead of profile names.
+pub fn public_body(snap: &Snapshot) -> (u16, serde_json::Value) {
+    let (status, full) = ready_body(snap);
+    let label = |want_ready: bool| -> Vec<String> {
+        snap.slots
+            .iter()
+            .filter(|s| (s.state == Phase::Ready) == want_ready && s.profile.is_some())
+            .map(|s| format!("slot-{}", s.slot))
+            .collect()
+    };
+    let slots: Vec<serde_json::Value> = snap
+        .slots
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "slot": s.slot,
+                "ports": s.ports,
+                "state": s.state,
+                "since_unix_ms": s.since_unix_ms,
+                "until_unix_ms": s.until_unix_ms,
+                "restarts": s.restarts,
+                "in_flight": s.in_flight,
+            })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "status": full["status"],
+        "ready_children": label(true),
+        "unhealthy_children": label(false),
+        "total_children": full["total_children"],
+        "shutting_down": full["shutting_down"],
+        "slots": slots,
+        "queue_length": full["queue_length"],
+        "in_flight": full["in_flight"],
+        "requests_waiting": full["requests_waiting"],
+        "detail": "profile names, pids and the queue are shown with the admin key",
+    });
+    (status, body)
+}
+
+/// `detail`: the whole body (no keys configured, or the admin key was
+/// presented); else [`public_body`].
+pub fn ready(snap: &Snapshot, deprecated_alias: bool, detail: bool) -> Reply {
+    let (status, body) = if detail {
+        ready_body(snap)
+    } else {
+        public_body(snap)
+    };
     let r = reply::json(status, &body).with_header(reply::header("Cache-Control", "no-store"));
     if deprecated_alias {
         r.with_header(reply::header(

@@ -8,7 +8,8 @@
 //! or a child follows the convention `slot <i>: ... profile <name> ... pid
 //! <pid>`, so they are read from the text instead of being passed twice.
 //! Nothing here adds content: no profile content or key is ever given to the
-//! logger in the first place.
+//! logger in the first place. Text lines have control characters escaped
+//! ([`one_line`]); JSON escapes them by itself.
 
 use std::io::Write;
 
@@ -29,7 +30,19 @@ pub fn init(format: Format) {
     b.target(env_logger::Target::Stderr);
     match format {
         Format::Text => {
-            b.format_timestamp_millis();
+            // env_logger's own layout, with control characters escaped: a
+            // line is one event, however a message was made.
+            b.format(|buf, record| {
+                let raw = record.args().to_string();
+                let message = one_line(&raw);
+                writeln!(
+                    buf,
+                    "[{} {:<5} {}] {message}",
+                    buf.timestamp_millis(),
+                    record.level(),
+                    record.target()
+                )
+            });
         }
         Format::Json => {
             b.format(|buf, record| {
@@ -47,7 +60,31 @@ pub fn init(format: Format) {
     let _ = b.try_init();
 }
 
-/// One log event as a JSON object.
+/// `message` with every control character (CR, LF, ESC, ...) written as
+/// an escape, so no text, whoever supplied it, splits a line or drives a
+/// terminal.
+pub fn one_line(message: &str) -> std::borrow::Cow<'_, str> {
+    if !message.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut out = String::with_capacity(message.len() + 8);
+    for c in message.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// One log event as a JSON object. Client text cannot set the lifted
+/// fields: the edge admits request ids, paths and model names only as
+/// single words without spaces (see `edge`), and each is logged inside
+/// parentheses or after its own keyword, never as a bare `slot`, `profile`
+/// or `pid` word.
 pub fn json_line(time: &str, level: &str, target: &str, message: &str) -> Value {
     let mut obj = Map::new();
     obj.insert("time".into(), json!(time));

@@ -9,7 +9,9 @@ mod book;
 mod config;
 mod console;
 mod control;
+mod dialect;
 mod dispatch;
+mod edge;
 mod events;
 mod fleet;
 mod health;
@@ -23,6 +25,7 @@ mod placement;
 mod private;
 mod process;
 mod proxy;
+mod random;
 mod recycle;
 mod reload;
 mod reply;
@@ -70,6 +73,11 @@ fn main() -> ExitCode {
         }
     };
     logging::init(cfg.log_format);
+    // Before any child exists: our environment holds the coordinator's
+    // secrets, and a child runs as our user.
+    if let Err(e) = process::env::harden() {
+        log::warn!("cannot make the coordinator non-dumpable (PR_SET_DUMPABLE): {e}; a child of the same user could read its environment");
+    }
     // A wrong child command is a configuration error: report it before
     // hydration, which may download from S3, logs, and replaces the cache.
     if !cfg.hydrate_only {

@@ -383,6 +383,21 @@ impl Metrics {
     }
 }
 
+/// `text` (a rendered scrape) with the per-key usage samples of every key
+/// but `label` left out: what a key holder may see.
+pub fn only_key_rows(text: &str, label: &str) -> String {
+    let own = format!("key=\"{label}\"");
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let per_key = line.starts_with("aistudioproxy_key_");
+        if !per_key || line.contains(&own) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// A webhook notification's outcome (see `notify`).
 pub fn notification(outcome: &'static str) {
     global()

@@ -93,7 +93,7 @@ impl Note {
         } else {
             format!(": {}", self.detail)
         };
-        format!("aistudioproxy: {what}{times}{detail}")
+        chat_safe(&format!("aistudioproxy: {what}{times}{detail}"))
     }
 
     pub fn body(&self) -> serde_json::Value {
@@ -107,6 +107,29 @@ impl Note {
             "at_unix_ms": self.at_unix_ms,
         })
     }
+}
+
+/// A chat line that names things only as text: `&`, `<` and `>` escaped
+/// as Slack and Mattermost require (so a profile named `<!channel>` pings
+/// nobody), `@everyone`/`@here` broken by a zero-width space (Discord,
+/// Teams), control characters shown as escapes.
+pub fn chat_safe(text: &str) -> String {
+    let escaped = text
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace("@everyone", "@\u{200b}everyone")
+        .replace("@here", "@\u{200b}here")
+        .replace("@channel", "@\u{200b}channel");
+    let mut out = String::with_capacity(escaped.len());
+    for c in escaped.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Which events become notes (pure; owns the crash counting).
@@ -416,6 +439,25 @@ mod tests {
         assert!(due[0].text().contains("(2 times)"));
         assert!(f.due(200_000).is_empty());
         assert!(f.offer(note("a", 3), 200_000).is_some(), "a new window");
+    }
+
+    #[test]
+    fn chat_text_cannot_ping_or_link() {
+        let n = Note {
+            kind: NoteKind::CrashLoop,
+            profile: Some("<!channel> & @here\x1b".into()),
+            slot: Some(1),
+            detail: "<@U123>".into(),
+            at_unix_ms: 0,
+            count: 1,
+        };
+        let t = n.text();
+        assert!(
+            !t.contains('<') && !t.contains('>') && !t.contains("@here"),
+            "{t}"
+        );
+        assert!(t.contains("&lt;!channel&gt; &amp;"), "{t}");
+        assert!(!t.contains('\x1b'), "{t}");
     }
 
     #[test]

@@ -78,6 +78,9 @@ pub fn parse_url(url: &str) -> Result<ProxyUrl, &'static str> {
             if i == 0 {
                 return Err("empty credentials before @");
             }
+            if !authority[..i].bytes().all(is_userinfo_byte) {
+                return Err("the credentials hold a character that must be percent-encoded (%XX)");
+            }
             &authority[i + 1..]
         }
         None => authority,
@@ -111,8 +114,18 @@ pub fn parse_url(url: &str) -> Result<ProxyUrl, &'static str> {
     })
 }
 
-/// `text` with the user and password of every `scheme://user:pass@host`
-/// in it replaced by `***`. Borrowed when there is nothing to hide.
+/// RFC 3986 `userinfo`: unreserved, percent escapes, sub-delims and `:`;
+/// an `@` of the password must be encoded too, but the last `@` is taken
+/// as the separator, so one left raw still parses and is still hidden.
+fn is_userinfo_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:@".contains(&b)
+}
+
+/// `text` with everything between `scheme://` and the last `@` before the
+/// next whitespace (the user and password of a `scheme://user:pass@host`,
+/// whatever their characters) replaced by `***`; an `@` further on in a
+/// path hides the path too, which is the safe side. Borrowed when there is
+/// nothing to hide.
 pub fn redact(text: &str) -> Cow<'_, str> {
     match redact_bytes(text.as_bytes()) {
         Cow::Borrowed(_) => Cow::Borrowed(text),
@@ -131,11 +144,11 @@ pub fn redact_bytes(text: &[u8]) -> Cow<'_, [u8]> {
     let mut at = Some(first);
     while let Some(sep) = at {
         let start = sep + 3;
-        // The authority ends at a path, a query, a fragment, a space, a
-        // quote or the end of the line.
+        // Credentials may hold any character but whitespace (a quote, a
+        // slash, a bracket): the span ends at whitespace or the end only.
         let end = text[start..]
             .iter()
-            .position(|b| b"/?#\"'<> \t\r\n`".contains(b))
+            .position(|b| b.is_ascii_whitespace() || b.is_ascii_control())
             .map_or(text.len(), |i| start + i);
         if let Some(at_sign) = text[start..end].iter().rposition(|b| *b == b'@') {
             let buf = out.get_or_insert_with(|| Vec::with_capacity(text.len()));
@@ -193,6 +206,15 @@ pub fn parse(text: &str) -> Result<Table, LineError> {
         }
         let mut words = content.split_whitespace();
         let name = words.next().unwrap_or_default().to_string();
+        if name.contains("://") || name.contains('@') {
+            // A URL where the name belongs: never echoed (it may hold
+            // credentials).
+            return Err(LineError {
+                line,
+                profile: None,
+                why: "a line must start with a profile name, then its proxy URL".into(),
+            });
+        }
         let err = |why: String| LineError {
             line,
             profile: Some(name.clone()),
@@ -417,6 +439,17 @@ mod tests {
             assert!(!shown.contains("secretpw"), "credentials echoed: {shown}");
             assert!(!shown.contains('\n'), "one line: {shown}");
         }
+        // A line with only a URL: the URL is not taken for a name and shown.
+        for text in ["http://u:secretpw@h:1\n", "u:secretpw@h:1 x\n"] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.profile, None, "{text:?}");
+            assert!(!e.to_string().contains("secretpw"), "{e}");
+        }
+        // Characters that need escaping in a password are refused, unechoed.
+        let e = parse("a http://u:se\"cret<pw>@h:1\n").unwrap_err();
+        assert!(e.to_string().contains("percent-encoded"), "{e}");
+        assert!(!e.to_string().contains("cret"), "{e}");
+        assert!(parse("a http://u:se%22cret@h:1\n").is_ok());
     }
 
     #[test]
@@ -428,13 +461,16 @@ mod tests {
             ("http://token@h:1/", "http://***@h:1/"),
             (
                 "Env var UNIFIED_PROXY_CONFIG: socks5://u:p@w@h:1 and https://a:b@x:2/path?q=c@d",
-                "Env var UNIFIED_PROXY_CONFIG: socks5://***@h:1 and https://***@x:2/path?q=c@d",
+                "Env var UNIFIED_PROXY_CONFIG: socks5://***@h:1 and https://***@d",
             ),
             ("'http://u:p@h:1'", "'http://***@h:1'"),
             (
-                "mail me@host, see http://h/a@b",
-                "mail me@host, see http://h/a@b",
+                "mail me@host, see http://h/a b@c",
+                "mail me@host, see http://h/a b@c",
             ),
+            // Whatever the password holds, up to the last @.
+            ("x=http://u:p\"'<>`/?#w@h:1 y", "x=http://***@h:1 y"),
+            ("\"http://u:a\"b@h:1\"", "\"http://***@h:1\""),
             ("trailing ://", "trailing ://"),
         ];
         for (text, want) in table {

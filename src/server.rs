@@ -1,13 +1,15 @@
 //! The HTTP front door on COORDINATOR_HOST:COORDINATOR_PORT: a tiny_http
 //! server and an elastic pool of named worker threads looping on `recv()`.
 //!
-//! Probes are answered inline by whichever worker receives them. Proxied
-//! requests can hold a worker for minutes, so the pool grows: whenever a
-//! worker takes a request and no other worker is idle, it starts another
-//! (up to `max`), and surplus idle workers retire. At the cap, proxied
-//! requests are refused with 503 rather than taking the last idle worker,
-//! so probes always find one. A panic in a handler becomes a 500 for that
-//! request, never a dead worker.
+//! Probes never reach a worker: they are answered on the client
+//! connection's own thread, before the request is queued (see `probes`).
+//! Every other request is first checked at the edge (see `crate::edge`;
+//! a failure is the client's 400, and closes). Proxied requests can hold a
+//! worker for minutes, so the pool grows: whenever a worker takes a
+//! request and no other worker is idle, it starts another (up to `max`),
+//! and surplus idle workers retire. At the cap, proxied requests are
+//! refused with 503 rather than taking the last idle worker. A panic in a
+//! handler becomes a 500 for that request, never a dead worker.
 //!
 //! # What a client connection costs, and what bounds it
 //!
@@ -45,7 +47,8 @@
 //! 3,000 half-heads cost at most 3,000 threads for 30 s by default, never
 //! more than `MAX_CONNECTIONS`, and none of the workers.
 //!
-//! A request refused before its body is read (413, 401, a reserve 503) is
+//! A request answered before its body is read to its end (413, 401, 404,
+//! a 400 of the edge, a reserve 503: any answer, tiny_http sees to it) is
 //! answered with `Connection: close`, then the connection closes with a
 //! bounded lingering close (tiny_http's `Linger`: our side shut, the rest
 //! read and discarded up to 64 MiB, 5 s in all, 1 s of silence), so clients
@@ -69,11 +72,12 @@ use tiny_http::{Admission, Method, Request};
 
 use crate::admin::{self, http::AdminKey};
 use crate::control::Fleet;
-use crate::health;
 use crate::metrics;
 use crate::proxy::Proxy;
 use crate::reply::{self, ApiError};
 use crate::supervisor::Handle;
+
+mod probes;
 
 /// A client silent this long mid-upload, or not reading what we send for
 /// this long, is dropped (per read or write; waiting for a head is bounded
@@ -234,6 +238,12 @@ impl HttpServer {
                         "cannot start the HTTP server on {host}:{port}: {e}"
                     ))
                 })?;
+        app.proxy.set_admin_key(app.admin_key.clone());
+        server.set_inline(probes::inline_hook(
+            app.pool.clone(),
+            app.proxy.clone(),
+            app.admin_key.clone(),
+        ));
         let shared = Arc::new(Shared {
             server,
             app,
@@ -430,36 +440,39 @@ fn route(holder: &mut Option<Request>, app: &App, spare_ok: bool) {
         let _ = rq.respond(ApiError::HeadersTooLarge.reply("request headers exceed 64 KiB"));
         return;
     }
-    let path = rq.url().split('?').next().unwrap_or("").to_string();
-    let probe = matches!(rq.method(), Method::Get | Method::Head);
-    if rq.in_reserve() && !(probe && matches!(path.as_str(), "/live" | "/ready" | "/health")) {
-        // A place kept for probes: nothing else may hold it.
+    // Probes and the reserve are answered on the connection's own thread
+    // (see `probes`); one that got here in the moment before the hook was
+    // set is answered the same way.
+    let Some(rq) = probes::answer(rq, &app.pool, &app.proxy, app.admin_key.as_ref()) else {
+        return;
+    };
+    if let Err(why) = crate::edge::check(&rq) {
+        // The client's fault, found before anything else looked at it: the
+        // answer closes the connection, and a body is never read.
         let mut rq = rq;
         rq.refuse_body();
-        let _ =
-            rq.respond(ApiError::Overloaded.reply(
-                "the coordinator is at its connection limit (MAX_CONNECTIONS); retry shortly",
-            ));
+        let _ = rq.respond(ApiError::BadRequest.reply(&why.to_string()));
         return;
     }
+    let path = rq.url().split('?').next().unwrap_or("").to_string();
+    let probe = matches!(rq.method(), Method::Get | Method::Head);
     match path.as_str() {
-        "/live" if probe => {
-            let _ = rq.respond(health::live());
-        }
-        "/ready" if probe => {
-            let _ = rq.respond(health::ready(&app.pool.view(), false));
-        }
-        "/health" if probe => {
-            let _ = rq.respond(health::ready(&app.pool.view(), true));
-        }
         "/metrics" if probe => {
-            if !app.metrics_open && !app.proxy.key_ok(&rq) {
+            let admin = app
+                .admin_key
+                .as_ref()
+                .is_some_and(|k| admin::http::offers(&rq, k));
+            if !app.metrics_open && !admin && !app.proxy.key_ok(&rq) {
                 let _ = rq.respond(ApiError::InvalidApiKey.reply(
-                    "/metrics needs an API key (send Authorization: Bearer <key>), or set METRICS_OPEN=true",
+                    "/metrics needs an API key or the admin key (send Authorization: Bearer <key>), or set METRICS_OPEN=true",
                 ));
                 return;
             }
-            let text = metrics::global().render(&app.fleet.metrics_view());
+            let mut text = metrics::global().render(&app.fleet.metrics_view());
+            if let (false, Some(label)) = (admin, app.proxy.key_label(&rq)) {
+                // A key holder sees its own usage row, no other key's.
+                text = metrics::only_key_rows(&text, &label);
+            }
             let _ = rq.respond(
                 tiny_http::Response::from_string(text).with_header(reply::header(
                     "Content-Type",
@@ -472,7 +485,7 @@ fn route(holder: &mut Option<Request>, app: &App, spare_ok: bool) {
             let answer = admin::http::handle(&mut rq, app.admin_key.as_ref(), app.fleet.as_ref());
             let _ = rq.respond(answer);
         }
-        p if p.starts_with("/v1/") || p == "/v1" => {
+        p if p.starts_with("/v1/") || p == "/v1" || p.starts_with("/v1beta/") => {
             if !spare_ok {
                 let _ = rq
                     .respond(ApiError::Overloaded.reply(

@@ -769,7 +769,14 @@ fn children_get_the_key_file_and_headless_false() {
     let dir = TestDir::new("children_get_the_key_file_and_headless_false");
     dir.write_profiles(&["a"]);
     dir.write_key("sk-test-key\n");
-    let c = Coordinator::start(&dir, Builder::new().pool_size(1).env("HEADLESS", "false"));
+    let c = Coordinator::start(
+        &dir,
+        Builder::new()
+            .pool_size(1)
+            .env("HEADLESS", "false")
+            // /ready names profiles and pids to the admin key only.
+            .env("ADMIN_KEY", "adm-test"),
+    );
     c.wait_all_ready(secs(10.0));
     let info = child_info(&c, 0);
     assert_eq!(info["headless"], false);

@@ -194,8 +194,10 @@ fn models_a_profile_of_no_use_for_what_is_asked_is_rotated_out() {
     let (status, who, r) = ask(port, PRO, "pro please");
     assert_eq!((status, who.as_str()), (200, "b"), "{}", r.body);
     assert_eq!(c.slots()[0].profile.as_deref(), Some("b"));
+    // Queued, not cooling as a whole: it serves any other model.
     let a = profile_json(&c, "a");
-    assert_eq!(a["state"], "cooling", "{a}");
+    assert_eq!(a["state"], "queued", "{a}");
+    assert_eq!(a["cools_for"], json!([PRO]), "{a}");
     assert_eq!(cooled(&c, "a"), vec![PRO]);
     assert!(c.stderr().contains("it is rotated out"), "{}", c.stderr());
 }

@@ -198,7 +198,9 @@ fn metrics_parse_as_openmetrics_and_count_what_the_fleet_did() {
         &dir,
         Builder::new()
             .pool_size(1)
-            .env("CONSECUTIVE_5XX_TO_EVICT", 1),
+            .env("CONSECUTIVE_5XX_TO_EVICT", 1)
+            // /ready names profiles and pids to the admin key only.
+            .env("ADMIN_KEY", "adm-test"),
     );
     let alice = wait_slot_ready(&c, 0, "alice", 10.0);
 
@@ -654,19 +656,28 @@ fn ctl_reset_clears_a_cooldown() {
     let alice = profile_of(&s, "alice")
         .expect("alice in the status")
         .clone();
-    assert_eq!(alice["state"], "cooling", "{s}");
-    assert!(alice["cooldown_left_s"].as_u64().unwrap() > 60, "{alice}");
+    // Her answers named their model: that model cools, not her account.
+    assert_eq!(alice["state"], "queued", "{s}");
+    assert_eq!(alice["cools_for"], json!(["gemini-test"]), "{alice}");
+    assert!(
+        alice["model_cooldowns"][0]["left_s"].as_u64().unwrap() > 60,
+        "{alice}"
+    );
     let t = ctl(&dir, &["status"]).ok().stdout;
-    assert!(t.contains("cooling: alice ("), "{t}");
+    assert!(
+        t.contains("rotation queue: alice (cools for gemini-test)"),
+        "{t}"
+    );
+    assert!(t.contains("cooling for model gemini-test: alice ("), "{t}");
     let m = scrape(&c, None);
     assert_eq!(
         m.get("aistudioproxy_profiles", &[("state", "cooling")]),
-        Some(1.0)
+        Some(0.0)
     );
     assert!(
         m.n(
-            "aistudioproxy_cooldown_seconds_left",
-            &[("profile", "alice")]
+            "aistudioproxy_model_cooldown_seconds_left",
+            &[("profile", "alice"), ("model", "gemini-test")]
         ) > 60.0
     );
 
@@ -677,11 +688,11 @@ fn ctl_reset_clears_a_cooldown() {
     );
     let s = status(&dir);
     assert_eq!(profile_state(&s, "alice").as_deref(), Some("queued"), "{s}");
-    assert!(!ctl(&dir, &["status"]).ok().stdout.contains("cooling:"));
-    let m = scrape(&c, None);
+    assert!(!ctl(&dir, &["status"]).ok().stdout.contains("cooling"));
     assert_eq!(
-        m.get("aistudioproxy_profiles", &[("state", "cooling")]),
-        Some(0.0)
+        profile_of(&s, "alice").unwrap()["cools_for"],
+        json!(null),
+        "{s}"
     );
     // And she runs again at the next rotation.
     ctl(&dir, &["rotate", "0"]).ok();
@@ -836,7 +847,11 @@ fn reload_adds_removes_and_changes_profiles_and_keys_on_sighup_and_ctl() {
     dir.write_key("old-key\n");
     let c = Coordinator::start(
         &dir,
-        Builder::new().pool_size(2).env("METRICS_OPEN", "true"),
+        Builder::new()
+            .pool_size(2)
+            .env("METRICS_OPEN", "true")
+            // /ready names profiles and pids to the admin key only.
+            .env("ADMIN_KEY", "adm-test"),
     );
     let alice = wait_slot_ready(&c, 0, "alice", 10.0);
     let bob = wait_slot_ready(&c, 1, "bob", 10.0);

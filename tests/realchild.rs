@@ -352,7 +352,9 @@ fn an_operators_key_file_is_used_and_a_missing_one_refused() {
         &dir,
         Builder::new()
             .pool_size(1)
-            .env("AUTH_KEY_FILE_PATH", keys.display()),
+            .env("AUTH_KEY_FILE_PATH", keys.display())
+            // /ready names profiles and pids to the admin key only.
+            .env("ADMIN_KEY", "adm-test"),
     );
     c.wait_all_ready(secs(10.0));
     let body = json!({"model": "gemini-test", "messages": [{"role": "user", "content": "hi"}]});

@@ -425,6 +425,21 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// ` (cools for m1, m2)` when profile `p` cools for some models, else empty.
+fn cools_for(p: &Value) -> String {
+    let models: Vec<String> = p["cools_for"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    if models.is_empty() {
+        String::new()
+    } else {
+        format!(" (cools for {})", models.join(", "))
+    }
+}
+
 /// The status answer as a table a person reads at a glance.
 pub fn status_table(status: &Value, now: SystemTime) -> String {
     let now_ms = now
@@ -523,7 +538,7 @@ fn profiles_lines(status: &Value, out: &mut String) {
     };
     let queued: Vec<String> = named("queued")
         .iter()
-        .map(|p| text(&p["profile"]))
+        .map(|p| text(&p["profile"]) + &cools_for(p))
         .collect();
     out.push_str(&format!(
         "rotation queue: {}\n",
@@ -674,6 +689,7 @@ mod tests {
             "profiles": [
                 {"profile": "alice", "state": "running"},
                 {"profile": "carol", "state": "queued"},
+                {"profile": "hal", "state": "queued", "cools_for": ["gemini-2.5-pro"]},
                 {"profile": "dave", "state": "cooling", "reason": "exhausted", "cooldown_left_s": 3480},
                 {"profile": "eve", "state": "disabled"},
                 {"profile": "fay", "state": "needs_login", "needs_login": {"why": "its 3 Google session cookies have all expired"}},
@@ -695,7 +711,10 @@ mod tests {
         );
         assert!(lines[2].contains("camoufox port 127.0.0.1:9223 is in use"));
         assert!(t.contains("queue: 2 waiting, oldest 1.2s"));
-        assert!(t.contains("rotation queue: carol"));
+        assert!(
+            t.contains("rotation queue: carol, hal (cools for gemini-2.5-pro)"),
+            "{t}"
+        );
         assert!(t.contains("cooling: dave (exhausted, 58m00s left)"));
         assert!(t.contains("disabled: eve"));
         assert!(

@@ -17,6 +17,24 @@ use crate::reply::{self, Reply};
 
 pub use crate::config::AdminKey;
 
+/// Whether `rq` presents the admin key `key`.
+/// Every header that may carry it is looked at: a request may carry an
+/// API key in `Authorization` and the admin key in `X-Admin-Key`.
+pub fn offers(rq: &Request, key: &AdminKey) -> bool {
+    let mut found = false;
+    for h in rq.headers() {
+        let offered = if h.field.equiv("Authorization") {
+            h.value.as_str().strip_prefix("Bearer ")
+        } else if h.field.equiv("X-Admin-Key") {
+            Some(h.value.as_str())
+        } else {
+            None
+        };
+        found |= offered.is_some_and(|k| key.matches(k));
+    }
+    found
+}
+
 fn offered_key(rq: &Request) -> Option<String> {
     rq.headers().iter().find_map(|h| {
         if h.field.equiv("Authorization") {
@@ -42,6 +60,7 @@ pub fn handle(rq: &mut Request, key: Option<&AdminKey>, control: &dyn Control) -
         }
     }
     if !offered_key(rq).is_some_and(|k| key.matches(&k)) {
+        super::refusals::refused("a missing or wrong admin key on /admin/");
         return reply::json(
             401,
             &proto::error("admin key missing or wrong: send Authorization: Bearer <ADMIN_KEY>"),

@@ -10,6 +10,7 @@
 pub mod ctl;
 pub mod http;
 pub mod proto;
+pub mod refusals;
 pub mod socket;
 
 use std::fmt;

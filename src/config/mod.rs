@@ -60,6 +60,8 @@ pub struct Config {
     pub http_workers: usize,
     pub request_timeout: Duration,
     pub stream_idle_timeout: Duration,
+    /// Hold a streamed completion's head until its answer begins.
+    pub hold_stream_head: bool,
     pub max_body_bytes: u64,
     /// A request head must be whole within this (of the accept, or of its
     /// first byte on a kept-alive connection).
@@ -203,6 +205,7 @@ impl Config {
             http_workers: v.int("HTTP_WORKERS") as usize,
             request_timeout: v.secs("REQUEST_TIMEOUT_S"),
             stream_idle_timeout: v.secs("STREAM_IDLE_TIMEOUT_S"),
+            hold_stream_head: v.flag("HOLD_STREAM_HEAD"),
             max_body_bytes: v.int("MAX_BODY_BYTES"),
             header_timeout: v.secs("HEADER_TIMEOUT_S"),
             keepalive_timeout: v.secs("KEEPALIVE_TIMEOUT_S"),

@@ -310,6 +310,13 @@ pub const SETTINGS: &[Setting] = &[
         doc: "longest silence of a child after its answer head before it is cut off",
     },
     Setting {
+        env: "HOLD_STREAM_HEAD",
+        default: Some("true"),
+        kind: Kind::Bool,
+        summary: "hold a streamed answer's head until it carries content, so an empty one is served by another account: true or false",
+        doc: "hold a streamed completion's head until its answer carries content, so an empty one (an account out of quota) is served by another account; `false` relays the head at once (see [Profile health](../README.md#profile-health-and-cooldowns))",
+    },
+    Setting {
         env: "MAX_INFLIGHT_PER_CHILD",
         default: Some("1"),
         kind: Kind::Int { min: 0, max: 100_000 },

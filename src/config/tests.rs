@@ -45,6 +45,7 @@ fn defaults_follow_the_spec() {
         }
     );
     assert!(c.headless);
+    assert!(c.hold_stream_head);
     assert_eq!(c.pool_size, 2);
     assert_eq!(c.ready_timeout, Duration::from_secs(60));
     assert_eq!(c.child_command, vec!["python", "launch_camoufox.py"]);
@@ -267,6 +268,10 @@ fn bad_values_name_the_variable_and_the_accepted_values() {
     assert_eq!(
         err(&[], &[("HEADLESS", "maybe")]),
         "invalid HEADLESS=\"maybe\": expected true or false"
+    );
+    assert_eq!(
+        err(&[], &[("HOLD_STREAM_HEAD", "sometimes")]),
+        "invalid HOLD_STREAM_HEAD=\"sometimes\": expected true or false"
     );
     assert!(err(&[], &[("BASE_API_PORT", "65535")]).contains("past 65535"));
     assert!(err(&[], &[("BASE_STREAM_PORT", "3101")]).contains("port 3101 is used twice"));

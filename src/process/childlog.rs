@@ -10,6 +10,8 @@
 //! account signs in the log (see `logsigns`) go to the slot's watcher.
 //!
 //! Credentials inside URLs (`scheme://user:pass@host`) are written as `***`.
+//! Files are 0600 in a 0700 directory: only the coordinator's user reads
+//! them.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -57,15 +59,18 @@ impl RotatingLog {
 
     fn reopen(&mut self) {
         if let Some(dir) = self.path.parent() {
-            let _ = fs::create_dir_all(dir);
+            // Private: a child's log can hold what its account shows.
+            let _ = crate::private::make_dir(dir);
         }
         match OpenOptions::new()
             .create(true)
             .append(true)
-            .mode(0o640)
+            .mode(0o600)
             .open(&self.path)
         {
             Ok(f) => {
+                // A file left by an older version may be wider.
+                let _ = f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600));
                 self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
                 self.file = Some(f);
             }

@@ -6,9 +6,19 @@
 //! - every `AWS_*` variable (keys, session tokens, the container and
 //!   web-identity credential variables, profile and config file selectors,
 //!   regions and endpoints);
-//! - `ADMIN_KEY` and `ADMIN_KEY_FILE`;
+//! - every admin setting (`ADMIN_*`: the key, its file, the socket path);
+//! - every notification setting (`NOTIFY_*`: the webhook URL holds its
+//!   token, or names the file that does);
+//! - `PROFILE_PROXIES_FILE` (every account's proxy credentials; a child gets
+//!   its own proxy alone, below) and `LOCAL_PROFILE_DIR` (every account's
+//!   profile; a child is handed its own);
 //! - the S3 settings (`AUTH_PROFILE_S3_*`);
 //! - `AUTH_KEY_FILE_PATH` and our own tag variable, which are set anew.
+//!
+//! The coordinator's own environment is out of a child's reach too: the
+//! coordinator makes itself non-dumpable at start (`harden`), so
+//! `/proc/<coordinator>/environ` and its memory cannot be read by a
+//! process of the same user.
 //!
 //! Everything else passes through unchanged: operators configure the
 //! browser's proxy (`HTTP_PROXY`, `HTTPS_PROXY`, ...) and the child's own
@@ -33,13 +43,13 @@ use super::tree;
 
 /// Variables removed from what the coordinator passes on.
 const WITHHELD: &[&str] = &[
-    "ADMIN_KEY",
-    "ADMIN_KEY_FILE",
     "AUTH_KEY_FILE_PATH",
+    "PROFILE_PROXIES_FILE",
+    "LOCAL_PROFILE_DIR",
     tree::VAR,
 ];
 /// Prefixes of withheld variables.
-const WITHHELD_PREFIXES: &[&str] = &["AWS_", "AUTH_PROFILE_S3_"];
+const WITHHELD_PREFIXES: &[&str] = &["AWS_", "AUTH_PROFILE_S3_", "ADMIN_", "NOTIFY_"];
 /// What the child reads for its browser's proxy, in its order of precedence.
 pub const PROXY_VARS: &[&str] = &["UNIFIED_PROXY_CONFIG", "HTTP_PROXY", "HTTPS_PROXY"];
 /// Set for the child unless the operator chose otherwise.
@@ -47,6 +57,22 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("AUTO_ROTATE_AUTH_PROFILE", "false"),
     ("AUTO_AUTH_ROTATION_ON_STARTUP", "false"),
 ];
+
+/// Make this process non-dumpable (`PR_SET_DUMPABLE` 0): processes of the
+/// same user, our children among them, can then neither read its
+/// `/proc/<pid>/environ` or memory nor attach to it. Children are not
+/// affected (`execve` makes them dumpable again). Returns the error, if
+/// any, for the caller to log.
+pub fn harden() -> Result<(), std::io::Error> {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes no pointers and only changes
+    // this process's dumpable flag.
+    let r = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
 
 pub fn withheld(name: &str) -> bool {
     WITHHELD.contains(&name) || WITHHELD_PREFIXES.iter().any(|p| name.starts_with(p))
@@ -104,6 +130,11 @@ mod tests {
                 ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://x"),
                 ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
                 ("ADMIN_KEY", "a"),
+                ("ADMIN_KEY_FILE", "/a"),
+                ("NOTIFY_WEBHOOK_URL", "https://hooks/T/secret"),
+                ("NOTIFY_WEBHOOK_URL_FILE", "/n"),
+                ("PROFILE_PROXIES_FILE", "/p"),
+                ("LOCAL_PROFILE_DIR", "/profiles"),
                 ("AUTH_PROFILE_S3_BUCKET", "b"),
                 ("AUTH_KEY_FILE_PATH", "/missing"),
                 ("AISTUDIOPROXY_CHILD", "forged"),
@@ -122,6 +153,11 @@ mod tests {
             "AWS_CONTAINER_CREDENTIALS_FULL_URI",
             "AWS_WEB_IDENTITY_TOKEN_FILE",
             "ADMIN_KEY",
+            "ADMIN_KEY_FILE",
+            "NOTIFY_WEBHOOK_URL",
+            "NOTIFY_WEBHOOK_URL_FILE",
+            "PROFILE_PROXIES_FILE",
+            "LOCAL_PROFILE_DIR",
             "AUTH_PROFILE_S3_BUCKET",
         ] {
             assert_eq!(get(&env, gone), None, "{gone} reached the child");
@@ -140,6 +176,26 @@ mod tests {
         let mut dedup = names.clone();
         dedup.dedup();
         assert_eq!(names.len(), dedup.len(), "each variable once");
+    }
+
+    /// In a forked copy of the test process, so the test binary itself
+    /// stays dumpable; the child only calls prctl and _exit.
+    #[test]
+    fn harden_makes_the_process_non_dumpable() {
+        // SAFETY: fork in a test; the child calls only async-signal-safe
+        // functions (prctl, _exit) on the success path.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                let ok = harden().is_ok() && libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) == 0;
+                libc::_exit(if ok { 0 } else { 1 });
+            }
+            let mut status = 0;
+            assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+            assert_eq!(libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0), 1);
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! child's environment holds (`env`), whether a slot's ports are free and who
 //! holds them (`ports`), the child's log files (`childlog`), the account
 //! signs read from its log lines (`logsigns`), the reaping of orphans
-//! (`reaper`) and the memory a child's tree holds (`rss`).
+//! (`reaper`), the memory a child's tree holds (`rss`) and whether its
+//! browser, in a session of its own, still lives (`sessions`).
 //!
 //! Nothing here decides which profile runs where; the watchers do, and ask
 //! these modules to carry it out.
@@ -17,4 +18,5 @@ pub mod ports;
 pub mod proc;
 pub mod reaper;
 pub mod rss;
+pub mod sessions;
 pub mod tree;

@@ -50,28 +50,41 @@ pub fn has_unread_body(rq: &Request) -> bool {
 /// Answer `rq` with `err` before (or instead of) reading the rest of its
 /// body; a request without a body left unread is answered as usual and its
 /// connection kept.
-pub fn refuse(mut rq: Request, rid: &str, err: ApiError, msg: &str) {
+pub fn refuse(rq: Request, rid: &str, err: ApiError, msg: &str) {
+    refuse_with(rq, rid, err.status(), &err.body(msg), err.retry_after());
+}
+
+/// [`refuse`] with this status and JSON body (another dialect's error).
+pub fn refuse_with(
+    mut rq: Request,
+    rid: &str,
+    status: u16,
+    body: &serde_json::Value,
+    retry_after: Option<&str>,
+) {
     if !has_unread_body(&rq) {
-        let _ = rq.respond(
-            err.reply(msg)
-                .with_header(crate::reply::header("X-Request-Id", rid)),
-        );
+        let mut r =
+            crate::reply::json(status, body).with_header(crate::reply::header("X-Request-Id", rid));
+        if let Some(after) = retry_after {
+            r = r.with_header(crate::reply::header("Retry-After", after));
+        }
+        let _ = rq.respond(r);
         return;
     }
     rq.refuse_body();
-    // Written by hand, as the relay writes heads: the raw writer carries no
-    // `Connection` header of tiny_http's, and this connection is not reused.
-    let body = err.body(msg).to_string().into_bytes();
+    let body = body.to_string().into_bytes();
     let mut headers = vec![
         ("Content-Type".to_string(), b"application/json".to_vec()),
         ("X-Request-Id".to_string(), rid.as_bytes().to_vec()),
     ];
-    if let Some(after) = err.retry_after() {
+    if let Some(after) = retry_after {
         headers.push(("Retry-After".to_string(), after.as_bytes().to_vec()));
     }
+    // Written by hand, as the relay writes heads: the raw writer carries no
+    // `Connection` header of tiny_http's, and this connection is not reused.
     let mut w = rq.into_writer();
     let framing = Framing::Length(body.len() as u64);
-    if relay::write_head(&mut w, err.status(), &headers, framing, true).is_ok() {
+    if relay::write_head(&mut w, status, &headers, framing, true).is_ok() {
         let _ = w.write_all(&body).and_then(|_| w.flush());
     }
 }

@@ -5,13 +5,20 @@
 //! closed and its client's answer ended. Any other id is taken for a
 //! child's own request id and sent to every ready child at once: 200 names
 //! the children that acknowledged, 404 when none did.
+//!
+//! Whose request: with API keys, a cancel reaches only requests made with
+//! the caller's own key (compared by keyed fingerprint), and a child's own
+//! id is sent only to the children running a request of that key; another
+//! key's request is answered 404 exactly like an unknown one, so ids
+//! cannot be probed. The admin key cancels any request. Without keys there
+//! is no owner to check.
 
 use std::time::Duration;
 
 use crate::dispatch::Dispatch;
 use crate::reply::{self, ApiError, Reply};
 
-use super::requests::Registry;
+use super::requests::{Caller, Registry};
 
 /// `req_id` is the raw (still percent-encoded) path segment, forwarded as is.
 pub fn cancel(
@@ -20,15 +27,21 @@ pub fn cancel(
     dispatch: &Dispatch,
     req_id: &str,
     auth: &[(String, Vec<u8>)],
+    caller: Caller,
 ) -> Reply {
-    let done = registry.cancel(&percent_decode(req_id), dispatch);
+    let done = registry.cancel(&percent_decode(req_id), caller, dispatch);
     if !done.is_empty() {
         return reply::json(
             200,
             &serde_json::json!({ "success": true, "req_id": req_id, "cancelled": done }),
         );
     }
-    let targets = dispatch.ready();
+    let mut targets = dispatch.ready();
+    if let Caller::Owner(Some(owner)) = caller {
+        // A child's own id: only children serving this key's requests.
+        let mine = registry.slots_running(owner);
+        targets.retain(|(slot, _, _)| mine.contains(slot));
+    }
     let acked: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = targets
             .iter()

@@ -109,6 +109,15 @@ impl Conn {
     }
 }
 
+/// A failed exchange with a child, in a log's words.
+pub fn describe(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::ConnectionFailed => "connection refused".to_string(),
+        ureq::Error::Timeout(t) => format!("silent too long ({t})"),
+        other => other.to_string(),
+    }
+}
+
 /// Wraps each transport so its reads honour the agent's idle cell.
 struct IdleCap {
     idle_ms: Arc<AtomicU64>,

@@ -10,28 +10,33 @@
 //! older fork's internal timeout) rotates its profile gracefully instead.
 //!
 //! A request taken back from a child whose log said its account ran out
-//! (see `requests`) is served by another child; that costs no retry, up to
-//! `MAX_RECLAIMS` times. A client that leaves ends its request at once, and
-//! the child's connection with it. Other 5xx count toward
+//! (see `requests`), or whose held stream had nothing in it (`hold`; kept,
+//! to pass on if no account has more), is served by another child at no
+//! retry's cost, up to `MAX_RECLAIMS` times. A client that leaves (or a
+//! cancel) ends its request at once, and the child's connection with it; a
+//! completion the child had begun restarts that child. Other 5xx count toward
 //! `CONSECUTIVE_5XX_TO_EVICT`, but only once another child has given a
 //! second opinion: when the retry answers 5xx too, the request is the
 //! problem, its client gets that answer as it is, and nobody is counted.
 
+use std::cell::RefCell;
 use std::io::{Read, Write};
-use std::os::fd::RawFd;
 use std::time::{Instant, SystemTime};
 
 use log::{debug, info, warn};
 use tiny_http::{Method, Request};
 
+use crate::dialect::{Dialect, Translator};
 use crate::dispatch::{ChildId, Kind, Refusal, Ticket, Want};
+use crate::edge::shown;
 use crate::metrics;
 use crate::reply::ApiError;
 use crate::supervisor::Handle;
 
-use super::conns::Conn;
+use super::conns::{describe, Conn};
+use super::hold::{self, is_timeout, HoldEnd};
 use super::inspect::Inspector;
-use super::relay::{self, Framing, RelayError};
+use super::relay::{self, cut_client, AnswerHead, Framing, RelayError};
 use super::requests::{Registration, Taken};
 use super::verdict::{Fault, Outcome, Verdict};
 use super::{respond, Proxy, HOP_BY_HOP};
@@ -48,6 +53,11 @@ pub(super) struct Exchange<'a> {
     pub id: u64,
     /// The id the client knows.
     pub rid: String,
+    /// The fingerprint of the key it came with (None without keys).
+    pub owner: Option<u64>,
+    /// An open path (`/v1/models`, `OPTIONS`): anyone may send it, so
+    /// whatever it meets never counts against a child.
+    pub open: bool,
     pub method: Method,
     pub url: String,
     pub path: String,
@@ -67,6 +77,10 @@ pub(super) struct Exchange<'a> {
     pub usage: Option<crate::usage::Account>,
     /// The model a completion names: a profile cooling for it is avoided.
     pub model: Option<String>,
+    /// The API the client speaks; not OpenAI's: `translate` turns the
+    /// child's answer into its form.
+    pub dialect: Dialect,
+    pub translate: Option<RefCell<Translator>>,
 }
 
 /// A whole answer kept in memory (an error answer, to pass on as it is).
@@ -87,6 +101,19 @@ struct Failed {
     answer: Option<Kept>,
 }
 
+impl Failed {
+    /// `ticket`'s child failed so.
+    fn at(ticket: &Ticket, verdict: Verdict, answer: Option<Kept>) -> Failed {
+        let (child, profile) = (ticket.child, ticket.profile.clone());
+        Failed {
+            child,
+            profile,
+            verdict,
+            answer,
+        }
+    }
+}
+
 /// How one attempt ended.
 enum Step {
     /// The answer went to the client in full.
@@ -97,20 +124,42 @@ enum Step {
     /// off): no retry.
     Broke(Fault),
     /// Cancelled; `answered` when the client already had part of the answer
-    /// (and was cut off).
-    Cancelled { answered: bool },
-    /// The client went away mid-answer.
-    ClientLeft,
+    /// (and was cut off), `begun` when the child had the request.
+    Cancelled { answered: bool, begun: bool },
+    /// The client went away; `begun`: after the child had the request.
+    ClientLeft { begun: bool },
+    /// Taken back (its log said quota), or a held stream with nothing in
+    /// it: served elsewhere at no retry's cost.
+    Elsewhere(Failed),
+    /// The request could not even be written for the child (a header or
+    /// target the HTTP library refuses): the client's fault, not the
+    /// child's.
+    Unsendable(String),
+}
+
+/// Why a request did not reach its child.
+enum SendError {
+    /// The request itself cannot be built or written: the client's fault.
+    Request(String),
+    /// Anything on the way to the child or back: the child's fault.
+    Child(Fault),
+}
+
+impl Step {
+    fn cancelled(answered: bool, begun: bool) -> Step {
+        Step::Cancelled { answered, begun }
+    }
 }
 
 impl Exchange<'_> {
     pub fn run(self, holder: &mut Option<Request>) {
-        let reg = self.proxy.requests.enter(self.id, &self.rid);
+        let reg = (self.proxy.requests).enter(self.id, &self.rid, self.owner, self.dialect);
         let dispatch = self.pool.dispatch().clone();
-        let mut first: Option<Failed> = None;
-        let mut evicted = false;
+        let (mut first, mut evicted): (Option<Failed>, bool) = (None, false);
         let mut reclaimed: Option<ChildId> = None;
         let mut reclaims = 0;
+        // The last empty stream, passed on when no account has more.
+        let mut empty: Option<Failed> = None;
         loop {
             if reg.cancelled() {
                 return self.cancelled(holder);
@@ -127,7 +176,7 @@ impl Exchange<'_> {
             let asked = Instant::now();
             let ticket = match dispatch.acquire(want) {
                 Ok(t) => t,
-                Err(r) => return self.refused(holder, r, first),
+                Err(r) => return self.refused(holder, r, first.or(empty)),
             };
             if self.kind == Kind::Completion {
                 metrics::queue_waited(asked.elapsed());
@@ -165,41 +214,43 @@ impl Exchange<'_> {
                     }
                     return;
                 }
-                Step::Cancelled { answered } => {
+                Step::Cancelled { answered, begun } => {
+                    if begun && self.kind == Kind::Completion {
+                        self.abandon(&ticket, "cancelled");
+                    }
                     if !answered {
                         self.cancelled(holder);
                     }
                     return;
                 }
-                Step::ClientLeft => {
-                    debug!(
-                        "{} {} ({}): the client left after {:.1?}; its child is free",
+                Step::Unsendable(why) => return self.unsendable(holder, ticket, &why),
+                Step::ClientLeft { begun } => return self.left(holder, &ticket, begun),
+                Step::Elsewhere(f) => {
+                    reclaims += 1;
+                    let taken_back = f.verdict == Verdict::Reclaimed;
+                    info!(
+                        "{} {} ({}): slot {} profile {} {}{}; serving it elsewhere",
                         self.method,
                         self.path,
                         self.rid,
-                        self.started.elapsed()
+                        f.child.slot,
+                        f.profile,
+                        f.verdict,
+                        if taken_back {
+                            ""
+                        } else {
+                            ": a stream with nothing in it, held back"
+                        }
                     );
-                    holder.take();
-                    return;
-                }
-                Step::Failed(f) if f.verdict == Verdict::Reclaimed => {
-                    reclaims += 1;
-                    info!(
-                        "{} {} ({}): slot {} profile {} {}; serving it elsewhere",
-                        self.method, self.path, self.rid, f.child.slot, f.profile, f.verdict
-                    );
-                    drop(ticket);
-                    if reclaims > MAX_RECLAIMS {
-                        return respond(
-                            holder,
-                            &self.rid,
-                            ApiError::NoReadyChild.reply_after(
-                                "every account tried for this request ran out of quota; retry later",
-                                Some(60),
-                            ),
-                        );
+                    if !taken_back {
+                        self.outcome(&f, false);
                     }
+                    drop(ticket);
                     reclaimed = Some(f.child);
+                    empty = if f.answer.is_some() { Some(f) } else { empty };
+                    if reclaims > MAX_RECLAIMS {
+                        return self.no_more_accounts(holder, empty);
+                    }
                 }
                 Step::Failed(f) if !retry => {
                     info!(
@@ -223,6 +274,97 @@ impl Exchange<'_> {
                 }
             }
         }
+    }
+
+    /// What looks inside `resp`'s body: a completion's 200 is judged.
+    fn inspector_for(&self, resp: &ureq::http::Response<ureq::Body>) -> Inspector {
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok());
+        let judge = self.inspect && resp.status().as_u16() == 200;
+        Inspector::new(content_type, judge)
+    }
+
+    /// Hold a streamed completion's head (see `hold`): the bytes to relay
+    /// first, or how the attempt ended (taken back or not).
+    fn hold_head(
+        &self,
+        reader: &mut dyn Read,
+        inspector: &mut Inspector,
+        conn: &Conn,
+        sent: Instant,
+        head: &AnswerHead,
+        ticket: &Ticket,
+    ) -> Result<Vec<u8>, Box<Step>> {
+        let s = &self.proxy.settings;
+        if !s.hold_stream_head || !inspector.judges_events() {
+            return Ok(Vec::new());
+        }
+        let deadline = sent + s.request_timeout;
+        let (verdict, body) =
+            match hold::hold_answer(reader, inspector, conn, s.stream_idle_timeout, deadline) {
+                HoldEnd::Begun(bytes) => return Ok(bytes),
+                HoldEnd::Failed(fault) => (Verdict::ChildFault(fault), None),
+                HoldEnd::Empty { verdict, body } => (verdict, Some(body)),
+            };
+        let empty = body.is_some();
+        let (slot, headers) = (Some(ticket.child.slot), head.kept.clone());
+        let kept = body.map(|body| Kept {
+            slot,
+            status: 200,
+            headers,
+            body,
+        });
+        let f = Failed::at(ticket, verdict, kept);
+        Err(Box::new(if empty {
+            Step::Elsewhere(f)
+        } else {
+            Step::Failed(f)
+        }))
+    }
+
+    /// Every account tried had nothing for this request: the last empty
+    /// stream as its child sent it, else 503.
+    fn no_more_accounts(&self, holder: &mut Option<Request>, empty: Option<Failed>) {
+        if let Some(kept) = empty.and_then(|f| f.answer) {
+            return self.pass_on(holder, kept);
+        }
+        let err = ApiError::NoReadyChild.reply_after(
+            "every account tried for this request ran out of quota; retry later",
+            Some(60),
+        );
+        respond(holder, &self.rid, err);
+    }
+
+    /// The client went away; `begun`: after the child had its request. A
+    /// completion the child had begun may go on generating on its page for
+    /// nobody: the child takes no request until it starts again.
+    fn left(&self, holder: &mut Option<Request>, ticket: &Ticket, begun: bool) {
+        if begun && self.kind == Kind::Completion {
+            self.abandon(ticket, "the client left");
+        } else {
+            let (m, p, rid, after) = (&self.method, &self.path, &self.rid, self.started.elapsed());
+            debug!("{m} {p} ({rid}): the client left after {after:.1?}; its child is free");
+        }
+        holder.take();
+    }
+
+    /// A completion its child had begun ends for `what` (its client left,
+    /// it was cancelled): the child's page may go on generating, so the
+    /// child takes no request until it starts again.
+    fn abandon(&self, ticket: &Ticket, what: &str) {
+        let child = ticket.child;
+        info!(
+            "{} {} ({}): {what} after {:.1?}, during its turn on slot {} profile {}; restarting that child",
+            self.method,
+            self.path,
+            self.rid,
+            self.started.elapsed(),
+            child.slot,
+            ticket.profile
+        );
+        self.pool.restart_abandoned(child.slot, child.generation);
     }
 
     /// Both attempts failed.
@@ -269,18 +411,21 @@ impl Exchange<'_> {
         };
         match f1_answer {
             Some(a) => self.pass_on(holder, a),
-            None if timed_out => respond(
-                holder,
-                &self.rid,
-                ApiError::UpstreamTimeout
-                    .reply("the child did not answer within REQUEST_TIMEOUT_S, nor did another"),
-            ),
+            None if timed_out => {
+                respond(
+                    holder,
+                    &self.rid,
+                    self.shape(ApiError::UpstreamTimeout.reply(
+                        "the child did not answer within REQUEST_TIMEOUT_S, nor did another",
+                    )),
+                )
+            }
             None => respond(
                 holder,
                 &self.rid,
-                ApiError::ChildFailed.reply(&format!(
+                self.shape(ApiError::ChildFailed.reply(&format!(
                     "two children failed this request; the last one {why}"
-                )),
+                ))),
             ),
         }
     }
@@ -300,6 +445,9 @@ impl Exchange<'_> {
     /// One more counted failure of `child`; evicts it (true) when that
     /// makes `CONSECUTIVE_5XX_TO_EVICT` in a row.
     fn strike(&self, child: ChildId, verdict: &Verdict) -> bool {
+        if self.open {
+            return false;
+        }
         let strikes = self.proxy.strikes.strike(child);
         if strikes < self.proxy.settings.consecutive_5xx_to_evict {
             return false;
@@ -358,7 +506,30 @@ impl Exchange<'_> {
             other => format!("{other}; retry shortly"),
         };
         debug!("{} {} ({}): {r}", self.method, self.path, self.rid);
-        respond(holder, &self.rid, err.0.reply_after(&msg, err.1));
+        respond(
+            holder,
+            &self.rid,
+            self.shape(err.0.reply_after(&msg, err.1)),
+        );
+    }
+
+    /// The request cannot be written for a child: the client's 400, and
+    /// the child (freed with its ticket) is not blamed.
+    fn unsendable(&self, holder: &mut Option<Request>, ticket: Ticket, why: &str) {
+        drop(ticket);
+        info!(
+            "{} {} ({}): refused as unsendable: {}",
+            self.method,
+            self.path,
+            self.rid,
+            shown(why)
+        );
+        let msg = format!("the request cannot be forwarded as sent: {why}");
+        respond(
+            holder,
+            &self.rid,
+            self.shape(ApiError::BadRequest.reply(&msg)),
+        );
     }
 
     fn cancelled(&self, holder: &mut Option<Request>) {
@@ -366,11 +537,37 @@ impl Exchange<'_> {
         respond(
             holder,
             &self.rid,
-            ApiError::Cancelled.reply(&format!("request {} was cancelled", self.rid)),
+            self.shape(ApiError::Cancelled.reply(&format!("request {} was cancelled", self.rid))),
         );
     }
 
+    /// How the request came, for the log: streamed, in another dialect.
+    fn flavour(&self) -> String {
+        let mut s = String::new();
+        if self.streaming {
+            s.push_str(", stream");
+        }
+        if self.dialect != Dialect::OpenAi {
+            s.push_str(", ");
+            s.push_str(self.dialect.name());
+        }
+        s
+    }
+
+    /// Our own error reply in the client's dialect.
+    fn shape(&self, r: crate::reply::Reply) -> crate::reply::Reply {
+        super::translate::shaped(self.dialect, r)
+    }
+
     fn evict(&self, child: ChildId, why: &str) {
+        if self.open {
+            // Anyone may send an open request: it proves nothing of a child.
+            debug!(
+                "slot {}: {} {} ({}) failed: {why}; an open path, so not held against it",
+                child.slot, self.method, self.path, self.rid
+            );
+            return;
+        }
         warn!(
             "slot {}: {} {} ({}) failed: {why}; evicting it",
             child.slot, self.method, self.path, self.rid
@@ -391,6 +588,11 @@ impl Exchange<'_> {
     }
 
     fn send_outcome(&self, child: ChildId, profile: &str, verdict: Verdict, evicted: bool) {
+        if self.open {
+            // No verdict of an open request reaches a profile's health or
+            // cooldowns.
+            return;
+        }
         crate::usage::answered(
             profile,
             self.usage.as_ref(),
@@ -403,11 +605,11 @@ impl Exchange<'_> {
                 child.slot, self.method, self.path, self.rid
             );
         }
-        // An exhausted profile's answer goes at once, not through the
-        // outcome channel: the slot must be draining before this request's
-        // retry asks for a child, so that it waits for the replacement
-        // instead of finding no other child.
-        self.pool.exhausted(child, &verdict, self.model.as_deref());
+        // An exhausted profile's answer (and an empty one) goes at once, not
+        // through the outcome channel: the slot must be draining before this
+        // request's retry asks for a child, so that it waits for the
+        // replacement instead of finding no other child.
+        self.pool.report_now(child, &verdict, self.model.as_deref());
         self.proxy.outcomes.report(Outcome {
             child,
             profile: profile.to_string(),
@@ -422,41 +624,35 @@ impl Exchange<'_> {
     /// One try at the ticket's child.
     fn attempt(&self, holder: &mut Option<Request>, ticket: &Ticket, reg: &Registration) -> Step {
         let conn = self.proxy.conns.take(ticket.port, ticket.child.generation);
-        let failed = |verdict: Verdict, answer: Option<Kept>| {
-            Step::Failed(Failed {
-                child: ticket.child,
-                profile: ticket.profile.clone(),
-                verdict,
-                answer,
-            })
-        };
+        let failed = |v: Verdict, answer: Option<Kept>| Step::Failed(Failed::at(ticket, v, answer));
         // What a request taken from its child becomes, before any byte of
         // the answer reached the client.
         let taken = |t: Taken| match t {
-            Taken::Cancelled => Step::Cancelled { answered: false },
-            Taken::Reclaimed => failed(Verdict::Reclaimed, None),
-            Taken::ClientGone => Step::ClientLeft,
+            Taken::Cancelled => Step::cancelled(false, true),
+            Taken::Reclaimed => Step::Elsewhere(Failed::at(ticket, Verdict::Reclaimed, None)),
+            Taken::ClientGone => Step::ClientLeft { begun: true },
         };
         let client = holder.as_ref().and_then(Request::socket_fd);
         let model = self.model.as_deref();
         if let Err(t) = reg.running(conn.agent(), &ticket.profile, ticket.child, model, client) {
-            return taken(t);
+            return match t {
+                // Never sent: the child knows nothing of it.
+                Taken::ClientGone => Step::ClientLeft { begun: false },
+                Taken::Cancelled => Step::cancelled(false, false),
+                t => taken(t),
+            };
         }
+        let sent = Instant::now();
         let mut resp = match self.send(&conn, ticket.port) {
             Ok(r) => r,
-            Err(e) => {
-                if let Some(t) = reg.taken() {
-                    return taken(t);
-                }
-                let fault = match e {
-                    ureq::Error::Timeout(_) => Fault::NoHead,
-                    other => Fault::Connection(describe(&other)),
-                };
-                return failed(Verdict::ChildFault(fault), None);
+            Err(SendError::Request(why)) => return Step::Unsendable(why),
+            Err(SendError::Child(fault)) => {
+                return reg
+                    .taken()
+                    .map_or_else(|| failed(Verdict::ChildFault(fault), None), taken);
             }
         };
         conn.set_idle(Some(self.proxy.settings.stream_idle_timeout));
-        let first_byte = self.started.elapsed();
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -472,20 +668,22 @@ impl Exchange<'_> {
             let v = v.with_body(&kept.body);
             return failed(v, Some(kept));
         }
+        let mut inspector = self.inspector_for(&resp);
+        let head = relay::answer_head(&resp, &self.rid);
+        let mut reader = resp.body_mut().as_reader();
+        let held = match self.hold_head(&mut reader, &mut inspector, &conn, sent, &head, ticket) {
+            Ok(held) => held,
+            Err(step) => return reg.taken().map_or(*step, taken),
+        };
         if let Err(t) = reg.answering() {
             return taken(t);
         }
+        // The client's first byte: the head, once any hold is over.
+        let first_byte = self.started.elapsed();
         let Some(rq) = holder.take() else {
-            return Step::ClientLeft;
+            return Step::ClientLeft { begun: true };
         };
-        let judge = self.inspect && status == 200;
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let mut inspector = Inspector::new(content_type.as_deref(), judge);
-        let result = self.relay(rq, resp, &mut inspector);
+        let result = self.relay(rq, status, &head, &held, &mut reader, &mut inspector);
         metrics::request_done(
             Some(ticket.child.slot),
             status,
@@ -502,7 +700,7 @@ impl Exchange<'_> {
                     self.method,
                     self.path,
                     self.rid,
-                    if self.streaming { ", stream" } else { "" },
+                    self.flavour(),
                     ticket.profile,
                     self.started.elapsed()
                 );
@@ -515,8 +713,8 @@ impl Exchange<'_> {
                 }
                 Step::Answered(verdict)
             }
-            Err(_) if reg.taken() == Some(Taken::ClientGone) => Step::ClientLeft,
-            Err(_) if reg.cancelled() => Step::Cancelled { answered: true },
+            Err(_) if reg.taken() == Some(Taken::ClientGone) => Step::ClientLeft { begun: true },
+            Err(_) if reg.cancelled() => Step::cancelled(true, true),
             Err(RelayError::Client(e)) => {
                 debug!(
                     "{} {} ({}): client went away after {:.1?} ({e}); upstream closed",
@@ -525,7 +723,7 @@ impl Exchange<'_> {
                     self.rid,
                     self.started.elapsed()
                 );
-                Step::ClientLeft
+                Step::ClientLeft { begun: true }
             }
             Err(RelayError::Upstream(e)) => Step::Broke(if is_timeout(&e) {
                 Fault::Silent
@@ -537,7 +735,18 @@ impl Exchange<'_> {
 
     /// Send the request; the head must come within `REQUEST_TIMEOUT_S`
     /// (queueing inside a child included), later reads obey the idle cap.
-    fn send(
+    fn send(&self, conn: &Conn, port: u16) -> Result<ureq::http::Response<ureq::Body>, SendError> {
+        self.send_raw(conn, port).map_err(|e| match e {
+            // Refused by the HTTP library before a byte went out: the
+            // request is at fault, whatever the child is.
+            ureq::Error::BadUri(why) => SendError::Request(why),
+            ureq::Error::Http(e) => SendError::Request(e.to_string()),
+            ureq::Error::Timeout(_) => SendError::Child(Fault::NoHead),
+            other => SendError::Child(Fault::Connection(describe(&other))),
+        })
+    }
+
+    fn send_raw(
         &self,
         conn: &Conn,
         port: u16,
@@ -555,7 +764,7 @@ impl Exchange<'_> {
             );
         let head = Some(self.proxy.settings.request_timeout);
         let agent = conn.agent();
-        let bad = |e: ureq::http::Error| ureq::Error::BadUri(e.to_string());
+        let bad = ureq::Error::Http;
         if bodiless {
             let rq = b.body(()).map_err(bad)?;
             let rq = agent
@@ -579,19 +788,29 @@ impl Exchange<'_> {
     /// Relay the child's answer: head first, then the body as it arrives.
     /// When the child breaks off, the client's connection is cut so it
     /// sees the break instead of waiting for the rest.
+    /// `held`: the answer's first bytes, read (and inspected) already.
     fn relay(
         &self,
         rq: Request,
-        mut resp: ureq::http::Response<ureq::Body>,
+        status: u16,
+        head: &AnswerHead,
+        held: &[u8],
+        reader: &mut dyn Read,
         inspector: &mut Inspector,
     ) -> Result<u64, RelayError> {
-        let status = resp.status().as_u16();
-        let length = resp
-            .headers()
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let headers = self.answer_headers(&resp);
+        if let Some(t) = &self.translate {
+            let edge = super::translate::Edge {
+                dialect: self.dialect,
+                close: self.client_close || self.http10,
+                http10: self.http10,
+                head_only: self.head_only,
+                headers: head.headers.clone(),
+                cut: cut_client,
+            };
+            return super::translate::relay(edge, rq, status, held, reader, inspector, t);
+        }
+        let length = head.length;
+        let headers = &head.headers;
         let no_body =
             self.head_only || status == 204 || status == 304 || (100..200).contains(&status);
         let framing = match (no_body, length, self.http10) {
@@ -611,11 +830,10 @@ impl Exchange<'_> {
         let mut w = rq.into_writer();
         let head = relay::head_bytes(
             status,
-            &headers,
+            headers,
             head_framing,
             self.client_close || self.http10,
         );
-        let mut reader = resp.body_mut().as_reader();
         w.write_all(&head).map_err(RelayError::Client)?;
         // A body of known length follows at once and is flushed with the
         // head (one segment for a short answer); anything else may take a
@@ -623,9 +841,19 @@ impl Exchange<'_> {
         if !matches!(framing, Framing::Length(_)) {
             w.flush().map_err(RelayError::Client)?;
         }
-        let result = relay::copy_body(&mut reader, &mut w, framing, &mut |piece| {
-            inspector.feed(piece)
-        });
+        let (rest, framing) = match framing {
+            Framing::Length(n) if (held.len() as u64) > n => {
+                cut_client(client);
+                return Err(RelayError::Upstream(std::io::Error::other(
+                    "child sent more than its Content-Length",
+                )));
+            }
+            Framing::Length(n) => (held.len() as u64, Framing::Length(n - held.len() as u64)),
+            f => (held.len() as u64, f),
+        };
+        relay::write_piece(&mut w, framing, held, &mut Vec::new()).map_err(RelayError::Client)?;
+        let result = relay::copy_body(reader, &mut w, framing, &mut |piece| inspector.feed(piece))
+            .map(|n| n + rest);
         if let Err(RelayError::Upstream(_)) = &result {
             cut_client(client);
         }
@@ -633,32 +861,16 @@ impl Exchange<'_> {
         result
     }
 
-    /// The child's end-to-end headers, with our request id.
-    fn answer_headers(&self, resp: &ureq::http::Response<ureq::Body>) -> Vec<(String, Vec<u8>)> {
-        let named: Vec<String> = resp
-            .headers()
-            .get_all("connection")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
-            .collect();
-        let mut headers: Vec<(String, Vec<u8>)> = resp
-            .headers()
-            .iter()
-            .filter(|(k, _)| {
-                !HOP_BY_HOP.contains(&k.as_str())
-                    && !named.iter().any(|n| n == k.as_str())
-                    && k.as_str() != "x-request-id"
-            })
-            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-            .collect();
-        headers.push(("X-Request-Id".to_string(), self.rid.as_bytes().to_vec()));
-        headers
-    }
-
     /// Give the client a kept answer as the child gave it.
-    fn pass_on(&self, holder: &mut Option<Request>, kept: Kept) {
+    fn pass_on(&self, holder: &mut Option<Request>, mut kept: Kept) {
         let Some(rq) = holder.take() else { return };
+        if self.dialect != Dialect::OpenAi {
+            kept.body = super::translate::shaped_body(self.dialect, kept.status, &kept.body);
+            kept.headers
+                .retain(|(k, _)| k != "content-type" && k != "content-encoding");
+            kept.headers
+                .push(("content-type".into(), b"application/json".to_vec()));
+        }
         metrics::request_done(kept.slot, kept.status, Some(self.started.elapsed()), None);
         let mut headers: Vec<(String, Vec<u8>)> = kept
             .headers
@@ -706,31 +918,5 @@ fn keep(resp: &mut ureq::http::Response<ureq::Body>) -> Kept {
         status,
         headers,
         body,
-    }
-}
-
-/// Shut the client's connection both ways.
-fn cut_client(fd: Option<RawFd>) {
-    if let Some(fd) = fd {
-        // SAFETY: the caller holds the request's writer, which keeps `fd`
-        // open; shutdown(2) does not close it.
-        unsafe {
-            libc::shutdown(fd, libc::SHUT_RDWR);
-        }
-    }
-}
-
-fn is_timeout(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::TimedOut
-        || e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<ureq::Error>())
-            .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)))
-}
-
-fn describe(e: &ureq::Error) -> String {
-    match e {
-        ureq::Error::ConnectionFailed => "connection refused".to_string(),
-        ureq::Error::Timeout(t) => format!("silent too long ({t})"),
-        other => other.to_string(),
     }
 }

@@ -64,6 +64,10 @@ pub struct Inspector {
     done: bool,
     error_after_done: bool,
     internal_timeout: bool,
+    /// Reasoning text other than the fork's `internal_timeout` was seen.
+    reasoning: bool,
+    /// A tool call was seen.
+    tools: bool,
     /// The content's first `KEEP_START` bytes, and its whole length.
     start: String,
     length: usize,
@@ -97,6 +101,8 @@ impl Inspector {
             done: false,
             error_after_done: false,
             internal_timeout: false,
+            reasoning: false,
+            tools: false,
             start: String::new(),
             length: 0,
             tail: String::new(),
@@ -141,6 +147,21 @@ impl Inspector {
                 }
             }
         }
+    }
+
+    /// Whether this is an event stream that is judged (what `hold` holds).
+    pub fn judges_events(&self) -> bool {
+        self.mode == Mode::Events
+    }
+
+    /// Whether the answer has begun for its client: content, a tool call or
+    /// reasoning text was seen (a stream's empty role chunk, its empty
+    /// finishing chunk, `[DONE]` and error events are no beginning, nor is
+    /// content that may still be the no-output placeholder).
+    pub fn begun(&self) -> bool {
+        let text = self.length > 0
+            && (self.length > KEEP_START || !NO_OUTPUT.starts_with(self.start.trim()));
+        text || self.tools || self.reasoning
     }
 
     /// The answer ended normally: was it empty, and its tokens.
@@ -231,9 +252,12 @@ impl Inspector {
                 });
             if tools {
                 self.content = true;
+                self.tools = true;
             }
-            if p.get("reasoning_content").and_then(Value::as_str) == Some(INTERNAL_TIMEOUT) {
-                self.internal_timeout = true;
+            match p.get("reasoning_content").and_then(Value::as_str) {
+                Some(INTERNAL_TIMEOUT) => self.internal_timeout = true,
+                Some(r) if !r.is_empty() => self.reasoning = true,
+                _ => {}
             }
             match p.get("content") {
                 Some(Value::String(s)) => self.text(s),
@@ -356,6 +380,44 @@ mod tests {
         let stop =
             "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
         assert_eq!(events(&[&it, stop, done]), Some(Emptiness::InternalTimeout));
+    }
+
+    #[test]
+    fn a_stream_begins_with_content_a_tool_call_or_reasoning_only() {
+        let begun = |pieces: &[&str]| {
+            let mut i = Inspector::new(Some("text/event-stream"), true);
+            for p in pieces {
+                i.feed(p.as_bytes());
+            }
+            i.begun()
+        };
+        let role = chunk(r#"{"role":"assistant"}"#);
+        let empty_stop = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\"},\"finish_reason\":\"stop\"}],\"usage\":{\"completion_tokens\":0}}\n\n";
+        let after = "data: [DONE]\n\n: processing auth rotation...\n\ndata: {\"error\": \"Auth rotation failed.\"}\n\n";
+        assert!(
+            !begun(&[&role, empty_stop, after]),
+            "the current child's streamed quota"
+        );
+        let it = chunk(r#"{"reasoning_content":"internal_timeout"}"#);
+        assert!(!begun(&[&it]), "the fork's internal timeout");
+        assert!(begun(&[&role, &chunk(r#"{"content":"h"}"#)]));
+        // The no-output placeholder, whole or in part, is no beginning.
+        let none = r#"{"content":"\n\n*(Model finished thinking but generated no output.)*"}"#;
+        assert!(!begun(&[&role, &chunk(none)]));
+        assert!(!begun(&[&role, &chunk(r#"{"content":"\n\n*(Model fin"}"#)]));
+        assert!(begun(&[
+            &role,
+            &chunk(none),
+            &chunk(r#"{"content":" But"}"#)
+        ]));
+        assert!(begun(&[&role, &chunk(r#"{"content":"*(Model said"}"#)]));
+        assert!(begun(&[&chunk(r#"{"reasoning_content":"hmm"}"#)]));
+        assert!(begun(&[&chunk(r#"{"tool_calls":[{"index":0}]}"#)]));
+        // A line split across pieces begins when its end comes.
+        let c = chunk(r#"{"content":"hello"}"#);
+        let (a, b) = c.split_at(20);
+        assert!(!begun(&[a]));
+        assert!(begun(&[a, b]));
     }
 
     #[test]

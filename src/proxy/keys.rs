@@ -5,8 +5,8 @@
 //! A key may carry a label for the usage counts: `sk-...  # team-a` (a `#`
 //! after whitespace starts the label; a line starting with `#` is a
 //! comment). The label is what usage, metrics and the status page show;
-//! a key without one shows as `key-` and six hex digits of a hash of it,
-//! never the key. Children read the key file themselves and know nothing
+//! a key without one shows as `key-` and six hex digits of a hash of it
+//! keyed with a per-boot secret, never the key (see [`fingerprint`]). Children read the key file themselves and know nothing
 //! of labels, so when the file has any the coordinator hands them a copy
 //! with the keys alone (`child-keys.txt` in the cache directory, 0600,
 //! rewritten at every reload; see [`child_copy`]).
@@ -65,14 +65,30 @@ fn split_line(line: &str) -> Option<(&str, Option<&str>)> {
     }
 }
 
-/// `key-` and six hex digits of an FNV-1a hash of `key`.
+/// This boot's secret for [`fingerprint`]: SipHash keys drawn from the
+/// kernel's random source when first used, never stored or shown.
+fn boot_secret() -> &'static std::collections::hash_map::RandomState {
+    static SECRET: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    SECRET.get_or_init(std::collections::hash_map::RandomState::new)
+}
+
+/// A keyed hash of `key` (SipHash under this boot's secret): equal for
+/// equal keys within one run, and useless for guessing a key without the
+/// secret, which never leaves the process.
+pub fn fingerprint(key: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = boot_secret().build_hasher();
+    h.write(key);
+    h.finish()
+}
+
+/// `key-` and six hex digits of the key's [`fingerprint`]: nobody can test
+/// a guessed key against it (the old unkeyed 24-bit hash could be brute
+/// forced from `/metrics`). It changes at each restart; a key that needs
+/// its usage history kept across restarts gets a label.
 fn hash_label(key: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    format!("key-{:06x}", h >> 40)
+    format!("key-{:06x}", fingerprint(key) >> 40)
 }
 
 impl Keys {
@@ -174,7 +190,9 @@ impl Keys {
     }
 
     /// What a request's credentials allow: `Authorization: Bearer <key>` (any
-    /// case of the scheme) or `X-API-Key: <key>`; either may carry it.
+    /// case of the scheme), `X-API-Key: <key>` (Anthropic's clients) or
+    /// `X-Goog-Api-Key: <key>` (Gemini's); any may carry it. On a Gemini
+    /// path (`/v1beta/..`, `/v1/models..`) `?key=<key>` does too.
     pub fn access(&self, rq: &Request) -> Access<'_> {
         if !self.enabled() {
             return Access::NoKeys;
@@ -186,13 +204,21 @@ impl Keys {
                 v.split_once(' ')
                     .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
                     .map(|(_, t)| t.trim())
-            } else if h.field.equiv("X-API-Key") {
+            } else if h.field.equiv("X-API-Key") || h.field.equiv("X-Goog-Api-Key") {
                 Some(v)
             } else {
                 None
             };
             if let Some(m) = candidate.and_then(|c| self.matching(c.as_bytes())) {
                 found.get_or_insert(m);
+            }
+        }
+        // Gemini clients may send the key in the query (`?key=`), on the
+        // paths Gemini's API has; the URL carrying it is never logged.
+        let (path, query) = rq.url().split_once('?').unwrap_or((rq.url(), ""));
+        if found.is_none() && (path.starts_with("/v1beta/") || path.starts_with("/v1/models")) {
+            if let Some(k) = crate::dialect::query_param(query, "key") {
+                found = self.matching(k.trim().as_bytes());
             }
         }
         found.map(Access::Key).unwrap_or(Access::Denied)
@@ -241,7 +267,9 @@ pub enum Access<'k> {
 
 /// Whether a header carries credentials (the ones rewritten on the way).
 pub fn is_auth_header(name: &str) -> bool {
-    name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("x-api-key")
+    name.eq_ignore_ascii_case("authorization")
+        || name.eq_ignore_ascii_case("x-api-key")
+        || name.eq_ignore_ascii_case("x-goog-api-key")
 }
 
 /// The request's headers with their credentials made the child's one

@@ -13,18 +13,21 @@ mod body;
 mod cancel;
 mod conns;
 mod forward;
+mod hold;
 mod inspect;
 pub mod keys;
 mod relay;
 pub mod requests;
+mod translate;
 pub mod usage;
 pub mod verdict;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tiny_http::{Method, Request};
 
+use crate::dialect::{Dialect, Route};
 use crate::dispatch::Kind;
 use crate::reply::{self, ApiError, Reply};
 use crate::supervisor::Handle;
@@ -53,7 +56,7 @@ const HOP_BY_HOP: &[&str] = &[
 const MAX_MODEL_NAME: usize = 200;
 
 /// The longest client `X-Request-Id` kept; longer ones are replaced.
-const MAX_REQUEST_ID: usize = 200;
+const MAX_REQUEST_ID: usize = crate::edge::MAX_REQUEST_ID;
 
 /// The one field of a chat completion request the proxy looks at.
 #[derive(serde::Deserialize)]
@@ -73,6 +76,8 @@ pub struct Settings {
     pub max_body_bytes: u64,
     /// Counted 5xx answers in a row that evict a child.
     pub consecutive_5xx_to_evict: u32,
+    /// Hold a streamed completion's head until its answer begins (`hold`).
+    pub hold_stream_head: bool,
 }
 
 pub struct Proxy {
@@ -86,14 +91,26 @@ pub struct Proxy {
     outcomes: verdict::Outcomes,
     /// Internal request ids; never reused.
     seq: AtomicU64,
-    /// Makes our generated `X-Request-Id`s differ between runs.
-    boot: u64,
+    /// The admin key, when configured: its holder may cancel any request.
+    admin: std::sync::OnceLock<crate::admin::http::AdminKey>,
 }
 
 impl Proxy {
     /// Whether `rq` passes the API key check (always, without keys).
     pub fn key_ok(&self, rq: &Request) -> bool {
         self.keys.current().access(rq) != Access::Denied
+    }
+
+    /// The label of the API key `rq` presents, if it presents one.
+    pub fn key_label(&self, rq: &Request) -> Option<String> {
+        let keys = self.keys.current();
+        let access = keys.access(rq);
+        keys.label(access)
+    }
+
+    /// Whether API keys are configured (an empty set disables the check).
+    pub fn keys_enabled(&self) -> bool {
+        self.keys.current().enabled()
     }
 
     /// Check requests against `keys` from now on (a reload); true when
@@ -129,10 +146,7 @@ impl Proxy {
             strikes: verdict::Strikes::default(),
             outcomes: verdict::Outcomes::default(),
             seq: AtomicU64::new(1),
-            boot: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64 & 0xffff_ffff)
-                .unwrap_or(0),
+            admin: std::sync::OnceLock::new(),
         }
     }
 
@@ -158,44 +172,44 @@ impl Proxy {
         let url = rq.url().to_string();
         let path = url.split('?').next().unwrap_or("").to_string();
         let id = self.seq.fetch_add(1, Ordering::Relaxed);
-        let rid = rq
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("X-Request-Id"))
-            .map(|h| h.value.as_str().trim().to_string())
-            .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID)
-            .unwrap_or_else(|| format!("aisp-{:08x}-{id}", self.boot));
+        let rid = request_id(rq);
+
+        // Another client's dialect, told by its path (and headers).
+        let (route, speaks) = translate::route_of(rq, &url);
 
         // Keys first: nothing else of an unauthorised request is read.
-        let open = path == "/v1/models" || method == Method::Options;
+        let open = path == "/v1/models"
+            || method == Method::Options
+            || matches!(route, Some(Route::Models(_) | Route::Model(..)));
         let keys = self.keys.current();
         let access = keys.access(rq);
-        if access == Access::Denied && !open {
-            self.refuse(
-                holder,
-                &rid,
-                ApiError::InvalidApiKey,
-                "Invalid API key: send Authorization: Bearer <key> or X-API-Key: <key>",
-            );
-            return;
+        // The admin key may cancel without an API key.
+        let admin_cancel = path.starts_with("/v1/cancel/") && self.is_admin(rq);
+        let refusal = if access == Access::Denied && !open && !admin_cancel {
+            Some((ApiError::InvalidApiKey, translate::key_hint(speaks)))
+        } else if open && body::has_unread_body(rq) {
+            // The open paths take no body: nothing is read or forwarded.
+            Some((
+                ApiError::BadRequest,
+                "GET /v1/models and OPTIONS take no request body",
+            ))
+        } else {
+            None
+        };
+        if let Some((err, msg)) = refusal {
+            return self.refuse(holder, &rid, speaks, err, msg);
         }
+        let owner = self.owner(access);
         let body = match body::read_limited(rq, self.settings.max_body_bytes) {
             Ok(b) => b,
             Err(BodyError::TooLarge { limit }) => {
-                self.refuse(
-                    holder,
-                    &rid,
-                    ApiError::BodyTooLarge,
-                    &format!("request body exceeds MAX_BODY_BYTES ({limit} bytes)"),
-                );
-                return;
+                let msg = format!("request body exceeds MAX_BODY_BYTES ({limit} bytes)");
+                return self.refuse(holder, &rid, speaks, ApiError::BodyTooLarge, &msg);
             }
             Err(BodyError::Io(e)) => {
-                respond(
-                    holder,
-                    &rid,
-                    ApiError::BadRequest.reply(&format!("could not read the request body: {e}")),
-                );
+                let r =
+                    ApiError::BadRequest.reply(&format!("could not read the request body: {e}"));
+                respond(holder, &rid, translate::shaped(speaks, r));
                 return;
             }
         };
@@ -206,49 +220,34 @@ impl Proxy {
                 .strip_prefix("/v1/cancel/")
                 .filter(|t| !t.is_empty() && !t.contains('/'))
             {
-                let auth: Vec<(String, Vec<u8>)> = headers
-                    .iter()
-                    .filter(|(k, _)| keys::is_auth_header(k))
-                    .cloned()
-                    .collect();
-                let r = cancel::cancel(&self.agent, &self.requests, pool.dispatch(), target, &auth);
-                respond(holder, &rid, r);
-                return;
+                let r = self.cancel(rq, pool, target, &headers, owner);
+                return respond(holder, &rid, r);
             }
         }
         if path == "/v1/queue" && matches!(method, Method::Get | Method::Head) {
-            let view = pool.dispatch().view();
-            let r = reply::json(200, &serde_json::to_value(view).unwrap_or_default())
+            let r = reply::json(200, &self.queue(pool))
                 .with_header(reply::header("Cache-Control", "no-store"));
             respond(holder, &rid, r);
             return;
         }
 
+        if let Some(route) = route {
+            let label = keys.label(access);
+            let plan = translate::plan(&route, &body);
+            let who = (id, rid, started, owner, open);
+            return self.edge(holder, who, path, headers, label, plan, pool);
+        }
         let completion = path == "/v1/chat/completions" && method == Method::Post;
-        let mut streaming = false;
-        let mut account = None;
-        let mut model = None;
+        let (mut streaming, mut account, mut model) = (false, None, None);
         if completion {
-            // Only `stream` matters here (for the logs); everything else is
-            // skipped unparsed, which keeps multi-megabyte image payloads cheap.
-            match serde_json::from_slice::<CompletionPeek>(&body) {
+            match peek(&body) {
                 Ok(peek) => {
                     streaming = peek.stream.unwrap_or(false);
                     let key = keys.label(access);
                     account = Some(crate::usage::Account::new(key, peek.model.as_deref()));
-                    // Per-model cooldowns route by it; an absurd one is ignored.
-                    model = peek
-                        .model
-                        .filter(|m| !m.is_empty() && m.len() <= MAX_MODEL_NAME);
+                    model = peek.model;
                 }
-                Err(_) => {
-                    respond(
-                        holder,
-                        &rid,
-                        ApiError::BadRequest.reply("the request body must be a JSON object"),
-                    );
-                    return;
-                }
+                Err(why) => return respond(holder, &rid, ApiError::BadRequest.reply(why)),
             }
         }
         let kind = if method == Method::Post {
@@ -264,6 +263,10 @@ impl Proxy {
             pool,
             id,
             rid,
+            owner,
+            open,
+            dialect: Dialect::OpenAi,
+            translate: None,
             client_close: wants_close(rq),
             http10: rq.http_version().0 == 1 && rq.http_version().1 == 0,
             head_only: method == Method::Head,
@@ -282,12 +285,173 @@ impl Proxy {
         exchange.run(holder);
     }
 
+    /// `GET /v1/queue`: the dispatcher's queue and routes, and every
+    /// request alive with the dialect it came in.
+    fn queue(&self, pool: &Handle) -> serde_json::Value {
+        let mut view = serde_json::to_value(pool.dispatch().view()).unwrap_or_default();
+        view["requests"] = serde_json::to_value(self.requests.listing()).unwrap_or_default();
+        view
+    }
+
+    /// Serve a dialect request: the child's request the edge made of it
+    /// (`plan`, or the answer to give at once) goes the OpenAI path's way,
+    /// the client's path kept for the logs. `who` is the request's ids and
+    /// start.
+    #[allow(clippy::too_many_arguments)]
+    fn edge(
+        &self,
+        holder: &mut Option<Request>,
+        who: (u64, String, Instant, Option<u64>, bool),
+        path: String,
+        headers: Vec<(String, Vec<u8>)>,
+        key: Option<String>,
+        plan: Result<translate::Plan, Reply>,
+        pool: &Handle,
+    ) {
+        let (id, rid, started, owner, open) = who;
+        let plan = match plan {
+            Ok(p) => p,
+            Err(r) => return respond(holder, &rid, r),
+        };
+        if plan
+            .model
+            .as_deref()
+            .is_some_and(|m| !crate::edge::model_ok(m))
+        {
+            let r = ApiError::BadRequest.reply(
+                "the model name must be 1 to 200 visible ASCII characters (no spaces or quotes)",
+            );
+            return respond(holder, &rid, translate::shaped(plan.translator.dialect, r));
+        }
+        let mut headers = translate::child_headers(headers);
+        let rq = holder.as_ref();
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case("x-request-id"));
+        headers.push(("X-Request-Id".to_string(), rid.clone().into_bytes()));
+        let method = if plan.completion {
+            Method::Post
+        } else {
+            Method::Get
+        };
+        let head_only = rq.is_some_and(|r| *r.method() == Method::Head);
+        forward::Exchange {
+            proxy: self,
+            pool,
+            id,
+            rid,
+            client_close: rq.is_some_and(wants_close),
+            http10: rq.is_some_and(|r| r.http_version().0 == 1 && r.http_version().1 == 0),
+            head_only,
+            method,
+            url: plan.url,
+            path,
+            headers,
+            body: plan.body,
+            kind: plan.kind,
+            inspect: plan.completion,
+            streaming: plan.streaming,
+            started,
+            usage: plan
+                .completion
+                .then(|| crate::usage::Account::new(key, plan.model.as_deref())),
+            model: plan
+                .model
+                .filter(|m| !m.is_empty() && m.len() <= MAX_MODEL_NAME),
+            owner,
+            open,
+            dialect: plan.translator.dialect,
+            translate: Some(std::cell::RefCell::new(plan.translator)),
+        }
+        .run(holder)
+    }
+
     /// Answer before (or instead of) reading the whole body: the client's
     /// socket stops being read and the connection closes after the answer.
-    fn refuse(&self, holder: &mut Option<Request>, rid: &str, err: ApiError, msg: &str) {
-        if let Some(rq) = holder.take() {
-            body::refuse(rq, rid, err, msg);
+    /// `POST /v1/cancel/{target}` (see `cancel`): as the admin when `rq`
+    /// carries the admin key, else as the owner of its API key.
+    fn cancel(
+        &self,
+        rq: &Request,
+        pool: &Handle,
+        target: &str,
+        headers: &[(String, Vec<u8>)],
+        owner: Option<u64>,
+    ) -> Reply {
+        let auth: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .filter(|(k, _)| keys::is_auth_header(k))
+            .cloned()
+            .collect();
+        let who = match self.is_admin(rq) {
+            true => requests::Caller::Admin,
+            false => requests::Caller::Owner(owner),
+        };
+        let (agent, registry) = (&self.agent, &self.requests);
+        cancel::cancel(agent, registry, pool.dispatch(), target, &auth, who)
+    }
+
+    /// Who made a request, for cancels: a fingerprint of its key (keyed
+    /// with this boot's secret, never the key), None without keys.
+    fn owner(&self, access: Access<'_>) -> Option<u64> {
+        match access {
+            Access::Key(k) => Some(keys::fingerprint(k)),
+            Access::NoKeys | Access::Denied => None,
         }
+    }
+
+    /// Whether `rq` presents the admin key (when one is configured).
+    fn is_admin(&self, rq: &Request) -> bool {
+        self.admin
+            .get()
+            .is_some_and(|k| crate::admin::http::offers(rq, k))
+    }
+
+    /// The admin key, which may cancel any request; set once at start.
+    pub fn set_admin_key(&self, key: Option<crate::admin::http::AdminKey>) {
+        if let Some(k) = key {
+            let _ = self.admin.set(k);
+        }
+    }
+
+    /// Answer before (or instead of) reading the whole body: the client's
+    /// socket stops being read and the connection closes after the answer.
+    fn refuse(
+        &self,
+        holder: &mut Option<Request>,
+        rid: &str,
+        d: Dialect,
+        err: ApiError,
+        msg: &str,
+    ) {
+        if let Some(rq) = holder.take() {
+            translate::refuse(d, rq, rid, err, msg);
+        }
+    }
+}
+
+/// The request's id: the client's `X-Request-Id` when it is one we keep
+/// (checked at the edge; see `edge::request_id_ok`), else a random one, so
+/// nobody can guess another client's id.
+fn request_id(rq: &Request) -> String {
+    rq.headers()
+        .iter()
+        .find(|h| h.field.equiv("X-Request-Id"))
+        .map(|h| h.value.as_str().trim().to_string())
+        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID && crate::edge::request_id_ok(v))
+        .unwrap_or_else(|| format!("aisp-{}", crate::random::hex::<16>()))
+}
+
+/// What the proxy reads of a completion's body: only `stream` and `model`;
+/// everything else is skipped unparsed, which keeps multi-megabyte image
+/// payloads cheap. A model name is routed by (per-model cooldowns) and
+/// logged, so one that is not a plain word is refused.
+fn peek(body: &[u8]) -> Result<CompletionPeek, &'static str> {
+    let peek = serde_json::from_slice::<CompletionPeek>(body)
+        .map_err(|_| "the request body must be a JSON object")?;
+    match peek.model.as_deref() {
+        Some(m) if !crate::edge::model_ok(m) || m.len() > MAX_MODEL_NAME => {
+            Err("the model name must be 1 to 200 visible ASCII characters (no spaces or quotes)")
+        }
+        _ => Ok(peek),
     }
 }
 

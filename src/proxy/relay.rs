@@ -11,6 +11,8 @@
 
 use std::io::{self, Read, Write};
 
+use super::HOP_BY_HOP;
+
 /// How the body is delimited on the client connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -71,6 +73,87 @@ pub fn head_bytes(
     head
 }
 
+/// Write one piece of a body with `framing` (a chunk of its own when
+/// chunked), flushed unless its length is known; `frame` is scratch space.
+pub fn write_piece(
+    w: &mut dyn Write,
+    framing: Framing,
+    piece: &[u8],
+    frame: &mut Vec<u8>,
+) -> io::Result<()> {
+    match framing {
+        Framing::NoBody => Ok(()),
+        _ if piece.is_empty() => Ok(()),
+        Framing::Chunked => {
+            frame.clear();
+            frame.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            frame.extend_from_slice(piece);
+            frame.extend_from_slice(b"\r\n");
+            w.write_all(frame)?;
+            w.flush()
+        }
+        Framing::UntilClose => {
+            w.write_all(piece)?;
+            w.flush()
+        }
+        Framing::Length(_) => w.write_all(piece),
+    }
+}
+
+/// A child's answer head, as the relay and a kept answer need it.
+pub struct AnswerHead {
+    /// Its `Content-Length`, if any.
+    pub length: Option<u64>,
+    /// End-to-end headers with our request id `rid`, for the client.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// End-to-end headers as the child gave them, for a kept answer.
+    pub kept: Vec<(String, Vec<u8>)>,
+}
+
+/// The parts of `resp`'s head the relay needs, for the request the client
+/// knows as `rid`: hop-by-hop headers (and those `Connection` names) are
+/// the child's connection's own, its `X-Request-Id` is replaced by ours.
+pub fn answer_head(resp: &ureq::http::Response<ureq::Body>, rid: &str) -> AnswerHead {
+    let named: Vec<String> = resp
+        .headers()
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .collect();
+    let end_to_end = || {
+        resp.headers()
+            .iter()
+            .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()))
+            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+    };
+    let mut headers: Vec<(String, Vec<u8>)> = end_to_end()
+        .filter(|(k, _)| !named.iter().any(|n| n == k) && k != "x-request-id")
+        .collect();
+    headers.push(("X-Request-Id".to_string(), rid.as_bytes().to_vec()));
+    AnswerHead {
+        length: resp
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok()),
+        headers,
+        kept: end_to_end().collect(),
+    }
+}
+
+/// Shut the client's connection both ways (the child broke off: the
+/// client must see the break instead of waiting for the rest).
+pub fn cut_client(fd: Option<std::os::fd::RawFd>) {
+    if let Some(fd) = fd {
+        // SAFETY: the caller holds the request's writer, which keeps `fd`
+        // open; shutdown(2) does not close it.
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_RDWR);
+        }
+    }
+}
+
 thread_local! {
     /// One copy buffer per worker thread, reused by every response it relays.
     static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 32 * 1024]);
@@ -109,22 +192,7 @@ fn copy_with(
             Err(e) => return Err(RelayError::Upstream(e)),
         };
         total += n as u64;
-        match framing {
-            Framing::Chunked => {
-                frame.clear();
-                frame.extend_from_slice(format!("{n:x}\r\n").as_bytes());
-                frame.extend_from_slice(&buf[..n]);
-                frame.extend_from_slice(b"\r\n");
-                w.write_all(&frame).map_err(RelayError::Client)?;
-                w.flush().map_err(RelayError::Client)?;
-            }
-            _ => {
-                w.write_all(&buf[..n]).map_err(RelayError::Client)?;
-                if framing == Framing::UntilClose {
-                    w.flush().map_err(RelayError::Client)?;
-                }
-            }
-        }
+        write_piece(w, framing, &buf[..n], &mut frame).map_err(RelayError::Client)?;
         observe(&buf[..n]);
     }
     if let Framing::Length(expected) = framing {

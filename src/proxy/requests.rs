@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{select, Receiver};
 
+use crate::dialect::Dialect;
 use crate::dispatch::{ChildId, Dispatch};
 
 /// How often the client sockets of running requests are looked at.
@@ -45,8 +46,12 @@ pub struct Registry {
 
 struct Entry {
     client_id: String,
+    /// The fingerprint of the key it was made with (None without keys).
+    owner: Option<u64>,
     phase: Phase,
     taken: Option<Taken>,
+    /// The API the request came in as (shown by `/v1/queue`).
+    dialect: Dialect,
 }
 
 enum Phase {
@@ -74,10 +79,29 @@ pub enum Taken {
     ClientGone,
 }
 
+/// Who asks for a cancel (see `cancel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// The admin key: any request.
+    Admin,
+    /// The fingerprint of the caller's API key (None without keys).
+    Owner(Option<u64>),
+}
+
 /// What a cancel did to one request.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Cancelled {
     /// `queued` or `running`.
+    pub state: &'static str,
+    pub profile: Option<String>,
+}
+
+/// One request as `/v1/queue` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listed {
+    pub id: String,
+    pub dialect: Dialect,
+    /// `waiting` or `running`.
     pub state: &'static str,
     pub profile: Option<String>,
 }
@@ -94,13 +118,21 @@ impl Registry {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn enter(&self, id: u64, client_id: &str) -> Registration<'_> {
+    pub fn enter(
+        &self,
+        id: u64,
+        client_id: &str,
+        owner: Option<u64>,
+        dialect: Dialect,
+    ) -> Registration<'_> {
         self.lock().insert(
             id,
             Entry {
                 client_id: client_id.to_string(),
+                owner,
                 phase: Phase::Waiting,
                 taken: None,
+                dialect,
             },
         );
         Registration { registry: self, id }
@@ -129,9 +161,40 @@ impl Registry {
         (waiting, running)
     }
 
-    /// Cancel every request its client calls `client_id`. Empty when none.
-    pub fn cancel(&self, client_id: &str, dispatch: &Dispatch) -> Vec<Cancelled> {
-        let (queued, running) = self.take(Taken::Cancelled, |_, e| e.client_id == client_id);
+    /// Every request alive now, oldest id first: its client's id, the
+    /// dialect it came in, and whether it waits or runs (and where).
+    pub fn listing(&self) -> Vec<Listed> {
+        let mut v: Vec<(u64, Listed)> = self
+            .lock()
+            .iter()
+            .map(|(id, e)| {
+                let (state, profile) = match &e.phase {
+                    Phase::Waiting => ("waiting", None),
+                    Phase::Running(r) => ("running", Some(r.profile.clone())),
+                };
+                let l = Listed {
+                    id: e.client_id.clone(),
+                    dialect: e.dialect,
+                    state,
+                    profile,
+                };
+                (*id, l)
+            })
+            .collect();
+        v.sort_by_key(|(id, _)| *id);
+        v.into_iter().map(|(_, l)| l).collect()
+    }
+
+    /// Cancel every request its client calls `client_id` that `caller` may
+    /// cancel (see `cancel`). Empty when none.
+    pub fn cancel(&self, client_id: &str, caller: Caller, dispatch: &Dispatch) -> Vec<Cancelled> {
+        let (queued, running) = self.take(Taken::Cancelled, |_, e| {
+            e.client_id == client_id
+                && match caller {
+                    Caller::Admin => true,
+                    Caller::Owner(who) => who.is_none() || e.owner == who,
+                }
+        });
         let mut done = Vec::new();
         for id in queued {
             // Not found: granted a child meanwhile, and the mark stops it.
@@ -149,6 +212,18 @@ impl Registry {
             });
         }
         done
+    }
+
+    /// The slots running a request made with the key `owner`.
+    pub fn slots_running(&self, owner: u64) -> Vec<usize> {
+        self.lock()
+            .values()
+            .filter(|e| e.owner == Some(owner))
+            .filter_map(|e| match &e.phase {
+                Phase::Running(r) => Some(r.child.slot),
+                Phase::Waiting => None,
+            })
+            .collect()
     }
 
     /// Take back every request running on `child` whose answer has not
@@ -379,9 +454,9 @@ mod tests {
     fn reclaim_takes_back_only_unanswered_requests_of_that_child() {
         let r = Registry::default();
         let agent = ureq::Agent::new_with_defaults();
-        let a = r.enter(1, "a");
-        let b = r.enter(2, "b");
-        let c = r.enter(3, "c");
+        let a = r.enter(1, "a", None, Dialect::OpenAi);
+        let b = r.enter(2, "b", None, Dialect::OpenAi);
+        let c = r.enter(3, "c", None, Dialect::OpenAi);
         a.running(&agent, "p", child(0), Some("pro"), None).unwrap();
         b.running(&agent, "p", child(0), Some("pro"), None).unwrap();
         b.answering().unwrap();
@@ -410,7 +485,7 @@ mod tests {
         let (server_side, _) = listener.accept().unwrap();
         let r = Arc::new(Registry::default());
         let agent = ureq::Agent::new_with_defaults();
-        let reg = r.enter(7, "x");
+        let reg = r.enter(7, "x", None, Dialect::OpenAi);
         reg.running(&agent, "p", child(0), None, Some(server_side.as_raw_fd()))
             .unwrap();
         r.free_left_clients();
@@ -430,7 +505,7 @@ mod tests {
         // A request whose answer went out whole is watched no more.
         let c2 = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (s2, _) = listener.accept().unwrap();
-        let reg2 = r.enter(8, "y");
+        let reg2 = r.enter(8, "y", None, Dialect::OpenAi);
         reg2.running(&agent, "p", child(0), None, Some(s2.as_raw_fd()))
             .unwrap();
         assert_eq!(reg2.done(), Ok(()));

@@ -114,16 +114,23 @@ impl Handle {
     }
 
     /// The verdict on `child`'s answer, when it must reach the book at once
-    /// (an exhausted profile: its slot must be draining before the
-    /// request's retry asks for a child); the others go through the outcome
-    /// channel. Waits for the supervisor, bounded.
-    pub fn exhausted(&self, child: ChildId, verdict: &Verdict, model: Option<&str>) {
+    /// (`outcome::at_once`: its slot must be draining before the request's
+    /// retry asks for a child); the others go through the outcome channel.
+    /// Waits for the supervisor, bounded.
+    pub fn report_now(&self, child: ChildId, verdict: &Verdict, model: Option<&str>) {
         // Every answer passes here: the others cost one comparison.
-        if !matches!(verdict, Verdict::Exhausted { .. }) {
+        if !outcome::at_once(verdict) {
             return;
         }
         if let Some(o) = outcome::of_verdict(child, verdict, model) {
             self.ask(Msg::Outcome(o));
         }
+    }
+
+    /// A turn the child of `generation` on `slot` had begun was abandoned
+    /// (its client left, or it was cancelled): no new request goes to it
+    /// from the moment this returns; it is drained and started again.
+    pub fn restart_abandoned(&self, slot: usize, generation: u64) {
+        self.ask(Msg::Abandoned { slot, generation });
     }
 }

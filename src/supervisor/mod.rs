@@ -147,14 +147,17 @@ impl Supervisor {
         }
     }
 
-    /// A verdict from the proxy as a message: exhaustion came at once
-    /// through `Handle::exhausted`, so it is not counted twice.
+    /// A verdict from the proxy as a message: those that came at once
+    /// through `Handle::report_now` are not counted twice.
     fn of_verdict(&self, o: &verdict::Outcome) -> Option<Msg> {
         if let verdict::Verdict::EmptyAnswer(_) = o.verdict {
             crate::metrics::empty_answer(&o.profile);
         }
+        if outcome::at_once(&o.verdict) {
+            return None;
+        }
         let out = outcome::of_verdict(o.child, &o.verdict, o.model.as_deref())?;
-        (!matches!(out.answer, Answer::Exhausted { .. })).then_some(Msg::Outcome(out))
+        Some(Msg::Outcome(out))
     }
 
     /// Handle one message: decide, carry out, publish, answer.

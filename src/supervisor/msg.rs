@@ -147,6 +147,13 @@ pub enum Msg {
     },
     /// An answer's meaning for its profile.
     Outcome(Outcome),
+    /// A turn the child of `generation` on `slot` had begun was abandoned
+    /// (its client left, or it was cancelled): its page may go on
+    /// generating for nobody (asks: [`Reply::Yes`]).
+    Abandoned {
+        slot: usize,
+        generation: u64,
+    },
     /// Requests wait for a model only cooling routes could serve.
     Starved(String),
     /// The keep-alive clock: look for due turns and long runs (asks:

@@ -27,6 +27,13 @@ pub fn answer_of(verdict: &Verdict) -> Option<Answer> {
     }
 }
 
+/// Must this verdict reach the book before its request goes on (its retry
+/// must find the slot already draining)? An exhausted or an empty answer:
+/// both may retire the profile.
+pub fn at_once(verdict: &Verdict) -> bool {
+    matches!(verdict, Verdict::Exhausted { .. } | Verdict::EmptyAnswer(_))
+}
+
 /// The outcome of a verdict on `child`'s answer for `model`.
 pub fn of_verdict(child: ChildId, verdict: &Verdict, model: Option<&str>) -> Option<Outcome> {
     Some(Outcome {

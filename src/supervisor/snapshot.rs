@@ -62,6 +62,9 @@ pub struct ProfileSnapshot {
     /// The slot holding it, when one does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slot: Option<usize>,
+    /// The models it cools for now (it serves the others).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cools_for: Vec<String>,
     #[serde(flatten)]
     pub health: book::Status,
 }
@@ -87,7 +90,6 @@ impl Snapshot {
     pub fn view(&self, dispatch: &Dispatch) -> View {
         let in_flight = dispatch.in_flight();
         let requests_waiting = dispatch.waiting();
-        let demand = dispatch.demand();
         let (wall, mono) = (SystemTime::now(), Instant::now());
         let st = &self.state;
         View {
@@ -124,21 +126,21 @@ impl Snapshot {
             queue: st.queue.iter().map(|p| p.name.clone()).collect(),
             shutting_down: st.shutting_down,
             requests_waiting,
-            profiles: self.profiles(&demand, wall),
+            profiles: self.profiles(wall),
             leases: self.leases.as_ref().map(|s| s.view()),
         }
     }
 
-    /// Every profile with its state and health, in name order (`asked`:
-    /// the models the dispatcher saw asked for lately).
-    pub fn profiles(&self, asked: &[String], now: SystemTime) -> Vec<ProfileSnapshot> {
+    /// Every profile with its state and health, in name order. `cooling`
+    /// is the whole account's cooldown only: one that cools for some models
+    /// is running or queued, and `cools_for` names those models (it can
+    /// serve any other, and takes a slot when nothing better can).
+    pub fn profiles(&self, now: SystemTime) -> Vec<ProfileSnapshot> {
         let st = &self.state;
-        let demand = st.book.demand(asked, now);
         st.book
             .status(now)
             .into_iter()
             .map(|health| {
-                let health = core::health_of(st, health, &demand, now);
                 let slot = st.slots.iter().position(|s| {
                     s.name() == Some(health.profile.as_str()) && s.state.pid().is_some()
                 });
@@ -151,6 +153,11 @@ impl Snapshot {
                 ProfileSnapshot {
                     state,
                     slot,
+                    cools_for: health
+                        .model_cooldowns
+                        .iter()
+                        .map(|m| m.model.clone())
+                        .collect(),
                     health,
                 }
             })

@@ -6,7 +6,8 @@
 //! log and the slot backs off instead of starting a child that cannot
 //! bind), starts the child (`launch`), polls its `/health` until it is
 //! ready or the readiness deadline passes, then watches it (`watch`) until
-//! it exits or a command of the supervisor ends it. Every ending stops the
+//! it exits (or a process of its tree in a session of its own, its
+//! browser, ends) or a command of the supervisor ends it. Every ending stops the
 //! child's whole process tree (see `process::tree`; its launcher first, so
 //! it can save its login) and writes the profile back (`run`). Every move of
 //! the slot, and everything seen in the child's log, is sent to the

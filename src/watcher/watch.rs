@@ -20,6 +20,7 @@ use crate::hydrate::Profile;
 use crate::metrics;
 use crate::process::child::Exit;
 use crate::process::logsigns::Sign;
+use crate::process::sessions::Sessions;
 use crate::recycle;
 use crate::slot::{Event, StopReason};
 use crate::supervisor::msg::Msg;
@@ -32,6 +33,8 @@ const READY_POLL: Duration = Duration::from_millis(20);
 const SIGN_REPEAT: Duration = Duration::from_secs(10);
 /// How often a draining slot looks at its requests in flight.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// How often a ready child's own sessions (its browser) are looked at.
+const SESSION_LOOK: Duration = Duration::from_millis(500);
 
 /// What one watch keeps between its wake-ups.
 struct Watch {
@@ -43,6 +46,12 @@ struct Watch {
     /// A keep-alive turn's child: fires `keepalive::SETTLE` after ready.
     turn_over: Receiver<Instant>,
     care: recycle::Watch,
+    /// Its browser, in a session of its own, found at readiness; and when
+    /// to look whether it still runs.
+    sessions: Sessions,
+    session_looks: Receiver<Instant>,
+    /// The child's tag (finds its processes).
+    tag: String,
 }
 
 impl Watcher {
@@ -68,7 +77,7 @@ impl Watcher {
             self.slot,
             run.generation,
             run.child.pid(),
-            tag,
+            tag.clone(),
             Instant::now(),
         );
         let (samples, age_due) = (care.samples(), care.age_due());
@@ -77,6 +86,9 @@ impl Watcher {
             exhausted: HashMap::new(),
             turn_over: never(),
             care,
+            sessions: Sessions::default(),
+            session_looks: never(),
+            tag,
         };
         if let Some(Cmd::Drain { reason, then, .. }) = self.early.take() {
             // Asked for while it started: nothing is in flight yet.
@@ -105,6 +117,9 @@ impl Watcher {
                 recv(samples) -> _ => self.measure(&name, &mut w),
                 recv(w.turn_over) -> _ => self.turn_done(&name, run.generation),
                 recv(age_due) -> _ => self.measure(&name, &mut w),
+                recv(w.session_looks) -> _ => w.sessions.ended().map(|pid| {
+                    self.browser_ended(&name, run.child.pid(), pid, run.generation)
+                }),
                 recv(self.cmds) -> cmd => self.on_cmd(cmd.ok(), run, &name, ready_at, &mut w),
                 recv(tick) -> _ => self.on_tick(run, &name, &url, ready_at, &mut w),
             };
@@ -265,10 +280,24 @@ impl Watcher {
             if let Some(settle) = settle {
                 w.turn_over = after(settle);
             }
+            w.sessions = Sessions::of_child(run.child.pid(), &w.tag);
+            w.session_looks = w.sessions.looks(SESSION_LOOK);
         } else if Instant::now() >= run.deadline {
             return Some(Ending::Stop(StopReason::ReadyTimeout));
         }
         None
+    }
+
+    /// A process of the child (launcher `leader`) in a session of its own,
+    /// its browser, ended while the launcher lives: the child is evicted
+    /// before a request finds it broken.
+    fn browser_ended(&self, name: &str, leader: i32, pid: i32, generation: u64) -> Ending {
+        let why = format!(
+            "its process {pid}, in a session of its own (its browser), ended while the launcher lives"
+        );
+        warn!("slot {}: profile {name} pid {leader}: {why}", self.slot);
+        self.sup.evict(self.slot, generation, why.clone());
+        Ending::Stop(StopReason::Evicted(why))
     }
 
     /// Requests the dispatcher has on this slot's child now.

@@ -577,6 +577,8 @@ pub struct Coordinator<'a> {
     stderr_path: PathBuf,
     /// Test-child pids seen in `/ready` snapshots.
     seen_pids: Mutex<BTreeSet<i32>>,
+    /// Its ADMIN_KEY, if set: `/ready` shows names and pids only with it.
+    admin_key: Option<String>,
 }
 
 impl<'a> Coordinator<'a> {
@@ -655,6 +657,15 @@ impl<'a> Coordinator<'a> {
             stdout_path,
             stderr_path,
             seen_pids: Mutex::new(BTreeSet::new()),
+            admin_key: env
+                .iter()
+                .find(|(k, _)| k == "ADMIN_KEY")
+                .map(|(_, v)| v.clone())
+                .or_else(|| {
+                    let (_, file) = env.iter().find(|(k, _)| k == "ADMIN_KEY_FILE")?;
+                    let text = std::fs::read_to_string(dir.path.join(file)).ok()?;
+                    Some(text.lines().next()?.trim().to_string())
+                }),
         }
     }
 
@@ -724,9 +735,24 @@ impl<'a> Coordinator<'a> {
         (r.status, r.json())
     }
 
-    /// `/ready` as (status, body); remembers the child pids it names.
+    /// `/ready` as (status, body), with the admin key when there is one
+    /// (names and pids are shown only with it once keys are configured);
+    /// remembers the child pids it names.
     pub fn ready(&self) -> (u16, Value) {
-        let (status, body) = self.get_json("/ready");
+        let (status, body) = match &self.admin_key {
+            None => self.get_json("/ready"),
+            Some(key) => {
+                let url = format!("http://127.0.0.1:{}/ready", self.ports.coordinator);
+                let r = agent()
+                    .get(&url)
+                    .header("X-Admin-Key", key.as_str())
+                    .call()
+                    .ok()
+                    .and_then(|mut resp| reply_of(&mut resp))
+                    .unwrap_or_else(|| panic!("no answer from the coordinator on /ready"));
+                (r.status, r.json())
+            }
+        };
         let mut seen = self.seen_pids.lock().unwrap_or_else(|p| p.into_inner());
         for s in slots(&body) {
             if let Some(pid) = s.pid {

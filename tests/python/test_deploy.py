@@ -479,7 +479,7 @@ def stop_budget(variant):
     _, pod, c = pod_container(variant)
     cm = config(variant)
     default_drain = source_number(
-        "src/config.rs",
+        "src/config/table.rs",
         r'env: "SHUTDOWN_DRAIN_S",\s*default: Some\("(\d+)"\)',
         "the default shutdown drain",
     )

@@ -1,4 +1,5 @@
 //! Chat completions: the answer, its queueing, and the streamed form.
+//! A tool call instead of text (knob `tool_call`) is `tools`'s.
 //!
 //! Each completion runs on its own thread (spawned by the HTTP worker that
 //! received it) so a long line of completions never starves /health. It gets
@@ -23,7 +24,8 @@
 //! - out of quota (`quota_log`, `quota_models`, profile cookies `FAKE_QUOTA`
 //!   / `FAKE_QUOTA_MODEL`, or `FAKE_QUOTA` in the prompt), as the current
 //!   child: streamed 200 (the head at once, the rest after
-//!   `completion_delay_ms`), one chunk with empty content, `finish_reason:
+//!   `completion_delay_ms`, or `FAKE_DELAY=<s>` in the prompt, as for every
+//!   answer), one chunk with empty content, `finish_reason:
 //!   stop` and `usage.completion_tokens: 0`, `[DONE]`, and after it the
 //!   comments `: processing auth rotation (attempt 1)...` and
 //!   `: processing auth rotation...` and `data: {"error": "Auth rotation
@@ -61,6 +63,9 @@
 //!
 //! Every answer carries `X-Testchild-Req-Id` and
 //! `X-Testchild-Queue-Wait-Ms` (time spent waiting in the lane).
+
+#[path = "tools.rs"]
+mod tools;
 
 use crate::lane::{Turn, CHECK_EVERY};
 use crate::sock::ConnWatch;
@@ -219,6 +224,22 @@ struct Job {
     prompt: String,
     /// When the request arrived (the child's own deadline counts from here).
     arrived: Instant,
+    /// The tool call to answer with (knob `tool_call`).
+    tool: Option<tools::Call>,
+    /// How long the work takes upstream: `FAKE_DELAY=<s>` in the prompt (as
+    /// the fake Google reads it), else `completion_delay_ms`.
+    delay: Duration,
+}
+
+/// The seconds of a `FAKE_DELAY=<s>` marker in `prompt`, if any.
+fn fake_delay(prompt: &str) -> Option<Duration> {
+    let rest = &prompt[prompt.find("FAKE_DELAY=")? + "FAKE_DELAY=".len()..];
+    let digits: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let s: f64 = digits.parse().ok()?;
+    (s.is_finite() && (0.0..=3600.0).contains(&s)).then(|| Duration::from_secs_f64(s))
 }
 
 /// A JSON answer to a completion, with its id headers.
@@ -299,8 +320,15 @@ pub fn handle(app: Arc<App>, request: Request, body: &[u8]) {
             app.profile,
             last_message_text(&parsed)
         ),
+        delay: fake_delay(&prompt_text(&parsed))
+            .unwrap_or(Duration::from_millis(app.knobs.completion_delay_ms)),
         prompt: prompt_text(&parsed),
         arrived: Instant::now(),
+        tool: if app.knobs.tool_call {
+            tools::call_for(&parsed)
+        } else {
+            None
+        },
         req_id,
     };
     let arrived = job.arrived;
@@ -363,7 +391,21 @@ pub fn handle(app: Arc<App>, request: Request, body: &[u8]) {
     }
 
     app.stats.begin();
-    let outcome = serve(&app, request, &job, waited_ms, &mut watch);
+    let turn_began = Instant::now();
+    let stall = app.knobs.abandoned_stall_ms;
+    let outcome = match stall {
+        Some(ms) if crate::page::take_busy() => {
+            stalled(&app, request, &job, waited_ms, ms, &mut watch)
+        }
+        _ => {
+            let outcome = serve(&app, request, &job, waited_ms, &mut watch);
+            if outcome == Outcome::ClientGone && stall.is_some() {
+                // Its cleanup skipped: the page generates to the turn's end.
+                crate::page::left_generating(turn_began + planned_turn(&app.knobs, &job));
+            }
+            outcome
+        }
+    };
     app.stats.end(outcome);
     drop(ticket);
     done(outcome.label(), waited_ms);
@@ -520,8 +562,16 @@ fn serve(
         }
         return delivered(in_band(app, request, job, waited_ms, &answer, &content));
     }
+    if let Some(call) = &job.tool {
+        let ok = tools::answer(app, request, job, waited_ms, &answer, call, watch);
+        return if ok {
+            Outcome::Success
+        } else {
+            Outcome::ClientGone
+        };
+    }
     if !job.stream {
-        if !pause(Duration::from_millis(app.knobs.completion_delay_ms), watch) {
+        if !pause(job.delay, watch) {
             log_line(&format!(
                 "completion req_id={} client disconnected while being served; stopped",
                 job.req_id
@@ -544,6 +594,43 @@ fn serve(
         ));
     }
     outcome
+}
+
+/// How long a normal turn takes upstream.
+fn planned_turn(knobs: &crate::knobs::Knobs, job: &Job) -> Duration {
+    let events = if job.stream {
+        u64::from(knobs.stream_events) * knobs.stream_interval_ms
+    } else {
+        0
+    };
+    job.delay + Duration::from_millis(events)
+}
+
+/// A turn whose Run click stopped a turn still generating for a client that
+/// left (see `page`): its prompt stays unsent, and it waits `ms` (the
+/// child's own timeout) for an answer that never comes, then 504.
+fn stalled(
+    app: &App,
+    request: Request,
+    job: &Job,
+    waited_ms: u128,
+    ms: u64,
+    watch: &mut ConnWatch,
+) -> Outcome {
+    log_line(&format!(
+        "[{}] the page was still generating for a client that left: the Run click stopped that turn, this prompt stays unsent",
+        job.req_id
+    ));
+    if !pause(Duration::from_millis(ms), watch) {
+        drop(request.into_writer());
+        return Outcome::ClientGone;
+    }
+    let body = json!({"detail": format!("[{}] Request processing timed out.", job.req_id)});
+    if answer_json(app, request, job, waited_ms, 504, &body, None) {
+        Outcome::Answered
+    } else {
+        Outcome::ClientGone
+    }
 }
 
 /// A streamed 200 whose whole content is `content` (an in-band error or a
@@ -589,9 +676,8 @@ fn quota_answer(
         let events = quota_stream_events(answer);
         let (answered, tail) = events.split_at(2);
         let mut out = open_stream(app, request, job, waited_ms);
-        let mut ok = out.is_ok()
-            && pause(Duration::from_millis(app.knobs.completion_delay_ms), watch)
-            && answered.iter().all(|e| out.chunk(e).is_ok());
+        let mut ok =
+            out.is_ok() && pause(job.delay, watch) && answered.iter().all(|e| out.chunk(e).is_ok());
         log_line(&format!(
             "[{id}] Quota limit hit during stream: {error}. Initiating rotation (Attempt 1/3)..."
         ));
@@ -843,7 +929,7 @@ fn stream_answer(
     }
     let result = (|| -> io::Result<Outcome> {
         let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "client gone");
-        if !pause(Duration::from_millis(app.knobs.completion_delay_ms), watch) {
+        if !pause(job.delay, watch) {
             return Err(gone());
         }
         out.chunk(&answer.event(json!({"role": "assistant"}), None))?;

@@ -26,10 +26,12 @@
 //! | `stall_mid_stream_ms` | u64 | - | pause this long after the first content event |
 //! | `refuse_after_ms` | u64 | - | close the API listener this long after binding |
 //! | `log_lines`, `log_line_bytes` | u64 | 0, 100 | log lines printed at start, and their size |
-//! | `real_child` | bool | false | behave like the real child: defaults `browser`, `stream_helper`, `driver` and (without `fork`) `save_on_term` true, `bind_after_ms` 300, `refresh_every` 10 (unset with `fork`); its saved state carries cookie `FAKE_REFRESHED` |
+//! | `real_child` | bool | false | behave like the real child: defaults `browser`, `stream_helper`, `driver` and (without `fork`) `save_on_term` true, `bind_after_ms` 300, `refresh_every` 10 (unset with `fork`), `abandoned_stall_ms` 150000; its saved state carries cookie `FAKE_REFRESHED` |
 //! | `browser` | bool | false (real_child: true) | own-session browser on the camoufox port, `<profile>.browser.pid`; dead browser means completions 503 |
 //! | `browser_ignore_sigterm` | bool | false | the browser ignores SIGTERM |
 //! | `browser_fail_delay_ms` | u64 | 300 | how long a launcher whose browser failed lingers before exit 1 |
+//! | `browser_dies_after_ms` | u64 | - | the browser is SIGKILLed this long after start (as the OOM killer would); the launcher lives on, `/health` stays OK, completions 503 |
+//! | `abandoned_stall_ms` | u64 | - (real_child: 150000) | a client leaving a turn being served leaves the page generating until that turn's end; a completion served meanwhile stops it instead of sending its prompt, stalls this long (the child's own timeout) and answers 504 |
 //! | `stream_helper` | bool | false (real_child: true) | SIGTERM-ignoring helper in our group on the stream port, `<profile>.helper.pid`; a SIGTERMed launcher waits for it (with `save_on_term`: SIGKILLs it after `helper_kill_after_ms`) |
 //! | `bind_after_ms` | u64 | 0 (real_child: 300) | the API port refuses until this long after start |
 //! | `models` | string | `gemini-test` | comma-separated model ids; any other `model` gets 500 |
@@ -49,6 +51,7 @@
 //! | `quota_requeue_ms` | u64 | 1000 | a non-streamed quota request's re-queue round |
 //! | `quota_deadline_ms` | u64 | 420000 | its own 504, from arrival |
 //! | `error_text_mark` | string | `[错误` | `error_text`'s form: the default gives `[错误: <text>]`, any other mark `<mark> AI Studio error: 500 <text>]` (`[Error:` as the current child) |
+//! | `tool_call` | bool | false | a completion offering `tools` is answered with a call of one (see `tools.rs`); a tool's result with text |
 //! | `empty_output` | bool | false | streamed: the no-output placeholder; non-streamed: 502 `Aux stream completed but no content provided` |
 //! | `fork_internal_timeout` | bool | false | every completion gets the fork's internal timeout (502, or a `reasoning_content` stream) |
 //! | `internal_timeout_ms` | u64 | 2000 | how long that timeout takes |
@@ -96,6 +99,11 @@ pub struct Knobs {
     pub browser_ignore_sigterm: bool,
     /// How long the launcher lingers after its browser failed to start.
     pub browser_fail_delay_ms: u64,
+    /// SIGKILL the browser this long after start.
+    pub browser_dies_after_ms: Option<u64>,
+    /// A page left generating by a client that left stalls the next turn
+    /// this long (see `page`).
+    pub abandoned_stall_ms: Option<u64>,
     /// Spawn a SIGTERM-ignoring helper in our process group (the stream
     /// proxy); while it lives, a SIGTERM does not end the launcher.
     pub stream_helper: bool,
@@ -129,6 +137,7 @@ pub struct Knobs {
     pub quota_deadline_ms: u64,
     pub error_text_mark: String,
     pub empty_output: bool,
+    pub tool_call: bool,
     pub fork_internal_timeout: bool,
     pub internal_timeout_ms: u64,
     /// Spawn the "Playwright driver" the SIGTERM save needs.
@@ -163,6 +172,8 @@ pub const NAMES: &[&str] = &[
     "browser",
     "browser_ignore_sigterm",
     "browser_fail_delay_ms",
+    "browser_dies_after_ms",
+    "abandoned_stall_ms",
     "stream_helper",
     "bind_after_ms",
     "models",
@@ -183,6 +194,7 @@ pub const NAMES: &[&str] = &[
     "quota_deadline_ms",
     "error_text_mark",
     "empty_output",
+    "tool_call",
     "fork_internal_timeout",
     "internal_timeout_ms",
     "driver",
@@ -192,6 +204,10 @@ pub const NAMES: &[&str] = &[
 
 /// The default of `error_text_mark`: the older `[错误: <text>]` form.
 pub const LEGACY_ERROR_MARK: &str = "[错误";
+
+/// `abandoned_stall_ms` of `real_child`: the real child's own timeout is
+/// 150-300 s.
+pub const REAL_CHILD_STALL_MS: u64 = 150_000;
 
 /// The model list when the `models` knob is unset.
 pub const DEFAULT_MODEL: &str = "gemini-test";
@@ -367,6 +383,10 @@ impl Knobs {
             browser: s.get("browser")?.unwrap_or(real_child),
             browser_ignore_sigterm: s.get("browser_ignore_sigterm")?.unwrap_or(false),
             browser_fail_delay_ms: s.get("browser_fail_delay_ms")?.unwrap_or(300),
+            browser_dies_after_ms: s.get("browser_dies_after_ms")?,
+            abandoned_stall_ms: s
+                .get("abandoned_stall_ms")?
+                .or(real_child.then_some(REAL_CHILD_STALL_MS)),
             stream_helper: s.get("stream_helper")?.unwrap_or(real_child),
             bind_after_ms: s
                 .get("bind_after_ms")?
@@ -401,6 +421,7 @@ impl Knobs {
                 .filter(|t| !t.is_empty())
                 .unwrap_or_else(|| LEGACY_ERROR_MARK.into()),
             empty_output: s.get("empty_output")?.unwrap_or(false),
+            tool_call: s.get("tool_call")?.unwrap_or(false),
             fork_internal_timeout: s.get("fork_internal_timeout")?.unwrap_or(false),
             internal_timeout_ms: s.get("internal_timeout_ms")?.unwrap_or(2000),
             driver: s.get("driver")?.unwrap_or(real_child),
@@ -580,6 +601,7 @@ mod tests {
         assert!(k.real_child && k.browser && k.stream_helper);
         assert_eq!(k.bind_after_ms, 300);
         assert_eq!(k.refresh_every, Some(10));
+        assert_eq!(k.abandoned_stall_ms, Some(REAL_CHILD_STALL_MS));
         let profile = json!({"browser": false, "bind_after_ms": 5, "refresh_every": 0});
         let (k, _) = Knobs::load(
             env(&[

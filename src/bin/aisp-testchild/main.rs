@@ -100,6 +100,7 @@ mod completion;
 mod keys;
 mod knobs;
 mod lane;
+mod page;
 mod refresh;
 mod sock;
 mod tree;
@@ -640,10 +641,15 @@ fn main() {
             pid_file("browser"),
             knobs.browser_ignore_sigterm,
         ) {
-            Ok(pid) => log_line(&format!(
-                "browser started pid={pid} (own session) on camoufox debug port 127.0.0.1:{}",
-                args.camoufox_port
-            )),
+            Ok(pid) => {
+                log_line(&format!(
+                    "browser started pid={pid} (own session) on camoufox debug port 127.0.0.1:{}",
+                    args.camoufox_port
+                ));
+                if let Some(ms) = knobs.browser_dies_after_ms {
+                    tree::browser_dies_after(Duration::from_millis(ms));
+                }
+            }
             Err(why) => {
                 if why.contains("already in use") {
                     log_line(&format!(

@@ -467,6 +467,27 @@ pub fn spawn_browser(
     }
 }
 
+/// SIGKILLs the browser `after` from now, as the OOM killer would; the
+/// launcher lives on (knob `browser_dies_after_ms`).
+pub fn browser_dies_after(after: Duration) {
+    let spawned = thread::Builder::new()
+        .name("browser-death".into())
+        .spawn(move || {
+            thread::sleep(after);
+            let browser = tree().browser.clone();
+            if let Some(b) = browser.filter(|b| b.alive()) {
+                log_line(&format!(
+                    "browser pid={} killed (SIGKILL, knob browser_dies_after_ms)",
+                    b.pid
+                ));
+                b.signal(libc::SIGKILL);
+            }
+        });
+    if let Err(e) = spawned {
+        log_line(&format!("error: cannot start the browser-death timer: {e}"));
+    }
+}
+
 /// Starts the stream helper in our process group, SIGTERM ignored from
 /// before its exec. Returns its pid.
 pub fn spawn_helper(stream_port: u16, pidfile: Option<PathBuf>) -> Result<i32, String> {

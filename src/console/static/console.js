@@ -136,7 +136,9 @@
       const t = u.total || {};
       const errs = (t.child_error || 0) + (t.empty || 0) + (t.exhausted || 0) + (t.request_error || 0);
       return el("tr", { class: p.state === "needs_login" ? "needs-login" : null },
-        td("Profile", p.profile), td("State", badge(p.state)), cool,
+        td("Profile", p.profile),
+        el("td", { "data-label": "State" }, badge(p.state),
+          (p.cools_for || []).length ? " (cools for " + p.cools_for.map(String).join(", ") + ")" : ""), cool,
         td("Answers", num(t.answers || 0) + (errs ? " (" + num(errs) + " failed)" : ""), "num"),
         td("Tokens", num(t.total_tokens || 0), "num"),
         td("Last hour", num((u.last_hour || {}).answers || 0) + " / " + num((u.last_hour || {}).tokens || 0) + " tok", "num"),

@@ -73,7 +73,7 @@ pub(super) fn outcome(st: &mut State, o: Outcome, at: &At, out: &mut Out) {
             let left = until.duration_since(now).unwrap_or_default().as_secs();
             let leaves = model_leaves(st, &name, model, at);
             let then = if leaves {
-                "; it is rotated out (of no use for the models in demand, or another serves the waiting requests)"
+                "; it is rotated out (another profile serves the models in demand, or the waiting requests)"
             } else {
                 " and keeps serving other models"
             };
@@ -99,6 +99,28 @@ pub(super) fn outcome(st: &mut State, o: Outcome, at: &At, out: &mut Out) {
     out.push(Action::Save);
 }
 
+/// A turn the child of `generation` on `slot` had begun was abandoned: its
+/// page may go on generating for nobody, and the real child's next turn
+/// would stop that one instead of sending its own prompt. No new request
+/// goes to it; it is drained and started again (a stale child changes
+/// nothing).
+pub(super) fn abandoned(st: &State, slot: usize, generation: u64, out: &mut Out) {
+    if st
+        .slots
+        .get(slot)
+        .is_some_and(|s| s.generation == generation)
+    {
+        let why = "a turn it had begun was abandoned; its page may still be generating";
+        rotate_out(
+            slot,
+            generation,
+            StopReason::Recycled(why.into()),
+            Then::Restart,
+            out,
+        );
+    }
+}
+
 /// Model starvation, for a profile that now cools for `model`: does it
 /// leave its slot (see `placement::leaves_slot`)?
 fn model_leaves(st: &State, name: &str, model: &str, at: &At) -> bool {
@@ -111,9 +133,11 @@ fn model_leaves(st: &State, name: &str, model: &str, at: &At) -> bool {
                 .iter()
                 .all(|(m, _)| m != model)
     });
+    let demand = st.book.demand(&at.asked, now);
+    let spare_for_demand = st.queue.iter().any(|p| st.may_run(&p.name, &demand, now));
     placement::leaves_slot(
-        st.book
-            .eligible_for(name, &st.book.demand(&at.asked, now), now),
+        st.book.eligible_for(name, &demand, now),
+        spare_for_demand,
         at.waited_for.iter().any(|m| m == model),
         spare,
     )

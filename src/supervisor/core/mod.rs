@@ -21,7 +21,7 @@ mod turns;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::book::{self, Book};
+use crate::book::Book;
 use crate::config::{PortPlan, Ports};
 use crate::dispatch::{ChildId, SlotView};
 use crate::events::Kind;
@@ -368,6 +368,7 @@ pub fn handle(st: &mut State, msg: Msg, at: &At) -> Vec<Action> {
             }
         }
         Msg::Outcome(outcome) => health::outcome(st, outcome, at, o),
+        Msg::Abandoned { slot, generation } => health::abandoned(st, slot, generation, o),
         Msg::Starved(model) => health::starved(st, &model, at, o),
         Msg::Tick => turns::look(st, at, o),
         Msg::LeaseDemand => health::lease_demand(st, at, o),
@@ -520,34 +521,4 @@ impl std::fmt::Display for ProfileState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
-}
-
-/// A profile's health as `/ready` shows it: a profile that cools for every
-/// model in demand shows as cooling until it serves one again.
-pub fn health_of(
-    st: &State,
-    mut health: book::Status,
-    demand: &[String],
-    now: SystemTime,
-) -> book::Status {
-    if health.cooling_until_unix_ms.is_none() {
-        let useful = st.book.available_at(&health.profile, demand, now);
-        if let Some(t) = useful.filter(|t| *t > now) {
-            health.cooling_until_unix_ms = Some(book::unix_ms(t));
-            health.cooldown_left_s = Some(
-                t.duration_since(now)
-                    .unwrap_or_default()
-                    .as_secs_f64()
-                    .ceil() as u64,
-            );
-            // The reason of the model cooldown that ends then.
-            health.reason = health
-                .model_cooldowns
-                .iter()
-                .find(|m| m.until_unix_ms == book::unix_ms(t))
-                .map(|m| m.reason)
-                .or(Some(book::CoolReason::Exhausted));
-        }
-    }
-    health
 }

@@ -131,6 +131,7 @@ fn take_next(st: &mut State, slot: usize, at: &At, out: &mut Out) -> Option<Prof
         placement::next_in_queue(
             st.queue.iter().map(|p| p.name.as_str()),
             |name| st.may_run(name, &demand, now),
+            |name| st.may_run(name, &[], now),
             |name, model| {
                 st.book
                     .models_cooling(name, now)

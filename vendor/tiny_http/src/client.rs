@@ -86,6 +86,8 @@ enum ReadError {
     ExpectationFailed(HTTPVersion),
     /// aistudioproxy patch: a header line or the header block is too large
     HeadersTooLarge,
+    /// aistudioproxy patch: the body's length is ambiguous (RFC 9112 6.3)
+    BadFraming(&'static str),
     ReadIoError(IoError),
 }
 
@@ -303,6 +305,7 @@ impl ClientConnection {
                 request::RequestCreationError::ExpectationFailed => {
                     ReadError::ExpectationFailed(version)
                 }
+                request::RequestCreationError::BadFraming(why) => ReadError::BadFraming(why),
             }
         })?;
 
@@ -382,6 +385,17 @@ impl Iterator for ClientConnection {
                     self.linger();
                     return None; // we don't know where the next request would start,
                                  // se we have to close
+                }
+
+                // aistudioproxy patch: where the body ends is unclear, so
+                // nothing after the head can be read as a request.
+                Err(ReadError::BadFraming(why)) => {
+                    {
+                        let mut writer = self.sink.next().unwrap();
+                        write_error(&mut writer, "400 Bad Request", "bad_request", why);
+                    }
+                    self.linger();
+                    return None;
                 }
 
                 Err(ReadError::HeadersTooLarge) => {

@@ -117,6 +117,12 @@ use util::MessagesQueue;
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use limits::{Admission, AdmissionHook, Limits, Linger};
+
+/// aistudioproxy patch: a hook run on a connection's own thread for each
+/// request it reads, before the request is queued for `recv`: it answers
+/// the request itself (and returns `None`) or hands it back to be queued.
+/// It must not block for long: the connection reads nothing meanwhile.
+pub type InlineHook = Box<dyn Fn(Request) -> Option<Request> + Send + Sync>;
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
@@ -143,6 +149,9 @@ pub struct Server {
 
     // queue for messages received by child threads
     messages: Arc<MessagesQueue<Message>>,
+
+    // aistudioproxy patch: see `Server::set_inline`.
+    inline: Arc<std::sync::OnceLock<InlineHook>>,
 
     // result of TcpListener::local_addr()
     listening_addr: ListenAddr,
@@ -303,6 +312,8 @@ impl Server {
 
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
+        let inline: Arc<std::sync::OnceLock<InlineHook>> = Arc::default();
+        let inside_inline = inline.clone();
         // aistudioproxy patch: named, like every thread of the coordinator.
         let accept_thread = thread::Builder::new().name("http-accept".into());
         accept_thread.spawn(move || {
@@ -385,18 +396,26 @@ impl Server {
                 match new_client {
                     Ok(client) => {
                         let messages = inside_messages.clone();
+                        let inline = inside_inline.clone();
                         let mut client = Some(client);
                         tasks_pool.spawn(Box::new(move || {
+                            // aistudioproxy patch: the inline hook first.
+                            let pass = |rq: Request| match inline.get() {
+                                Some(hook) => hook(rq),
+                                None => Some(rq),
+                            };
                             if let Some(client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
                                 if client.secure() {
                                     let (sender, receiver) = mpsc::channel();
                                     for rq in client {
+                                        let Some(rq) = pass(rq) else { continue };
                                         messages.push(rq.with_notify_sender(sender.clone()).into());
                                         receiver.recv().unwrap();
                                     }
                                 } else {
                                     for rq in client {
+                                        let Some(rq) = pass(rq) else { continue };
                                         messages.push(rq.into());
                                     }
                                 }
@@ -417,9 +436,16 @@ impl Server {
         // result
         Ok(Server {
             messages,
+            inline,
             close: close_trigger,
             listening_addr: local_addr,
         })
+    }
+
+    /// aistudioproxy patch: run `hook` on each request's connection thread
+    /// before queueing it (see [`InlineHook`]); only the first call counts.
+    pub fn set_inline(&self, hook: InlineHook) -> bool {
+        self.inline.set(hook).is_ok()
     }
 
     /// Returns an iterator for all the incoming requests.

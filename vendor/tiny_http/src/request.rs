@@ -94,6 +94,38 @@ pub(crate) struct Link {
     pub(crate) socket: Option<Connection>,
     /// Admitted into the probe reserve: this is the connection's only request.
     pub(crate) reserve: bool,
+    /// Clear while body bytes are left on the socket: an answer then
+    /// refuses the rest (see [`Request::respond`]).
+    pub(crate) body_done: Option<Arc<AtomicBool>>,
+}
+
+/// aistudioproxy patch: a body reader that says when it reached the end.
+/// Until then, an answer refuses the rest of the body: the connection
+/// closes (lingering, on its own thread) instead of the answering thread
+/// draining whatever the client still sends.
+struct Tracked<R> {
+    inner: R,
+    done: Arc<AtomicBool>,
+}
+
+impl<R> Tracked<R> {
+    fn new(inner: R, done: &Arc<AtomicBool>) -> Tracked<R> {
+        done.store(false, Ordering::SeqCst);
+        Tracked {
+            inner,
+            done: done.clone(),
+        }
+    }
+}
+
+impl<R: Read> Read for Tracked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.done.store(true, Ordering::SeqCst);
+        }
+        Ok(n)
+    }
 }
 
 struct NotifyOnDrop<R> {
@@ -128,6 +160,55 @@ pub enum RequestCreationError {
 
     /// Error while reading data from the socket during the creation of the `Request`.
     CreationIoError(IoError),
+
+    /// aistudioproxy patch: the request's body length is ambiguous (see
+    /// `framing`); the message says why.
+    BadFraming(&'static str),
+}
+
+/// aistudioproxy patch: whether the body is chunked, and its declared
+/// length otherwise, by RFC 9112 section 6; ambiguous framing is an error.
+fn framing(headers: &[Header]) -> Result<(bool, Option<usize>), RequestCreationError> {
+    let mut codings = Vec::new();
+    let mut lengths = Vec::new();
+    for h in headers {
+        if h.field.equiv("Transfer-Encoding") {
+            codings.extend(h.value.as_str().split(',').map(|c| c.trim().to_ascii_lowercase()));
+        } else if h.field.equiv("Content-Length") {
+            lengths.extend(h.value.as_str().split(',').map(|c| c.trim().to_string()));
+        }
+    }
+    if !codings.is_empty() && !lengths.is_empty() {
+        return Err(RequestCreationError::BadFraming(
+            "a request may not carry both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if !codings.is_empty() {
+        if codings != ["chunked"] {
+            return Err(RequestCreationError::BadFraming(
+                "Transfer-Encoding must be exactly chunked",
+            ));
+        }
+        return Ok((true, None));
+    }
+    let mut length = None;
+    for l in &lengths {
+        if l.is_empty() || l.len() > 19 || !l.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(RequestCreationError::BadFraming(
+                "Content-Length must be a decimal number of bytes",
+            ));
+        }
+        let n: usize = l.parse().map_err(|_| {
+            RequestCreationError::BadFraming("Content-Length must be a decimal number of bytes")
+        })?;
+        if length.is_some_and(|m| m != n) {
+            return Err(RequestCreationError::BadFraming(
+                "repeated Content-Length headers differ",
+            ));
+        }
+        length = Some(n);
+    }
+    Ok((false, length))
 }
 
 impl From<IoError> for RequestCreationError {
@@ -161,23 +242,12 @@ where
     R: Read + Send + 'static,
     W: Write + Send + 'static,
 {
-    // finding the transfer-encoding header
-    let transfer_encoding = headers
-        .iter()
-        .find(|h: &&Header| h.field.equiv("Transfer-Encoding"))
-        .map(|h| h.value.clone());
-
-    // finding the content-length header
-    let content_length = if transfer_encoding.is_some() {
-        // if transfer-encoding is specified, the Content-Length
-        // header must be ignored (RFC2616 #4.4)
-        None
-    } else {
-        headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Content-Length"))
-            .and_then(|h| FromStr::from_str(h.value.as_str()).ok())
-    };
+    // aistudioproxy patch: framing by RFC 9112 section 6. A request whose
+    // body length two parties could read differently (a smuggling vector)
+    // is refused: both length headers, a Transfer-Encoding other than
+    // exactly `chunked`, a Content-Length that is not all digits, or
+    // repeated Content-Lengths that differ.
+    let (transfer_encoding, content_length) = framing(&headers)?;
 
     // true if the client sent a `Expect: 100-continue` header
     let expects_continue = {
@@ -203,6 +273,10 @@ where
             _ => false,
         }
     };
+
+    // aistudioproxy patch: cleared while a body is left on the socket (see
+    // `Tracked`); buffered and absent bodies are done from the start.
+    let body_done = Arc::new(AtomicBool::new(true));
 
     // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
     // content-length headers
@@ -238,12 +312,16 @@ where
                 // aistudioproxy patch: a refused body is not drained here.
                 data_reader = data_reader.abandoned_by(flag);
             }
-            Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
+            Box::new(Tracked::new(FusedReader::new(data_reader), &body_done))
+                as Box<dyn Read + Send + 'static>
         }
-    } else if transfer_encoding.is_some() {
+    } else if transfer_encoding {
         // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
         // over the message (RFC2616 #3.6)
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
+        Box::new(Tracked::new(
+            FusedReader::new(Decoder::new(source_data)),
+            &body_done,
+        )) as Box<dyn Read + Send + 'static>
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
         // assuming that we have no data
@@ -265,6 +343,7 @@ where
         notify_when_responded: None,
         link: Link {
             refused,
+            body_done: Some(body_done),
             ..Link::default()
         },
     })
@@ -358,6 +437,20 @@ impl Request {
     /// [`Limits`](crate::Limits)); this is its only request.
     pub fn in_reserve(&self) -> bool {
         self.link.reserve
+    }
+
+    /// aistudioproxy patch: an answer given before the body was read to its
+    /// end refuses the rest (see [`Request::refuse_body`]), so no answering
+    /// thread ever drains a body nobody asked for.
+    fn refuse_unread_body(&mut self) {
+        let unread = self
+            .link
+            .body_done
+            .as_ref()
+            .is_some_and(|d| !d.load(Ordering::SeqCst));
+        if unread {
+            self.refuse_body();
+        }
     }
 
     /// Whether the connection closes after this request's answer, though the
@@ -471,6 +564,7 @@ impl Request {
     /// Therefore you should always destroy the `Writer` as soon as possible.
     #[inline]
     pub fn into_writer(mut self) -> Box<dyn Write + Send + 'static> {
+        self.refuse_unread_body();
         let writer = self.extract_writer_impl();
         if let Some(sender) = self.notify_when_responded.take() {
             let writer = NotifyOnDrop {
@@ -527,6 +621,7 @@ impl Request {
     where
         R: Read,
     {
+        self.refuse_unread_body();
         let mut writer = self.extract_writer_impl();
 
         let do_not_send_body = self.method == Method::Head;

@@ -1,0 +1,104 @@
+//! Reading a child's event stream as it arrives in pieces of any size:
+//! complete `data:` payloads out, one per event (lines of one event joined
+//! by `\n`, as the SSE format says); comments and other fields ignored.
+//! A line longer than [`MAX_LINE`] is dropped, so a hostile child cannot
+//! grow our memory without bound.
+
+/// Longest line kept.
+const MAX_LINE: usize = 8 << 20;
+
+#[derive(Debug, Default)]
+pub struct Events {
+    /// The unfinished line.
+    line: Vec<u8>,
+    /// The data lines of the unfinished event.
+    data: Vec<u8>,
+    has_data: bool,
+    /// The current line grew too long: skip to its end.
+    skipping: bool,
+}
+
+impl Events {
+    /// Feed `piece`; `each` gets every event's data completed by it.
+    pub fn push(&mut self, mut piece: &[u8], each: &mut dyn FnMut(&[u8])) {
+        while let Some(nl) = piece.iter().position(|&b| b == b'\n') {
+            if self.skipping {
+                self.skipping = false;
+                self.line.clear();
+            } else if self.line.is_empty() {
+                self.line(&piece[..nl], each);
+            } else {
+                let mut line = std::mem::take(&mut self.line);
+                line.extend_from_slice(&piece[..nl]);
+                self.line(&line, each);
+            }
+            piece = &piece[nl + 1..];
+        }
+        if self.skipping {
+            return;
+        }
+        if self.line.len() + piece.len() > MAX_LINE {
+            self.line = Vec::new();
+            self.skipping = true;
+        } else {
+            self.line.extend_from_slice(piece);
+        }
+    }
+
+    /// The stream ended: an event without its closing blank line counts.
+    pub fn finish(&mut self, each: &mut dyn FnMut(&[u8])) {
+        let rest = std::mem::take(&mut self.line);
+        if !rest.is_empty() && !self.skipping {
+            self.line(&rest, each);
+        }
+        self.line(b"", each);
+    }
+
+    fn line(&mut self, line: &[u8], each: &mut dyn FnMut(&[u8])) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            if self.has_data {
+                let data = std::mem::take(&mut self.data);
+                self.has_data = false;
+                each(&data);
+            }
+            return;
+        }
+        let Some(value) = line.strip_prefix(b"data:") else {
+            return;
+        };
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        if self.has_data {
+            self.data.push(b'\n');
+        }
+        self.data.extend_from_slice(value);
+        self.has_data = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(pieces: &[&[u8]]) -> Vec<String> {
+        let mut e = Events::default();
+        let mut out = Vec::new();
+        for p in pieces {
+            e.push(p, &mut |d| {
+                out.push(String::from_utf8_lossy(d).into_owned())
+            });
+        }
+        e.finish(&mut |d| out.push(String::from_utf8_lossy(d).into_owned()));
+        out
+    }
+
+    #[test]
+    fn events_across_pieces() {
+        assert_eq!(
+            all(&[b"data: {\"a\"", b":1}\n\n: comment\n\ndata: [DONE]\r\n\r\n"]),
+            vec!["{\"a\":1}", "[DONE]"]
+        );
+        assert_eq!(all(&[b"data: x\ndata: y\n\ndata: z"]), vec!["x\ny", "z"]);
+        assert_eq!(all(&[b"event: e\nid: 1\n\n"]), Vec::<String>::new());
+    }
+}
