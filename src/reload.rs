@@ -188,7 +188,8 @@ impl Reloader {
             Some(Reply::Changes(c)) => c,
             _ => return Err("the supervisor is shutting down".into()),
         };
-        self.pool.tell(Msg::ContentSeen(facts));
+        // Asked: what the reload changed is seen once it returns.
+        self.pool.ask(Msg::ContentSeen(facts));
         if keys_changed {
             for slot in (0..self.pool.size()).filter(|s| !changes.draining.contains(s)) {
                 let cmd = Cmd::Drain {

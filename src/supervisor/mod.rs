@@ -167,24 +167,23 @@ impl Supervisor {
         // one, comes with actions): it may wait to be published.
         let counts_only = matches!(&env.msg, Msg::Outcome(_)) && env.reply.is_none();
         let actions = self::core::handle(&mut self.state, env.msg, &at);
+        let save = actions.contains(&Action::Save);
+        // Readers see every change before anything is said of it (a log
+        // line, a reply); answers' counts within `COUNTS_LAG`.
+        if counts_only && !save {
+            self.unpublished.get_or_insert_with(Instant::now);
+        } else {
+            self.publish();
+        }
         let mut reply = None;
-        let mut save = false;
         for a in actions {
             match a {
                 Action::Reply(r) => reply = Some(r),
-                Action::Save => save = true,
                 a => self.carry_out(a),
             }
         }
         if save {
             self.save(&at);
-        }
-        // Readers see every change before its asker goes on; answers'
-        // counts within `COUNTS_LAG`.
-        if counts_only && !save {
-            self.unpublished.get_or_insert_with(Instant::now);
-        } else {
-            self.publish();
         }
         if let Some(tx) = env.reply {
             // An asker of a message with no answer of its own is told it
@@ -200,7 +199,9 @@ impl Supervisor {
         let mut at = At::new(SystemTime::now(), Instant::now());
         let wants = match msg {
             Msg::Next { .. } | Msg::Starved(_) | Msg::Tick => true,
-            Msg::Outcome(o) => matches!(o.answer, Answer::Exhausted { .. }),
+            // A served answer decides nothing; an empty or exhausted one
+            // may cool a model, which reads the demand.
+            Msg::Outcome(o) => !matches!(o.answer, Answer::Served),
             _ => false,
         };
         if wants {

@@ -48,15 +48,16 @@ impl Watcher {
         // Session cookies expire while a profile waits its turn too.
         if let Some(facts) = profile.login() {
             if let Some(why) = facts.expired {
-                info!(
+                let line = format!(
                     "slot {}: not starting profile {}: {why}",
                     self.slot, profile.name
                 );
-                self.sup.tell(Msg::LoginNeeded {
+                self.sup.ask(Msg::LoginNeeded {
                     profile: profile.name.clone(),
                     why,
                     content: facts.fingerprint,
                 });
+                info!("{line}");
                 return Turn::NeedsLogin;
             }
         }
@@ -266,7 +267,7 @@ impl Watcher {
 
     /// The child's log says `profile`'s login expired.
     pub(super) fn login_needed(&self, profile: &Profile) {
-        self.sup.tell(Msg::LoginNeeded {
+        self.sup.ask(Msg::LoginNeeded {
             profile: profile.name.clone(),
             why: "the child's log says its login expired".into(),
             content: profile.fingerprint().unwrap_or(0),
