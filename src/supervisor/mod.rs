@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{after, never, select, Receiver, Sender};
+use crossbeam_channel::{never, select, Receiver, Sender};
 use log::{info, warn};
 
 pub use self::core::Settings;
@@ -102,17 +102,17 @@ impl Supervisor {
         let ticking = self.state.settings.keepalive.on();
         let mut next_look = Instant::now();
         loop {
-            let timer = if ticking {
-                after(next_look.saturating_duration_since(Instant::now()))
-            } else {
-                never()
+            // One deadline, no timer channel: this loop turns once per
+            // answer, and allocates nothing to wait.
+            let look = ticking.then_some(next_look);
+            let publish = self.unpublished.map(|since| since + COUNTS_LAG);
+            let deadline = match (look, publish) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             };
-            let lag = match self.unpublished {
-                Some(since) => {
-                    after((since + COUNTS_LAG).saturating_duration_since(Instant::now()))
-                }
-                None => never(),
-            };
+            let wait = deadline.map_or(Duration::from_secs(3600), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
             let env = select! {
                 recv(self.w.stop) -> _ => return,
                 recv(rx) -> e => match e {
@@ -135,10 +135,15 @@ impl Supervisor {
                         continue;
                     }
                 },
-                recv(timer) -> _ => Envelope { msg: Msg::Tick, reply: None },
-                recv(lag) -> _ => {
-                    self.publish();
-                    continue;
+                default(wait) => {
+                    let now = Instant::now();
+                    if publish.is_some_and(|p| p <= now) {
+                        self.publish();
+                    }
+                    if look.is_none_or(|l| l > now) {
+                        continue;
+                    }
+                    Envelope { msg: Msg::Tick, reply: None }
                 }
             };
             if let Some(Reply::Look(next)) = self.one(env) {
