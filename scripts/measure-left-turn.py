@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How long the request sent right after a client left a long turn waits,
 against the real child directly (no coordinator), for two remedies a
-coordinator could choose (README, "A client that leaves"):
+coordinator could choose (docs/internals.md "A client that leaves"):
 
   free    the abandoned connection is closed 15 s into a FAKE_DELAY=90 turn
           and the next request goes to the same child (what the

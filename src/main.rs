@@ -6,6 +6,7 @@
 mod admin;
 mod app;
 mod book;
+mod civil;
 mod config;
 mod console;
 mod control;

@@ -11,7 +11,7 @@
 //! child and passes without running. A child starts in ~10 s and answers in
 //! ~12 s, so these tests share one coordinator per scenario, run one at a
 //! time (test group `realchild`, `.config/nextest.toml`), and print the
-//! figures the README quotes as `MEASURED` lines.
+//! figures docs/real-child.md quotes as `MEASURED` lines.
 
 use std::io::Write;
 use std::net::TcpStream;

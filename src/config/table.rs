@@ -244,14 +244,14 @@ pub const SETTINGS: &[Setting] = &[
         default: None,
         kind: Kind::Path,
         summary: "more log patterns for login needed, quota and rate limit (lines `quota: <text>`)",
-        doc: "more lines of a child's log to read as `login`, `quota` or `rate_limit` (see [Account signs](../README.md#account-signs-in-the-childs-log)); a bad file is fatal at start",
+        doc: "more lines of a child's log to read as `login`, `quota` or `rate_limit` (see [Account signs](internals.md#account-signs-in-the-childs-log)); a bad file is fatal at start",
     },
     Setting {
         env: "ADMIN_SOCKET",
         default: None,
         kind: Kind::Path,
         summary: "the admin socket (default: AUTH_PROFILE_CACHE_DIR/admin.sock); see aistudioproxy ctl",
-        doc: "the admin socket `aistudioproxy ctl` talks to (default: `AUTH_PROFILE_CACHE_DIR/admin.sock`) (see [Operating](../README.md#operating))",
+        doc: "the admin socket `aistudioproxy ctl` talks to (default: `AUTH_PROFILE_CACHE_DIR/admin.sock`) (see [Operating](operating.md#operating))",
     },
     Setting {
         env: "ADMIN_KEY",
@@ -314,7 +314,7 @@ pub const SETTINGS: &[Setting] = &[
         default: Some("true"),
         kind: Kind::Bool,
         summary: "hold a streamed answer's head until it carries content, so an empty one is served by another account: true or false",
-        doc: "hold a streamed completion's head until its answer carries content, so an empty one (an account out of quota) is served by another account; `false` relays the head at once (see [Profile health](../README.md#profile-health-and-cooldowns))",
+        doc: "hold a streamed completion's head until its answer carries content, so an empty one (an account out of quota) is served by another account; `false` relays the head at once (see [Profile health](internals.md#profile-health-and-cooldowns))",
     },
     Setting {
         env: "MAX_INFLIGHT_PER_CHILD",
@@ -335,7 +335,7 @@ pub const SETTINGS: &[Setting] = &[
         default: None,
         kind: Kind::SecretUrl,
         summary: "POST a JSON message (with a text field) here when an operator must act: a login needed, a profile exhausted, a crash loop, a lease lost, no ready child (a secret: never logged)",
-        doc: "POST a JSON message here when an operator must act (see [Notifications](../README.md#notifications)); a secret, never logged whole",
+        doc: "POST a JSON message here when an operator must act (see [Notifications](operating.md#notifications)); a secret, never logged whole",
     },
     Setting {
         env: "NOTIFY_WEBHOOK_URL_FILE",
@@ -419,14 +419,14 @@ pub const SETTINGS: &[Setting] = &[
         default: Some("0"),
         kind: Kind::DecimalSecs { max: 3_600 },
         summary: "at most one child start per this many seconds across the fleet, the first at once (decimals allowed; 0: off)",
-        doc: "at most one child start per this many seconds across the whole fleet, the first at once; decimals allowed (`1.5`), 0 to 3600 (`0`: off); see [Gentle starts](../README.md#gentle-starts)",
+        doc: "at most one child start per this many seconds across the whole fleet, the first at once; decimals allowed (`1.5`), 0 to 3600 (`0`: off); see [Gentle starts](internals.md#gentle-starts)",
     },
     Setting {
         env: "CHILD_MAX_RSS_MB",
         default: Some("0"),
         kind: Kind::Int { min: 0, max: 1 << 24 },
         summary: "drain and restart a child whose process tree's resident memory passes this many MiB (0: off)",
-        doc: "drain a child whose process tree's resident memory passes this many MiB and start the same profile again (`0`: off); see [Memory and age limits](../README.md#memory-and-age-limits)",
+        doc: "drain a child whose process tree's resident memory passes this many MiB and start the same profile again (`0`: off); see [Memory and age limits](internals.md#memory-and-age-limits)",
     },
     Setting {
         env: "CHILD_MAX_AGE_S",
@@ -447,7 +447,7 @@ pub const SETTINGS: &[Setting] = &[
         default: Some("43200"),
         kind: Kind::Secs { min: 0, max: 365 * 86_400 },
         summary: "give a profile idle this many seconds (since its last run, or since first seen) a short turn on a slot so its login is refreshed and written back; one turn at a time, never while requests wait (0: off)",
-        doc: "give a profile idle this many seconds (since its last run, or since first seen) a short turn on a slot, so its login is refreshed and written back; one at a time, never while requests wait (`0`: off); see [Every login gets its turn](../README.md#every-login-gets-its-turn)",
+        doc: "give a profile idle this many seconds (since its last run, or since first seen) a short turn on a slot, so its login is refreshed and written back; one at a time, never while requests wait (`0`: off); see [Every login gets its turn](operating.md#every-login-gets-its-turn)",
     },
     Setting {
         env: "PROFILE_MAX_RUNTIME_S",
@@ -461,7 +461,7 @@ pub const SETTINGS: &[Setting] = &[
         default: None,
         kind: Kind::Path,
         summary: "file of 'profile-name proxy-URL' lines: each profile's browser uses its own proxy",
-        doc: "file of `profile-name proxy-URL` lines: each listed profile's browser uses its own proxy; see [A proxy per account](../README.md#a-proxy-per-account)",
+        doc: "file of `profile-name proxy-URL` lines: each listed profile's browser uses its own proxy; see [A proxy per account](internals.md#a-proxy-per-account)",
     },
     Setting {
         env: "MAX_BODY_BYTES",

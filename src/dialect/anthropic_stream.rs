@@ -15,7 +15,7 @@
 use serde_json::{json, Value};
 
 use super::anthropic::{message_id, stop_reason};
-use super::sse;
+use super::sse::{self, ChildEvent as Event};
 
 /// The content block being streamed.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,16 +29,6 @@ enum Block {
         index: u64,
         call: u64,
     },
-}
-
-/// What happens to the stream.
-enum Event {
-    /// One chunk of the child's stream.
-    Chunk(Value),
-    /// The child's error event (before `[DONE]`).
-    Error(String),
-    /// `[DONE]`, or the end of the child's body.
-    End,
 }
 
 pub struct Events {
@@ -91,20 +81,15 @@ impl Events {
     }
 
     pub fn push(&mut self, piece: &[u8], out: &mut Vec<u8>) {
-        let mut events = Vec::new();
-        self.sse.push(piece, &mut |d| events.push(parse(d)));
-        for ev in events.into_iter().flatten() {
+        for ev in self.sse.events(piece) {
             self.on(ev, out);
         }
     }
 
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        let mut events = Vec::new();
-        self.sse.finish(&mut |d| events.push(parse(d)));
-        for ev in events.into_iter().flatten() {
+        for ev in self.sse.last_events() {
             self.on(ev, out);
         }
-        self.on(Event::End, out);
     }
 
     /// The one transition function.
@@ -256,24 +241,6 @@ impl Events {
         );
         self.block = Block::None;
     }
-}
-
-/// The event a child's data line stands for (None: nothing to do).
-fn parse(data: &[u8]) -> Option<Event> {
-    let data = data.trim_ascii();
-    if data == b"[DONE]" {
-        return Some(Event::End);
-    }
-    let v: Value = serde_json::from_slice(data).ok()?;
-    if let Some(e) = v.get("error") {
-        let msg = e
-            .get("message")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| e.as_str().map(str::to_string).unwrap_or(e.to_string()));
-        return Some(Event::Error(msg));
-    }
-    Some(Event::Chunk(v))
 }
 
 fn emit(out: &mut Vec<u8>, name: &str, data: &Value) {

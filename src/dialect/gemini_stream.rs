@@ -10,19 +10,13 @@
 use serde_json::{json, Value};
 
 use super::gemini::{call_part, error, finish_reason, usage_metadata};
-use super::sse;
+use super::sse::{self, ChildEvent as Event};
 
 /// A function call being gathered.
 struct Call {
     id: Option<String>,
     name: String,
     arguments: String,
-}
-
-enum Event {
-    Chunk(Value),
-    Error(String),
-    End,
 }
 
 pub struct Events {
@@ -57,20 +51,15 @@ impl Events {
     }
 
     pub fn push(&mut self, piece: &[u8], out: &mut Vec<u8>) {
-        let mut events = Vec::new();
-        self.sse.push(piece, &mut |d| events.push(parse(d)));
-        for ev in events.into_iter().flatten() {
+        for ev in self.sse.events(piece) {
             self.on(ev, out);
         }
     }
 
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        let mut events = Vec::new();
-        self.sse.finish(&mut |d| events.push(parse(d)));
-        for ev in events.into_iter().flatten() {
+        for ev in self.sse.last_events() {
             self.on(ev, out);
         }
-        self.on(Event::End, out);
     }
 
     /// The one transition function.
@@ -188,23 +177,6 @@ impl Events {
         }
         self.ended = true;
     }
-}
-
-fn parse(data: &[u8]) -> Option<Event> {
-    let data = data.trim_ascii();
-    if data == b"[DONE]" {
-        return Some(Event::End);
-    }
-    let v: Value = serde_json::from_slice(data).ok()?;
-    if let Some(e) = v.get("error") {
-        let msg = e
-            .get("message")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| e.as_str().map(str::to_string).unwrap_or(e.to_string()));
-        return Some(Event::Error(msg));
-    }
-    Some(Event::Chunk(v))
 }
 
 #[cfg(test)]

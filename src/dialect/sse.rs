@@ -4,8 +4,38 @@
 //! A line longer than [`MAX_LINE`] is dropped, so a hostile child cannot
 //! grow our memory without bound.
 
+use serde_json::Value;
+
 /// Longest line kept.
 const MAX_LINE: usize = 8 << 20;
+
+/// What one event of a child's chat-completion stream is to a translator.
+pub enum ChildEvent {
+    /// One chunk of the child's stream.
+    Chunk(Value),
+    /// The child's error event (before `[DONE]`).
+    Error(String),
+    /// `[DONE]`, or the end of the child's body.
+    End,
+}
+
+/// The event a child's data payload stands for (None: nothing to do).
+pub fn child_event(data: &[u8]) -> Option<ChildEvent> {
+    let data = data.trim_ascii();
+    if data == b"[DONE]" {
+        return Some(ChildEvent::End);
+    }
+    let v: Value = serde_json::from_slice(data).ok()?;
+    if let Some(e) = v.get("error") {
+        let msg = e
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| e.as_str().map(str::to_string).unwrap_or(e.to_string()));
+        return Some(ChildEvent::Error(msg));
+    }
+    Some(ChildEvent::Chunk(v))
+}
 
 #[derive(Debug, Default)]
 pub struct Events {
@@ -19,6 +49,21 @@ pub struct Events {
 }
 
 impl Events {
+    /// Feed `piece`; the child events it completes.
+    pub fn events(&mut self, piece: &[u8]) -> Vec<ChildEvent> {
+        let mut out = Vec::new();
+        self.push(piece, &mut |d| out.extend(child_event(d)));
+        out
+    }
+
+    /// The child events of what is left at the body's end, then `End`.
+    pub fn last_events(&mut self) -> Vec<ChildEvent> {
+        let mut out = Vec::new();
+        self.finish(&mut |d| out.extend(child_event(d)));
+        out.push(ChildEvent::End);
+        out
+    }
+
     /// Feed `piece`; `each` gets every event's data completed by it.
     pub fn push(&mut self, mut piece: &[u8], each: &mut dyn FnMut(&[u8])) {
         while let Some(nl) = piece.iter().position(|&b| b == b'\n') {

@@ -1,6 +1,6 @@
 """Checks of the deployment files against the binary's contract.
 
-The defaults below are the binary's (README's variable table): a probe path,
+The defaults below are the binary's (docs/configuration.md): a probe path,
 port or grace period that drifts from them breaks a deployment silently, so
 every file that repeats one is compared here. The linters (shellcheck,
 hadolint) and offline Kubernetes schema validation run here too, so one

@@ -1,0 +1,180 @@
+//! The dispatcher's bookkeeping under its lock: which open route takes a
+//! request (least busy, turns among equals, never a model it cools for),
+//! whether a waiter may still hope for a child, the `Retry-After` to give,
+//! and handing freed places to the oldest waiters that may use them. Pure
+//! state changes; the wakes it returns are signalled by the caller after
+//! the lock is released.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::wake::Wake;
+use super::*;
+
+impl Inner {
+    /// The least busy open route `kind` may use, other than `avoid`; equal
+    /// loads take turns.
+    pub(super) fn pick(
+        &self,
+        limits: &Limits,
+        kind: Kind,
+        avoid: Option<ChildId>,
+        model: Option<&str>,
+    ) -> Option<usize> {
+        let n = self.slots.len();
+        let now = Instant::now();
+        let mut best: Option<(usize, usize)> = None;
+        for k in 0..n {
+            let i = (self.turn + k) % n;
+            let Slot::Open(r) = &self.slots[i] else {
+                continue;
+            };
+            if Some(r.child) == avoid || !models::serves(&r.cooling, model, now) {
+                continue;
+            }
+            if kind == Kind::Completion && limits.per_child > 0 && r.completions >= limits.per_child
+            {
+                continue;
+            }
+            let load = r.completions + r.others;
+            if best.is_none_or(|(_, b)| load < b) {
+                best = Some((i, load));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// Pick and count a place on a child.
+    pub(super) fn take(
+        &mut self,
+        limits: &Limits,
+        kind: Kind,
+        avoid: Option<ChildId>,
+        model: Option<&str>,
+    ) -> Option<Grant> {
+        let i = self.pick(limits, kind, avoid, model)?;
+        self.turn = (i + 1) % self.slots.len().max(1);
+        let Slot::Open(r) = &mut self.slots[i] else {
+            unreachable!("pick returns open routes only")
+        };
+        match kind {
+            Kind::Completion => r.completions += 1,
+            Kind::Other => r.others += 1,
+        }
+        Some(Grant {
+            child: r.child,
+            port: r.port,
+            profile: r.profile.clone(),
+        })
+    }
+
+    /// Whether a completion for `model` waits only because the routes
+    /// that have room cool for it.
+    pub(super) fn starved_for(&self, model: &str, now: Instant) -> bool {
+        self.slots
+            .iter()
+            .any(|s| matches!(s, Slot::Open(r) if !models::serves(&r.cooling, Some(model), now)))
+    }
+
+    pub(super) fn prospect(&self, avoid: Option<ChildId>) -> Prospect {
+        if self.shutting_down {
+            return Prospect::None;
+        }
+        let mut avoided = false;
+        for s in &self.slots {
+            match s {
+                Slot::Open(r) if Some(r.child) == avoid => avoided = true,
+                Slot::Open(_) | Slot::Draining(_) | Slot::Coming | Slot::BackingOff { .. } => {
+                    return Prospect::Some
+                }
+                Slot::Gone => {}
+            }
+        }
+        if avoided {
+            Prospect::OnlyAvoided
+        } else {
+            Prospect::None
+        }
+    }
+
+    /// Seconds a refused client should wait: while no child is ready and
+    /// every slot backs off, until the next start; else a few seconds.
+    pub(super) fn retry_after(&self) -> u64 {
+        let mut next: Option<Instant> = None;
+        for s in &self.slots {
+            match s {
+                Slot::Open(_) | Slot::Draining(_) | Slot::Coming => return DEFAULT_RETRY_AFTER,
+                Slot::BackingOff { until } => {
+                    next = Some(next.map_or(*until, |n| n.min(*until)));
+                }
+                Slot::Gone => {}
+            }
+        }
+        match next {
+            Some(t) => {
+                let left = t.saturating_duration_since(Instant::now());
+                (left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1)
+            }
+            None => DEFAULT_RETRY_AFTER,
+        }
+    }
+
+    /// Hand free places to waiters in arrival order (a waiter whose only
+    /// free child is the one it avoids does not hold up those behind it),
+    /// then refuse waiters that can no longer be served. Returns the wakes
+    /// to signal once the lock is released.
+    pub(super) fn settle(&mut self, limits: &Limits) -> Vec<Arc<Wake>> {
+        let mut wakes = Vec::new();
+        let mut i = 0;
+        while i < self.queue.len() {
+            if self.pick(limits, Kind::Completion, None, None).is_none() {
+                break; // no free place anywhere
+            }
+            let avoid = self.queue[i].avoid;
+            let model = self.queue[i].model.clone();
+            match self.take(limits, Kind::Completion, avoid, model.as_deref()) {
+                Some(g) => {
+                    let w = self.queue.remove(i).expect("index in range");
+                    self.decided.insert(w.id, Decision::Granted(g));
+                    wakes.push(w.wake);
+                }
+                None => i += 1,
+            }
+        }
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.queue.len() {
+            let blocked = self.queue[i]
+                .model
+                .as_deref()
+                .and_then(|m| self.models.blocked(m, now).map(|t| (m.to_string(), t)));
+            if let Some((model, t)) = blocked {
+                let w = self.queue.remove(i).expect("index in range");
+                let retry_after = models::secs_until(t, now);
+                self.decided.insert(
+                    w.id,
+                    Decision::Refused(Refusal::ModelCooling { model, retry_after }),
+                );
+                wakes.push(w.wake);
+                continue;
+            }
+            let refusal = match self.prospect(self.queue[i].avoid) {
+                Prospect::Some => None,
+                Prospect::OnlyAvoided => Some(Refusal::NoOtherChild),
+                Prospect::None if self.shutting_down => Some(Refusal::ShuttingDown),
+                Prospect::None => Some(Refusal::NoChild {
+                    retry_after: DEFAULT_RETRY_AFTER,
+                }),
+            };
+            match refusal {
+                Some(r) => {
+                    let w = self.queue.remove(i).expect("index in range");
+                    self.decided.insert(w.id, Decision::Refused(r));
+                    wakes.push(w.wake);
+                }
+                None => i += 1,
+            }
+        }
+        wakes
+    }
+}
