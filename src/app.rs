@@ -2,9 +2,8 @@
 //! until a termination signal, and shut down in the reverse order.
 //!
 //! Start: signals and the orphan reaper; what an earlier run left behind is
-//! stopped; the pool (slots, rotation queue, profile book read from disk)
-//! and the dispatcher; the proxy and its outcome listener (verdicts feed the
-//! book); the HTTP front door (before any child, so a taken port fails
+//! stopped; the supervisor (slots, rotation queue, profile book read from
+//! disk; the proxy's verdicts feed it) and the dispatcher; the HTTP front door (before any child, so a taken port fails
 //! fast); the admin socket and the reload thread; then one watcher per slot.
 //! Shutdown: `/ready` turns 503 at once; requests in flight and queued are
 //! served until none is left or `SHUTDOWN_DRAIN_S` passes; then the
@@ -15,7 +14,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{after, select, Receiver};
 use log::{error, info, warn};
@@ -26,12 +25,13 @@ use crate::book::{self, Book};
 use crate::config::Config;
 use crate::control::Fleet;
 use crate::hydrate::Hydrated;
-use crate::pool::Pool;
 use crate::process::{self, logsigns::Signs};
 use crate::proxy::{self, verdict};
 use crate::reload::{self, Reloader};
+use crate::supervisor::msg::Msg;
+use crate::supervisor::{self, Cmd, Handle};
 use crate::writeback::WriteBack;
-use crate::{dispatch, fleet, metrics, outbound, server, signals, watcher};
+use crate::{dispatch, fleet, outbound, server, signals, watcher};
 
 pub struct Fatal {
     pub message: String,
@@ -71,6 +71,18 @@ impl Files {
     }
 }
 
+/// What `run` started before the watchers: kept to stop them in order.
+struct Started {
+    sup: Handle,
+    sup_thread: JoinHandle<()>,
+    stop_sup: crossbeam_channel::Sender<()>,
+    leaser: Option<LeaserHandle>,
+    notifier: Option<crate::notify::Notifier>,
+    http: server::HttpServer,
+    admin: AdminSocket,
+    threads: Vec<JoinHandle<()>>,
+}
+
 /// Supervise until a signal, then shut down.
 /// `early` (see `signals::exit_on_sigterm`) is dropped once the
 /// supervisor's own signal handlers are in place.
@@ -81,13 +93,7 @@ pub fn run(
     files: Files,
 ) -> Result<(), Fatal> {
     let Files { proxies, signs } = files;
-    std::fs::create_dir_all(&cfg.log_dir).map_err(|e| Fatal {
-        message: format!(
-            "cannot create {}: {e}; set COORDINATOR_LOG_DIR to a writable directory",
-            cfg.log_dir.display()
-        ),
-        code: 1,
-    })?;
+    make_log_dir(cfg)?;
     let sigs = signals::install().map_err(fatal(1))?;
     drop(early);
     let reaper = process::reaper::Reaper::start()
@@ -103,46 +109,139 @@ pub fn run(
         warn!("{e}; starting the usage counts from zero");
     }
     let notifier = start_notifier(&cfg.notify)?;
-    let admin_key = admin_key(cfg)?;
     // Before any child of ours runs: what an earlier run left is stopped.
     let identity = process::tree::Identity::new(&cfg.cache_dir);
     process::tree::stop_leftovers(&identity, cfg.stop_grace);
     let writeback = WriteBack::new(cfg, &hydrated);
-
-    let (pool, cmd_rxs) = new_pool(cfg, &hydrated);
     let proxies = Arc::new(proxies);
     proxies.note(&hydrated.names());
-    // Before any watcher: with leases on, no profile runs unleased.
-    let leaser = start_leaser(cfg, &pool)?;
     let proxy = Arc::new(new_proxy(cfg, key_file.as_deref())?);
     let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
-    let outcomes = listen_to_outcomes(&proxy, pool.clone(), shutdown_rx.clone())
-        .map_err(|e| format!("cannot start the outcome listener: {e}"))
-        .map_err(fatal(1))?;
-    let requests = proxy.requests();
-    let client_watch = requests
-        .watch_clients(shutdown_rx.clone())
-        .map_err(|e| format!("cannot start the client watch: {e}"))
-        .map_err(fatal(1))?;
-    let observer = crate::console::spawn(pool.clone(), cfg.notify.no_ready, shutdown_rx.clone())
-        .map_err(|e| format!("cannot start the console observer: {e}"))
-        .map_err(fatal(1))?;
+    let (mut started, cmd_rxs) = start(
+        cfg,
+        &hydrated,
+        &proxy,
+        &writeback,
+        &proxies,
+        notifier,
+        (&sigs.hup, &shutdown_rx),
+    )?;
+    let (hurry_tx, hurry_rx) = crossbeam_channel::bounded::<()>(0);
+    let flags = watcher::Signals {
+        shutdown: shutdown_rx,
+        hurry: hurry_rx,
+    };
+    info!(
+        "children's logs are read for {} account signs (login needed, quota, rate limit)",
+        signs.len()
+    );
+    let settings = watcher::Settings::new(
+        cfg,
+        child_keys,
+        identity,
+        writeback,
+        proxy.requests(),
+        proxies,
+        signs,
+    );
+    let done_rx = start_watchers(cfg, &mut started, cmd_rxs, &settings, &flags);
+
+    let first = sigs.stop.recv().unwrap_or("signal channel closed");
+    let grace = cfg.stop_grace;
+    info!(
+        "{first} received: shutting down (requests in flight get up to {:?}, then children {grace:?} to exit; a second signal skips both)",
+        cfg.shutdown_drain
+    );
+    started.sup.ask(Msg::BeginShutdown);
+    let hurried = drain(started.sup.dispatch(), &sigs.stop, cfg.shutdown_drain);
+    started.sup.dispatch().shut();
+    drop(shutdown_tx);
+    // A second signal during the drain skips the children's grace too.
+    let hurry = (!hurried).then_some(hurry_tx);
+    wait_for_watchers(&done_rx, &sigs.stop, grace, hurry);
+    shut_down(started);
+    reaper.stop();
+    crate::usage::global().save();
+    info!("shutdown complete");
+    Ok(())
+}
+
+fn make_log_dir(cfg: &Config) -> Result<(), Fatal> {
+    std::fs::create_dir_all(&cfg.log_dir).map_err(|e| Fatal {
+        message: format!(
+            "cannot create {}: {e}; set COORDINATOR_LOG_DIR to a writable directory",
+            cfg.log_dir.display()
+        ),
+        code: 1,
+    })
+}
+
+/// One watcher per slot. Returns the receiver that disconnects once every
+/// watcher has ended.
+fn start_watchers(
+    cfg: &Config,
+    started: &mut Started,
+    cmd_rxs: Vec<Receiver<Cmd>>,
+    settings: &watcher::Settings,
+    flags: &watcher::Signals,
+) -> Receiver<()> {
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+    for (slot, cmds) in cmd_rxs.into_iter().enumerate() {
+        let sup = started.sup.clone();
+        let ports = cfg.ports.slot(slot);
+        let (s, f, d) = (settings.clone(), flags.clone(), done_tx.clone());
+        match watcher::spawn(slot, ports, sup, cmds, s, f, d) {
+            Ok(h) => started.threads.push(h),
+            Err(e) => error!("cannot start the watcher of slot {slot}: {e}"),
+        }
+    }
+    done_rx
+}
+
+/// Start everything but the watchers: the supervisor (and the leaser),
+/// the observers, the HTTP front door (before any child, so a taken port
+/// fails fast), the admin socket and the reload thread. Returns them and
+/// each slot's command receiver.
+fn start(
+    cfg: &Config,
+    hydrated: &Hydrated,
+    proxy: &Arc<proxy::Proxy>,
+    writeback: &WriteBack,
+    proxies: &Arc<outbound::Proxies>,
+    notifier: Option<crate::notify::Notifier>,
+    (hup, shutdown): (&Receiver<()>, &Receiver<()>),
+) -> Result<(Started, Vec<Receiver<Cmd>>), Fatal> {
+    let admin_key = admin_key(cfg)?;
+    // Before any watcher: with leases on, no profile runs unleased.
+    let leases = prepare_leases(cfg)?;
+    let (sup, sup_thread, stop_sup, cmd_rxs) = start_supervisor(cfg, hydrated, proxy, &leases)?;
+    let leaser = leases.map(|l| start_leaser(l, &sup)).transpose()?;
+    let thread = |what: &str, r: std::io::Result<JoinHandle<()>>| {
+        r.map_err(|e| format!("cannot start the {what}: {e}"))
+            .map_err(fatal(1))
+    };
+    let client_watch = thread(
+        "client watch",
+        proxy.requests().watch_clients(shutdown.clone()),
+    )?;
+    let observer = crate::console::spawn(sup.clone(), cfg.notify.no_ready, shutdown.clone());
+    let observer = thread("console observer", observer)?;
     let reloader = Arc::new(Reloader::new(
         cfg,
-        pool.clone(),
+        sup.clone(),
         proxy.clone(),
         writeback.clone(),
         proxies.clone(),
     ));
     let fleet = Arc::new(Fleet {
-        pool: pool.clone(),
+        pool: sup.clone(),
         log_dir: cfg.log_dir.clone(),
         reloader: reloader.clone(),
         writeback: writeback.clone(),
     });
     let app = server::App {
-        pool: pool.clone(),
-        proxy,
+        pool: sup.clone(),
+        proxy: proxy.clone(),
         fleet: fleet.clone(),
         admin_key,
         metrics_open: cfg.metrics_open,
@@ -152,7 +251,6 @@ pub fn run(
         keepalive_timeout: cfg.keepalive_timeout,
         max_connections: cfg.max_connections,
     };
-    // The HTTP side comes up before any child, so a taken port fails fast.
     let http = server::HttpServer::start(&cfg.host, cfg.port, cfg.http_workers, conn, app)
         .map_err(|e| Fatal {
             message: e.0,
@@ -165,100 +263,46 @@ pub fn run(
         "admin socket at {} (aistudioproxy ctl)",
         cfg.admin_socket.display()
     );
-    let reloads = reload::spawn(
-        reloader,
-        sigs.hup.clone(),
-        cfg.reload_interval,
-        shutdown_rx.clone(),
-    )
-    .map_err(|e| format!("cannot start the reload thread: {e}"))
-    .map_err(fatal(1))?;
-
-    let keepalive = start_keepalive(cfg, &pool, shutdown_rx.clone())?;
-    let (hurry_tx, hurry_rx) = crossbeam_channel::bounded::<()>(0);
-    let flags = watcher::Signals {
-        shutdown: shutdown_rx,
-        hurry: hurry_rx,
+    let reloads = reload::spawn(reloader, hup.clone(), cfg.reload_interval, shutdown.clone());
+    let reloads = thread("reload thread", reloads)?;
+    let started = Started {
+        sup,
+        sup_thread,
+        stop_sup,
+        leaser,
+        notifier,
+        http,
+        admin,
+        threads: vec![client_watch, observer, reloads],
     };
-    info!(
-        "children's logs are read for {} account signs (login needed, quota, rate limit)",
-        signs.len()
-    );
-    let settings = watcher::Settings::new(
-        cfg, child_keys, identity, writeback, requests, proxies, signs,
-    );
-    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
-    let mut watchers = Vec::new();
-    for (slot, cmds) in cmd_rxs.into_iter().enumerate() {
-        let spawned = watcher::spawn(
-            slot,
-            pool.clone(),
-            cmds,
-            settings.clone(),
-            flags.clone(),
-            done_tx.clone(),
-        );
-        match spawned {
-            Ok(h) => watchers.push(h),
-            Err(e) => error!("cannot start the watcher of slot {slot}: {e}"),
-        }
-    }
-    drop(done_tx);
+    Ok((started, cmd_rxs))
+}
 
-    let first = sigs.stop.recv().unwrap_or("signal channel closed");
-    let grace = cfg.stop_grace;
-    info!(
-        "{first} received: shutting down (requests in flight get up to {:?}, then children {grace:?} to exit; a second signal skips both)",
-        cfg.shutdown_drain
-    );
-    pool.begin_shutdown();
-    let hurried = drain(&pool, &sigs.stop, cfg.shutdown_drain);
-    pool.dispatch().shut();
-    drop(shutdown_tx);
-    let hurry = if hurried {
-        drop(hurry_tx);
-        None
-    } else {
-        Some(hurry_tx)
-    };
-    wait_for_watchers(&done_rx, &sigs.stop, grace, hurry);
-    // Every child is stopped: give the leases back so other replicas take
-    // the profiles over at once.
-    if let Some(l) = leaser {
+/// After the watchers: give the leases back so other replicas take the
+/// profiles over at once, save the book, stop the rest.
+fn shut_down(s: Started) {
+    if let Some(l) = s.leaser {
         l.stop();
     }
-    if let Some(n) = notifier {
+    if let Some(n) = s.notifier {
         n.stop();
     }
-    for w in watchers
-        .into_iter()
-        .chain([outcomes, reloads, client_watch, observer])
-        .chain(keepalive)
-    {
+    s.sup.ask(Msg::Save);
+    drop(s.stop_sup);
+    for w in s.threads.into_iter().chain([s.sup_thread]) {
         if w.is_finished() {
             let _ = w.join();
         }
     }
-    admin.stop();
-    http.stop(Instant::now() + Duration::from_millis(150));
-    reaper.stop();
-    pool.save_book();
-    crate::usage::global().save();
-    info!("shutdown complete");
-    Ok(())
+    s.admin.stop();
+    s.http.stop(Instant::now() + Duration::from_millis(150));
 }
 
-/// With `PROFILE_KEEPALIVE_S` or `PROFILE_MAX_RUNTIME_S`: the thread that
-/// gives idle profiles their turn and rotates long runs out.
-fn start_keepalive(
-    cfg: &Config,
-    pool: &Arc<Pool>,
-    shutdown: Receiver<()>,
-) -> Result<Option<JoinHandle<()>>, Fatal> {
+/// Log what the keep-alive clock does, when it is on; the supervisor
+/// looks. Returns how long a turn may take to make way before it is
+/// dropped.
+fn note_keepalive(cfg: &Config) -> Duration {
     let k = cfg.keepalive;
-    if !k.on() {
-        return Ok(None);
-    }
     if let Some(every) = k.every {
         info!(
             "keep-alive turns for profiles idle {} s (PROFILE_KEEPALIVE_S), one at a time",
@@ -274,11 +318,7 @@ fn start_keepalive(
     // A slot making way drains (REQUEST_TIMEOUT_S at most) and stops its
     // child (the grace, then a kill): past that and a margin, the turn is
     // dropped and asked for again.
-    let stuck = cfg.request_timeout + cfg.stop_grace * 2 + Duration::from_secs(60);
-    crate::keepalive::spawn(pool.clone(), k, stuck, shutdown)
-        .map(Some)
-        .map_err(|e| format!("cannot start the keep-alive thread: {e}"))
-        .map_err(fatal(1))
+    cfg.request_timeout + cfg.stop_grace * 2 + Duration::from_secs(60)
 }
 
 /// How long one lease request may take: well inside a renewal interval.
@@ -308,9 +348,19 @@ impl LeaserHandle {
     }
 }
 
-/// With `PROFILE_LEASES=s3`: prove the store honours conditional writes,
-/// then start the leaser and make the pool run only leased profiles.
-fn start_leaser(cfg: &Config, pool: &Arc<Pool>) -> Result<Option<LeaserHandle>, Fatal> {
+/// The leases' store, proven, and the channel the supervisor gives leases
+/// back on: ready before the supervisor starts.
+struct LeasePrep {
+    store: crate::hydrate::cond::Store,
+    replica: String,
+    timing: fleet::lease::Timing,
+    stats: Arc<fleet::Stats>,
+    tx: crossbeam_channel::Sender<fleet::Release>,
+    rx: Receiver<fleet::Release>,
+}
+
+/// With `PROFILE_LEASES=s3`: prove the store honours conditional writes.
+fn prepare_leases(cfg: &Config) -> Result<Option<LeasePrep>, Fatal> {
     let crate::config::Leases::S3 { ttl, replica } = &cfg.leases else {
         return Ok(None);
     };
@@ -335,21 +385,44 @@ fn start_leaser(cfg: &Config, pool: &Arc<Pool>) -> Result<Option<LeaserHandle>, 
         timing.renew_every().as_secs_f32(),
         timing.keep_for().as_secs_f32()
     );
-    let stats = Arc::new(fleet::Stats::new(replica));
     let (tx, rx) = crossbeam_channel::unbounded();
-    pool.enable_leases(tx, stats.clone());
-    let leaser = fleet::leaser::Leaser::new(store, replica.clone(), timing, pool.clone(), stats);
-    let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
-    let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
-    let thread = fleet::leaser::spawn(leaser, rx, stop_rx, done_tx)
-        .map_err(|e| format!("cannot start the leaser thread: {e}"))
-        .map_err(fatal(1))?;
-    Ok(Some(LeaserHandle { stop, done, thread }))
+    Ok(Some(LeasePrep {
+        store,
+        replica: replica.clone(),
+        timing,
+        stats: Arc::new(fleet::Stats::new(replica)),
+        tx,
+        rx,
+    }))
 }
 
-/// The pool, with the profile book saved by an earlier run (a corrupt or
-/// unreadable file is reported and ignored).
-fn new_pool(cfg: &Config, hydrated: &Hydrated) -> (Arc<Pool>, Vec<Receiver<crate::pool::Cmd>>) {
+/// Start the leaser: from now on only profiles it grants run.
+fn start_leaser(l: LeasePrep, sup: &Handle) -> Result<LeaserHandle, Fatal> {
+    let leaser = fleet::leaser::Leaser::new(l.store, l.replica, l.timing, sup.clone(), l.stats);
+    let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
+    let thread = fleet::leaser::spawn(leaser, l.rx, stop_rx, done_tx)
+        .map_err(|e| format!("cannot start the leaser thread: {e}"))
+        .map_err(fatal(1))?;
+    Ok(LeaserHandle { stop, done, thread })
+}
+
+type SupParts = (
+    Handle,
+    JoinHandle<()>,
+    crossbeam_channel::Sender<()>,
+    Vec<Receiver<Cmd>>,
+);
+
+/// The supervisor over the hydrated profiles, with the profile book saved
+/// by an earlier run (a corrupt or unreadable file is reported and
+/// ignored), wired to the dispatcher, the proxy's verdicts and the slots.
+fn start_supervisor(
+    cfg: &Config,
+    hydrated: &Hydrated,
+    proxy: &proxy::Proxy,
+    leases: &Option<LeasePrep>,
+) -> Result<SupParts, Fatal> {
     let limits = dispatch::Limits {
         per_child: cfg.max_inflight_per_child,
         max_queue: cfg.max_queue,
@@ -357,7 +430,6 @@ fn new_pool(cfg: &Config, hydrated: &Hydrated) -> (Arc<Pool>, Vec<Receiver<crate
         demand_window: cfg.demand_window,
     };
     let profile_count = hydrated.profiles.len();
-    let (pool, cmd_rxs) = Pool::new(hydrated.profiles.clone(), cfg.pool_size, cfg.ports, limits);
     let store = book::store::path_in(&cfg.cache_dir);
     let saved = book::store::load(&store).unwrap_or_else(|e| {
         warn!("{e}; starting with no saved profile state");
@@ -365,24 +437,59 @@ fn new_pool(cfg: &Config, hydrated: &Hydrated) -> (Arc<Pool>, Vec<Receiver<crate
     });
     let names: Vec<&str> = hydrated.profiles.iter().map(|p| p.name.as_str()).collect();
     let book = Book::new(names, saved, cfg.book);
+    let now = SystemTime::now();
     let cooling = book
-        .status(std::time::SystemTime::now())
+        .status(now)
         .iter()
         .filter(|s| s.cooling_until_unix_ms.is_some())
         .count();
     if cooling > 0 {
         info!("{cooling} profiles are still cooling down from an earlier run");
     }
-    pool.set_book(book, store);
+    let settings = supervisor::Settings {
+        keepalive: cfg.keepalive,
+        stuck: note_keepalive(cfg),
+        leasing: leases.is_some(),
+    };
+    let state = supervisor::core::State::new(
+        hydrated.profiles.clone(),
+        cfg.pool_size,
+        cfg.ports,
+        book,
+        settings,
+        now,
+    );
+    let size = state.slots.len();
+    let dispatch = dispatch::Dispatch::new(size, limits);
+    let (outcomes_tx, outcomes) = crossbeam_channel::unbounded::<verdict::Outcome>();
+    proxy.report_outcomes(outcomes_tx);
+    let (starved_tx, starved) = crossbeam_channel::unbounded::<String>();
+    dispatch.on_starved(starved_tx);
+    let (cmds, cmd_rxs): (Vec<_>, Vec<_>) =
+        (0..size).map(|_| crossbeam_channel::unbounded()).unzip();
+    let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+    let wiring = supervisor::Wiring {
+        dispatch,
+        cmds,
+        store: Some(store),
+        leases: leases.as_ref().map(|l| (l.tx.clone(), l.stats.clone())),
+        outcomes,
+        starved,
+        stop,
+    };
+    let (sup, thread) = supervisor::spawn(state, wiring)
+        .map_err(|e| format!("cannot start the supervisor thread: {e}"))
+        .map_err(fatal(1))?;
     // A profile that needed a login and came back with new content runs.
-    pool.content_seen(&crate::hydrate::login_facts(&hydrated.profiles));
+    sup.tell(Msg::ContentSeen(crate::hydrate::login_facts(
+        &hydrated.profiles,
+    )));
     info!(
-        "{} slots for {profile_count} profiles ({} queued); child command: {}",
-        pool.size(),
-        profile_count - pool.size(),
+        "{size} slots for {profile_count} profiles ({} queued); child command: {}",
+        profile_count - size,
         cfg.child_command.join(" ")
     );
-    (pool, cmd_rxs)
+    Ok((sup, thread, stop_tx, cmd_rxs))
 }
 
 fn new_proxy(cfg: &Config, key_file: Option<&std::path::Path>) -> Result<proxy::Proxy, Fatal> {
@@ -405,55 +512,14 @@ fn new_proxy(cfg: &Config, key_file: Option<&std::path::Path>) -> Result<proxy::
     ))
 }
 
-/// Feed every completion's verdict into the profile book (empty answers in
-/// a row cool a profile down), and the models waiters starve for into the
-/// pool's placement, on a thread of its own so the HTTP workers only send
-/// on a channel.
-fn listen_to_outcomes(
-    proxy: &proxy::Proxy,
-    pool: Arc<Pool>,
-    shutdown: Receiver<()>,
-) -> std::io::Result<JoinHandle<()>> {
-    let (tx, rx) = crossbeam_channel::unbounded::<verdict::Outcome>();
-    proxy.report_outcomes(tx);
-    let (starved_tx, starved) = crossbeam_channel::unbounded::<String>();
-    pool.dispatch().on_starved(starved_tx);
-    std::thread::Builder::new()
-        .name("outcomes".into())
-        .spawn(move || loop {
-            select! {
-                recv(shutdown) -> _ => return,
-                recv(starved) -> m => {
-                    let Ok(m) = m else { return };
-                    pool.model_starved(&m);
-                }
-                recv(rx) -> o => {
-                    let Ok(o) = o else { return };
-                    let answer = match o.verdict {
-                        verdict::Verdict::Ok => book::Answer::Served,
-                        // Exhaustion and empty answers are reported to the
-                        // book by the proxy itself, at once.
-                        verdict::Verdict::EmptyAnswer(_) => {
-                            metrics::empty_answer(&o.profile);
-                            continue;
-                        }
-                        _ => continue,
-                    };
-                    pool.report(o.child.slot, o.child.generation, answer, o.model.as_deref());
-                }
-            }
-        })
-}
-
 /// The drain before the children stop: `/ready` already says 503, so load
 /// balancers stop sending; what is in flight or queued is served until the
 /// dispatcher is idle or `bound` passes. True when a second signal cut it
 /// short (the children's grace is then skipped too).
-fn drain(pool: &Pool, sigs: &Receiver<&'static str>, bound: Duration) -> bool {
+fn drain(d: &dispatch::Dispatch, sigs: &Receiver<&'static str>, bound: Duration) -> bool {
     let deadline = Instant::now() + bound;
     let started = Instant::now();
     loop {
-        let d = pool.dispatch();
         let busy = d.waiting() + d.in_flight().iter().sum::<usize>();
         if busy == 0 {
             if started.elapsed() > DRAIN_POLL {

@@ -1,6 +1,6 @@
 //! What the operator's admin operations do. Each one is logged once (what,
-//! which slot or profile, through which interface), decided here against
-//! the pool, and carried out by the slots' own watchers through commands:
+//! which slot or profile, through which interface), decided by the
+//! supervisor, and carried out by the slots' own watchers through commands:
 //! a restart or a rotation drains the slot first (no new requests, the
 //! in-flight ones finish within `REQUEST_TIMEOUT_S`), so no admin call
 //! waits on a child and no request is cut off by one.
@@ -15,16 +15,17 @@ use serde_json::{json, Value};
 use crate::admin::proto::{self, Request};
 use crate::admin::{Control, Via};
 use crate::metrics;
-use crate::pool::{Cmd, Pool, Then};
 use crate::reload::Reloader;
 use crate::slot::StopReason;
+use crate::supervisor::msg::{AdminAnswer, AdminOp, Msg, Reply};
+use crate::supervisor::{Cmd, Handle, ProfileSnapshot, Then};
 use crate::writeback::WriteBack;
 
 /// The most of a log file `logs` reads from its end.
 const MAX_LOG_TAIL: u64 = 4 * 1024 * 1024;
 
 pub struct Fleet {
-    pub pool: Arc<Pool>,
+    pub pool: Handle,
     pub log_dir: PathBuf,
     pub reloader: Arc<Reloader>,
     pub writeback: WriteBack,
@@ -44,51 +45,16 @@ impl Control for Fleet {
             Request::Rotate { slot } => {
                 self.drain(slot, Then::Rotate, "rotation requested by the operator")
             }
-            Request::Disable { profile } => match self.pool.set_disabled(&profile, true) {
-                Err(()) => unknown(&profile),
-                Ok(Some(slot)) => {
-                    self.pool.command(
-                        slot,
-                        Cmd::Drain {
-                            generation: None,
-                            reason: StopReason::Operator(format!("profile {profile} disabled")),
-                            then: Then::Rotate,
-                        },
-                    );
-                    proto::ok(json!({
-                        "message": format!("profile {profile} disabled; slot {slot} drains it and rotates")
-                    }))
-                }
-                Ok(None) => proto::ok(json!({ "message": format!("profile {profile} disabled") })),
-            },
-            Request::Enable { profile } => match self.pool.set_disabled(&profile, false) {
-                Err(()) => unknown(&profile),
-                Ok(_) => proto::ok(json!({ "message": format!("profile {profile} enabled") })),
-            },
+            Request::Disable { profile } => self.profile_op(AdminOp::Disable(profile)),
+            Request::Enable { profile } => self.profile_op(AdminOp::Enable(profile)),
             Request::Reset {
                 profile,
                 model: None,
-            } => {
-                if self.pool.reset_profile(&profile) {
-                    proto::ok(json!({
-                        "message": format!("profile {profile}: cooldown and failure counts cleared (its models' cooldowns and its login mark too)")
-                    }))
-                } else {
-                    unknown(&profile)
-                }
-            }
+            } => self.profile_op(AdminOp::Reset(profile)),
             Request::Reset {
                 profile,
                 model: Some(model),
-            } => match self.pool.reset_model(&profile, &model) {
-                None => unknown(&profile),
-                Some(false) => proto::error(format!(
-                    "profile {profile} does not cool for model {model}; see `aistudioproxy ctl status`"
-                )),
-                Some(true) => proto::ok(json!({
-                    "message": format!("profile {profile}: cooldown of model {model} cleared")
-                })),
-            },
+            } => self.profile_op(AdminOp::ResetModel(profile, model)),
             Request::Reload => match self.reloader.reload("ctl") {
                 Ok(report) => proto::ok(json!({ "message": report.to_string(), "reload": report })),
                 Err(e) => proto::error(format!("reload failed, nothing changed: {e}")),
@@ -105,7 +71,7 @@ impl Control for Fleet {
             Request::Console { after } => {
                 let pids: Vec<(usize, Option<i32>)> = self
                     .pool
-                    .snapshot()
+                    .view()
                     .slots
                     .iter()
                     .map(|s| (s.slot, s.pid))
@@ -123,11 +89,41 @@ fn unknown(profile: &str) -> Value {
 }
 
 impl Fleet {
+    /// An operator's change to a profile, decided by the supervisor.
+    fn profile_op(&self, op: AdminOp) -> Value {
+        let profile = match &op {
+            AdminOp::Disable(p) | AdminOp::Enable(p) | AdminOp::Reset(p) => p.clone(),
+            AdminOp::ResetModel(p, _) => p.clone(),
+        };
+        let answer = match self.pool.ask(Msg::Admin(op.clone())) {
+            Some(Reply::Admin(a)) => a,
+            _ => return proto::error("the supervisor is shutting down".to_string()),
+        };
+        let message = match (op, answer) {
+            (_, AdminAnswer::UnknownProfile) => return unknown(&profile),
+            (AdminOp::ResetModel(_, model), AdminAnswer::NotCooling) => {
+                return proto::error(format!(
+                    "profile {profile} does not cool for model {model}; see `aistudioproxy ctl status`"
+                ))
+            }
+            (AdminOp::Disable(_), AdminAnswer::Done { slot: Some(slot) }) => {
+                format!("profile {profile} disabled; slot {slot} drains it and rotates")
+            }
+            (AdminOp::Disable(_), _) => format!("profile {profile} disabled"),
+            (AdminOp::Enable(_), _) => format!("profile {profile} enabled"),
+            (AdminOp::Reset(_), _) => format!("profile {profile}: cooldown and failure counts cleared (its models' cooldowns and its login mark too)"),
+            (AdminOp::ResetModel(_, model), _) => {
+                format!("profile {profile}: cooldown of model {model} cleared")
+            }
+        };
+        proto::ok(json!({ "message": message }))
+    }
+
     /// What a metrics scrape reports as current state.
     pub fn metrics_view(&self) -> metrics::View {
-        let snap = self.pool.snapshot();
+        let snap = self.pool.view();
         let route = self.pool.dispatch().view();
-        let profiles = self.pool.profiles();
+        let profiles = snap.profiles.clone();
         metrics::View {
             slots: snap
                 .slots
@@ -155,7 +151,7 @@ impl Fleet {
                 .collect(),
             profiles: profiles
                 .into_iter()
-                .map(|p| (p.health.profile, p.state))
+                .map(|p| (p.health.profile, p.state.name()))
                 .collect(),
             leases_held: snap.leases.as_ref().map_or(0, |l| l.held.len()),
             child_rss: snap
@@ -168,7 +164,7 @@ impl Fleet {
 
     /// Everything `ctl status` shows.
     pub fn status(&self) -> Value {
-        let snap = self.pool.snapshot();
+        let snap = self.pool.view();
         json!({
             "slots": snap.slots.iter().map(|s| json!({
                 "slot": s.slot,
@@ -185,7 +181,7 @@ impl Fleet {
             })).collect::<Vec<_>>(),
             "queue": self.pool.dispatch().view(),
             "rotation_queue": snap.queue,
-            "profiles": self.profiles(),
+            "profiles": self.profiles(snap.profiles.clone()),
             "last_reload": self.reloader.last(),
             "shutting_down": snap.shutting_down,
             "leases": snap.leases,
@@ -193,10 +189,9 @@ impl Fleet {
     }
 
     /// Every profile's state and health, with its last write-back.
-    fn profiles(&self) -> Vec<Value> {
+    fn profiles(&self, profiles: Vec<ProfileSnapshot>) -> Vec<Value> {
         let wb = self.writeback.stats();
-        self.pool
-            .profiles()
+        profiles
             .into_iter()
             .map(|p| {
                 let mut v = serde_json::to_value(&p).unwrap_or(Value::Null);
@@ -209,7 +204,7 @@ impl Fleet {
     }
 
     fn drain(&self, slot: usize, then: Then, why: &str) -> Value {
-        let snap = self.pool.snapshot();
+        let snap = self.pool.view();
         let Some(s) = snap.slots.get(slot) else {
             return proto::error(format!(
                 "no slot {slot}: slots are 0 to {}",
@@ -221,7 +216,7 @@ impl Fleet {
             reason: StopReason::Operator(why.to_string()),
             then,
         };
-        if !self.pool.command(slot, cmd) {
+        if self.pool.ask(Msg::Command { slot, cmd }) != Some(Reply::Yes(true)) {
             return proto::error(format!("slot {slot} is shutting down"));
         }
         let what = if then == Then::Restart {
@@ -239,12 +234,14 @@ impl Fleet {
     }
 
     fn logs(&self, profile: &str, lines: usize) -> Value {
-        if !self
+        let known = self
             .pool
-            .profiles()
-            .iter()
-            .any(|p| p.health.profile == profile)
-        {
+            .snapshot()
+            .state
+            .book
+            .entries()
+            .contains_key(profile);
+        if !known {
             return unknown(profile);
         }
         let path = self.log_dir.join(format!("{profile}.log"));

@@ -1,13 +1,14 @@
 //! The probe endpoints: `/live` (the process answers), `/ready` (at least one
 //! child is ready and we are not shutting down) and `/health`, the deprecated
-//! alias of `/ready`. They read one pool snapshot and never do I/O besides
+//! alias of `/ready`. They read one supervisor snapshot and never do I/O besides
 //! answering, so they stay fast however busy the proxy is. `queue` is the
 //! rotation queue of profiles; requests waiting for a child are counted in
 //! `requests_waiting` (details at `GET /v1/queue`); `profiles` lists every
 //! profile with its state (running, queued, cooling, disabled) and health.
 
-use crate::pool::Snapshot;
 use crate::reply::{self, Reply};
+use crate::slot::Phase;
+use crate::supervisor::View as Snapshot;
 
 pub fn live() -> Reply {
     reply::json(200, &serde_json::json!({ "status": "alive" }))
@@ -18,13 +19,13 @@ pub fn ready_body(snap: &Snapshot) -> (u16, serde_json::Value) {
     let ready: Vec<&str> = snap
         .slots
         .iter()
-        .filter(|s| s.state == "ready")
+        .filter(|s| s.state == Phase::Ready)
         .filter_map(|s| s.profile.as_deref())
         .collect();
     let unhealthy: Vec<&str> = snap
         .slots
         .iter()
-        .filter(|s| s.state != "ready")
+        .filter(|s| s.state != Phase::Ready)
         .filter_map(|s| s.profile.as_deref())
         .collect();
     let ok = !ready.is_empty() && !snap.shutting_down;
@@ -58,7 +59,7 @@ pub fn public_body(snap: &Snapshot) -> (u16, serde_json::Value) {
     let label = |want_ready: bool| -> Vec<String> {
         snap.slots
             .iter()
-            .filter(|s| (s.state == "ready") == want_ready && s.profile.is_some())
+            .filter(|s| (s.state == Phase::Ready) == want_ready && s.profile.is_some())
             .map(|s| format!("slot-{}", s.slot))
             .collect()
     };

@@ -131,140 +131,150 @@ impl Metrics {
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
             r.register("build_info", "Build of the running coordinator", build);
-            r.register(
-                "child_starts",
-                "Children started, by slot",
-                m.child_starts.clone(),
-            );
-            r.register(
-                "child_exits",
-                "Children ended, by slot and reason",
-                m.child_exits.clone(),
-            );
-            r.register(
-                "evictions",
-                "Children evicted for failing, by slot and reason",
-                m.evictions.clone(),
-            );
-            r.register(
-                "child_ready_seconds",
-                "Time from a child's start to its readiness",
-                m.child_ready_seconds.clone(),
-            );
-            r.register(
-                "requests",
-                "Proxied requests by slot (none: answered by the coordinator) and status class",
-                m.requests.clone(),
-            );
-            r.register(
-                "request_duration_seconds",
-                "Proxied request duration, queue wait included",
-                m.request_seconds.clone(),
-            );
-            r.register(
-                "time_to_first_byte_seconds",
-                "Time from a request's arrival to the first byte of its answer",
-                m.ttfb_seconds.clone(),
-            );
-            r.register(
-                "queue_wait_seconds",
-                "Time requests waited in the fleet queue for a child",
-                m.queue_wait_seconds.clone(),
-            );
-            r.register(
-                "lease_events",
-                "Profile lease events (PROFILE_LEASES=s3): taken, taken_over, lost, released",
-                m.lease_events.clone(),
-            );
-            r.register(
-                "leases_held",
-                "Profile leases this replica holds now",
-                m.leases_held.clone(),
-            );
-            r.register(
-                "empty_answers",
-                "Completions answered with no content, by profile",
-                m.empty_answers.clone(),
-            );
-            r.register(
-                "writebacks",
-                "Write-backs of children's refreshed auth state, by profile and outcome",
-                m.writebacks.clone(),
-            );
-            r.register(
-                "hydrations",
-                "Hydrations and reloads by kind and outcome",
-                m.hydrations.clone(),
-            );
-            r.register(
-                "hydration_duration_seconds",
-                "Duration of hydrations and reloads",
-                m.hydration_seconds.clone(),
-            );
-            r.register(
-                "profiles_hydrated",
-                "Profiles in the last successful hydration",
-                m.profiles_hydrated.clone(),
-            );
-            r.register(
-                "notifications",
-                "Webhook notifications by outcome: sent, failed (after every try), failed_try, folded, dropped",
-                m.notifications.clone(),
-            );
-            r.register(
-                "usage_answers",
-                "Completion answers by profile, model and class (kept across restarts)",
-                m.usage_answers.clone(),
-            );
-            r.register(
-                "usage_tokens",
-                "Tokens the answers reported, by profile, model and kind (prompt, completion)",
-                m.usage_tokens.clone(),
-            );
-            r.register(
-                "key_answers",
-                "Completion answers by API key label and class",
-                m.key_answers.clone(),
-            );
-            r.register(
-                "key_tokens",
-                "Tokens the answers reported, by API key label and kind",
-                m.key_tokens.clone(),
-            );
+            m.register_events(&mut r);
             register_key_budget(&mut r, &m);
-            r.register("slots", "Slots by state", m.slots.clone());
-            r.register(
-                "child_rss_bytes",
-                "Resident memory of each running child's process tree, summed over its processes",
-                m.child_rss.clone(),
-            );
-            r.register(
-                "profiles",
-                "Profiles by state (running, queued, cooling, needs_login, disabled)",
-                m.profiles.clone(),
-            );
-            r.register(
-                "queue_length",
-                "Requests waiting in the fleet queue",
-                m.queue_length.clone(),
-            );
-            r.register(
-                "in_flight",
-                "Requests in flight per slot",
-                m.in_flight.clone(),
-            );
-            r.register(
-                "cooldown_seconds_left",
-                "Seconds until a cooling profile may run again",
-                m.cooldown_left.clone(),
-            );
-            r.register(
-                "model_cooldown_seconds_left",
-                "Seconds until a profile serves a model it is out of quota for again",
-                m.model_cooldown_left.clone(),
-            );
+            m.register_state(&mut r);
         }
         m
+    }
+
+    /// The counters and histograms of what happened.
+    fn register_events(&self, r: &mut Registry) {
+        r.register(
+            "child_starts",
+            "Children started, by slot",
+            self.child_starts.clone(),
+        );
+        r.register(
+            "child_exits",
+            "Children ended, by slot and reason",
+            self.child_exits.clone(),
+        );
+        r.register(
+            "evictions",
+            "Children evicted for failing, by slot and reason",
+            self.evictions.clone(),
+        );
+        r.register(
+            "child_ready_seconds",
+            "Time from a child's start to its readiness",
+            self.child_ready_seconds.clone(),
+        );
+        r.register(
+            "requests",
+            "Proxied requests by slot (none: answered by the coordinator) and status class",
+            self.requests.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Proxied request duration, queue wait included",
+            self.request_seconds.clone(),
+        );
+        r.register(
+            "time_to_first_byte_seconds",
+            "Time from a request's arrival to the first byte of its answer",
+            self.ttfb_seconds.clone(),
+        );
+        r.register(
+            "queue_wait_seconds",
+            "Time requests waited in the fleet queue for a child",
+            self.queue_wait_seconds.clone(),
+        );
+        r.register(
+            "lease_events",
+            "Profile lease events (PROFILE_LEASES=s3): taken, taken_over, lost, released",
+            self.lease_events.clone(),
+        );
+        r.register(
+            "empty_answers",
+            "Completions answered with no content, by profile",
+            self.empty_answers.clone(),
+        );
+        r.register(
+            "writebacks",
+            "Write-backs of children's refreshed auth state, by profile and outcome",
+            self.writebacks.clone(),
+        );
+        r.register(
+            "hydrations",
+            "Hydrations and reloads by kind and outcome",
+            self.hydrations.clone(),
+        );
+        r.register(
+            "hydration_duration_seconds",
+            "Duration of hydrations and reloads",
+            self.hydration_seconds.clone(),
+        );
+        r.register(
+            "notifications",
+            "Webhook notifications by outcome: sent, failed (after every try), failed_try, folded, dropped",
+            self.notifications.clone(),
+        );
+    }
+
+    /// The usage counts and the gauges of the current state.
+    fn register_state(&self, r: &mut Registry) {
+        r.register(
+            "leases_held",
+            "Profile leases this replica holds now",
+            self.leases_held.clone(),
+        );
+        r.register(
+            "profiles_hydrated",
+            "Profiles in the last successful hydration",
+            self.profiles_hydrated.clone(),
+        );
+        r.register(
+            "usage_answers",
+            "Completion answers by profile, model and class (kept across restarts)",
+            self.usage_answers.clone(),
+        );
+        r.register(
+            "usage_tokens",
+            "Tokens the answers reported, by profile, model and kind (prompt, completion)",
+            self.usage_tokens.clone(),
+        );
+        r.register(
+            "key_answers",
+            "Completion answers by API key label and class",
+            self.key_answers.clone(),
+        );
+        r.register(
+            "key_tokens",
+            "Tokens the answers reported, by API key label and kind",
+            self.key_tokens.clone(),
+        );
+        r.register("slots", "Slots by state", self.slots.clone());
+        r.register(
+            "child_rss_bytes",
+            "Resident memory of each running child's process tree, summed over its processes",
+            self.child_rss.clone(),
+        );
+        r.register(
+            "profiles",
+            "Profiles by state (running, queued, cooling, needs_login, disabled)",
+            self.profiles.clone(),
+        );
+        r.register(
+            "queue_length",
+            "Requests waiting in the fleet queue",
+            self.queue_length.clone(),
+        );
+        r.register(
+            "in_flight",
+            "Requests in flight per slot",
+            self.in_flight.clone(),
+        );
+        r.register(
+            "cooldown_seconds_left",
+            "Seconds until a cooling profile may run again",
+            self.cooldown_left.clone(),
+        );
+        r.register(
+            "model_cooldown_seconds_left",
+            "Seconds until a profile serves a model it is out of quota for again",
+            self.model_cooldown_left.clone(),
+        );
     }
 
     /// The text exposition of everything, with the state gauges set from

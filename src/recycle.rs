@@ -6,7 +6,7 @@
 //! While a child runs, its slot's watcher looks at it every
 //! `CHILD_RSS_SAMPLE_S` (and once more when its age limit falls due): the
 //! tree's RSS is read from `/proc` on the watcher's thread with no lock held,
-//! then stored in the pool for `/ready`, `ctl status` and `/metrics`. The
+//! then sent to the supervisor for `/ready`, `ctl status` and `/metrics`. The
 //! first look past a limit logs one line naming the size (or age) and the
 //! limit and returns the reason; the watcher then drains the slot (no new
 //! requests, those in flight finish) and starts the same profile again.
@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{after, never, tick, Receiver};
 use log::warn;
 
-use crate::pool::{Cmd, Pool, Then};
 use crate::process::rss;
 use crate::slot::StopReason;
 
@@ -106,6 +105,11 @@ impl Watch {
         }
     }
 
+    /// The generation of the child watched.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Fires every sample interval.
     pub fn samples(&self) -> Receiver<Instant> {
         tick(self.limits.sample)
@@ -119,31 +123,17 @@ impl Watch {
         }
     }
 
-    /// Measure the tree and record it in the pool; the first time a limit
-    /// is passed, log it and ask the slot (through the pool, like an
-    /// operator's restart) to drain this child and start its profile again.
-    pub fn look(&mut self, pool: &Pool, profile: &str) {
-        if let Some(reason) = self.measure(pool, profile) {
-            pool.command(
-                self.slot,
-                Cmd::Drain {
-                    generation: Some(self.generation),
-                    reason,
-                    then: Then::Restart,
-                },
-            );
-        }
-    }
-
-    /// Measure, record, and say why the child must be recycled the first
-    /// time a limit is passed (logging it once).
-    fn measure(&mut self, pool: &Pool, profile: &str) -> Option<StopReason> {
-        // /proc is read before the pool is touched: no lock across I/O.
+    /// Measure the tree: its resident bytes (None when no process of it
+    /// was found), and why the child must be recycled the first time a
+    /// limit is passed (logging it once); the watcher reports the first
+    /// and drains the slot for the second.
+    pub fn look(&mut self, profile: &str) -> (Option<u64>, Option<StopReason>) {
         let (bytes, procs) = rss::of_tree(self.leader, &self.tag);
         let rss = (procs > 0).then_some(bytes);
-        if let Some(b) = rss {
-            pool.set_rss(self.slot, self.generation, b);
-        }
+        (rss, self.over(rss, profile))
+    }
+
+    fn over(&mut self, rss: Option<u64>, profile: &str) -> Option<StopReason> {
         if self.tripped {
             return None;
         }

@@ -33,10 +33,11 @@ use crate::config::Config;
 use crate::hydrate;
 use crate::metrics;
 use crate::outbound::Proxies;
-use crate::pool::{Cmd, Pool, ProfileChanges, Then};
 use crate::proxy::keys::Keys;
 use crate::proxy::Proxy;
 use crate::slot::StopReason;
+use crate::supervisor::msg::{Msg, ProfileChanges, Reply};
+use crate::supervisor::{Cmd, Handle, Then};
 use crate::writeback::WriteBack;
 
 /// What one successful reload did.
@@ -78,7 +79,7 @@ struct Last {
 
 pub struct Reloader {
     cfg: Config,
-    pool: Arc<Pool>,
+    pool: Handle,
     proxy: Arc<Proxy>,
     writeback: WriteBack,
     /// Each profile's proxy (PROFILE_PROXIES_FILE), read again first.
@@ -91,7 +92,7 @@ pub struct Reloader {
 impl Reloader {
     pub fn new(
         cfg: &Config,
-        pool: Arc<Pool>,
+        pool: Handle,
         proxy: Arc<Proxy>,
         writeback: WriteBack,
         proxies: Arc<Proxies>,
@@ -183,20 +184,22 @@ impl Reloader {
         self.writeback.rebase(&hydrated, since);
         let profiles = hydrated.profiles.len();
         let facts = hydrate::login_facts(&hydrated.profiles);
-        let changes = self.pool.apply_profiles(hydrated.profiles);
-        self.pool.content_seen(&facts);
+        let changes = match self.pool.ask(Msg::Profiles(hydrated.profiles)) {
+            Some(Reply::Changes(c)) => c,
+            _ => return Err("the supervisor is shutting down".into()),
+        };
+        // Asked: what the reload changed is seen once it returns.
+        self.pool.ask(Msg::ContentSeen(facts));
         if keys_changed {
             for slot in (0..self.pool.size()).filter(|s| !changes.draining.contains(s)) {
-                self.pool.command(
-                    slot,
-                    Cmd::Drain {
-                        generation: None,
-                        reason: StopReason::Operator(
-                            "the API keys changed: restarting to read them".into(),
-                        ),
-                        then: Then::Restart,
-                    },
-                );
+                let cmd = Cmd::Drain {
+                    generation: None,
+                    reason: StopReason::Operator(
+                        "the API keys changed: restarting to read them".into(),
+                    ),
+                    then: Then::Restart,
+                };
+                self.pool.tell(Msg::Command { slot, cmd });
             }
         }
         Ok(ReloadReport {

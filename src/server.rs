@@ -73,9 +73,9 @@ use tiny_http::{Admission, Method, Request};
 use crate::admin::{self, http::AdminKey};
 use crate::control::Fleet;
 use crate::metrics;
-use crate::pool::Pool;
 use crate::proxy::Proxy;
 use crate::reply::{self, ApiError};
+use crate::supervisor::Handle;
 
 mod probes;
 
@@ -177,7 +177,7 @@ impl RefusalLog {
 
 /// What request handlers can reach.
 pub struct App {
-    pub pool: Arc<Pool>,
+    pub pool: Handle,
     pub proxy: Arc<Proxy>,
     pub fleet: Arc<Fleet>,
     /// `/admin/` exists only with a key.

@@ -1,7 +1,7 @@
 //! A slot's life as a state machine, with no threads and no I/O: the states
 //! (each carrying its data), the one transition function that decides which
 //! moves are allowed, and the crash-loop backoff policy. The watcher thread
-//! performs the I/O; the pool stores the current state for readers.
+//! performs the I/O; the supervisor stores the current state for readers.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -165,18 +165,23 @@ impl State {
         })
     }
 
-    pub fn name(&self) -> &'static str {
+    /// Which state, without its data: what probes compare and print.
+    pub fn phase(&self) -> Phase {
         match self {
-            State::Idle => "idle",
-            State::Waiting { .. } => "backoff",
-            State::Starting { .. } => "starting",
-            State::Ready { .. } => "ready",
-            State::Draining { .. } => "draining",
-            State::Cooldown { .. } => "cooldown",
-            State::Staggered { .. } => "stagger",
-            State::Stopping { .. } => "stopping",
-            State::Stopped => "stopped",
+            State::Idle => Phase::Idle,
+            State::Waiting { .. } => Phase::Backoff,
+            State::Starting { .. } => Phase::Starting,
+            State::Ready { .. } => Phase::Ready,
+            State::Draining { .. } => Phase::Draining,
+            State::Cooldown { .. } => Phase::Cooldown,
+            State::Staggered { .. } => Phase::Stagger,
+            State::Stopping { .. } => Phase::Stopping,
+            State::Stopped => Phase::Stopped,
         }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.phase().name()
     }
 
     /// When a waiting slot starts again, where its state says.
@@ -213,6 +218,44 @@ impl State {
             | State::Stopping { pid, .. } => Some(*pid),
             _ => None,
         }
+    }
+}
+
+/// A slot's state without its data, as `/ready`, the metrics and `ctl`
+/// show it (serialized as its name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Idle,
+    Backoff,
+    Starting,
+    Ready,
+    Draining,
+    Cooldown,
+    Stagger,
+    Stopping,
+    Stopped,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Backoff => "backoff",
+            Phase::Starting => "starting",
+            Phase::Ready => "ready",
+            Phase::Draining => "draining",
+            Phase::Cooldown => "cooldown",
+            Phase::Stagger => "stagger",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

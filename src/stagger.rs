@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{after, select, Receiver};
 use log::info;
 
-use crate::pool::Pool;
 use crate::slot::Event;
 
 /// The pure core: with the next free turn at `next` (None: no start yet),
@@ -71,7 +70,7 @@ pub fn wait_turn(
     gate: &Stagger,
     slot: usize,
     profile: &str,
-    pool: &Pool,
+    moved: &dyn Fn(Event),
     shutdown: &Receiver<()>,
 ) -> bool {
     let now = Instant::now();
@@ -85,12 +84,12 @@ pub fn wait_turn(
         wait.as_secs_f64(),
         gate.interval().as_secs_f64()
     );
-    pool.apply(slot, &Event::Stagger { until: go });
+    moved(Event::Stagger { until: go });
     let stopped = select! {
         recv(shutdown) -> _ => true,
         recv(after(wait)) -> _ => false,
     };
-    pool.apply(slot, &Event::StaggerOver);
+    moved(Event::StaggerOver);
     !stopped
 }
 

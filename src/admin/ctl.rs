@@ -481,6 +481,37 @@ pub fn status_table(status: &Value, now: SystemTime) -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
+    let mut out = slots_table(status, now_ms);
+    let q = &status["queue"];
+    out.push_str(&format!(
+        "\nqueue: {} waiting, oldest {}\n",
+        q["queue_length"].as_u64().unwrap_or(0),
+        q["oldest_wait_ms"]
+            .as_u64()
+            .map(human)
+            .unwrap_or_else(|| "-".into())
+    ));
+    profiles_lines(status, &mut out);
+    let r = &status["last_reload"];
+    if r.is_object() {
+        let ago = r["at_unix_ms"]
+            .as_u64()
+            .map(|t| human(now_ms.saturating_sub(t)));
+        out.push_str(&format!(
+            "last reload: {} ago, {}{}\n",
+            ago.unwrap_or_else(|| "-".into()),
+            text(&r["outcome"]),
+            r["error"]
+                .as_str()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ));
+    }
+    out
+}
+
+/// The slots, one line each, in aligned columns.
+fn slots_table(status: &Value, now_ms: u64) -> String {
     let mut rows: Vec<[String; 8]> = vec![[
         "SLOT".into(),
         "PROFILE".into(),
@@ -522,15 +553,12 @@ pub fn status_table(status: &Value, now: SystemTime) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
-    let q = &status["queue"];
-    out.push_str(&format!(
-        "\nqueue: {} waiting, oldest {}\n",
-        q["queue_length"].as_u64().unwrap_or(0),
-        q["oldest_wait_ms"]
-            .as_u64()
-            .map(human)
-            .unwrap_or_else(|| "-".into())
-    ));
+    out
+}
+
+/// The profiles not running: queued, cooling (whole or per model), needing
+/// a login, disabled.
+fn profiles_lines(status: &Value, out: &mut String) {
     let profiles: Vec<&Value> = status["profiles"]
         .as_array()
         .into_iter()
@@ -597,22 +625,6 @@ pub fn status_table(status: &Value, now: SystemTime) -> String {
             out.push_str(&format!("{state}: {}\n", text(&p["profile"])));
         }
     }
-    let r = &status["last_reload"];
-    if r.is_object() {
-        let ago = r["at_unix_ms"]
-            .as_u64()
-            .map(|t| human(now_ms.saturating_sub(t)));
-        out.push_str(&format!(
-            "last reload: {} ago, {}{}\n",
-            ago.unwrap_or_else(|| "-".into()),
-            text(&r["outcome"]),
-            r["error"]
-                .as_str()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default()
-        ));
-    }
-    out
 }
 
 #[cfg(test)]

@@ -164,6 +164,7 @@ pub enum Verdict {
     CoolModel { model: String, until: SystemTime },
 }
 
+#[derive(Debug, Clone)]
 pub struct Book {
     entries: BTreeMap<String, Entry>,
     settings: Settings,

@@ -4,7 +4,7 @@
 //! does), the one JSON answer it polls (`console`: status, usage, events
 //! after a sequence number, memory per slot), and the observer thread.
 //!
-//! The observer (thread `console`) looks at the pool once a second and
+//! The observer (thread `console`) looks at the supervisor's snapshot once a second and
 //! records what nobody else sees happen: a cooldown that ended, a profile
 //! whose state became `needs_login`, no ready child for
 //! `NOTIFY_NO_READY_S`; and it saves the usage ledger when it changed
@@ -12,7 +12,6 @@
 //! once when `stop` closes.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -20,8 +19,9 @@ use crossbeam_channel::{after, select, Receiver};
 use serde_json::{json, Value};
 
 use crate::events::{self, Kind};
-use crate::pool::Pool;
 use crate::reply::{self, Reply};
+use crate::slot::Phase;
+use crate::supervisor::Handle;
 
 const INDEX: &str = include_str!("static/index.html");
 const SCRIPT: &str = include_str!("static/console.js");
@@ -188,7 +188,7 @@ impl Observer {
 
 /// Start the observer; it ends when `stop` closes.
 pub fn spawn(
-    pool: Arc<Pool>,
+    pool: Handle,
     no_ready: Duration,
     stop: Receiver<()>,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -202,13 +202,17 @@ pub fn spawn(
                     recv(stop) -> _ => return,
                     recv(after(LOOK_EVERY)) -> _ => {}
                 }
-                let snap = pool.snapshot();
+                let snap = pool.view();
                 let profiles: Vec<(String, Option<u64>)> = snap
                     .profiles
                     .iter()
                     .map(|p| (p.health.profile.clone(), p.health.cooling_until_unix_ms))
                     .collect();
-                let ready = snap.slots.iter().filter(|s| s.state == "ready").count();
+                let ready = snap
+                    .slots
+                    .iter()
+                    .filter(|s| s.state == Phase::Ready)
+                    .count();
                 for f in obs.look(
                     &profiles,
                     ready,

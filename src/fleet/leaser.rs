@@ -1,10 +1,10 @@
 //! The leaser thread: the only code that reads or writes lease objects.
 //!
-//! Every tick (a second, or at once when the pool releases a profile) it
+//! Every tick (a second, or at once when the supervisor releases a profile) it
 //! gives back released leases, renews the ones due (every `ttl / 3`), gives
 //! up the ones it could not renew in time (their children are stopped by
-//! the pool), and, while the pool has slots without a leased profile, reads
-//! the lease of each profile the pool could run and takes free or stale
+//! the supervisor), and, while the supervisor has slots without a leased
+//! profile, reads the lease of each profile it could run and takes free or stale
 //! ones, preferred ones first (rendezvous hashing over the live replicas).
 //! Takes are create-only (`If-None-Match: *`), takeovers and renewals
 //! replace-if-unchanged (`If-Match`), releases too (an expired-now
@@ -13,8 +13,8 @@
 //! every child); then it releases what it still holds, except profiles
 //! whose child is still running, which are left to expire.
 //!
-//! Never holds the pool's lock across S3 I/O: it calls the pool's short
-//! methods between requests.
+//! Never waits on the supervisor across S3 I/O: it asks what is wanted
+//! between requests, tells it of grants and losses, and reads its snapshot.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -29,7 +29,8 @@ use super::lease::{self, Doc, Seen, Timing};
 use super::{Release, Stats};
 use crate::hydrate::cond::{CondError, Store};
 use crate::metrics;
-use crate::pool::Pool;
+use crate::supervisor::msg::{Msg, Reply};
+use crate::supervisor::Handle;
 
 /// How often the leaser looks, at most.
 const TICK: Duration = Duration::from_secs(1);
@@ -120,7 +121,7 @@ pub struct Leaser {
     store: Store,
     me: String,
     timing: Timing,
-    pool: Arc<Pool>,
+    pool: Handle,
     stats: Arc<Stats>,
     held: BTreeMap<String, Held>,
 }
@@ -146,7 +147,7 @@ impl Leaser {
         store: Store,
         me: String,
         timing: Timing,
-        pool: Arc<Pool>,
+        pool: Handle,
         stats: Arc<Stats>,
     ) -> Leaser {
         Leaser {
@@ -181,14 +182,15 @@ impl Leaser {
         while let Ok(r) = releases.try_recv() {
             self.release(r);
         }
-        let running = self.pool.running_profiles();
+        let snap = self.pool.snapshot();
+        let running = snap.running_profiles();
         let names: Vec<String> = self.held.keys().cloned().collect();
         for name in names {
             if running.contains(&name) {
                 warn!("profile {name} still has a child: its lease is left to expire");
                 continue;
             }
-            let cooling = self.pool.cooling_of(&name);
+            let cooling = snap.cooling_of(&name);
             self.release(Release {
                 profile: name,
                 cooling,
@@ -318,12 +320,18 @@ impl Leaser {
         Stats::bump(&self.stats.lost);
         metrics::lease_event("lost");
         warn!("profile {name}: {why}: stopping its child now");
-        self.pool.lease_lost(name, why);
+        self.pool.tell(Msg::LeaseLost {
+            profile: name.to_string(),
+            why,
+        });
     }
 
-    /// Take leases while the pool has slots without one.
+    /// Take leases while the supervisor has slots without one.
     fn acquire(&mut self) {
-        let (want, candidates) = self.pool.lease_demand();
+        let (want, candidates) = match self.pool.ask(Msg::LeaseDemand) {
+            Some(Reply::Wanted { more, candidates }) => (more, candidates),
+            _ => return,
+        };
         if want == 0 || candidates.is_empty() {
             return;
         }
@@ -343,7 +351,7 @@ impl Leaser {
         }
         if !granted.is_empty() {
             self.publish();
-            self.pool.lease_granted(&granted);
+            self.pool.tell(Msg::LeaseGranted(granted));
         }
     }
 

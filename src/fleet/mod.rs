@@ -3,8 +3,8 @@
 //! writes, so no account is ever driven by two replicas at once.
 //!
 //! `lease` is pure (what a lease says, whether we may take it, whom a
-//! profile prefers); `leaser` is the one thread that talks to S3. The pool
-//! decides nothing about leases: it only runs profiles we hold, tells the
+//! profile prefers); `leaser` is the one thread that talks to S3. The
+//! supervisor decides nothing about leases: it only runs profiles we hold, tells the
 //! leaser when one leaves its slot ([`Release`]) and hears of grants and
 //! losses from it.
 
@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-/// From the pool to the leaser: `profile` left its slot (its child is
+/// From the supervisor to the leaser: `profile` left its slot (its child is
 /// gone); give its lease back, recording its cooldown for other replicas.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Release {

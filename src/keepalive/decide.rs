@@ -1,8 +1,8 @@
 //! The keep-alive and max-runtime decisions, pure: given the time, the
 //! slots and the profiles waiting in the queue, which profile gets a
 //! keep-alive turn on which slot, and which slot's profile has overstayed.
-//! No clock, no lock, no I/O: the pool gathers the facts under its lock and
-//! the keep-alive thread acts on the answer; tests drive it with tables.
+//! No clock, no lock, no I/O: the supervisor's core gathers the facts and
+//! acts on the answer; tests drive it with tables.
 
 use std::time::{Duration, SystemTime};
 

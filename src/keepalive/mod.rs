@@ -15,22 +15,18 @@
 //! With `PROFILE_MAX_RUNTIME_S`, a profile that has held its slot that long
 //! is drained and rotated out while another that may run waits its turn.
 //!
-//! This module owns the keep-alive thread: it looks (`Pool::keepalive_look`)
+//! This module owns what a turn is ([`Turn`]), what a look did ([`Look`])
+//! and how both are logged; `decide` decides. The supervisor thread looks
 //! when the next profile falls due, about every second while a due turn is
-//! held back or runs, at most every [`decide::LOOK_MAX`]; the pool holds
-//! the turn under its lock (placement must see it) and `decide` decides.
-//! The thread only logs what a look did; it never touches a child.
+//! held back or runs, at most every [`decide::LOOK_MAX`], and holds the
+//! turn in its state (placement must see it). Nothing here touches a
+//! child, a channel or the supervisor's state.
 
 pub mod decide;
 
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver};
 use log::{info, warn};
-
-use crate::pool::Pool;
 
 /// How long a keep-alive turn's child stays after it is ready, so its own
 /// start (page load, cookie refresh) is done before it is stopped.
@@ -38,8 +34,8 @@ pub const SETTLE: Duration = Duration::from_secs(2);
 
 pub use crate::config::KeepaliveSettings as Settings;
 
-/// The fleet's one keep-alive turn, held by the pool.
-#[derive(Debug, Clone)]
+/// The fleet's one keep-alive turn, held by the supervisor.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Turn {
     pub profile: String,
     pub slot: usize,
@@ -63,11 +59,12 @@ impl Turn {
         slot: usize,
         holder: Option<String>,
         idle: Option<Duration>,
+        asked: Instant,
     ) -> Turn {
         Turn {
             profile,
             slot,
-            asked: Instant::now(),
+            asked,
             holder,
             idle,
             began: None,
@@ -81,9 +78,9 @@ impl Turn {
         self.began.is_some()
     }
 
-    /// Its profile took the slot, displacing `displaced`.
-    pub fn begin(&mut self, displaced: Option<String>) {
-        self.began = Some(Instant::now());
+    /// Its profile took the slot at `at`, displacing `displaced`.
+    pub fn begin(&mut self, displaced: Option<String>, at: Instant) {
+        self.began = Some(at);
         self.displaced = displaced;
     }
 
@@ -94,7 +91,7 @@ impl Turn {
 }
 
 /// What one look did, for the thread to log.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Look {
     /// When to look again.
     pub next: Duration,
@@ -164,36 +161,7 @@ pub fn note_end(t: Option<Turn>) {
     );
 }
 
-/// Start the keep-alive thread. `stuck`: how long a slot may take to make
-/// way before its turn is dropped (a drain, a stop and a margin).
-pub fn spawn(
-    pool: Arc<Pool>,
-    settings: Settings,
-    stuck: Duration,
-    shutdown: Receiver<()>,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("keepalive".into())
-        .spawn(move || {
-            // The last hold logged, so a long hold is said once.
-            let mut held: Option<(String, decide::Hold)> = None;
-            loop {
-                let look = pool.keepalive_look(
-                    SystemTime::now(),
-                    settings.every,
-                    settings.max_runtime,
-                    stuck,
-                );
-                log_look(&look, &mut held);
-                select! {
-                    recv(shutdown) -> _ => return,
-                    recv(crossbeam_channel::after(look.next)) -> _ => {}
-                }
-            }
-        })
-}
-
-fn log_look(look: &Look, held: &mut Option<(String, decide::Hold)>) {
+pub fn log_look(look: &Look, held: &mut Option<(String, decide::Hold)>) {
     if let Some(t) = &look.abandoned {
         warn!(
             "slot {}: keep-alive turn for {} dropped: the slot did not make way within the bound; it is tried again",

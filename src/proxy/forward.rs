@@ -30,8 +30,8 @@ use crate::dialect::{Dialect, Translator};
 use crate::dispatch::{ChildId, Kind, Refusal, Ticket, Want};
 use crate::edge::shown;
 use crate::metrics;
-use crate::pool::Pool;
 use crate::reply::ApiError;
+use crate::supervisor::Handle;
 
 use super::conns::{describe, Conn};
 use super::hold::{self, is_timeout, HoldEnd};
@@ -48,7 +48,7 @@ const MAX_RECLAIMS: u32 = 3;
 
 pub(super) struct Exchange<'a> {
     pub proxy: &'a Proxy,
-    pub pool: &'a Pool,
+    pub pool: &'a Handle,
     /// Internal id (unique).
     pub id: u64,
     /// The id the client knows.
@@ -186,7 +186,7 @@ impl Exchange<'_> {
                 Step::Answered(v) => {
                     // Free the child before anything else: the next waiter's
                     // wake-up is the handoff's critical path, and sending the
-                    // verdict wakes the outcomes thread, which on a busy
+                    // verdict wakes the supervisor thread, which on a busy
                     // machine then runs first. The verdict reaches the book
                     // asynchronously either way, so the order changes nothing
                     // for it.
@@ -605,21 +605,11 @@ impl Exchange<'_> {
                 child.slot, self.method, self.path, self.rid
             );
         }
-        let answer = match verdict {
-            Verdict::Exhausted { retry_after, .. } => Some(crate::book::Answer::Exhausted {
-                retry_after,
-                limit: crate::book::Limit::Quota,
-            }),
-            Verdict::EmptyAnswer(_) => Some(crate::book::Answer::Empty),
-            _ => None,
-        };
-        if let Some(answer) = answer {
-            // At once, not through the listener: the slot must be draining
-            // before this request's retry asks for a child, so that it waits
-            // for the replacement instead of finding no other child.
-            self.pool
-                .report(child.slot, child.generation, answer, self.model.as_deref());
-        }
+        // An exhausted profile's answer (and an empty one) goes at once, not
+        // through the outcome channel: the slot must be draining before this
+        // request's retry asks for a child, so that it waits for the
+        // replacement instead of finding no other child.
+        self.pool.report_now(child, &verdict, self.model.as_deref());
         self.proxy.outcomes.report(Outcome {
             child,
             profile: profile.to_string(),

@@ -30,8 +30,8 @@ use tiny_http::{Method, Request};
 
 use crate::dialect::{Dialect, Route};
 use crate::dispatch::Kind;
-use crate::pool::Pool;
 use crate::reply::{self, ApiError, Reply};
+use crate::supervisor::Handle;
 use body::BodyError;
 use keys::{Access, KeyRing, Keys};
 
@@ -168,7 +168,7 @@ impl Proxy {
 
     /// Handle one `/v1/*` request held in `holder`; the request is taken out
     /// when answered, so a panic midway leaves it for the caller's 500.
-    pub fn handle(&self, holder: &mut Option<Request>, pool: &Pool) {
+    pub fn handle(&self, holder: &mut Option<Request>, pool: &Handle) {
         let Some(rq) = holder.as_mut() else { return };
         let started = Instant::now();
         let method = rq.method().clone();
@@ -294,7 +294,7 @@ impl Proxy {
         &self,
         method: &Method,
         path: &str,
-        pool: &Pool,
+        pool: &Handle,
         keys: &Keys,
         access: Access<'_>,
     ) -> Option<serde_json::Value> {
@@ -310,7 +310,7 @@ impl Proxy {
 
     /// `GET /v1/queue`: the dispatcher's queue and routes, and every
     /// request alive with the dialect it came in.
-    fn queue(&self, pool: &Pool) -> serde_json::Value {
+    fn queue(&self, pool: &Handle) -> serde_json::Value {
         let mut view = serde_json::to_value(pool.dispatch().view()).unwrap_or_default();
         view["requests"] = serde_json::to_value(self.requests.listing()).unwrap_or_default();
         view
@@ -329,7 +329,7 @@ impl Proxy {
         headers: Vec<(String, Vec<u8>)>,
         key: Option<(String, std::sync::Arc<limits::Limits>)>,
         plan: Result<translate::Plan, Reply>,
-        pool: &Pool,
+        pool: &Handle,
     ) {
         let (id, rid, started, owner, open) = who;
         let plan = match plan {
@@ -400,7 +400,7 @@ impl Proxy {
     fn cancel(
         &self,
         rq: &Request,
-        pool: &Pool,
+        pool: &Handle,
         target: &str,
         headers: &[(String, Vec<u8>)],
         owner: Option<u64>,

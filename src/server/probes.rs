@@ -8,7 +8,7 @@
 //! here too (503 `overloaded`, connection closed), so the reserve never
 //! reaches a worker either.
 //!
-//! What runs here must stay short: one pool snapshot, one small answer,
+//! What runs here must stay short: one supervisor snapshot, one small answer,
 //! no body read (a probe sent with a body has it refused and its
 //! connection closed), no lock held across I/O.
 
@@ -18,14 +18,14 @@ use tiny_http::{Method, Request};
 
 use crate::admin::http::AdminKey;
 use crate::health;
-use crate::pool::Pool;
 use crate::proxy::Proxy;
 use crate::reply::ApiError;
+use crate::supervisor::Handle;
 
 /// The hook given to tiny_http: answers probes and reserve refusals, hands
 /// back everything else.
 pub fn inline_hook(
-    pool: Arc<Pool>,
+    pool: Handle,
     proxy: Arc<Proxy>,
     admin: Option<AdminKey>,
 ) -> tiny_http::InlineHook {
@@ -36,7 +36,7 @@ pub fn inline_hook(
 /// give it back.
 pub fn answer(
     rq: Request,
-    pool: &Pool,
+    pool: &Handle,
     proxy: &Proxy,
     admin: Option<&AdminKey>,
 ) -> Option<Request> {
@@ -61,7 +61,7 @@ pub fn answer(
         Probe::Ready | Probe::Health => {
             let detail = !proxy.keys_enabled() && admin.is_none()
                 || admin.is_some_and(|k| crate::admin::http::offers(&rq, k));
-            health::ready(&pool.snapshot(), which == Probe::Health, detail)
+            health::ready(&pool.view(), which == Probe::Health, detail)
         }
     };
     let _ = rq.respond(reply);

@@ -17,6 +17,10 @@
 //! proxy path, not queueing (`fleet.rs` measures that).
 //!
 //! `BENCH_MEASURE_MS` (default 1500) sets the measured window per cell.
+//! `BENCH_BASELINE=/path/to/aistudioproxy` adds a fourth path: an earlier
+//! build of the coordinator with the same settings and its own two test
+//! children, measured in the same cells, so a change is compared with the
+//! build before it in the same run (`baseline` rows and ratios).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -56,6 +60,10 @@ fn main() {
     let rss_start = rss_kib(pid);
     let threads_start = threads_of(pid);
     let children = coord.api_ports.clone();
+    let baseline = std::env::var_os("BENCH_BASELINE").map(|bin| {
+        println!("baseline: {}", bin.to_string_lossy());
+        Coordinator::start_binary(&bin, &spec)
+    });
 
     let nginx = match find_nginx() {
         None => {
@@ -151,9 +159,18 @@ fn main() {
             let restarts_after = coord
                 .slots()
                 .map_or(0, |s| s.iter().map(|s| s.restarts).sum());
+            let via_base = baseline.as_ref().map(|b| {
+                if b.wait_all_ready(Duration::from_secs(15)).is_none() {
+                    println!("     (baseline children not all ready after 15 s)");
+                }
+                run(vec![b.port])
+            });
             settle("nginx");
             let via_nginx = nginx.as_ref().map(|n| run(vec![n.port]));
             let mut rows = vec![("direct", &direct), ("coordinator", &via_coord)];
+            if let Some(b) = &via_base {
+                rows.push(("baseline", b));
+            }
             if let Some(n) = &via_nginx {
                 rows.push(("nginx", n));
             }
@@ -179,6 +196,13 @@ fn main() {
                         via_nginx.as_ref().map_or(0.0, |n| n.throughput())
                     ),
                     k.p50 - n.p50
+                ));
+            }
+            if let Some(b) = &via_base {
+                line.push_str(&format!(
+                    " | coord/baseline req/s {} | baseline added p50 {:+.3} ms",
+                    ratio(via_coord.throughput(), b.throughput()),
+                    b.latency().p50 - d.p50
                 ));
             }
             if stream {

@@ -270,6 +270,12 @@ pub struct Coordinator {
 
 impl Coordinator {
     pub fn start(spec: &CoordinatorSpec) -> Coordinator {
+        Coordinator::start_binary(COORDINATOR.as_ref(), spec)
+    }
+
+    /// Start `bin` (this build's coordinator, or an earlier build to
+    /// compare with) as `spec` says.
+    pub fn start_binary(bin: &std::ffi::OsStr, spec: &CoordinatorSpec) -> Coordinator {
         let dir = TempDir::new("coord");
         let profiles = dir.path().join("profiles/active");
         std::fs::create_dir_all(&profiles).expect("create the profile dir");
@@ -282,7 +288,7 @@ impl Coordinator {
         let (api, stream, camoufox) = (free_range(n), free_range(n), free_range(n));
         let log = std::fs::File::create(dir.path().join("coordinator.log"))
             .expect("create the coordinator log");
-        let mut cmd = Command::new(COORDINATOR);
+        let mut cmd = Command::new(bin);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("COORDINATOR_HOST", LOCALHOST)
