@@ -49,6 +49,8 @@ pub struct Files {
     pub proxies: outbound::Proxies,
     /// The defaults and `CHILD_SIGNALS_FILE`.
     pub signs: Signs,
+    /// `BUDGET_TIMEZONE`'s rules.
+    pub zone: crate::budget::Zone,
 }
 
 impl Files {
@@ -59,7 +61,15 @@ impl Files {
             Some(f) => Signs::load(f).map_err(|e| e.to_string())?,
             None => Signs::default(),
         };
-        Ok(Files { proxies, signs })
+        let zone = crate::budget::Zone::named(&cfg.budget.timezone).map_err(|e| {
+            let name = &cfg.budget.timezone;
+            format!("invalid BUDGET_TIMEZONE={name:?}: expected {e}")
+        })?;
+        Ok(Files {
+            proxies,
+            signs,
+            zone,
+        })
     }
 
     /// For `--hydrate-only`, which starts no child.
@@ -67,6 +77,7 @@ impl Files {
         Files {
             proxies: outbound::Proxies::none(),
             signs: Signs::default(),
+            zone: crate::budget::Zone::utc(),
         }
     }
 }
@@ -92,7 +103,11 @@ pub fn run(
     early: Option<signals::EarlyExit>,
     files: Files,
 ) -> Result<(), Fatal> {
-    let Files { proxies, signs } = files;
+    let Files {
+        proxies,
+        signs,
+        zone,
+    } = files;
     make_log_dir(cfg)?;
     let sigs = signals::install().map_err(fatal(1))?;
     drop(early);
@@ -104,7 +119,7 @@ pub fn run(
     if let Some(k) = &child_keys {
         info!("AUTH_KEY_FILE_PATH={} is handed to children", k.display());
     }
-    crate::budget::init(&cfg.budget);
+    crate::budget::init(&cfg.budget, zone);
     if let Err(e) = crate::usage::global().load(&cfg.cache_dir) {
         warn!("{e}; starting the usage counts from zero");
     }

@@ -1,6 +1,16 @@
 //! Civil (proleptic Gregorian) dates and UTC times from Unix time, without
 //! a time-zone database: what `ctl` prints and what the dialects stamp on
-//! their answers. Pure arithmetic, no clock of its own.
+//! their answers; and the wall clock in Unix milliseconds ([`now_ms`]),
+//! which the ledgers and events stamp their records with. Pure arithmetic
+//! otherwise.
+
+/// The wall clock, in ms since the epoch (0 before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 /// The (year, month, day) of `days` since 1970-01-01 (H. Hinnant's
 /// days-to-civil algorithm; any day, before or after the epoch).

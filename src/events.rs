@@ -127,7 +127,7 @@ pub fn record(kind: Kind, slot: Option<usize>, profile: Option<&str>, text: impl
         slot,
         profile,
         text.as_ref(),
-        crate::usage::now_ms(),
+        crate::civil::now_ms(),
     );
     if let Some(hear) = LISTENER.get() {
         hear(&e);

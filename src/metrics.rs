@@ -397,7 +397,7 @@ impl Metrics {
                 self.key_today.get_or_create(&labels).set(n as i64);
             }
         }
-        for (key, limits) in crate::proxy::limits::published() {
+        for (key, limits) in crate::budget::limits::published() {
             for (name, v) in [
                 ("rpm", limits.rpm),
                 ("rpd", limits.rpd),

@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -383,16 +383,11 @@ pub fn view(l: &Ledger, now_ms: u64) -> serde_json::Value {
         "keys": keys,
         "fleet": l.fleet,
         "window_minutes": WINDOW_MINUTES,
-        "today": l.today.view(&crate::proxy::limits::published(), crate::budget::now_ms()),
+        "today": l.today.view(&crate::budget::limits::published(), crate::budget::now_ms()),
     })
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::civil::now_ms;
 
 /// The process-wide ledger and where it is saved.
 pub struct Usage {
@@ -504,8 +499,8 @@ pub fn answered(profile: &str, account: Option<&Account>, verdict: &Verdict, too
 /// it brings about are recorded as events (the notifier hears them).
 pub fn admit(
     label: &str,
-    limits: &std::sync::Arc<crate::proxy::limits::Limits>,
-) -> Result<(), crate::proxy::limits::Refusal> {
+    limits: &std::sync::Arc<crate::budget::limits::Limits>,
+) -> Result<(), crate::budget::limits::Refusal> {
     let u = global();
     let pct = crate::budget::alert_percent();
     let alerts = u
@@ -518,7 +513,7 @@ pub fn admit(
 }
 
 /// `GET /v1/budget` for the key labelled `label`: its own day and limits.
-pub fn key_budget(label: &str, limits: &crate::proxy::limits::Limits) -> serde_json::Value {
+pub fn key_budget(label: &str, limits: &crate::budget::limits::Limits) -> serde_json::Value {
     let u = global();
     let now = crate::budget::now_ms();
     let today = u.lock().today.clone();

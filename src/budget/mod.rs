@@ -8,6 +8,7 @@
 //! `AISP_TEST_CLOCK_OFFSET_S`, a test-only variable read at start and used
 //! by the budget day code alone (so tests can cross a midnight).
 
+pub mod limits;
 pub mod today;
 pub mod zone;
 
@@ -26,9 +27,9 @@ struct Clock {
 static CLOCK: OnceLock<Clock> = OnceLock::new();
 
 /// Use these settings from now on; the first call wins.
-pub fn init(s: &crate::config::BudgetSettings) {
+pub fn init(s: &crate::config::BudgetSettings, zone: Zone) {
     let _ = CLOCK.set(Clock {
-        zone: s.zone.clone(),
+        zone,
         offset_s: s.clock_offset_s,
         alert_percent: s.alert_percent,
     });

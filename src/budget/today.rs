@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::Day;
-use crate::proxy::limits::{Limits, Over, Refusal};
+use crate::budget::limits::{Limits, Over, Refusal};
 
 /// The sliding window of `rpm`, in whole seconds.
 const MINUTE_S: i64 = 60;

@@ -80,6 +80,16 @@ pub struct Zone {
 }
 
 impl Zone {
+    /// Coordinated Universal Time.
+    pub fn utc() -> Zone {
+        Zone {
+            name: "UTC".into(),
+            rule: "UTC0".into(),
+            std: 0,
+            dst: None,
+        }
+    }
+
     /// The zone `name` names: an IANA name (zone file, else the built-in
     /// table) or a POSIX TZ string.
     pub fn named(name: &str) -> Result<Zone, ZoneError> {

@@ -332,9 +332,9 @@ fn notify_settings(v: &Values) -> NotifySettings {
 }
 
 fn budget_settings(v: &Values) -> Result<BudgetSettings, ConfigError> {
-    let name = v.text("BUDGET_TIMEZONE").unwrap_or_default();
-    let zone = crate::budget::Zone::named(&name)
-        .map_err(|e| invalid("BUDGET_TIMEZONE", &name, e.to_string()))?;
+    // Its rules are found at start with the other files (`app::Files`):
+    // reading the zone database is I/O, which the configuration does not do.
+    let timezone = v.text("BUDGET_TIMEZONE").unwrap_or_default();
     // Test-only: moves the budget days' clock (see `budget`).
     let offset = match v.outside("AISP_TEST_CLOCK_OFFSET_S") {
         Some(s) => s.trim().parse::<i64>().map_err(|_| {
@@ -347,7 +347,7 @@ fn budget_settings(v: &Values) -> Result<BudgetSettings, ConfigError> {
         None => 0,
     };
     Ok(BudgetSettings {
-        zone,
+        timezone,
         alert_percent: v.int("BUDGET_ALERT_PERCENT") as u8,
         clock_offset_s: offset,
     })

@@ -27,7 +27,8 @@ pub enum Kind {
     SecretUrl,
     /// An IP address, or `localhost`.
     Host,
-    /// An IANA time zone name or a POSIX TZ string (see `budget::zone`).
+    /// An IANA time zone name or a POSIX TZ string, resolved at start
+    /// with the zone database (`budget::zone`), not by the parser.
     TimeZone,
 }
 

@@ -155,7 +155,9 @@ impl fmt::Display for WebhookUrl {
 /// Budget days and key-limit alerts (`BUDGET_*`).
 #[derive(Debug, Clone)]
 pub struct BudgetSettings {
-    pub zone: crate::budget::Zone,
+    /// `BUDGET_TIMEZONE`: an IANA name or a POSIX TZ string, resolved at
+    /// start (`budget::Zone::named`).
+    pub timezone: String,
     /// Percent of a daily limit that sends a notification.
     pub alert_percent: u8,
     /// `AISP_TEST_CLOCK_OFFSET_S`: test-only, moves the budget days' clock.
