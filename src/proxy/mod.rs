@@ -186,36 +186,11 @@ impl Proxy {
             || matches!(route, Some(Route::Models(_) | Route::Model(..)));
         let keys = self.keys.current();
         let access = keys.access(rq);
-        // The admin key may cancel without an API key.
-        let admin_cancel = path.starts_with("/v1/cancel/") && self.is_admin(rq);
-        let refusal = if access == Access::Denied && !open && !admin_cancel {
-            Some((ApiError::InvalidApiKey, translate::key_hint(speaks)))
-        } else if open && body::has_unread_body(rq) {
-            // The open paths take no body: nothing is read or forwarded.
-            Some((
-                ApiError::BadRequest,
-                "GET /v1/models and OPTIONS take no request body",
-            ))
-        } else {
-            None
-        };
-        if let Some((err, msg)) = refusal {
-            return self.refuse(holder, &rid, speaks, err, msg);
-        }
         let owner = self.owner(access);
-        let body = match body::read_limited(rq, self.settings.max_body_bytes) {
-            Ok(b) => b,
-            Err(BodyError::TooLarge { limit }) => {
-                let msg = format!("request body exceeds MAX_BODY_BYTES ({limit} bytes)");
-                return self.refuse(holder, &rid, speaks, ApiError::BodyTooLarge, &msg);
-            }
-            Err(BodyError::Io(e)) => {
-                let r =
-                    ApiError::BadRequest.reply(&format!("could not read the request body: {e}"));
-                respond(holder, &rid, translate::shaped(speaks, r));
-                return;
-            }
+        let Some(body) = self.gate(holder, &rid, speaks, &path, open, access) else {
+            return;
         };
+        let Some(rq) = holder.as_mut() else { return };
         let headers = keys::for_child(access, forward_headers(rq));
 
         if method == Method::Post {
@@ -287,6 +262,53 @@ impl Proxy {
             model,
         };
         exchange.run(holder);
+    }
+
+    /// What every request passes before anything else of it is read: a
+    /// key (unless on an open path, or the admin's cancel), no body on an
+    /// open path, a body within `MAX_BODY_BYTES`. The body, or None when
+    /// the client was answered (in its dialect's shape).
+    fn gate(
+        &self,
+        holder: &mut Option<Request>,
+        rid: &str,
+        speaks: Dialect,
+        path: &str,
+        open: bool,
+        access: Access<'_>,
+    ) -> Option<Vec<u8>> {
+        let rq = holder.as_mut()?;
+        // The admin key may cancel without an API key.
+        let admin_cancel = path.starts_with("/v1/cancel/") && self.is_admin(rq);
+        let refusal = if access == Access::Denied && !open && !admin_cancel {
+            Some((ApiError::InvalidApiKey, translate::key_hint(speaks)))
+        } else if open && body::has_unread_body(rq) {
+            // The open paths take no body: nothing is read or forwarded.
+            Some((
+                ApiError::BadRequest,
+                "GET /v1/models and OPTIONS take no request body",
+            ))
+        } else {
+            None
+        };
+        if let Some((err, msg)) = refusal {
+            self.refuse(holder, rid, speaks, err, msg);
+            return None;
+        }
+        match body::read_limited(rq, self.settings.max_body_bytes) {
+            Ok(b) => Some(b),
+            Err(BodyError::TooLarge { limit }) => {
+                let msg = format!("request body exceeds MAX_BODY_BYTES ({limit} bytes)");
+                self.refuse(holder, rid, speaks, ApiError::BodyTooLarge, &msg);
+                None
+            }
+            Err(BodyError::Io(e)) => {
+                let r =
+                    ApiError::BadRequest.reply(&format!("could not read the request body: {e}"));
+                respond(holder, rid, translate::shaped(speaks, r));
+                None
+            }
+        }
     }
 
     /// The views answered here: `GET /v1/queue` and `GET /v1/budget`.
