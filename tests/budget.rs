@@ -8,9 +8,6 @@
 //! or zone stops the start with one line (exit 2), a bad limit at a reload
 //! keeps the keys in force.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -249,49 +246,13 @@ fn budget_keys_over_their_limits_are_refused_at_the_edge_while_others_are_served
     assert!(!c.stderr().contains("sk-budget"), "keys are never logged");
 }
 
-/// A webhook receiver on 127.0.0.1 recording every body.
-fn hook() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let bodies = Arc::new(Mutex::new(Vec::new()));
-    let seen = bodies.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            if let Some(b) = read_post(s) {
-                seen.lock().unwrap().push(b);
-            }
-        }
-    });
-    (format!("http://127.0.0.1:{port}/hook"), bodies)
-}
-
-fn read_post(mut s: TcpStream) -> Option<Value> {
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let mut r = BufReader::new(s.try_clone().ok()?);
-    let mut len = 0;
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).ok()?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse().ok()?;
-        }
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).ok()?;
-    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-    serde_json::from_slice(&body).ok()
-}
-
 #[test]
 fn budget_alerts_arrive_once_and_the_day_survives_restarts_until_midnight() {
     let dir = TestDir::new("budget_days");
     dir.write_profiles(&["alice"]);
     dir.write_key("sk-budget-alert-7 # alerted rpd=5\n");
-    let (url, bodies) = hook();
+    let hook = crate::console::Hook::start(false);
+    let url = hook.url();
     let builder = |offset: i64| {
         Builder::new()
             .pool_size(1)
@@ -306,11 +267,9 @@ fn budget_alerts_arrive_once_and_the_day_survives_restarts_until_midnight() {
         assert_eq!(chat(&c, key, "gemini-test").status, 200);
     }
     assert_eq!(chat(&c, key, "gemini-test").status, 429);
-    wait_until("two alerts", secs(10.0), || {
-        bodies.lock().unwrap().len() >= 2
-    });
+    wait_until("two alerts", secs(10.0), || hook.bodies().len() >= 2);
     std::thread::sleep(Duration::from_millis(500));
-    let got = bodies.lock().unwrap().clone();
+    let got = hook.bodies();
     assert_eq!(got.len(), 2, "{got:#?}");
     assert!(got.iter().all(|b| b["kind"] == "key_budget"), "{got:#?}");
     let texts: Vec<&str> = got.iter().map(|b| b["text"].as_str().unwrap()).collect();
@@ -356,11 +315,7 @@ fn budget_alerts_arrive_once_and_the_day_survives_restarts_until_midnight() {
     assert_eq!(b["today"]["requests"], 1, "{b:#}");
     assert_ne!(b["day"], day["day"], "{b:#} after {day:#}");
     assert!(b["resets_at_unix"].as_i64().unwrap() > day["resets_at_unix"].as_i64().unwrap());
-    assert_eq!(
-        bodies.lock().unwrap().len(),
-        2,
-        "no alert on the new day yet"
-    );
+    assert_eq!(hook.bodies().len(), 2, "no alert on the new day yet");
 }
 
 #[test]

@@ -274,13 +274,13 @@ fn console_ctl_events_follows_a_cooldown_and_a_rotation_as_they_happen() {
 
 /// A webhook receiver on 127.0.0.1: records every body; `hang` accepts and
 /// never answers.
-struct Hook {
+pub(crate) struct Hook {
     port: u16,
     bodies: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Hook {
-    fn start(hang: bool) -> Hook {
+    pub(crate) fn start(hang: bool) -> Hook {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -300,11 +300,11 @@ impl Hook {
         Hook { port, bodies }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}/hooks/T0-SECRET-PATH", self.port)
     }
 
-    fn bodies(&self) -> Vec<Value> {
+    pub(crate) fn bodies(&self) -> Vec<Value> {
         self.bodies.lock().unwrap().clone()
     }
 }
