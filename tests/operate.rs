@@ -1232,3 +1232,20 @@ fn a_rotation_asked_for_during_a_backoff_applies_before_the_next_start() {
         c.stderr()
     );
 }
+
+/// The stop does not hang when the admin socket's file is gone (removed
+/// with its directory, as the demo's scratch directory is on Ctrl-C): the
+/// admin thread's accept is woken without the file.
+#[test]
+fn sigterm_stops_even_when_the_admin_socket_file_is_gone() {
+    let dir = TestDir::new("operate_admin_socket_gone");
+    dir.write_profile("a", &knobbed("a", json!({})));
+    let mut c = Coordinator::start(&dir, Builder::new().pool_size(1));
+    c.wait_all_ready(secs(10.0));
+    let sock = dir.cache_dir().join("admin.sock");
+    assert!(sock.exists(), "{}", sock.display());
+    std::fs::remove_file(&sock).unwrap();
+    c.send_signal(libc::SIGTERM);
+    let status = c.wait_exit(secs(10.0));
+    assert!(status.success(), "{status:?}\n{}", c.stderr());
+}

@@ -97,8 +97,14 @@ pub fn reachable(path: &Path) -> std::io::Result<(Option<std::fs::File>, PathBuf
 pub struct AdminSocket {
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    /// The listening socket's own handle, to wake its accept at the stop
+    /// even when the socket's file is gone (removed with its directory).
+    listener: Option<UnixListener>,
     thread: Option<JoinHandle<()>>,
 }
+
+/// The longest wait for the admin thread at the stop.
+const STOP_WAIT: Duration = Duration::from_secs(2);
 
 impl AdminSocket {
     pub fn start(path: &Path, control: Arc<dyn Control>) -> Result<AdminSocket, SocketError> {
@@ -118,6 +124,7 @@ impl AdminSocket {
             .map_err(|e| SocketError::Bind(path.into(), e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let own = listener.try_clone().ok();
         let thread = std::thread::Builder::new()
             .name("admin".into())
             .spawn(move || accept_loop(listener, control, flag))
@@ -125,6 +132,7 @@ impl AdminSocket {
         Ok(AdminSocket {
             path: path.to_path_buf(),
             stop,
+            listener: own,
             thread: Some(thread),
         })
     }
@@ -135,12 +143,27 @@ impl AdminSocket {
 
     fn shut(&mut self) {
         self.stop.store(true, Ordering::Release);
-        // Wake the accept with a connection of our own.
+        // Wake the accept: shutting the listening socket down makes a
+        // blocked accept fail at once (Linux), whether or not its file is
+        // still there; a connection of our own is the fallback.
+        if let Some(l) = self.listener.take() {
+            // SAFETY: the descriptor is valid while `l` lives; shutdown
+            // touches no memory.
+            unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
+        }
         if let Ok((_dir, at)) = reachable(&self.path) {
             let _ = UnixStream::connect(at);
         }
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            let deadline = Instant::now() + STOP_WAIT;
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                warn!("the admin socket's thread did not stop in time; leaving it");
+            }
         }
         let _ = std::fs::remove_file(&self.path);
     }
