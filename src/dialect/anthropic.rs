@@ -442,9 +442,7 @@ fn model_entry(m: &Value) -> Option<Value> {
 
 /// The Anthropic model list for a child's OpenAI one.
 pub fn models(list: &Value) -> Option<Value> {
-    let data: Vec<Value> = list
-        .get("data")?
-        .as_array()?
+    let data: Vec<Value> = super::child_models(list)?
         .iter()
         .filter_map(model_entry)
         .collect();
@@ -455,11 +453,7 @@ pub fn models(list: &Value) -> Option<Value> {
 
 /// One model of the list, or a 404-shaped error body when it is not there.
 pub fn model(list: &Value, id: &str) -> Option<Value> {
-    let found = list
-        .get("data")?
-        .as_array()?
-        .iter()
-        .find(|m| m.get("id").and_then(Value::as_str) == Some(id));
+    let found = super::child_model(list, id)?;
     Some(match found.and_then(model_entry) {
         Some(m) => m,
         None => error(404, &format!("model: {id}")),

@@ -387,9 +387,7 @@ fn model_entry(m: &Value) -> Option<Value> {
 
 /// The Gemini model list for a child's OpenAI one.
 pub fn models(list: &Value) -> Option<Value> {
-    let models: Vec<Value> = list
-        .get("data")?
-        .as_array()?
+    let models: Vec<Value> = super::child_models(list)?
         .iter()
         .filter_map(model_entry)
         .collect();
@@ -398,11 +396,7 @@ pub fn models(list: &Value) -> Option<Value> {
 
 /// One model, or a 404-shaped error body when the children do not list it.
 pub fn model(list: &Value, id: &str) -> Option<Value> {
-    let found = list
-        .get("data")?
-        .as_array()?
-        .iter()
-        .find(|m| m.get("id").and_then(Value::as_str) == Some(id));
+    let found = super::child_model(list, id)?;
     Some(match found.and_then(model_entry) {
         Some(m) => m,
         None => error(404, &format!("models/{id} is not found")),

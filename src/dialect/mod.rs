@@ -394,6 +394,21 @@ impl Translator {
     }
 }
 
+/// The models of a child's OpenAI model list (None: not such a list).
+fn child_models(list: &Value) -> Option<&Vec<Value>> {
+    list.get("data")?.as_array()
+}
+
+/// The entry for `id` in a child's OpenAI model list: None when the list
+/// is not one, Some(None) when it does not name `id`.
+fn child_model<'a>(list: &'a Value, id: &str) -> Option<Option<&'a Value>> {
+    Some(
+        child_models(list)?
+            .iter()
+            .find(|m| m.get("id").and_then(Value::as_str) == Some(id)),
+    )
+}
+
 /// The message of an error answer in any shape a child or we send:
 /// OpenAI's `{"error": {"message"}}`, FastAPI's `{"detail"}`, or text.
 pub fn error_message(body: &[u8]) -> String {
