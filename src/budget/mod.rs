@@ -8,7 +8,9 @@
 //! `AISP_TEST_CLOCK_OFFSET_S`, a test-only variable read at start and used
 //! by the budget day code alone (so tests can cross a midnight).
 
+pub mod accounts;
 pub mod limits;
+pub mod plan;
 pub mod today;
 pub mod zone;
 
@@ -64,6 +66,25 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     real + clock().offset_s * 1000
+}
+
+/// `AISP_TEST_CLOCK_OFFSET_S` (0 outside tests).
+pub fn offset_s() -> i64 {
+    clock().offset_s
+}
+
+/// The wall-clock time `t` as the budget days see it (Unix seconds).
+pub fn budget_secs(t: SystemTime) -> i64 {
+    let s = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    s + offset_s()
+}
+
+/// The wall-clock time of budget-clock second `s` (a day's end).
+pub fn wall_at(s: i64) -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_secs((s - offset_s()).max(0) as u64)
 }
 
 /// One budget day: which, and when it ends.
