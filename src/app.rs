@@ -51,6 +51,8 @@ pub struct Files {
     pub signs: Signs,
     /// `BUDGET_TIMEZONE`'s rules.
     pub zone: crate::budget::Zone,
+    /// `MODEL_BUDGETS_FILE` (empty without it).
+    pub budgets: crate::budget::plan::Plan,
 }
 
 impl Files {
@@ -65,10 +67,15 @@ impl Files {
             let name = &cfg.budget.timezone;
             format!("invalid BUDGET_TIMEZONE={name:?}: expected {e}")
         })?;
+        let budgets = match &cfg.budget.models_file {
+            Some(f) => crate::budget::plan::Plan::load(f).map_err(|e| e.to_string())?,
+            None => Default::default(),
+        };
         Ok(Files {
             proxies,
             signs,
             zone,
+            budgets,
         })
     }
 
@@ -78,6 +85,7 @@ impl Files {
             proxies: outbound::Proxies::none(),
             signs: Signs::default(),
             zone: crate::budget::Zone::utc(),
+            budgets: Default::default(),
         }
     }
 }
@@ -107,6 +115,7 @@ pub fn run(
         proxies,
         signs,
         zone,
+        budgets,
     } = files;
     make_log_dir(cfg)?;
     let sigs = signals::install().map_err(fatal(1))?;
@@ -159,6 +168,11 @@ pub fn run(
         proxies,
         signs,
     );
+    if !budgets.is_empty() {
+        info!("MODEL_BUDGETS_FILE: {}", budgets.summary());
+    }
+    // Before any child runs: every completion counts against them.
+    started.sup.ask(Msg::Budgets(Arc::new(budgets)));
     let done_rx = start_watchers(cfg, &mut started, cmd_rxs, &settings, &flags);
 
     let first = sigs.stop.recv().unwrap_or("signal channel closed");
@@ -451,7 +465,16 @@ fn start_supervisor(
         Default::default()
     });
     let names: Vec<&str> = hydrated.profiles.iter().map(|p| p.name.as_str()).collect();
-    let book = Book::new(names, saved, cfg.book);
+    let now_early = SystemTime::now();
+    let mut book = Book::new(names, saved, cfg.book);
+    // Today's served completions, saved with the usage counts: the
+    // accounts' budgets go on from there.
+    let today = crate::usage::global().ledger().today;
+    for (profile, models) in &today.profiles {
+        let served = models.iter().map(|(m, d)| (m.clone(), d.ok)).collect();
+        book.budget_mut()
+            .learn(today.day, profile, &served, now_early);
+    }
     let now = SystemTime::now();
     let cooling = book
         .status(now)
@@ -465,6 +488,7 @@ fn start_supervisor(
         keepalive: cfg.keepalive,
         stuck: note_keepalive(cfg),
         leasing: leases.is_some(),
+        budget_alert_percent: cfg.budget.fleet_alert_percent,
     };
     let state = supervisor::core::State::new(
         hydrated.profiles.clone(),

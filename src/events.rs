@@ -46,6 +46,11 @@ pub enum Kind {
     NoReady,
     /// An API key came near or to one of its daily limits.
     KeyBudget,
+    /// An account used its daily budget for a model (`MODEL_BUDGETS_FILE`).
+    BudgetSpent,
+    /// The fleet's budget for a model came under the alert threshold, or
+    /// is gone until the reset.
+    ModelBudget,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -53,6 +53,8 @@ pub enum NoteKind {
     NoReady,
     /// An API key came near or to one of its daily limits.
     KeyBudget,
+    /// The fleet's budget for a model is low or gone until the reset.
+    ModelBudget,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -85,6 +87,7 @@ impl Note {
             NoteKind::LeaseLost => format!("{who}: lease lost"),
             NoteKind::NoReady => "no child is ready to serve requests".to_string(),
             NoteKind::KeyBudget => "an API key's daily budget".to_string(),
+            NoteKind::ModelBudget => "the fleet's daily budget".to_string(),
         };
         let times = if self.count > 1 {
             format!(" ({} times)", self.count)
@@ -149,6 +152,7 @@ impl Decider {
             Kind::LeaseLost => NoteKind::LeaseLost,
             Kind::NoReady => NoteKind::NoReady,
             Kind::KeyBudget => NoteKind::KeyBudget,
+            Kind::ModelBudget => NoteKind::ModelBudget,
             Kind::ChildCrash => {
                 let slot = e.slot?;
                 let times = self.crashes.entry(slot).or_default();
@@ -237,7 +241,7 @@ impl Folder {
 /// its own text (each is sent once per key, limit and day already).
 fn fold_key(note: &Note) -> (NoteKind, Option<String>) {
     let subject = match note.kind {
-        NoteKind::KeyBudget => Some(note.detail.clone()),
+        NoteKind::KeyBudget | NoteKind::ModelBudget => Some(note.detail.clone()),
         _ => note.profile.clone(),
     };
     (note.kind, subject)
@@ -253,6 +257,7 @@ fn offer(tx: &Sender<Event>, e: &Event) {
             | Kind::NoReady
             | Kind::ChildCrash
             | Kind::KeyBudget
+            | Kind::ModelBudget
     ) {
         return;
     }

@@ -10,8 +10,11 @@
 //! when the set of keys changed, every slot drains and restarts its child,
 //! and requests wait in the fleet queue meanwhile.
 //!
+//! `MODEL_BUDGETS_FILE` is read again too; the counts of the day stay.
+//!
 //! A failed reload (source unreachable, bad credentials, no profiles, an
-//! unreadable key file, a malformed `PROFILE_PROXIES_FILE`) changes nothing that runs: one warning, and it
+//! unreadable key file, a malformed `PROFILE_PROXIES_FILE` or
+//! `MODEL_BUDGETS_FILE`) changes nothing that runs: one warning, and it
 //! counts in the metrics. Triggers: SIGHUP, `ctl reload`, and every
 //! `PROFILE_RELOAD_INTERVAL_S` when set; reloads never overlap. The timer
 //! and SIGHUP are served by one named thread, stopped by the shutdown
@@ -153,6 +156,11 @@ impl Reloader {
         // whole reload, so no new profile starts without the proxy meant
         // for it.
         let fresh_proxies = self.proxies.read_again()?;
+        // The budgets too: a bad file keeps those in force.
+        let budgets = match &self.cfg.budget.models_file {
+            Some(f) => crate::budget::plan::Plan::load(f).map_err(|e| e.to_string())?,
+            None => Default::default(),
+        };
         // The keys first, so a bad key file refuses the reload before any
         // profile change: the hydrated key.txt wins over the operator's file.
         let key_file: Option<PathBuf> = hydrated
@@ -183,6 +191,7 @@ impl Reloader {
         let keys_changed = self.proxy.set_keys(keys);
         self.writeback.rebase(&hydrated, since);
         let profiles = hydrated.profiles.len();
+        self.pool.ask(Msg::Budgets(Arc::new(budgets)));
         let facts = hydrate::login_facts(&hydrated.profiles);
         let changes = match self.pool.ask(Msg::Profiles(hydrated.profiles)) {
             Some(Reply::Changes(c)) => c,

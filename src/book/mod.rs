@@ -30,6 +30,12 @@
 //!
 //! The book's owner saves it (`store`) after each change, so a restart does
 //! not retry an exhausted profile at once.
+//!
+//! It also holds the accounts' daily budgets (`budget::accounts`, from
+//! `MODEL_BUDGETS_FILE`): every served completion counts; an account at
+//! its budget for a model serves it again at the budget day's reset, like a
+//! model cooldown that ends at midnight, and never serves a model its tier
+//! turns off. Those counts are not saved here (the usage ledger keeps them).
 
 pub mod login;
 pub mod models;
@@ -40,6 +46,8 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::budget::accounts::{Budget, Line as BudgetLine, Room};
 
 /// Starts in a row that never became ready before the profile cools down.
 pub const START_FAILURES_TO_COOL: u32 = 3;
@@ -162,12 +170,21 @@ pub enum Verdict {
     /// Stop sending it requests for `model` until `until`; it keeps serving
     /// the others.
     CoolModel { model: String, until: SystemTime },
+    /// This answer used the last of its budget for the line covering
+    /// `model` (`line`, as the file writes it) until `until`, the reset.
+    BudgetSpent {
+        model: String,
+        line: String,
+        budget: u64,
+        until: SystemTime,
+    },
 }
 
 #[derive(Debug, Clone)]
 pub struct Book {
     entries: BTreeMap<String, Entry>,
     settings: Settings,
+    budget: Budget,
 }
 
 /// A profile's state for `/ready` and status.
@@ -187,6 +204,9 @@ pub struct Status {
     /// The models it cools for, with the time left.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub model_cooldowns: Vec<models::ModelStatus>,
+    /// Its tier's budgets: used today of each, and when they reset.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<BudgetLine>,
     pub empty_in_a_row: u32,
     pub start_failures_in_a_row: u32,
     pub counts: Counts,
@@ -217,7 +237,21 @@ impl Book {
             .into_iter()
             .map(|n| (n.to_string(), saved.remove(n).unwrap_or_default()))
             .collect();
-        Book { entries, settings }
+        Book {
+            entries,
+            settings,
+            budget: Budget::default(),
+        }
+    }
+
+    /// The budgets and today's counts.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// To change the budgets (a reload) or learn counts (start, leases).
+    pub fn budget_mut(&mut self) -> &mut Budget {
+        &mut self.budget
     }
 
     pub fn entries(&self) -> &BTreeMap<String, Entry> {
@@ -259,11 +293,53 @@ impl Book {
             return None;
         }
         let whole = self.cooling_until(name, now).unwrap_or(now);
-        let model = self
+        Some(whole.max(self.demand_free_at(name, demand, now)?))
+    }
+
+    /// When `name` serves some model of `demand` (now with no demand
+    /// known); None when its tier allows none of them.
+    fn demand_free_at(&self, name: &str, demand: &[String], now: SystemTime) -> Option<SystemTime> {
+        if demand.is_empty() {
+            return Some(now);
+        }
+        demand
+            .iter()
+            .filter_map(|m| self.model_free_at(name, m, now))
+            .min()
+    }
+
+    /// When `name` may serve `model` as far as that model goes (its
+    /// cooldown of it, its budget for it); None: its tier turns it off.
+    pub fn model_free_at(&self, name: &str, model: &str, now: SystemTime) -> Option<SystemTime> {
+        let cool = self
             .entries
             .get(name)
-            .map_or(now, |e| models::serves_demand_at(&e.models, demand, now));
-        Some(whole.max(model))
+            .and_then(|e| models::until(&e.models, model, now))
+            .unwrap_or(now);
+        let budget = self.budget.room(name, model, now).free_at(now)?;
+        Some(cool.max(budget))
+    }
+
+    /// Whether `name` serves `model` now, as far as that model goes.
+    pub fn serves(&self, name: &str, model: &str, now: SystemTime) -> bool {
+        self.model_free_at(name, model, now)
+            .is_some_and(|t| t <= now)
+    }
+
+    /// Whether `name` cools for no model and waits for no budget's reset.
+    pub fn fresh(&self, name: &str, now: SystemTime) -> bool {
+        self.models_cooling(name, now).is_empty() && !self.budget.spent_any(name, now)
+    }
+
+    /// Whether every profile's tier turns `model` off (so no request for it
+    /// can ever be served until the budgets change).
+    pub fn model_off_everywhere(&self, model: &str, now: SystemTime) -> bool {
+        self.budget.is_on()
+            && !self.entries.is_empty()
+            && self
+                .entries
+                .keys()
+                .all(|n| self.budget.room(n, model, now) == Room::Off)
     }
 
     /// The models in demand: those the dispatcher saw asked for lately
@@ -383,7 +459,10 @@ impl Book {
             Answer::Served => {
                 e.counts.served += 1;
                 e.empty_in_a_row = 0;
-                Verdict::Keep
+                match model {
+                    Some(m) => self.spend(name, m, now),
+                    None => Verdict::Keep,
+                }
             }
             Answer::Empty => {
                 e.counts.empty += 1;
@@ -492,6 +571,29 @@ impl Book {
         }
     }
 
+    /// Count a served completion of `name` for `model` against its budget.
+    fn spend(&mut self, name: &str, model: &str, now: SystemTime) -> Verdict {
+        if !self.budget.served(name, model, now) {
+            return Verdict::Keep;
+        }
+        let Room::Spent { budget, resets, .. } = self.budget.room(name, model, now) else {
+            return Verdict::Keep;
+        };
+        let line = self
+            .budget
+            .plan()
+            .tier_of(name)
+            .and_then(|t| t.rule_for(model))
+            .map(|r| r.pattern())
+            .unwrap_or_default();
+        Verdict::BudgetSpent {
+            model: model.to_string(),
+            line,
+            budget,
+            until: resets,
+        }
+    }
+
     /// A child of `name` is ready, or a ready one stops, at `now`.
     pub fn ran(&mut self, name: &str, now: SystemTime) {
         self.entry(name).last_ran_unix_ms = Some(unix_ms(now));
@@ -591,6 +693,7 @@ impl Book {
                     disabled: e.disabled,
                     needs_login: e.needs_login.clone(),
                     model_cooldowns: models::status(&e.models, now),
+                    budgets: self.budget.lines_of(name, now),
                     empty_in_a_row: e.empty_in_a_row,
                     start_failures_in_a_row: e.start_failures_in_a_row,
                     counts: e.counts,
@@ -871,5 +974,61 @@ mod tests {
         // An older version's record has neither: stamped at the next look.
         let old: Entry = serde_json::from_str("{}").unwrap();
         assert_eq!(old.first_seen_unix_ms, None);
+    }
+
+    #[test]
+    fn demand_and_budgets_decide_when_a_profile_is_of_use() {
+        let mut b = book();
+        let t = t0();
+        let d = |ms: &[&str]| -> Vec<String> { ms.iter().map(|m| m.to_string()).collect() };
+        let secs = |n| t + Duration::from_secs(n);
+        b.answer("a", quota(Some(Duration::from_secs(100))), Some("pro"), t);
+        b.answer("a", quota(Some(Duration::from_secs(60))), Some("flash"), t);
+        let table: &[(&[&str], SystemTime)] = &[
+            (&[], t),
+            (&["lite"], t),
+            (&["pro", "lite"], t),
+            (&["pro"], secs(100)),
+            (&["pro", "flash"], secs(60)),
+        ];
+        for (demand, want) in table {
+            assert_eq!(
+                b.available_at("a", &d(demand), t),
+                Some(*want),
+                "{demand:?}"
+            );
+        }
+        let plan = "[all]\nprofiles = *\nlite = 2\nultra = off\n";
+        let plan = crate::budget::plan::Plan::parse(plan).unwrap();
+        b.budget_mut().set_plan(std::sync::Arc::new(plan));
+        assert_eq!(
+            b.answer("b", Answer::Served, Some("lite-1"), t),
+            Verdict::Keep
+        );
+        assert!(b.fresh("b", t));
+        let v = b.answer("b", Answer::Served, Some("lite"), t);
+        let Verdict::BudgetSpent {
+            model,
+            line,
+            budget,
+            until,
+        } = v
+        else {
+            panic!("{v:?}")
+        };
+        assert_eq!(
+            (model.as_str(), line.as_str(), budget),
+            ("lite", "lite*", 2)
+        );
+        assert!(until > t);
+        assert!(!b.fresh("b", t), "it waits for the reset");
+        assert!(!b.serves("b", "lite-2", t) && b.serves("b", "pro", t));
+        assert_eq!(b.available_at("b", &d(&["lite"]), t), Some(until));
+        assert_eq!(b.available_at("b", &d(&["ultra"]), t), None, "off: never");
+        assert!(b.model_off_everywhere("ultra", t));
+        assert!(!b.model_off_everywhere("lite", t));
+        assert_eq!(b.model_blocked("lite", t), None, "a still serves it");
+        let s = b.status(t);
+        assert_eq!(s[1].budgets.len(), 2, "ultra and lite");
     }
 }

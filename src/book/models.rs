@@ -92,19 +92,6 @@ pub fn cooling(models: &Models, now: SystemTime) -> Vec<(String, SystemTime)> {
         .collect()
 }
 
-/// When the profile can serve some model in `demand` again: `now` when it
-/// can now (or no demand is known), else the earliest end among them.
-pub fn serves_demand_at(models: &Models, demand: &[String], now: SystemTime) -> SystemTime {
-    let mut earliest: Option<SystemTime> = None;
-    for m in demand {
-        match until(models, m, now) {
-            None => return now,
-            Some(t) => earliest = Some(earliest.map_or(t, |e| e.min(t))),
-        }
-    }
-    earliest.unwrap_or(now)
-}
-
 /// Drop cooldowns that ended before `now` (kept tidy on disk).
 pub fn prune(models: &mut Models, now: SystemTime) {
     models.retain(|_, c| from_unix_ms(c.until_unix_ms) > now);
@@ -136,10 +123,6 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(s)
     }
 
-    fn demand(ms: &[&str]) -> Vec<String> {
-        ms.iter().map(|m| m.to_string()).collect()
-    }
-
     #[test]
     fn a_model_cools_alone_and_a_later_end_wins() {
         let mut m = Models::new();
@@ -162,21 +145,11 @@ mod tests {
     }
 
     #[test]
-    fn demand_decides_whether_a_profile_is_of_use() {
+    fn status_shows_the_time_left() {
         let mut m = Models::new();
         let q = CoolReason::Exhausted;
         cool(&mut m, "pro", at(0), at(100), q);
         cool(&mut m, "flash", at(0), at(60), q);
-        let table: &[(&[&str], SystemTime)] = &[
-            (&[], at(10)),
-            (&["lite"], at(10)),
-            (&["pro", "lite"], at(10)),
-            (&["pro"], at(100)),
-            (&["pro", "flash"], at(60)),
-        ];
-        for (d, want) in table {
-            assert_eq!(serves_demand_at(&m, &demand(d), at(10)), *want, "{d:?}");
-        }
         let s = status(&m, at(10));
         assert_eq!(s.len(), 2);
         assert_eq!((s[0].model.as_str(), s[0].left_s), ("flash", 50));

@@ -11,7 +11,7 @@
 //! dispatcher lowers by its requests in flight, so the fleet never sends
 //! more requests for a model than an account has budget left.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -64,6 +64,30 @@ pub struct Line {
     pub resets_at_unix: i64,
 }
 
+/// One model line across the fleet, for `/v1/budget`, the views and the
+/// alerts: every account whose tier gives the line a budget.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FleetLine {
+    /// As the file writes it: `gemini-2.5-pro*`.
+    pub model: String,
+    pub accounts: usize,
+    pub budget: u64,
+    pub used: u64,
+    pub left: u64,
+    pub resets_at_unix: i64,
+}
+
+impl FleetLine {
+    fn alert_text(&self, level: &str, zone: &str) -> String {
+        let (m, b) = (&self.model, self.budget);
+        let n = self.accounts;
+        match level {
+            "gone" => format!("the fleet's budget for {m} is gone until the reset at midnight {zone} ({b} requests over {n} accounts used)"),
+            _ => format!("the fleet's budget for {m} is running low: {} of {b} requests left over {n} accounts ({}%) until midnight {zone}", self.left, self.left * 100 / b.max(1)),
+        }
+    }
+}
+
 /// The budgets in force and today's counts.
 #[derive(Debug, Clone, Default)]
 pub struct Budget {
@@ -72,6 +96,8 @@ pub struct Budget {
     day: Option<Day>,
     /// profile -> model -> completions served today.
     used: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The fleet alerts sent today: (line, `low` or `gone`).
+    alerted: BTreeSet<(String, &'static str)>,
 }
 
 /// The wall clock `now` as the budget days see it (seconds).
@@ -106,13 +132,20 @@ impl Budget {
         let d = Day::at(secs(now));
         if self.day.is_none_or(|old| old.number != d.number) {
             self.used.clear();
+            self.alerted.clear();
             self.day = Some(d);
         }
         d
     }
 
     /// Today's count of `profile` for the models `rule` covers in its tier.
-    fn used_by(&self, profile: &str, rule: &Rule, tier: &super::plan::Tier, now: SystemTime) -> u64 {
+    fn used_by(
+        &self,
+        profile: &str,
+        rule: &Rule,
+        tier: &super::plan::Tier,
+        now: SystemTime,
+    ) -> u64 {
         let today = Day::at(secs(now)).number;
         if self.day.is_none_or(|d| d.number != today) {
             return 0;
@@ -174,7 +207,13 @@ impl Budget {
     /// Counts learnt elsewhere (the saved ledger, another replica's lease)
     /// for budget day `day`: each model's count is raised to at least
     /// `n` (never lowered: both may have seen the same answers).
-    pub fn learn(&mut self, day: i64, profile: &str, counts: &BTreeMap<String, u64>, now: SystemTime) {
+    pub fn learn(
+        &mut self,
+        day: i64,
+        profile: &str,
+        counts: &BTreeMap<String, u64>,
+        now: SystemTime,
+    ) {
         let today = self.roll(now);
         if day != today.number {
             return;
@@ -190,6 +229,68 @@ impl Budget {
     pub fn counts(&self, profile: &str, now: SystemTime) -> Option<(i64, BTreeMap<String, u64>)> {
         let d = self.day.filter(|d| d.number == Day::at(secs(now)).number)?;
         Some((d.number, self.used.get(profile)?.clone()))
+    }
+
+    /// Every model some account served today.
+    pub fn models_today(&self) -> BTreeSet<String> {
+        self.used.values().flat_map(|m| m.keys().cloned()).collect()
+    }
+
+    /// Each line with a budget, summed over `profiles` (the fleet's), in
+    /// the file's words.
+    pub fn fleet<'a>(
+        &self,
+        profiles: impl IntoIterator<Item = &'a str>,
+        now: SystemTime,
+    ) -> Vec<FleetLine> {
+        let mut by: BTreeMap<String, FleetLine> = BTreeMap::new();
+        for p in profiles {
+            for l in self.lines_of(p, now) {
+                let Some(b) = l.budget else { continue };
+                let f = by.entry(l.model.clone()).or_insert(FleetLine {
+                    model: l.model,
+                    accounts: 0,
+                    budget: 0,
+                    used: 0,
+                    left: 0,
+                    resets_at_unix: l.resets_at_unix,
+                });
+                f.accounts += 1;
+                f.budget += b;
+                f.used += l.used.min(b);
+                f.left += b.saturating_sub(l.used);
+            }
+        }
+        by.into_values().collect()
+    }
+
+    /// The alerts the fleet's lines call for now, each once a day: a line
+    /// with under `percent` % of its budget left, and one with none left.
+    pub fn fleet_alerts<'a>(
+        &mut self,
+        profiles: impl IntoIterator<Item = &'a str>,
+        percent: u8,
+        now: SystemTime,
+    ) -> Vec<String> {
+        self.roll(now);
+        let mut out = Vec::new();
+        for f in self.fleet(profiles, now) {
+            let low = f.left * 100 < f.budget * u64::from(percent);
+            let level = match (f.left, low) {
+                (0, _) => "gone",
+                (_, true) => "low",
+                _ => continue,
+            };
+            if !self.alerted.insert((f.model.clone(), level)) {
+                continue;
+            }
+            if level == "gone" {
+                // Straight to none: the low one says nothing more.
+                self.alerted.insert((f.model.clone(), "low"));
+            }
+            out.push(f.alert_text(level, super::zone_name()));
+        }
+        out
     }
 
     /// Whether `profile` waits for the reset of some budget.
@@ -294,7 +395,9 @@ impl Allowance {
     }
 
     fn line(&self, model: &str) -> Option<&(String, Have)> {
-        self.lines.iter().find(|(p, _)| model.starts_with(p.as_str()))
+        self.lines
+            .iter()
+            .find(|(p, _)| model.starts_with(p.as_str()))
     }
 
     /// What may be taken of `model` at `now`, with `in_flight` requests of

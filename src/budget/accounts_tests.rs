@@ -21,7 +21,10 @@ fn noon() -> (SystemTime, SystemTime) {
     // 2026-12-07 20:00 UTC is noon in Los Angeles.
     let t = UNIX_EPOCH + Duration::from_secs(1_796_673_600);
     let end = super::super::wall_at(Day::at(budget_secs(t)).ends);
-    assert_eq!(end.duration_since(t).unwrap(), Duration::from_secs(12 * 3600));
+    assert_eq!(
+        end.duration_since(t).unwrap(),
+        Duration::from_secs(12 * 3600)
+    );
     (t, end)
 }
 
@@ -53,17 +56,36 @@ fn a_budget_is_spent_by_served_answers_and_comes_back_at_midnight() {
     );
     assert_eq!(b.room("a", "pro", t).free_at(t), Some(end));
     assert!(b.spent_any("a", t));
-    assert_eq!(b.room("a", "flash", t).free_at(t), Some(t), "other models served");
-    assert_eq!(b.room("b", "pro", t).free_at(t), Some(t), "other accounts too");
+    assert_eq!(
+        b.room("a", "flash", t).free_at(t),
+        Some(t),
+        "other models served"
+    );
+    assert_eq!(
+        b.room("b", "pro", t).free_at(t),
+        Some(t),
+        "other accounts too"
+    );
     assert_eq!(b.room("a", "ultra", t), Room::Off);
     assert_eq!(b.room("a", "ultra", t).free_at(t), None);
     assert_eq!(b.room("a", "gpt", t), Room::Free, "no line: free");
-    assert_eq!(b.room("paid-1", "ultra", t), Room::Free, "paid has no ultra line");
+    assert_eq!(
+        b.room("paid-1", "ultra", t),
+        Room::Free,
+        "paid has no ultra line"
+    );
     let after = end + Duration::from_secs(1);
-    assert!(matches!(b.room("a", "pro", after), Room::Left { used: 0, .. }));
+    assert!(matches!(
+        b.room("a", "pro", after),
+        Room::Left { used: 0, .. }
+    ));
     assert!(!b.spent_any("a", after));
     assert!(!b.served("a", "pro", after));
-    assert_eq!(b.counts("a", after).unwrap().1["pro"], 1, "a new day's counts");
+    assert_eq!(
+        b.counts("a", after).unwrap().1["pro"],
+        1,
+        "a new day's counts"
+    );
 }
 
 #[test]
@@ -88,12 +110,19 @@ fn counts_learnt_elsewhere_raise_never_lower_and_only_for_today() {
         .collect();
     assert_eq!(
         shown,
-        vec![("flash*", 2, Some(2)), ("ultra*", 0, None), ("pro*", 2, Some(3))]
+        vec![
+            ("flash*", 2, Some(2)),
+            ("ultra*", 0, None),
+            ("pro*", 2, Some(3))
+        ]
     );
     assert!(lines.iter().all(|l| l.tier == "free"
         && l.resets_at_unix == end.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64));
     assert!(b.counts("a", end + Duration::from_secs(1)).is_none());
-    assert!(b.lines_of("nobody-in-a-tier", t).len() == 3, "the default tier");
+    assert!(
+        b.lines_of("nobody-in-a-tier", t).len() == 3,
+        "the default tier"
+    );
     let none = Budget::default();
     assert!(!none.is_on());
     assert!(none.lines_of("a", t).is_empty());

@@ -182,9 +182,17 @@ impl Plan {
             .strip_suffix(']')
             .map(str::trim)
             .filter(|s| !s.is_empty() && s.chars().all(name_char))
-            .ok_or_else(|| err(n, "a tier header is `[name]`, the name of letters, digits, `-`, `_` and `.`"))?;
+            .ok_or_else(|| {
+                err(
+                    n,
+                    "a tier header is `[name]`, the name of letters, digits, `-`, `_` and `.`",
+                )
+            })?;
         if self.tiers.iter().any(|t| t.name == name) {
-            return Err(err(n, format!("tier [{name}] again; merge its lines into the first")));
+            return Err(err(
+                n,
+                format!("tier [{name}] again; merge its lines into the first"),
+            ));
         }
         if self.tiers.len() >= MAX_TIERS {
             return Err(err(n, format!("more than {MAX_TIERS} tiers")));
@@ -208,6 +216,24 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.tiers.is_empty()
     }
+
+    /// One line for the log: the tiers and how many model lines each has.
+    pub fn summary(&self) -> String {
+        let tiers: Vec<String> = self
+            .tiers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let default = if self.default == Some(i) {
+                    ", the default"
+                } else {
+                    ""
+                };
+                format!("[{}] {} models{default}", t.name, t.rules.len())
+            })
+            .collect();
+        format!("{} tiers: {}", tiers.len(), tiers.join("; "))
+    }
 }
 
 fn name_char(c: char) -> bool {
@@ -220,16 +246,34 @@ fn model_char(c: char) -> bool {
 
 fn members(n: usize, t: &mut Tier, value: &str) -> Result<(), PlanError> {
     if !t.members.is_empty() {
-        return Err(err(n, format!("a second `profiles` line in [{}]; list every name on one", t.name)));
+        return Err(err(
+            n,
+            format!(
+                "a second `profiles` line in [{}]; list every name on one",
+                t.name
+            ),
+        ));
     }
     for g in value.split([',', ' ', '\t']).filter(|g| !g.is_empty()) {
-        if !g.chars().all(|c| name_char(c) || matches!(c, '*' | '?' | '@' | '+')) {
-            return Err(err(n, format!("{:?} is not a profile name or glob (letters, digits, `-_.@+`, `*` and `?`)", clip(g))));
+        if !g
+            .chars()
+            .all(|c| name_char(c) || matches!(c, '*' | '?' | '@' | '+'))
+        {
+            return Err(err(
+                n,
+                format!(
+                    "{:?} is not a profile name or glob (letters, digits, `-_.@+`, `*` and `?`)",
+                    clip(g)
+                ),
+            ));
         }
         t.members.push(g.to_string());
     }
     if t.members.is_empty() {
-        return Err(err(n, "`profiles =` lists no name; list names or globs such as `paid-*`"));
+        return Err(err(
+            n,
+            "`profiles =` lists no name; list names or globs such as `paid-*`",
+        ));
     }
     Ok(())
 }
@@ -251,10 +295,16 @@ fn rule(n: usize, t: &mut Tier, model: &str, value: &str) -> Result<(), PlanErro
         },
     };
     if t.rules.iter().any(|r| r.prefix == prefix) {
-        return Err(err(n, format!("{model} again in [{}]; keep one line per model", t.name)));
+        return Err(err(
+            n,
+            format!("{model} again in [{}]; keep one line per model", t.name),
+        ));
     }
     if t.rules.len() >= MAX_RULES {
-        return Err(err(n, format!("more than {MAX_RULES} model lines in [{}]", t.name)));
+        return Err(err(
+            n,
+            format!("more than {MAX_RULES} model lines in [{}]", t.name),
+        ));
     }
     t.rules.push(Rule {
         prefix: prefix.to_string(),
@@ -329,7 +379,10 @@ gemini-3-pro = 0
         assert_eq!(p.default, Some(0));
         let free = &p.tiers[0];
         let rule = |m: &str| free.rule_for(m).map(|r| (r.prefix.as_str(), r.allow));
-        assert_eq!(rule("gemini-2.5-pro"), Some(("gemini-2.5-pro", Allow::Budget(20))));
+        assert_eq!(
+            rule("gemini-2.5-pro"),
+            Some(("gemini-2.5-pro", Allow::Budget(20)))
+        );
         assert_eq!(
             rule("gemini-2.5-pro-preview-06-05"),
             Some(("gemini-2.5-pro", Allow::Budget(20))),
@@ -340,16 +393,30 @@ gemini-3-pro = 0
             Some(("gemini-2.5-flash-lite", Allow::Budget(200))),
             "the longest line wins"
         );
-        assert_eq!(rule("gemini-3-pro-preview"), Some(("gemini-3-pro", Allow::Off)));
+        assert_eq!(
+            rule("gemini-3-pro-preview"),
+            Some(("gemini-3-pro", Allow::Off))
+        );
         assert_eq!(rule("gpt-4o"), Some(("", Allow::Unlimited)));
-        assert_eq!(p.tiers[1].rule_for("gemini-3-pro").unwrap().allow, Allow::Off, "0 is off");
-        assert_eq!(p.tiers[1].rule_for("gemini-2.5-flash"), None, "no line: unlimited");
+        assert_eq!(
+            p.tiers[1].rule_for("gemini-3-pro").unwrap().allow,
+            Allow::Off,
+            "0 is off"
+        );
+        assert_eq!(
+            p.tiers[1].rule_for("gemini-2.5-flash"),
+            None,
+            "no line: unlimited"
+        );
         let tier = |name: &str| p.tier_of(name).map(|t| t.name.as_str());
         assert_eq!(tier("paid-1"), Some("paid"));
         assert_eq!(tier("carol"), Some("paid"));
         assert_eq!(tier("carol2"), Some("free"), "the default for the rest");
         let no_default = Plan::parse("[paid]\nprofiles = p?\nx = 1\n").unwrap();
-        assert_eq!(no_default.tier_of("p1").map(|t| t.name.as_str()), Some("paid"));
+        assert_eq!(
+            no_default.tier_of("p1").map(|t| t.name.as_str()),
+            Some("paid")
+        );
         assert!(no_default.tier_of("q1").is_none(), "no tier: no budget");
         assert!(Plan::parse("# nothing\n\n").unwrap().is_empty());
     }
@@ -357,21 +424,60 @@ gemini-3-pro = 0
     #[test]
     fn bad_lines_name_their_number_and_the_fix() {
         let table: &[(&str, &str)] = &[
-            ("gemini = 3\n", "line 1: \"gemini\" comes before any `[tier]` header"),
-            ("[free]\nprofiles = a\npro = twenty\n", "line 3: \"twenty\" is not a budget; write a whole number"),
-            ("[free]\nprofiles = a\npro = -1\n", "line 3: \"-1\" is not a budget"),
-            ("[free]\nprofiles = a\npro = 1\npro* = 2\n", "line 4: pro* again in [free]"),
+            (
+                "gemini = 3\n",
+                "line 1: \"gemini\" comes before any `[tier]` header",
+            ),
+            (
+                "[free]\nprofiles = a\npro = twenty\n",
+                "line 3: \"twenty\" is not a budget; write a whole number",
+            ),
+            (
+                "[free]\nprofiles = a\npro = -1\n",
+                "line 3: \"-1\" is not a budget",
+            ),
+            (
+                "[free]\nprofiles = a\npro = 1\npro* = 2\n",
+                "line 4: pro* again in [free]",
+            ),
             ("[free\n", "line 1: a tier header is `[name]`"),
             ("[a b]\n", "line 1: a tier header is `[name]`"),
-            ("[free]\nprofiles = a\n[free]\n", "line 3: tier [free] again"),
-            ("default = gold\n[free]\nprofiles = a\n", "line 1: `default = gold` names no tier"),
-            ("[free]\nx = 1\n", "tier [free] has no `profiles = ...` line and is not the default"),
-            ("[free]\nprofiles = a\nprofiles = b\n", "line 3: a second `profiles` line"),
-            ("[free]\nprofiles = a;b\n", "line 2: \"a;b\" is not a profile name or glob"),
-            ("[free]\nprofiles = a\ngem ini = 1\n", "line 3: \"gem ini\" is not a model name"),
-            ("[free]\nprofiles = a\nge*mini = 1\n", "line 3: \"ge*mini\" is not a model name"),
-            ("[free]\nprofiles = a\njust words\n", "line 3: \"just words\" is not `model = budget`"),
-            ("default = a\ndefault = a\n", "line 2: a second `default` line"),
+            (
+                "[free]\nprofiles = a\n[free]\n",
+                "line 3: tier [free] again",
+            ),
+            (
+                "default = gold\n[free]\nprofiles = a\n",
+                "line 1: `default = gold` names no tier",
+            ),
+            (
+                "[free]\nx = 1\n",
+                "tier [free] has no `profiles = ...` line and is not the default",
+            ),
+            (
+                "[free]\nprofiles = a\nprofiles = b\n",
+                "line 3: a second `profiles` line",
+            ),
+            (
+                "[free]\nprofiles = a;b\n",
+                "line 2: \"a;b\" is not a profile name or glob",
+            ),
+            (
+                "[free]\nprofiles = a\ngem ini = 1\n",
+                "line 3: \"gem ini\" is not a model name",
+            ),
+            (
+                "[free]\nprofiles = a\nge*mini = 1\n",
+                "line 3: \"ge*mini\" is not a model name",
+            ),
+            (
+                "[free]\nprofiles = a\njust words\n",
+                "line 3: \"just words\" is not `model = budget`",
+            ),
+            (
+                "default = a\ndefault = a\n",
+                "line 2: a second `default` line",
+            ),
         ];
         for (text, want) in table {
             let e = Plan::parse(text).unwrap_err().to_string();
@@ -380,7 +486,11 @@ gemini-3-pro = 0
             assert!(!e.contains('\n'), "one line: {e}");
         }
         let e = Plan::load(Path::new("/nonexistent/budgets")).unwrap_err();
-        assert!(e.to_string().contains("point MODEL_BUDGETS_FILE at a readable file"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("point MODEL_BUDGETS_FILE at a readable file"),
+            "{e}"
+        );
     }
 
     #[test]

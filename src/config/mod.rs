@@ -350,6 +350,8 @@ fn budget_settings(v: &Values) -> Result<BudgetSettings, ConfigError> {
         timezone,
         alert_percent: v.int("BUDGET_ALERT_PERCENT") as u8,
         clock_offset_s: offset,
+        models_file: v.path("MODEL_BUDGETS_FILE"),
+        fleet_alert_percent: v.int("BUDGET_FLEET_ALERT_PERCENT") as u8,
     })
 }
 

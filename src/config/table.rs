@@ -376,6 +376,20 @@ pub const SETTINGS: &[Setting] = &[
         doc: "notify when a key has used this percent of one of its daily limits, and again when it reaches the limit; once per key, limit and day",
     },
     Setting {
+        env: "MODEL_BUDGETS_FILE",
+        default: None,
+        kind: Kind::Path,
+        summary: "file of daily request budgets per model for tiers of accounts; read at start and at every reload",
+        doc: "file of daily request budgets per model for tiers of accounts (which profiles are in which tier, which models a tier may not use); requests go to the account with the most left, and an account at its budget for a model serves it again at midnight in `BUDGET_TIMEZONE`. Read at start (a bad file stops the start, exit 2) and at every reload (a bad file keeps the budgets in force); see [Account budgets](operating.md#account-budgets)",
+    },
+    Setting {
+        env: "BUDGET_FLEET_ALERT_PERCENT",
+        default: Some("20"),
+        kind: Kind::Int { min: 1, max: 99 },
+        summary: "notify when the fleet has less than this percent of a model's daily budget left (and again when it is gone)",
+        doc: "notify when the fleet's accounts have less than this percent of a model's daily budget (`MODEL_BUDGETS_FILE`) left, and again when none is left until the reset; once per model and day",
+    },
+    Setting {
         env: "QUEUE_TIMEOUT_S",
         default: Some("120"),
         kind: Kind::Secs { min: 1, max: 86_400 },

@@ -162,6 +162,10 @@ pub struct BudgetSettings {
     pub alert_percent: u8,
     /// `AISP_TEST_CLOCK_OFFSET_S`: test-only, moves the budget days' clock.
     pub clock_offset_s: i64,
+    /// `MODEL_BUDGETS_FILE`: read at start (`app::Files`) and at reloads.
+    pub models_file: Option<std::path::PathBuf>,
+    /// `BUDGET_FLEET_ALERT_PERCENT`.
+    pub fleet_alert_percent: u8,
 }
 
 #[derive(Debug, Clone)]

@@ -1,5 +1,7 @@
 //! The dispatcher's bookkeeping under its lock: which open route takes a
-//! request (least busy, turns among equals, never a model it cools for),
+//! request (for a budgeted model the one with the most left; then the
+//! least busy, turns among equals; never a model it cools for or has no
+//! budget left for),
 //! whether a waiter may still hope for a child, the `Retry-After` to give,
 //! and handing freed places to the oldest waiters that may use them. Pure
 //! state changes; the wakes it returns are signalled by the caller after
@@ -8,12 +10,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::budget::accounts::Take;
+
 use super::wake::Wake;
 use super::*;
 
 impl Inner {
-    /// The least busy open route `kind` may use, other than `avoid`; equal
-    /// loads take turns.
+    /// The open route `kind` may use, other than `avoid`: for a budgeted
+    /// model the one with the most left, then the least busy; equals take
+    /// turns.
     pub(super) fn pick(
         &self,
         limits: &Limits,
@@ -23,7 +28,8 @@ impl Inner {
     ) -> Option<usize> {
         let n = self.slots.len();
         let now = Instant::now();
-        let mut best: Option<(usize, usize)> = None;
+        // (index, budget left (MAX: none applies), load)
+        let mut best: Option<(usize, u64, usize)> = None;
         for k in 0..n {
             let i = (self.turn + k) % n;
             let Slot::Open(r) = &self.slots[i] else {
@@ -36,12 +42,20 @@ impl Inner {
             {
                 continue;
             }
+            let left = match (kind, model) {
+                (Kind::Completion, Some(m)) => match r.take(m, now) {
+                    Take::Free => u64::MAX,
+                    Take::Left(0) | Take::Until(_) | Take::Never => continue,
+                    Take::Left(l) => l,
+                },
+                _ => u64::MAX,
+            };
             let load = r.completions + r.others;
-            if best.is_none_or(|(_, b)| load < b) {
-                best = Some((i, load));
+            if best.is_none_or(|(_, bl, b)| left > bl || (left == bl && load < b)) {
+                best = Some((i, left, load));
             }
         }
-        best.map(|(i, _)| i)
+        best.map(|(i, _, _)| i)
     }
 
     /// Pick and count a place on a child.
@@ -61,19 +75,28 @@ impl Inner {
             Kind::Completion => r.completions += 1,
             Kind::Other => r.others += 1,
         }
+        let line = match (kind, model, &r.budget) {
+            (Kind::Completion, Some(m), Some(b)) => b.budget_line(m).map(str::to_string),
+            _ => None,
+        };
+        if let Some(l) = &line {
+            r.spent(l, true);
+        }
         Some(Grant {
             child: r.child,
             port: r.port,
             profile: r.profile.clone(),
+            line,
         })
     }
 
     /// Whether a completion for `model` waits only because the routes
-    /// that have room cool for it.
+    /// that have room cool for it or have no budget left for it.
     pub(super) fn starved_for(&self, model: &str, now: Instant) -> bool {
-        self.slots
-            .iter()
-            .any(|s| matches!(s, Slot::Open(r) if !models::serves(&r.cooling, Some(model), now)))
+        self.slots.iter().any(|s| {
+            matches!(s, Slot::Open(r) if !models::serves(&r.cooling, Some(model), now)
+                || matches!(r.take(model, now), Take::Until(_) | Take::Never))
+        })
     }
 
     pub(super) fn prospect(&self, avoid: Option<ChildId>) -> Prospect {
@@ -176,5 +199,37 @@ impl Inner {
             }
         }
         wakes
+    }
+}
+
+impl Route {
+    /// What this route may take of `model` now, its requests in flight
+    /// for the model's budget line counted.
+    pub(super) fn take(&self, model: &str, now: Instant) -> Take {
+        let Some(b) = &self.budget else {
+            return Take::Free;
+        };
+        let in_flight = b.budget_line(model).map_or(0, |l| {
+            self.spending
+                .iter()
+                .find(|(p, _)| p == l)
+                .map_or(0, |(_, n)| *n)
+        });
+        b.take(model, in_flight, now)
+    }
+
+    /// One more (`up`) or one fewer request in flight under budget `line`.
+    pub(super) fn spent(&mut self, line: &str, up: bool) {
+        match self.spending.iter().position(|(p, _)| p == line) {
+            Some(i) if up => self.spending[i].1 += 1,
+            Some(i) => {
+                self.spending[i].1 = self.spending[i].1.saturating_sub(1);
+                if self.spending[i].1 == 0 {
+                    self.spending.swap_remove(i);
+                }
+            }
+            None if up => self.spending.push((line.to_string(), 1)),
+            None => {}
+        }
     }
 }

@@ -17,7 +17,12 @@
 //!
 //! Models: a route whose profile cools for some models (published by the
 //! pool) takes no request for those; a request for a model no profile can
-//! serve until some time is refused at once with `Retry-After` (`models`);
+//! serve until some time is refused at once with `Retry-After` (`models`),
+//! one for a model no profile's tier allows with 403;
+//! a route's budgets (an `Allowance`, published by the supervisor after
+//! every counted answer) take no request for a model with none left, less
+//! the requests for it in flight there, and among the routes that may take
+//! a request for a budgeted model the one with the most left wins;
 //! a waiter for a model only cooling routes could serve is reported to the
 //! pool (`on_starved`), which may rotate a profile in that serves it. The
 //! models asked for lately are the demand the pool reads.
@@ -38,6 +43,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
+
+use crate::budget::{self, accounts::Allowance};
+pub use models::Blocked;
 
 use log::warn;
 use serde::Serialize;
@@ -101,6 +109,7 @@ pub enum SlotView {
         port: u16,
         profile: String,
         cooling: Vec<(String, Instant)>,
+        budget: Option<Arc<Allowance>>,
     },
     /// Its child takes no new requests; those in flight finish (a drain
     /// before a restart, a rotation or a cooldown). A child will come.
@@ -147,10 +156,15 @@ pub enum Refusal {
     },
     /// Only the child to avoid exists and it stays.
     NoOtherChild,
-    /// Every profile cools for this model for `retry_after` seconds.
+    /// Every profile cools for this model (or used its budget for it) for
+    /// `retry_after` seconds.
     ModelCooling {
         model: String,
         retry_after: u64,
+    },
+    /// No profile's tier allows this model.
+    ModelOff {
+        model: String,
     },
     ShuttingDown,
     /// Cancelled by `POST /v1/cancel/{id}` while waiting.
@@ -172,7 +186,11 @@ impl fmt::Display for Refusal {
             Refusal::NoOtherChild => f.write_str("no other child to try"),
             Refusal::ModelCooling { model, retry_after } => write!(
                 f,
-                "every account is out of quota for model {model} for {retry_after} s more"
+                "every account is out of quota or of today's budget for model {model} for {retry_after} s more"
+            ),
+            Refusal::ModelOff { model } => write!(
+                f,
+                "no account's tier allows model {model} (MODEL_BUDGETS_FILE)"
             ),
             Refusal::ShuttingDown => f.write_str("the coordinator is shutting down"),
             Refusal::Cancelled => f.write_str("cancelled while queued"),
@@ -193,6 +211,10 @@ struct Route {
     profile: String,
     /// Models its profile cools for, until when.
     cooling: Vec<(String, Instant)>,
+    /// What its budgets have left (None: no budget applies).
+    budget: Option<Arc<Allowance>>,
+    /// Completions in flight per budget line (the line's prefix).
+    spending: Vec<(String, u64)>,
     completions: usize,
     others: usize,
 }
@@ -228,6 +250,8 @@ struct Grant {
     child: ChildId,
     port: u16,
     profile: String,
+    /// The budget line the request counts under, on that route.
+    line: Option<String>,
 }
 
 /// Whether a waiter can still be served.
@@ -315,8 +339,9 @@ impl Dispatch {
         let _ = self.starved.set(tx);
     }
 
-    /// Until when no profile can serve each model (the pool's word).
-    pub fn set_blocked(&self, blocked: HashMap<String, Instant>) {
+    /// Until when no profile can serve each model, and which no profile's
+    /// tier allows (the supervisor's word).
+    pub fn set_blocked(&self, blocked: Blocked) {
         let wakes = {
             let mut inner = self.lock();
             inner.models.set_blocked(blocked);
@@ -325,13 +350,21 @@ impl Dispatch {
         signal(wakes);
     }
 
-    /// The models `child`'s profile cools for now; ignored when the slot
-    /// moved on.
-    pub fn set_cooling(&self, child: ChildId, cooling: Vec<(String, Instant)>) {
+    /// What `child`'s profile may serve now: the models it cools for and
+    /// its budgets; ignored when the slot moved on.
+    pub fn set_serves(
+        &self,
+        child: ChildId,
+        cooling: Vec<(String, Instant)>,
+        budget: Option<Arc<Allowance>>,
+    ) {
         let wakes = {
             let mut inner = self.lock();
             match inner.slots.get_mut(child.slot) {
-                Some(Slot::Open(r) | Slot::Draining(r)) if r.child == child => r.cooling = cooling,
+                Some(Slot::Open(r) | Slot::Draining(r)) if r.child == child => {
+                    r.cooling = cooling;
+                    r.budget = budget;
+                }
                 _ => return,
             }
             inner.settle(&self.limits)
@@ -380,11 +413,14 @@ impl Dispatch {
                     port,
                     profile,
                     cooling,
+                    budget,
                 } => Slot::Open(Route {
                     child: ChildId { slot, generation },
                     port,
                     profile,
                     cooling,
+                    budget,
+                    spending: Vec::new(),
                     completions: 0,
                     others: 0,
                 }),
@@ -469,6 +505,11 @@ impl Dispatch {
             }
             if let (Some(m), Kind::Completion) = (model, want.kind) {
                 inner.models.asked(m, started);
+                if inner.models.off(m) {
+                    return Err(Refusal::ModelOff {
+                        model: m.to_string(),
+                    });
+                }
                 if let Some(t) = inner.models.blocked(m, started) {
                     return Err(Refusal::ModelCooling {
                         model: m.to_string(),
@@ -585,27 +626,46 @@ impl Dispatch {
     }
 
     /// The earliest end of a route's cooldown of `model`.
+    /// (or of a route's budget for it: its reset).
     fn next_cooling_end(&self, model: &str) -> Option<Instant> {
         let inner = self.lock();
-        models::next_end(
+        let now = Instant::now();
+        let cooled = models::next_end(
             inner.slots.iter().filter_map(|s| match s {
                 Slot::Open(r) => Some(r.cooling.as_slice()),
                 _ => None,
             }),
             model,
-            Instant::now(),
-        )
+            now,
+        );
+        let reset = inner
+            .slots
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Open(r) => match r.take(model, now) {
+                    budget::accounts::Take::Until(t) => Some(t),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .min();
+        cooled.into_iter().chain(reset).min()
     }
 
     /// A ticket's place is free again: the child goes to the next waiter.
-    fn release(&self, child: ChildId, kind: Kind) {
+    fn release(&self, child: ChildId, kind: Kind, line: Option<&str>) {
         let wakes = {
             let mut inner = self.lock();
             match inner.slots.get_mut(child.slot) {
-                Some(Slot::Open(r) | Slot::Draining(r)) if r.child == child => match kind {
-                    Kind::Completion => r.completions = r.completions.saturating_sub(1),
-                    Kind::Other => r.others = r.others.saturating_sub(1),
-                },
+                Some(Slot::Open(r) | Slot::Draining(r)) if r.child == child => {
+                    match kind {
+                        Kind::Completion => r.completions = r.completions.saturating_sub(1),
+                        Kind::Other => r.others = r.others.saturating_sub(1),
+                    }
+                    if let Some(l) = line {
+                        r.spent(l, false);
+                    }
+                }
                 // The route closed or moved on: the ticket counts nowhere.
                 _ => return,
             }

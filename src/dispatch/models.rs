@@ -6,7 +6,7 @@
 //! others are served. Pure data under the dispatcher's lock; every call is
 //! given `now`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// Distinct models remembered; beyond it the oldest is forgotten (a client
@@ -17,8 +17,16 @@ const MAX_MODELS: usize = 256;
 pub struct Gate {
     /// Model -> when it was last asked for.
     demand: HashMap<String, Instant>,
-    /// Model -> until when no profile can serve it.
-    blocked: HashMap<String, Instant>,
+    blocked: Blocked,
+}
+
+/// The models no profile can serve now, as the supervisor sees them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Blocked {
+    /// Model -> until when no profile can serve it (cooldowns, budgets).
+    pub until: HashMap<String, Instant>,
+    /// Models no profile's tier allows.
+    pub off: HashSet<String>,
 }
 
 impl Gate {
@@ -54,13 +62,18 @@ impl Gate {
     }
 
     /// Replace the blocked models.
-    pub fn set_blocked(&mut self, blocked: HashMap<String, Instant>) {
+    pub fn set_blocked(&mut self, blocked: Blocked) {
         self.blocked = blocked;
     }
 
     /// Until when `model` can be served by no profile, if that is so at `now`.
     pub fn blocked(&self, model: &str, now: Instant) -> Option<Instant> {
-        self.blocked.get(model).copied().filter(|t| *t > now)
+        self.blocked.until.get(model).copied().filter(|t| *t > now)
+    }
+
+    /// Whether no profile's tier allows `model`.
+    pub fn off(&self, model: &str) -> bool {
+        self.blocked.off.contains(model)
     }
 }
 
@@ -118,7 +131,11 @@ mod tests {
         let t0 = Instant::now();
         let later = t0 + Duration::from_secs(90);
         let mut g = Gate::default();
-        g.set_blocked(HashMap::from([("pro".to_string(), later)]));
+        g.set_blocked(Blocked {
+            until: HashMap::from([("pro".to_string(), later)]),
+            off: HashSet::from(["ultra".to_string()]),
+        });
+        assert!(g.off("ultra") && !g.off("pro"));
         assert_eq!(g.blocked("pro", t0), Some(later));
         assert_eq!(g.blocked("pro", later), None, "over at its end");
         assert_eq!(g.blocked("flash", t0), None);

@@ -20,6 +20,7 @@ fn ready(d: &Dispatch, slot: usize, generation: u64) {
             port: 3100 + slot as u16,
             profile: format!("p{slot}"),
             cooling: Vec::new(),
+            budget: None,
         },
     );
 }
@@ -377,12 +378,13 @@ fn a_route_cooling_for_a_model_serves_the_others_and_a_blocked_model_is_refused(
     let d = Dispatch::new(2, limits(1, 8, 2_000));
     ready(&d, 0, 1);
     let later = Instant::now() + Duration::from_secs(30);
-    d.set_cooling(
+    d.set_serves(
         ChildId {
             slot: 0,
             generation: 1,
         },
         vec![("pro".into(), later)],
+        None,
     );
     let (tx, starved) = crossbeam_channel::unbounded();
     d.on_starved(tx);
@@ -401,7 +403,16 @@ fn a_route_cooling_for_a_model_serves_the_others_and_a_blocked_model_is_refused(
     assert_eq!(waiter.join().unwrap().unwrap(), 1);
     assert_eq!(d.demand(), vec!["flash", "pro"]);
     // No profile can serve it: refused at once, with the time left.
-    d.set_blocked(HashMap::from([("pro".to_string(), later)]));
+    d.set_blocked(Blocked {
+        until: HashMap::from([("pro".to_string(), later)]),
+        off: ["ultra".to_string()].into(),
+    });
+    assert_eq!(
+        d.acquire(for_model(5, "ultra")).err(),
+        Some(Refusal::ModelOff {
+            model: "ultra".into()
+        })
+    );
     match d.acquire(for_model(3, "pro")) {
         Err(Refusal::ModelCooling { model, retry_after }) => {
             assert_eq!(model, "pro");
@@ -417,12 +428,13 @@ fn a_waiter_is_served_when_its_models_cooldown_ends() {
     let d = Dispatch::new(1, limits(1, 8, 5_000));
     ready(&d, 0, 1);
     let soon = Instant::now() + Duration::from_millis(150);
-    d.set_cooling(
+    d.set_serves(
         ChildId {
             slot: 0,
             generation: 1,
         },
         vec![("pro".into(), soon)],
+        None,
     );
     let t = Instant::now();
     let got = d.acquire(for_model(1, "pro")).unwrap();
@@ -430,4 +442,59 @@ fn a_waiter_is_served_when_its_models_cooldown_ends() {
     let waited = t.elapsed();
     assert!(waited >= Duration::from_millis(140), "{waited:?}");
     assert!(waited < Duration::from_secs(2), "{waited:?}");
+}
+
+/// What `served` answers of model `pro` leave an account with a budget of
+/// 5 (the budget day resets far ahead).
+fn allowance(served: u64) -> Option<Arc<crate::budget::accounts::Allowance>> {
+    use crate::budget::{accounts::Budget, plan::Plan};
+    let plan = Plan::parse("[t]\nprofiles = *\npro = 5\nultra = off\n").unwrap();
+    let mut b = Budget::new(Arc::new(plan));
+    let now = std::time::SystemTime::now();
+    for _ in 0..served {
+        b.served("p", "pro", now);
+    }
+    let i0 = Instant::now();
+    b.allowance("p", now, |t| i0 + t.duration_since(now).unwrap_or_default())
+}
+
+fn budgeted(d: &Dispatch, slot: usize, served: u64) {
+    let child = ChildId {
+        slot,
+        generation: 1,
+    };
+    d.set_serves(child, Vec::new(), allowance(served));
+}
+
+#[test]
+fn the_route_with_the_most_budget_left_wins_and_none_goes_over() {
+    let d = Dispatch::new(3, limits(2, 8, 100));
+    for slot in 0..3 {
+        ready(&d, slot, 1);
+    }
+    budgeted(&d, 0, 3); // 2 left
+    budgeted(&d, 1, 1); // 4 left
+    budgeted(&d, 2, 5); // none left
+    let a = d.acquire(for_model(1, "pro")).unwrap();
+    assert_eq!((a.slot(), a.line.as_deref()), (1, Some("pro")));
+    // In flight counts: 3 left on slot 1 now, still the most.
+    let b = d.acquire(for_model(2, "pro-x")).unwrap();
+    assert_eq!(b.slot(), 1);
+    // Slot 1 is full (two per child): slot 0, never slot 2.
+    let c = d.acquire(for_model(3, "pro")).unwrap();
+    assert_eq!(c.slot(), 0);
+    let e = d.acquire(for_model(4, "pro")).unwrap();
+    assert_eq!(e.slot(), 0, "slot 0's last");
+    // Every place with budget is taken: the next waits, and times out.
+    assert!(matches!(
+        d.acquire(for_model(5, "pro")),
+        Err(Refusal::QueueTimeout { .. })
+    ));
+    // Other models go anywhere with room; an off model goes nowhere.
+    assert_eq!(d.acquire(for_model(6, "flash")).unwrap().slot(), 2);
+    assert!(d.acquire(for_model(7, "ultra")).is_err());
+    // A failed request gives its place in the budget back.
+    drop(e);
+    assert_eq!(d.acquire(for_model(8, "pro")).unwrap().slot(), 0);
+    drop((a, b, c));
 }

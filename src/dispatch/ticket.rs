@@ -11,6 +11,9 @@ pub struct Ticket {
     pub child: ChildId,
     pub port: u16,
     pub profile: String,
+    /// The budget line this request counts under on its child, if any: its
+    /// served answer must reach the supervisor before the ticket drops.
+    pub line: Option<String>,
     kind: Kind,
 }
 
@@ -21,6 +24,7 @@ impl Ticket {
             child: g.child,
             port: g.port,
             profile: g.profile,
+            line: g.line,
             kind,
         }
     }
@@ -33,6 +37,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.dispatch.release(self.child, self.kind);
+        self.dispatch
+            .release(self.child, self.kind, self.line.as_deref());
     }
 }

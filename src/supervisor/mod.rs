@@ -158,7 +158,7 @@ impl Supervisor {
         if let verdict::Verdict::EmptyAnswer(_) = o.verdict {
             crate::metrics::empty_answer(&o.profile);
         }
-        if outcome::at_once(&o.verdict) {
+        if outcome::at_once(&o.verdict) || o.counted {
             return None;
         }
         let out = outcome::of_verdict(o.child, &o.verdict, o.model.as_deref())?;
@@ -226,7 +226,14 @@ impl Supervisor {
         match a {
             Action::Route { slot, view } => d.set_slot(slot, view),
             Action::Close(child) => d.close(child),
-            Action::Cooling { child, cooling } => d.set_cooling(child, cooling),
+            Action::Serves {
+                child,
+                cooling,
+                budget,
+            } => d.set_serves(child, cooling, budget),
+            Action::BudgetAlert(text) => {
+                crate::events::record(crate::events::Kind::ModelBudget, None, None, text)
+            }
             Action::Tell { slot, cmd } => {
                 if let Some(tx) = self.w.cmds.get(slot) {
                     let _ = tx.send(cmd);

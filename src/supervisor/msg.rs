@@ -173,6 +173,16 @@ pub enum Msg {
     ContentSeen(Vec<LoginFacts>),
     /// An operator's change (asks: [`Reply::Admin`]).
     Admin(AdminOp),
+    /// The budgets in force from now on (`MODEL_BUDGETS_FILE`, at start
+    /// and at a reload).
+    Budgets(std::sync::Arc<crate::budget::plan::Plan>),
+    /// Today's served completions of `profile` as another replica counted
+    /// them (its lease said so).
+    Spent {
+        profile: String,
+        day: i64,
+        counts: std::collections::BTreeMap<String, u64>,
+    },
     /// `/ready` says 503 from now on.
     BeginShutdown,
     /// Save the book now (at shutdown; asks: [`Reply::Yes`]).

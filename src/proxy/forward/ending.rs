@@ -25,12 +25,19 @@ impl Exchange<'_> {
                 // asynchronously either way, so the order changes nothing
                 // for it.
                 let (child, profile) = (ticket.child, ticket.profile.clone());
+                // Except a served answer under a budget: it is counted, and
+                // what is left published, before its place is given back,
+                // so no request is sent on a budget already used.
+                let counted = ticket.line.is_some() && v == Verdict::Ok;
+                if counted {
+                    self.pool.count_now(child, self.model.as_deref());
+                }
                 drop(ticket);
                 if v == Verdict::Ok {
                     self.proxy.strikes.clear(child);
                 }
                 let evict = v == Verdict::ErrorText && !tries.evicted && self.strike(child, &v);
-                self.send_outcome(child, &profile, v, evict);
+                self.tell_outcome(child, &profile, v, evict, counted);
                 if let Some(f) = tries.first.take() {
                     // A second opinion proved the first child wrong.
                     self.settle(f, &mut tries.evicted);
@@ -296,6 +303,7 @@ impl Exchange<'_> {
             Refusal::ModelCooling { retry_after, .. } => {
                 (ApiError::ModelExhausted, Some(*retry_after))
             }
+            Refusal::ModelOff { .. } => (ApiError::ModelNotAllowed, None),
             Refusal::ShuttingDown => (ApiError::NoReadyChild, None),
             Refusal::Internal(_) => (ApiError::Overloaded, None),
         };
@@ -314,7 +322,10 @@ impl Exchange<'_> {
                 "the child failed this request and no other child could try it".to_string()
             }
             Refusal::ModelCooling { model, retry_after } => format!(
-                "every account is out of quota for model {model}; retry in {retry_after} s, or ask for another model"
+                "every account is out of quota or has used today's budget for model {model}; retry in {retry_after} s, or ask for another model"
+            ),
+            Refusal::ModelOff { model } => format!(
+                "no account's tier allows model {model} (MODEL_BUDGETS_FILE); ask for another model"
             ),
             other => format!("{other}; retry shortly"),
         };

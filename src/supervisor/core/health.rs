@@ -3,8 +3,9 @@
 //! Part of the pure core, run on the supervisor thread (and by table tests):
 //! it must do no I/O and read no clock.
 
-use super::{cooling_instants, event, log, warn, Action, At, Out, State};
+use super::{event, log, warn, Action, At, Out, State};
 use crate::book::{self, Verdict};
+use crate::budget::accounts::Room;
 use crate::dispatch::{ChildId, SlotView};
 use crate::events::Kind;
 use crate::fleet::Release;
@@ -55,8 +56,20 @@ pub(super) fn outcome(st: &mut State, o: Outcome, at: &At, out: &mut Out) {
     };
     let now = at.wall;
     let v = st.book.answer(&name, answer, model.as_deref(), now);
+    let child = ChildId { slot, generation };
     let leaves = match &v {
-        Verdict::Keep => return,
+        Verdict::Keep => {
+            // A served completion counted against a budget: the dispatcher
+            // sees what is left before the request's place is given back.
+            let budgeted = model
+                .as_deref()
+                .is_some_and(|m| st.book.budget().room(&name, m, now) != Room::Free);
+            if budgeted && answer == book::Answer::Served {
+                out.push(st.serves(child, at));
+                fleet_alerts(st, at, out);
+            }
+            return;
+        }
         Verdict::Retire { reason, until } => {
             let left = until.duration_since(now).unwrap_or_default().as_secs();
             warn(out, format!("slot {slot}: profile {name} is {reason}: draining it, then it cools down for {left}s"));
@@ -87,16 +100,47 @@ pub(super) fn outcome(st: &mut State, o: Outcome, at: &At, out: &mut Out) {
             );
             leaves
         }
+        Verdict::BudgetSpent {
+            model,
+            line,
+            budget,
+            until,
+        } => {
+            let left = until.duration_since(now).unwrap_or_default().as_secs();
+            let leaves = model_leaves(st, &name, model, at);
+            let then = if leaves {
+                "; it is rotated out (another profile has budget for the models in demand, or the waiting requests)"
+            } else {
+                " and keeps serving other models"
+            };
+            log(out, format!("slot {slot}: profile {name} used its budget of {budget} requests for {line} today: it serves {line} again at the reset in {left}s{then}"));
+            fleet_alerts(st, at, out);
+            event(
+                out,
+                Kind::BudgetSpent,
+                Some(slot),
+                Some(&name),
+                format!("used its budget of {budget} for {line}; resets in {left}s"),
+            );
+            leaves
+        }
     };
-    let child = ChildId { slot, generation };
-    out.push(Action::Cooling {
-        child,
-        cooling: cooling_instants(&st.book, &name, at),
-    });
+    out.push(st.serves(child, at));
     if leaves {
         rotate_out(slot, generation, StopReason::Exhausted, Then::Rotate, out);
     }
     out.push(Action::Save);
+}
+
+/// The fleet's budgets after a counted answer: one alert per line that
+/// came under the threshold or ran out today.
+fn fleet_alerts(st: &mut State, at: &At, out: &mut Out) {
+    let pct = st.settings.budget_alert_percent;
+    let names = st.all.iter().map(String::as_str);
+    for text in st.book.budget_mut().fleet_alerts(names, pct, at.wall) {
+        warn(out, text.clone());
+        out.push(Action::BudgetAlert(text));
+    }
 }
 
 /// A turn the child of `generation` on `slot` had begun was abandoned: its
@@ -125,14 +169,10 @@ pub(super) fn abandoned(st: &State, slot: usize, generation: u64, out: &mut Out)
 /// leave its slot (see `placement::leaves_slot`)?
 fn model_leaves(st: &State, name: &str, model: &str, at: &At) -> bool {
     let now = at.wall;
-    let spare = st.queue.iter().any(|p| {
-        st.may_run(&p.name, &[], now)
-            && st
-                .book
-                .models_cooling(&p.name, now)
-                .iter()
-                .all(|(m, _)| m != model)
-    });
+    let spare = st
+        .queue
+        .iter()
+        .any(|p| st.may_run(&p.name, &[], now) && st.book.serves(&p.name, model, now));
     let demand = st.book.demand(&at.asked, now);
     let spare_for_demand = st.queue.iter().any(|p| st.may_run(&p.name, &demand, now));
     placement::leaves_slot(
@@ -149,12 +189,12 @@ fn model_leaves(st: &State, name: &str, model: &str, at: &At) -> bool {
 pub(super) fn starved(st: &mut State, model: &str, at: &At, out: &mut Out) {
     let now = at.wall;
     let demand = st.book.demand(&at.asked, now);
-    let serves = |name: &str| {
-        st.book
-            .models_cooling(name, now)
-            .iter()
-            .all(|(m, _)| m != model)
-    };
+    let serves = |name: &str| st.book.serves(name, model, now);
+    // Nobody can serve it (every budget spent, or every tier turns it
+    // off): the dispatcher hears so and answers its waiters at once.
+    if st.book.model_off_everywhere(model, now) || st.book.model_blocked(model, now).is_some() {
+        out.push(Action::Save);
+    }
     let Some(spare) = st
         .queue
         .iter()
@@ -282,24 +322,22 @@ pub(super) fn admin(st: &mut State, op: AdminOp, at: &At, out: &mut Out) {
         },
     };
     if let AdminAnswer::Done { .. } = answer {
-        refresh_cooling(st, at, out);
+        refresh_serves(st, at, out);
         out.push(Action::Save);
         st.wake_all(out);
     }
     out.push(Action::Reply(Reply::Admin(answer)));
 }
 
-/// Tell the dispatcher the models every running slot's profile cools for.
-fn refresh_cooling(st: &State, at: &At, out: &mut Out) {
+/// Tell the dispatcher what every running slot's profile may serve.
+pub(super) fn refresh_serves(st: &State, at: &At, out: &mut Out) {
     for (slot, s) in st.slots.iter().enumerate() {
-        if let Some(name) = s.name() {
-            out.push(Action::Cooling {
-                child: ChildId {
-                    slot,
-                    generation: s.generation,
-                },
-                cooling: cooling_instants(&st.book, name, at),
-            });
+        if s.name().is_some() {
+            let child = ChildId {
+                slot,
+                generation: s.generation,
+            };
+            out.push(st.serves(child, at));
         }
     }
 }

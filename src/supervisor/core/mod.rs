@@ -18,12 +18,14 @@ mod place;
 mod tests;
 mod turns;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::book::Book;
+use crate::budget::accounts::Allowance;
 use crate::config::{PortPlan, Ports};
-use crate::dispatch::{ChildId, SlotView};
+use crate::dispatch::{Blocked, ChildId, SlotView};
 use crate::events::Kind;
 use crate::fleet::Release;
 use crate::hydrate::Profile;
@@ -39,6 +41,9 @@ pub struct Settings {
     /// How long a turn may take to make way before it is dropped.
     pub stuck: Duration,
     pub leasing: bool,
+    /// Alert when the fleet has under this percent of a model's budget left
+    /// (`BUDGET_FLEET_ALERT_PERCENT`).
+    pub budget_alert_percent: u8,
 }
 
 /// One slot as the supervisor records it.
@@ -142,10 +147,12 @@ pub enum Action {
     },
     /// The dispatcher stops sending this child requests at once.
     Close(ChildId),
-    /// The models `child`'s profile cools for now.
-    Cooling {
+    /// What `child`'s profile may serve now: the models it cools for, and
+    /// what its budgets have left.
+    Serves {
         child: ChildId,
         cooling: Vec<(String, Instant)>,
+        budget: Option<Arc<Allowance>>,
     },
     /// A command to a slot's watcher.
     Tell {
@@ -156,6 +163,9 @@ pub enum Action {
     Release(Release),
     /// Save the book, and tell the dispatcher which models nobody serves.
     Save,
+    /// A fleet's budget for a model came under the alert threshold or
+    /// ran out: the alert's text (the thread records the event).
+    BudgetAlert(String),
     Log {
         warn: bool,
         line: String,
@@ -256,6 +266,7 @@ impl State {
                     generation: s.generation,
                     port: s.ports.api,
                     cooling: cooling_instants(&self.book, &profile, at),
+                    budget: allowance(&self.book, &profile, at),
                     profile,
                 }
             }
@@ -287,6 +298,16 @@ impl State {
                 "profiles placed {seen:?}, expected each of {:?} once",
                 self.all
             ))
+        }
+    }
+
+    /// What the dispatcher must know of what `child`'s profile may serve.
+    fn serves(&self, child: ChildId, at: &At) -> Action {
+        let name = self.slots[child.slot].name().unwrap_or_default();
+        Action::Serves {
+            child,
+            cooling: cooling_instants(&self.book, name, at),
+            budget: allowance(&self.book, name, at),
         }
     }
 
@@ -377,6 +398,21 @@ pub fn handle(st: &mut State, msg: Msg, at: &At) -> Vec<Action> {
         Msg::Profiles(fresh) => place::apply_profiles(st, fresh, o),
         Msg::ContentSeen(facts) => health::content_seen(st, &facts, at, o),
         Msg::Admin(op) => health::admin(st, op, at, o),
+        Msg::Budgets(plan) => {
+            st.book.budget_mut().set_plan(plan);
+            health::refresh_serves(st, at, o);
+            o.push(Action::Save);
+            st.wake_all(o);
+        }
+        Msg::Spent {
+            profile,
+            day,
+            counts,
+        } => {
+            st.book.budget_mut().learn(day, &profile, &counts, at.wall);
+            health::refresh_serves(st, at, o);
+            o.push(Action::Save);
+        }
         Msg::BeginShutdown => st.shutting_down = true,
         Msg::Save => {
             o.push(Action::Save);
@@ -467,15 +503,29 @@ fn cooling_instants(book: &Book, name: &str, at: &At) -> Vec<(String, Instant)> 
         .collect()
 }
 
-/// The models no profile can serve, until when (for the dispatcher).
-pub fn blocked_models(book: &Book, at: &At) -> HashMap<String, Instant> {
-    book.cooled_models()
-        .into_iter()
-        .filter_map(|m| {
-            let t = book.model_blocked(&m, at.wall())?;
-            Some((m, at.instant_of(t)))
-        })
-        .collect()
+/// What `name`'s budgets leave a child of it, for the dispatcher.
+fn allowance(book: &Book, name: &str, at: &At) -> Option<Arc<Allowance>> {
+    book.budget()
+        .allowance(name, at.wall(), |t| at.instant_of(t))
+}
+
+/// The models no profile can serve, until when (for the dispatcher), and
+/// those no profile's tier allows. The candidates: every model some
+/// profile cooled for, served today, or asked for lately.
+pub fn blocked_models(book: &Book, at: &At) -> Blocked {
+    let mut names = book.cooled_models();
+    names.extend(book.budget().models_today());
+    names.extend(at.asked.iter().cloned());
+    names.extend(at.waited_for.iter().cloned());
+    let mut b = Blocked::default();
+    for m in names {
+        if book.model_off_everywhere(&m, at.wall()) {
+            b.off.insert(m);
+        } else if let Some(t) = book.model_blocked(&m, at.wall()) {
+            b.until.insert(m, at.instant_of(t));
+        }
+    }
+    b
 }
 
 /// What `/ready` and the admin status say a profile is doing.

@@ -71,7 +71,7 @@ fn current_of(st: &mut State, slot: usize, at: &At, out: &mut Out) -> Option<Pro
     let now = at.wall;
     let demand = st.book.demand(&at.asked, now);
     if let Some(p) = &st.slots[slot].profile {
-        let fresh = |name: &str| st.book.models_cooling(name, now).is_empty();
+        let fresh = |name: &str| st.book.fresh(name, now);
         let keep = fresh(&p.name)
             || !st
                 .queue
@@ -132,13 +132,8 @@ fn take_next(st: &mut State, slot: usize, at: &At, out: &mut Out) -> Option<Prof
             st.queue.iter().map(|p| p.name.as_str()),
             |name| st.may_run(name, &demand, now),
             |name| st.may_run(name, &[], now),
-            |name, model| {
-                st.book
-                    .models_cooling(name, now)
-                    .iter()
-                    .all(|(m, _)| m != model)
-            },
-            |name| st.book.models_cooling(name, now).is_empty(),
+            |name, model| st.book.serves(name, model, now),
+            |name| st.book.fresh(name, now),
             &at.waited_for,
         )
     };

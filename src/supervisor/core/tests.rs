@@ -76,6 +76,7 @@ fn keepalive(every: Option<u64>, max: Option<u64>) -> Settings {
         },
         stuck: s(60),
         leasing: false,
+        budget_alert_percent: 20,
     }
 }
 
@@ -424,7 +425,7 @@ fn check_outcome(row: OutcomeRow) {
     }
     let out = handle(&mut st, msg, &at);
     assert_eq!(drains(&out, 0, Then::Rotate), want_drain, "{what}: {out:?}");
-    let cooling = out.iter().any(|a| matches!(a, Action::Cooling { .. }));
+    let cooling = out.iter().any(|a| matches!(a, Action::Serves { .. }));
     assert_eq!(cooling, want_cooling, "{what}: {out:?}");
 }
 
