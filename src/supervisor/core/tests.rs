@@ -949,3 +949,5 @@ fn a_long_run_makes_way_only_when_another_waits_and_one_at_a_time() {
     make_ready(&mut solo, 0, &t(0));
     assert!(look(&mut solo, 500).0.overstayed.is_none(), "nobody waits");
 }
+
+mod budget;
