@@ -3,6 +3,7 @@
 
 mod accounts;
 mod budget;
+mod budgets;
 mod common;
 mod conn;
 mod console;

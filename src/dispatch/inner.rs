@@ -17,7 +17,8 @@ use super::*;
 
 impl Inner {
     /// The open route `kind` may use, other than `avoid`: for a budgeted
-    /// model the one with the most left, then the least busy; equals take
+    /// model the one with the most left (a route with no budget for it
+    /// counts as well off as the best), then the least busy; equals take
     /// turns.
     pub(super) fn pick(
         &self,
@@ -28,8 +29,8 @@ impl Inner {
     ) -> Option<usize> {
         let n = self.slots.len();
         let now = Instant::now();
-        // (index, budget left (MAX: none applies), load)
-        let mut best: Option<(usize, u64, usize)> = None;
+        // (index, budget left (None: none applies), load), in turn order.
+        let mut free: Vec<(usize, Option<u64>, usize)> = Vec::new();
         for k in 0..n {
             let i = (self.turn + k) % n;
             let Slot::Open(r) = &self.slots[i] else {
@@ -44,13 +45,18 @@ impl Inner {
             }
             let left = match (kind, model) {
                 (Kind::Completion, Some(m)) => match r.take(m, now) {
-                    Take::Free => u64::MAX,
+                    Take::Free => None,
                     Take::Left(0) | Take::Until(_) | Take::Never => continue,
-                    Take::Left(l) => l,
+                    Take::Left(l) => Some(l),
                 },
-                _ => u64::MAX,
+                _ => None,
             };
-            let load = r.completions + r.others;
+            free.push((i, left, r.completions + r.others));
+        }
+        let best_left = free.iter().filter_map(|c| c.1).max().unwrap_or(0);
+        let mut best: Option<(usize, u64, usize)> = None;
+        for (i, left, load) in free {
+            let left = left.unwrap_or(best_left);
             if best.is_none_or(|(_, bl, b)| left > bl || (left == bl && load < b)) {
                 best = Some((i, left, load));
             }
@@ -167,6 +173,13 @@ impl Inner {
         let now = Instant::now();
         let mut i = 0;
         while i < self.queue.len() {
+            if let Some(m) = self.queue[i].model.clone().filter(|m| self.models.off(m)) {
+                let w = self.queue.remove(i).expect("index in range");
+                let refusal = Refusal::ModelOff { model: m };
+                self.decided.insert(w.id, Decision::Refused(refusal));
+                wakes.push(w.wake);
+                continue;
+            }
             let blocked = self.queue[i]
                 .model
                 .as_deref()

@@ -203,7 +203,7 @@ impl Supervisor {
     fn facts(&self, msg: &Msg) -> At {
         let mut at = At::new(SystemTime::now(), Instant::now());
         let wants = match msg {
-            Msg::Next { .. } | Msg::Starved(_) | Msg::Tick => true,
+            Msg::Next { .. } | Msg::Starved(_) | Msg::Tick | Msg::Budgets(_) => true,
             // A served answer decides nothing; an empty or exhausted one
             // may cool a model, which reads the demand.
             Msg::Outcome(o) => !matches!(o.answer, Answer::Served),
