@@ -325,12 +325,13 @@ impl Budget {
 
     /// What a ready child of `profile` may take, for the dispatcher (None:
     /// no budget applies to it); `instant` turns a wall time into an
-    /// instant.
+    /// instant; `counted`: the child's served answers counted per line.
     pub fn allowance(
         &self,
         profile: &str,
         now: SystemTime,
         instant: impl Fn(SystemTime) -> Instant,
+        counted: &BTreeMap<String, u64>,
     ) -> Option<Arc<Allowance>> {
         let tier = self.plan.tier_of(profile)?;
         let resets = instant(super::wall_at(Day::at(secs(now)).ends));
@@ -350,15 +351,28 @@ impl Budget {
                 (r.prefix.clone(), room)
             })
             .collect();
-        Some(Arc::new(Allowance { lines }))
+        Some(Arc::new(Allowance {
+            lines,
+            counted: counted.clone(),
+        }))
+    }
+
+    /// The budget line (its prefix) `model` counts under for `profile`,
+    /// when one with a budget covers it.
+    pub fn line_of(&self, profile: &str, model: &str) -> Option<&str> {
+        let rule = self.plan.tier_of(profile)?.rule_for(model)?;
+        matches!(rule.allow, Allow::Budget(_)).then_some(rule.prefix.as_str())
     }
 }
 
 /// What one ready child may take: each line of its tier (longest prefix
-/// first) with what it has left.
+/// first) with what it has left, and how many of this child's served
+/// answers per line the book had counted then (the dispatcher holds back
+/// the ones it has not yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allowance {
     lines: Vec<(String, Have)>,
+    counted: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -392,6 +406,12 @@ impl Allowance {
         self.line(model)
             .filter(|(_, h)| matches!(h, Have::Left { .. }))
             .map(|(p, _)| p.as_str())
+    }
+
+    /// How many of its child's served answers under `line` the book had
+    /// counted when this was made.
+    pub fn counted(&self, line: &str) -> u64 {
+        self.counted.get(line).copied().unwrap_or(0)
     }
 
     fn line(&self, model: &str) -> Option<&(String, Have)> {

@@ -126,7 +126,9 @@ fn counts_learnt_elsewhere_raise_never_lower_and_only_for_today() {
     let none = Budget::default();
     assert!(!none.is_on());
     assert!(none.lines_of("a", t).is_empty());
-    assert!(none.allowance("a", t, |_| Instant::now()).is_none());
+    assert!(none
+        .allowance("a", t, |_| Instant::now(), &BTreeMap::new())
+        .is_none());
 }
 
 #[test]
@@ -136,7 +138,7 @@ fn an_allowance_counts_requests_in_flight_and_refills_at_the_reset() {
     b.served("a", "pro", t);
     let i0 = Instant::now();
     let instant = |w: SystemTime| i0 + w.duration_since(t).unwrap_or_default();
-    let a = b.allowance("a", t, instant).unwrap();
+    let a = b.allowance("a", t, instant, &BTreeMap::new()).unwrap();
     assert_eq!(a.take("pro-x", 0, i0), Take::Left(2));
     assert_eq!(a.take("pro", 2, i0), Take::Left(0), "the rest in flight");
     assert_eq!(a.take("ultra", 0, i0), Take::Never);
@@ -146,7 +148,7 @@ fn an_allowance_counts_requests_in_flight_and_refills_at_the_reset() {
     assert_eq!(a.budget_line("gpt"), None);
     b.served("a", "pro", t);
     b.served("a", "pro", t);
-    let spent = b.allowance("a", t, instant).unwrap();
+    let spent = b.allowance("a", t, instant, &BTreeMap::new()).unwrap();
     let reset = instant(end);
     assert_eq!(spent.take("pro", 0, i0), Take::Until(reset));
     assert_eq!(spent.take("pro", 0, reset), Take::Left(3), "a new day");

@@ -86,7 +86,7 @@ impl Inner {
             _ => None,
         };
         if let Some(l) = &line {
-            r.spent(l, true);
+            r.spent(l, Spend::Sent);
         }
         Some(Grant {
             child: r.child,
@@ -215,34 +215,63 @@ impl Inner {
     }
 }
 
+/// One budget line's requests on one child.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Spending {
+    line: String,
+    in_flight: u64,
+    /// Served (monotonic for the child's life).
+    served: u64,
+}
+
+/// What happens to one request under a budget line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Spend {
+    /// Sent to the child.
+    Sent,
+    /// Served: it stays spent until the book counts it.
+    Served,
+    /// Failed or not sent after all: its place comes back.
+    Back,
+}
+
 impl Route {
-    /// What this route may take of `model` now, its requests in flight
-    /// for the model's budget line counted.
+    /// What this route may take of `model` now: the allowance's left, less
+    /// its requests in flight for the model's budget line and those served
+    /// that the book has not counted yet.
     pub(super) fn take(&self, model: &str, now: Instant) -> Take {
         let Some(b) = &self.budget else {
             return Take::Free;
         };
-        let in_flight = b.budget_line(model).map_or(0, |l| {
+        let taken = b.budget_line(model).map_or(0, |l| {
             self.spending
                 .iter()
-                .find(|(p, _)| p == l)
-                .map_or(0, |(_, n)| *n)
+                .find(|s| s.line == l)
+                .map_or(0, |s| s.in_flight + s.served.saturating_sub(b.counted(l)))
         });
-        b.take(model, in_flight, now)
+        b.take(model, taken, now)
     }
 
-    /// One more (`up`) or one fewer request in flight under budget `line`.
-    pub(super) fn spent(&mut self, line: &str, up: bool) {
-        match self.spending.iter().position(|(p, _)| p == line) {
-            Some(i) if up => self.spending[i].1 += 1,
-            Some(i) => {
-                self.spending[i].1 = self.spending[i].1.saturating_sub(1);
-                if self.spending[i].1 == 0 {
-                    self.spending.swap_remove(i);
-                }
+    /// One request of budget `line` changes hands.
+    pub(super) fn spent(&mut self, line: &str, how: Spend) {
+        let i = match self.spending.iter().position(|s| s.line == line) {
+            Some(i) => i,
+            None => {
+                self.spending.push(Spending {
+                    line: line.to_string(),
+                    ..Spending::default()
+                });
+                self.spending.len() - 1
             }
-            None if up => self.spending.push((line.to_string(), 1)),
-            None => {}
+        };
+        let s = &mut self.spending[i];
+        match how {
+            Spend::Sent => s.in_flight += 1,
+            Spend::Served => {
+                s.in_flight = s.in_flight.saturating_sub(1);
+                s.served += 1;
+            }
+            Spend::Back => s.in_flight = s.in_flight.saturating_sub(1),
         }
     }
 }

@@ -50,6 +50,7 @@ pub use models::Blocked;
 use log::warn;
 use serde::Serialize;
 
+use inner::Spend;
 pub use ticket::Ticket;
 use wake::{Wake, Woke};
 
@@ -213,8 +214,9 @@ struct Route {
     cooling: Vec<(String, Instant)>,
     /// What its budgets have left (None: no budget applies).
     budget: Option<Arc<Allowance>>,
-    /// Completions in flight per budget line (the line's prefix).
-    spending: Vec<(String, u64)>,
+    /// Completions per budget line on this child: in flight, and served
+    /// (the allowance says how many of those the book has counted).
+    spending: Vec<inner::Spending>,
     completions: usize,
     others: usize,
 }
@@ -653,7 +655,7 @@ impl Dispatch {
     }
 
     /// A ticket's place is free again: the child goes to the next waiter.
-    fn release(&self, child: ChildId, kind: Kind, line: Option<&str>) {
+    fn release(&self, child: ChildId, kind: Kind, line: Option<&str>, served: bool) {
         let wakes = {
             let mut inner = self.lock();
             match inner.slots.get_mut(child.slot) {
@@ -663,7 +665,7 @@ impl Dispatch {
                         Kind::Other => r.others = r.others.saturating_sub(1),
                     }
                     if let Some(l) = line {
-                        r.spent(l, false);
+                        r.spent(l, if served { Spend::Served } else { Spend::Back });
                     }
                 }
                 // The route closed or moved on: the ticket counts nowhere.

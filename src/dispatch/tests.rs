@@ -455,7 +455,13 @@ fn allowance(served: u64) -> Option<Arc<crate::budget::accounts::Allowance>> {
         b.served("p", "pro", now);
     }
     let i0 = Instant::now();
-    b.allowance("p", now, |t| i0 + t.duration_since(now).unwrap_or_default())
+    let counted = Default::default();
+    b.allowance(
+        "p",
+        now,
+        |t| i0 + t.duration_since(now).unwrap_or_default(),
+        &counted,
+    )
 }
 
 fn budgeted(d: &Dispatch, slot: usize, served: u64) {
@@ -495,6 +501,14 @@ fn the_route_with_the_most_budget_left_wins_and_none_goes_over() {
     assert!(d.acquire(for_model(7, "ultra")).is_err());
     // A failed request gives its place in the budget back.
     drop(e);
-    assert_eq!(d.acquire(for_model(8, "pro")).unwrap().slot(), 0);
+    let mut e = d.acquire(for_model(8, "pro")).unwrap();
+    assert_eq!(e.slot(), 0);
+    // A served one keeps it until the book's count says so.
+    e.served = true;
+    drop(e);
+    assert!(matches!(
+        d.acquire(for_model(9, "pro")),
+        Err(Refusal::QueueTimeout { .. })
+    ));
     drop((a, b, c));
 }

@@ -11,9 +11,12 @@ pub struct Ticket {
     pub child: ChildId,
     pub port: u16,
     pub profile: String,
-    /// The budget line this request counts under on its child, if any: its
-    /// served answer must reach the supervisor before the ticket drops.
+    /// The budget line this request counts under on its child, if any.
     pub line: Option<String>,
+    /// Set before the drop when the child served the request: under a
+    /// budget line, its place in the budget stays taken until the book's
+    /// count of the child's answers says it counted it.
+    pub served: bool,
     kind: Kind,
 }
 
@@ -25,6 +28,7 @@ impl Ticket {
             port: g.port,
             profile: g.profile,
             line: g.line,
+            served: false,
             kind,
         }
     }
@@ -38,6 +42,6 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.dispatch
-            .release(self.child, self.kind, self.line.as_deref());
+            .release(self.child, self.kind, self.line.as_deref(), self.served);
     }
 }

@@ -302,19 +302,6 @@ impl Exchange<'_> {
     }
 
     fn send_outcome(&self, child: ChildId, profile: &str, verdict: Verdict, evicted: bool) {
-        self.tell_outcome(child, profile, verdict, evicted, false);
-    }
-
-    /// `counted`: the book heard of this served answer already
-    /// (`Handle::count_now`).
-    fn tell_outcome(
-        &self,
-        child: ChildId,
-        profile: &str,
-        verdict: Verdict,
-        evicted: bool,
-        counted: bool,
-    ) {
         if self.open {
             // No verdict of an open request reaches a profile's health or
             // cooldowns.
@@ -344,7 +331,6 @@ impl Exchange<'_> {
             verdict,
             request_id: self.rid.clone(),
             evicted,
-            counted,
             at: SystemTime::now(),
         });
     }

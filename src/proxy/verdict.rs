@@ -226,8 +226,6 @@ pub struct Outcome {
     pub request_id: String,
     /// Whether the proxy evicted the child for it.
     pub evicted: bool,
-    /// A served answer under a budget, counted in the book already.
-    pub counted: bool,
     #[serde(skip)]
     pub at: SystemTime,
 }

@@ -127,18 +127,6 @@ impl Handle {
         }
     }
 
-    /// A served answer of `child` for `model` under a budget: counted in
-    /// the book, and what is left published to the dispatcher, when this
-    /// returns (bounded).
-    pub fn count_now(&self, child: ChildId, model: Option<&str>) {
-        self.ask(Msg::Outcome(super::msg::Outcome {
-            slot: child.slot,
-            generation: child.generation,
-            model: model.map(str::to_string),
-            answer: crate::book::Answer::Served,
-        }));
-    }
-
     /// A turn the child of `generation` on `slot` had begun was abandoned
     /// (its client left, or it was cancelled): no new request goes to it
     /// from the moment this returns; it is drained and started again.

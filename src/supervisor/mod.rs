@@ -158,7 +158,7 @@ impl Supervisor {
         if let verdict::Verdict::EmptyAnswer(_) = o.verdict {
             crate::metrics::empty_answer(&o.profile);
         }
-        if outcome::at_once(&o.verdict) || o.counted {
+        if outcome::at_once(&o.verdict) {
             return None;
         }
         let out = outcome::of_verdict(o.child, &o.verdict, o.model.as_deref())?;

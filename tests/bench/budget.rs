@@ -1,4 +1,5 @@
-//! Benchmark: the cost per request of the per-key limit check (issue 24).
+//! Benchmark: the cost per request of the per-key limit check and of the
+//! accounts' budgets (issue 24), and how evenly budgets spread requests.
 //!
 //! One coordinator, two test children answering at once, two API keys:
 //! `free` with no limits and `limited` with all of them (`rpm`, `rpd` and
@@ -10,6 +11,15 @@
 //! and the figures are the ratios limited / free of the pooled runs.
 //! Prints; asserts nothing.
 //!
+//! Account budgets (`MODEL_BUDGETS_FILE`), second part: two coordinators
+//! of four test children each run at once, one without a budgets file and
+//! one where every account has a budget for the model (never reached), so
+//! every completion is checked against the route's budget, counted in the
+//! book before its child is given back, and published to the dispatcher.
+//! Same load, alternating runs; ratios budgets / none. Then the spread: 100
+//! completions at c=8 over four accounts with equal budgets, against the
+//! same 100 with no budgets: the most and fewest one account served.
+//!
 //! `BENCH_MEASURE_MS` (default 1500) sets the measured window per run.
 
 #[path = "support/mod.rs"]
@@ -19,8 +29,8 @@ use std::time::Duration;
 
 use support::{chat_body, ratio, summarize_ns, Coordinator, CoordinatorSpec, Load, LoadResult};
 
-const CLIENTS: usize = 8;
-const ROUNDS: usize = 3;
+pub(crate) const CLIENTS: usize = 8;
+pub(crate) const ROUNDS: usize = 3;
 
 fn request(port: u16, key: &str) -> Vec<u8> {
     let body = chat_body(false);
@@ -108,4 +118,10 @@ fn main() {
         ratio(limited_rate, free_rate),
         (l.p50 - f.p50) * 1000.0
     );
+    drop(coord);
+    accounts::cost(measure);
+    accounts::spread();
 }
+
+#[path = "budget_accounts.rs"]
+mod accounts;

@@ -25,19 +25,16 @@ impl Exchange<'_> {
                 // asynchronously either way, so the order changes nothing
                 // for it.
                 let (child, profile) = (ticket.child, ticket.profile.clone());
-                // Except a served answer under a budget: it is counted, and
-                // what is left published, before its place is given back,
-                // so no request is sent on a budget already used.
-                let counted = ticket.line.is_some() && v == Verdict::Ok;
-                if counted {
-                    self.pool.count_now(child, self.model.as_deref());
-                }
+                // A served answer under a budget keeps its place in the
+                // budget until the book has counted it.
+                let mut ticket = ticket;
+                ticket.served = v == Verdict::Ok;
                 drop(ticket);
                 if v == Verdict::Ok {
                     self.proxy.strikes.clear(child);
                 }
                 let evict = v == Verdict::ErrorText && !tries.evicted && self.strike(child, &v);
-                self.tell_outcome(child, &profile, v, evict, counted);
+                self.send_outcome(child, &profile, v, evict);
                 if let Some(f) = tries.first.take() {
                     // A second opinion proved the first child wrong.
                     self.settle(f, &mut tries.evicted);

@@ -5,7 +5,6 @@
 
 use super::{event, log, warn, Action, At, Out, State};
 use crate::book::{self, Verdict};
-use crate::budget::accounts::Room;
 use crate::dispatch::{ChildId, SlotView};
 use crate::events::Kind;
 use crate::fleet::Release;
@@ -57,14 +56,18 @@ pub(super) fn outcome(st: &mut State, o: Outcome, at: &At, out: &mut Out) {
     let now = at.wall;
     let v = st.book.answer(&name, answer, model.as_deref(), now);
     let child = ChildId { slot, generation };
+    let line = match (answer, model.as_deref()) {
+        (book::Answer::Served, Some(m)) => st.book.budget().line_of(&name, m).map(str::to_string),
+        _ => None,
+    };
+    if let Some(l) = &line {
+        *st.slots[slot].served.entry(l.clone()).or_default() += 1;
+    }
     let leaves = match &v {
         Verdict::Keep => {
             // A served completion counted against a budget: the dispatcher
-            // sees what is left before the request's place is given back.
-            let budgeted = model
-                .as_deref()
-                .is_some_and(|m| st.book.budget().room(&name, m, now) != Room::Free);
-            if budgeted && answer == book::Answer::Served {
+            // hears what is left, and that this one is counted.
+            if line.is_some() {
                 out.push(st.serves(child, at));
                 fleet_alerts(st, at, out);
             }

@@ -18,7 +18,7 @@ mod place;
 mod tests;
 mod turns;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -60,6 +60,10 @@ pub struct SlotRec {
     /// Resident bytes of the running child's tree at its last measurement;
     /// cleared at every spawn.
     pub rss: Option<u64>,
+    /// Its child's served answers the book counted per budget line (the
+    /// line's prefix); cleared at every spawn. The dispatcher holds back
+    /// the ones it saw served and this does not count yet.
+    pub served: BTreeMap<String, u64>,
     /// When its profile was placed in it (`PROFILE_MAX_RUNTIME_S` counts
     /// from here, across restarts of the same profile).
     pub placed: SystemTime,
@@ -227,6 +231,7 @@ impl State {
                 generation: 0,
                 restarts: 0,
                 rss: None,
+                served: BTreeMap::new(),
                 placed: wall,
             })
             .collect();
@@ -266,7 +271,7 @@ impl State {
                     generation: s.generation,
                     port: s.ports.api,
                     cooling: cooling_instants(&self.book, &profile, at),
-                    budget: allowance(&self.book, &profile, at),
+                    budget: allowance(&self.book, &profile, &s.served, at),
                     profile,
                 }
             }
@@ -303,11 +308,12 @@ impl State {
 
     /// What the dispatcher must know of what `child`'s profile may serve.
     fn serves(&self, child: ChildId, at: &At) -> Action {
-        let name = self.slots[child.slot].name().unwrap_or_default();
+        let s = &self.slots[child.slot];
+        let name = s.name().unwrap_or_default();
         Action::Serves {
             child,
             cooling: cooling_instants(&self.book, name, at),
-            budget: allowance(&self.book, name, at),
+            budget: allowance(&self.book, name, &s.served, at),
         }
     }
 
@@ -462,6 +468,7 @@ fn moved(st: &mut State, slot: usize, ev: &Event, at: &At, out: &mut Out) {
         }
         s.generation += 1;
         s.rss = None;
+        s.served.clear();
     }
     s.state = next;
     s.since = at.wall();
@@ -504,9 +511,14 @@ fn cooling_instants(book: &Book, name: &str, at: &At) -> Vec<(String, Instant)> 
 }
 
 /// What `name`'s budgets leave a child of it, for the dispatcher.
-fn allowance(book: &Book, name: &str, at: &At) -> Option<Arc<Allowance>> {
+fn allowance(
+    book: &Book,
+    name: &str,
+    served: &BTreeMap<String, u64>,
+    at: &At,
+) -> Option<Arc<Allowance>> {
     book.budget()
-        .allowance(name, at.wall(), |t| at.instant_of(t))
+        .allowance(name, at.wall(), |t| at.instant_of(t), served)
 }
 
 /// The models no profile can serve, until when (for the dispatcher), and

@@ -1,0 +1,174 @@
+//! The account-budget part of the budget benchmark: the added cost per
+//! completion, and the spread of 100 completions over four accounts.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::support::{
+    self, chat_body, ratio, summarize_ns, Coordinator, CoordinatorSpec, Load, LoadResult,
+};
+use super::{CLIENTS, ROUNDS};
+
+const ACCOUNTS: u16 = 4;
+
+/// Four children, with a budgets file of `budget` a day each when Some.
+fn coordinator(dir: &support::TempDir, budget: Option<u64>, per_child: usize) -> Coordinator {
+    let mut spec = CoordinatorSpec::plain(ACCOUNTS);
+    spec.env = vec![
+        ("MAX_INFLIGHT_PER_CHILD".into(), per_child.to_string()),
+        ("TESTCHILD_COMPLETION_DELAY_MS".into(), "0".into()),
+    ];
+    if let Some(b) = budget {
+        let file = dir.path().join(format!("budgets-{b}.conf"));
+        std::fs::write(&file, format!("[all]\nprofiles = *\ngemini-test = {b}\n"))
+            .expect("write the budgets file");
+        spec.env
+            .push(("MODEL_BUDGETS_FILE".into(), file.display().to_string()));
+    }
+    Coordinator::start(&spec)
+}
+
+fn request(port: u16) -> Vec<u8> {
+    let body = chat_body(false);
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The added cost of the budget check, budgets / none, same run.
+pub fn cost(measure: Duration) {
+    let dir = support::TempDir::new("budget-accounts");
+    let none = coordinator(&dir, None, 0);
+    let with = coordinator(&dir, Some(1_000_000_000), 0);
+    println!();
+    println!("== budget: account budgets (MODEL_BUDGETS_FILE), POST /v1/chat/completions, c={CLIENTS}, keep-alive ==");
+    println!(
+        "two coordinators of {ACCOUNTS} children: no budgets file, and a budget on every account for the model (never reached); {ROUNDS} rounds each, alternating"
+    );
+    let run = |c: &Coordinator| -> LoadResult {
+        Load {
+            request: request(c.port),
+            ports: vec![c.port],
+            clients: CLIENTS,
+            warmup: Duration::from_millis(300),
+            measure,
+            max_requests: 1_000_000,
+            capture_header: None,
+        }
+        .run()
+    };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let (mut a_rate, mut b_rate) = (0.0, 0.0);
+    for _ in 0..ROUNDS {
+        for (name, c, lat, rate) in [
+            ("none", &none, &mut a, &mut a_rate),
+            ("budgets", &with, &mut b, &mut b_rate),
+        ] {
+            let r = run(c);
+            if r.errors > 0 || r.non_200 > 0 {
+                println!(
+                    "{name}: {} errors, {} non-200 (first: {:?})",
+                    r.errors, r.non_200, r.first_error
+                );
+            }
+            *rate += r.throughput() / ROUNDS as f64;
+            lat.extend_from_slice(&r.latency_ns);
+        }
+    }
+    let (n, w) = (summarize_ns(&a), summarize_ns(&b));
+    println!(
+        "{:<8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "budgets", "p50", "p90", "p99", "mean", "req/s", "n"
+    );
+    for (name, s, rate) in [("none", &n, a_rate), ("budgets", &w, b_rate)] {
+        println!(
+            "{name:<8} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.0} {:>8}",
+            s.p50, s.p90, s.p99, s.mean, rate, s.n
+        );
+    }
+    println!(
+        "budgets / none: p50 {}, mean {}, req/s {}; added per request at p50: {:+.1} µs",
+        ratio(w.p50, n.p50),
+        ratio(w.mean, n.mean),
+        ratio(b_rate, a_rate),
+        (w.p50 - n.p50) * 1000.0
+    );
+}
+
+/// `total` completions from `clients` threads: how many each profile served.
+fn served_by(port: u16, total: usize, clients: usize) -> BTreeMap<String, u64> {
+    let left = Arc::new(AtomicUsize::new(total));
+    let by = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (left, by) = (left.clone(), by.clone());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(30)))
+                    .build()
+                    .into();
+                while left
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+                    let r = agent
+                        .post(&url)
+                        .header("Content-Type", "application/json")
+                        .send(chat_body(false));
+                    let who = r
+                        .ok()
+                        .and_then(|mut r| r.body_mut().read_to_string().ok())
+                        .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+                        .and_then(|v| {
+                            let c = v["choices"][0]["message"]["content"].as_str()?.to_string();
+                            Some(c.strip_prefix("profile=")?.split(' ').next()?.to_string())
+                        })
+                        .unwrap_or_else(|| "(failed)".into());
+                    *by.lock().unwrap().entry(who).or_default() += 1;
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a client thread");
+    }
+    let by = by.lock().unwrap().clone();
+    by
+}
+
+/// How evenly 100 completions at c=8 spread over four accounts with equal
+/// budgets, against the same with no budgets.
+pub fn spread() {
+    const TOTAL: usize = 100;
+    println!();
+    println!("== budget: spread of {TOTAL} completions at c={CLIENTS} over {ACCOUNTS} accounts (one completion per child at a time) ==");
+    let dir = support::TempDir::new("budget-spread");
+    for (name, budget) in [("none", None), ("budgets 100 each", Some(100))] {
+        let c = coordinator(&dir, budget, 1);
+        let by = served_by(c.port, TOTAL, CLIENTS);
+        let counts: Vec<u64> = (0..ACCOUNTS)
+            .map(|i| by.get(&format!("p{i}")).copied().unwrap_or(0))
+            .collect();
+        let (max, min) = (counts.iter().max().unwrap(), counts.iter().min().unwrap());
+        let failed = by.get("(failed)").copied().unwrap_or(0);
+        println!(
+            "{name:<17} per account {counts:?}, max/min {max}/{min} = {}{}",
+            if *min == 0 {
+                "inf".to_string()
+            } else {
+                format!("{:.2}", *max as f64 / *min as f64)
+            },
+            if failed > 0 {
+                format!(", {failed} failed")
+            } else {
+                String::new()
+            }
+        );
+    }
+}
