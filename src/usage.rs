@@ -512,6 +512,26 @@ pub fn admit(
     Ok(())
 }
 
+/// `profile`'s served completions per model today (the budget day and the
+/// counts; None when it served none), for its lease: one short lock.
+pub fn served_today(profile: &str) -> Option<(i64, BTreeMap<String, u64>)> {
+    global()
+        .lock()
+        .today
+        .served(profile, crate::budget::now_ms())
+}
+
+/// Served completions of `profile` on budget day `day` that another
+/// replica counted (its lease said so): each model's count is raised to
+/// at least that, so they are saved and written to the lease from here on.
+pub fn learn_served(profile: &str, day: i64, counts: &BTreeMap<String, u64>) {
+    let u = global();
+    u.lock()
+        .today
+        .learn(day, profile, counts, crate::budget::now_ms());
+    u.touch();
+}
+
 /// `GET /v1/budget` for the key labelled `label`: its own day and limits.
 pub fn key_budget(label: &str, limits: &crate::budget::limits::Limits) -> serde_json::Value {
     let u = global();
