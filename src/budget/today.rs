@@ -199,17 +199,25 @@ impl Today {
     /// Served completions of `profile` in budget day `day` that another
     /// replica counted (its lease said so): each model's `ok` is raised to
     /// at least that (never lowered, never added: both may have seen the
-    /// same answers). Counts of another day than today's are ignored.
-    pub fn learn(&mut self, day: i64, profile: &str, counts: &BTreeMap<String, u64>, now_ms: i64) {
+    /// same answers). Counts of another day than today's are ignored;
+    /// true when they were today's.
+    pub fn learn(
+        &mut self,
+        day: i64,
+        profile: &str,
+        counts: &BTreeMap<String, u64>,
+        now_ms: i64,
+    ) -> bool {
         self.roll(now_ms);
         if day != self.day {
-            return;
+            return false;
         }
         for (m, n) in counts {
             let d = self.model(profile, m);
             d.ok = d.ok.max(*n);
             d.answers = d.answers.max(d.ok);
         }
+        true
     }
 
     /// `profile`'s served completions per model today (its budget day and

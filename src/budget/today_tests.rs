@@ -123,7 +123,7 @@ fn served_counts_learnt_from_a_lease_raise_todays_and_go_out_again() {
     t.answered("p", "pro", false, noon);
     let day = t.day;
     let counts: BTreeMap<String, u64> = [("pro".to_string(), 3), ("flash".to_string(), 2)].into();
-    t.learn(day, "p", &counts, noon);
+    assert!(t.learn(day, "p", &counts, noon));
     assert_eq!(
         (t.profiles["p"]["pro"].ok, t.profiles["p"]["pro"].answers),
         (3, 3)
@@ -132,7 +132,7 @@ fn served_counts_learnt_from_a_lease_raise_todays_and_go_out_again() {
     t.learn(day, "p", &[("pro".to_string(), 1)].into(), noon);
     assert_eq!(t.profiles["p"]["pro"].ok, 3);
     // Another day's counts are ignored.
-    t.learn(day - 1, "q", &counts, noon);
+    assert!(!t.learn(day - 1, "q", &counts, noon));
     assert!(!t.profiles.contains_key("q"));
     assert_eq!(t.served("p", noon), Some((day, counts)));
     assert_eq!(t.served("q", noon), None);

@@ -62,10 +62,6 @@ pub struct Served {
     pub counts: BTreeMap<String, u64>,
 }
 
-/// The most models a document's counts may bring in (the usage ledger
-/// keeps no more either).
-const MAX_SERVED_MODELS: usize = crate::usage::MAX_MODELS;
-
 /// The counts to write: the later day of the two, the larger count of
 /// each model when both are of one day (both may have seen the same
 /// answers, so they are never added).
@@ -82,22 +78,6 @@ pub fn merged(a: Option<&Served>, b: Option<&Served>) -> Option<Served> {
             Some(out)
         }
     }
-}
-
-/// What a taker learns from the document it replaced: the counts of
-/// budget day `today` (none of another day), models with clean names only,
-/// at most [`MAX_SERVED_MODELS`] of them. The lease store is shared, so
-/// its contents are checked like any other input.
-pub fn learnable(doc: Option<&Doc>, today: i64) -> Option<BTreeMap<String, u64>> {
-    let s = doc?.served.as_ref().filter(|s| s.day == today)?;
-    let counts: BTreeMap<String, u64> = s
-        .counts
-        .iter()
-        .filter(|(m, n)| **n > 0 && crate::usage::clean(m).as_deref() == Some(m.as_str()))
-        .take(MAX_SERVED_MODELS)
-        .map(|(m, n)| (m.clone(), *n))
-        .collect();
-    (!counts.is_empty()).then_some(counts)
 }
 
 pub use crate::config::LeaseTiming as Timing;
@@ -407,27 +387,6 @@ mod tests {
         let rel = released(&r2, at(1_190_000), Some((9, "x".into())), Some(&ours));
         assert_eq!(rel.served, Some(ours.clone()));
         assert_eq!(released(&r2, at(1_190_000), None, None).served, r2.served);
-    }
-
-    #[test]
-    fn a_taker_learns_only_todays_clean_counts() {
-        let mut doc = taken("a", at(1_000_000), &t(), None);
-        assert_eq!(learnable(Some(&doc), 7), None);
-        assert_eq!(learnable(None, 7), None);
-        doc.served = Some(served(6, &[("pro", 2)]));
-        assert_eq!(learnable(Some(&doc), 7), None, "yesterday's counts");
-        doc.served = Some(served(
-            7,
-            &[("pro", 2), ("flash", 0), ("bad\"name", 9), ("<x>", 1)],
-        ));
-        let got = learnable(Some(&doc), 7).unwrap();
-        assert_eq!(got, served(7, &[("pro", 2)]).counts);
-        let many: Vec<(String, u64)> = (0..100).map(|i| (format!("m{i:03}"), 1)).collect();
-        doc.served = Some(Served {
-            day: 7,
-            counts: many.into_iter().collect(),
-        });
-        assert_eq!(learnable(Some(&doc), 7).unwrap().len(), MAX_SERVED_MODELS);
     }
 
     #[test]

@@ -459,16 +459,17 @@ impl Leaser {
     /// and to the supervisor's book (what the dispatcher routes by), before
     /// the grant starts a child. Counts of another budget day are ignored.
     fn learn(&self, name: &str, before: Option<&Doc>) {
-        let today = crate::budget::Day::at(crate::budget::budget_secs(SystemTime::now())).number;
-        let Some(counts) = lease::learnable(before, today) else {
+        let Some(s) = before.and_then(|d| d.served.as_ref()) else {
+            return;
+        };
+        let Some(counts) = crate::usage::learn_served(name, s.day, &s.counts) else {
             return;
         };
         let total: u64 = counts.values().sum();
         info!("profile {name}: its lease brings {total} completions served today elsewhere");
-        crate::usage::learn_served(name, today, &counts);
         self.pool.tell(Msg::Spent {
             profile: name.to_string(),
-            day: today,
+            day: s.day,
             counts,
         });
     }
