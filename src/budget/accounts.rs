@@ -228,7 +228,7 @@ impl Budget {
     }
 
     /// `profile`'s counts today. Leases carry the usage ledger's counts
-    /// instead (see `fleet::leaser`); kept for the tests and the views.
+    /// instead (see `fleet::leaser`); the tests read it.
     #[allow(dead_code)]
     pub fn counts(&self, profile: &str, now: SystemTime) -> Option<(i64, BTreeMap<String, u64>)> {
         let d = self.day.filter(|d| d.number == Day::at(secs(now)).number)?;
