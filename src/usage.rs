@@ -512,6 +512,50 @@ pub fn admit(
     Ok(())
 }
 
+/// `profile`'s served completions per model today (the budget day and the
+/// counts; None when it served none), for its lease: one short lock.
+pub fn served_today(profile: &str) -> Option<(i64, BTreeMap<String, u64>)> {
+    global()
+        .lock()
+        .today
+        .served(profile, crate::budget::now_ms())
+}
+
+/// Served completions of `profile` on budget day `day` that another
+/// replica counted (its lease said so): each model's count is raised to
+/// at least that, so they are saved and written to the lease from here on.
+/// The counts taken in (see [`usable`]), None when there were none of
+/// today's budget day.
+pub fn learn_served(
+    profile: &str,
+    day: i64,
+    counts: &BTreeMap<String, u64>,
+) -> Option<BTreeMap<String, u64>> {
+    let counts = usable(counts);
+    if counts.is_empty() {
+        return None;
+    }
+    let u = global();
+    let today = u
+        .lock()
+        .today
+        .learn(day, profile, &counts, crate::budget::now_ms());
+    u.touch();
+    today.then_some(counts)
+}
+
+/// The counts another replica sent worth taking in: the lease store is
+/// shared, so they are checked like any input; models with clean names
+/// only, at most [`MAX_MODELS`] of them, none of 0.
+fn usable(counts: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    counts
+        .iter()
+        .filter(|(m, n)| **n > 0 && clean(m).as_deref() == Some(m.as_str()))
+        .take(MAX_MODELS)
+        .map(|(m, n)| (m.clone(), *n))
+        .collect()
+}
+
 /// `GET /v1/budget` for the key labelled `label`: its own day and limits.
 pub fn key_budget(label: &str, limits: &crate::budget::limits::Limits) -> serde_json::Value {
     let u = global();
@@ -622,6 +666,23 @@ mod tests {
         let models = &l.profiles["p"];
         assert_eq!(models.len(), MAX_MODELS + 1, "capped, plus other");
         assert_eq!(models["other"].total.answers, 6);
+    }
+
+    #[test]
+    fn counts_from_another_replica_are_checked() {
+        let counts: BTreeMap<String, u64> = [
+            ("pro", 2),
+            ("flash", 0),
+            ("bad\"name", 9),
+            ("<x>", 1),
+            (" padded", 1),
+        ]
+        .iter()
+        .map(|(m, n)| (m.to_string(), *n))
+        .collect();
+        assert_eq!(usable(&counts), [("pro".to_string(), 2)].into());
+        let many: BTreeMap<String, u64> = (0..100).map(|i| (format!("m{i:03}"), 1)).collect();
+        assert_eq!(usable(&many).len(), MAX_MODELS);
     }
 
     #[test]

@@ -610,3 +610,130 @@ fn a_replica_cut_off_from_s3_stops_its_children_before_their_leases_expire() {
     }
     eprintln!("LEASE SPLIT: healed -> every slot ready again {back:.1?}");
 }
+
+/// A completion of `model` on the coordinator at `port`.
+fn chat(port: u16, model: &str) -> common::Reply {
+    common::post_json(
+        port,
+        "/v1/chat/completions",
+        &serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .expect("the coordinator answers a completion")
+}
+
+/// `/ready`'s `used` of profile `p`'s budget line `line` (None: no such line).
+fn used(c: &Coordinator, p: &str, line: &str) -> Option<u64> {
+    let (_, r) = c.ready();
+    common::profile_of(&r, p)?["budgets"]
+        .as_array()?
+        .iter()
+        .find(|b| b["model"] == line)?["used"]
+        .as_u64()
+}
+
+/// The served counts profile `p`'s lease object carries.
+fn lease_served(moto: &Moto, p: &str) -> serde_json::Value {
+    let key = format!("{PREFIX}/leases/{p}.json");
+    moto.leases()
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, doc)| doc["served"].clone())
+        .unwrap_or_default()
+}
+
+/// Issue 24's budgets across replicas: a profile's served completions go
+/// with its lease, so the replica that takes it over goes on from the
+/// count of the one that had it, not from zero. Each replica has its own
+/// cache dir (its own usage ledger); they share only the bucket.
+#[test]
+fn a_profile_moved_to_another_replica_keeps_its_budget_count() {
+    const MODEL: &str = "gemini-test";
+    let moto = Moto::start(false);
+    moto.put_profiles(&["p"]);
+    let budgets = "default = free\n[free]\ngemini-test = 3\n";
+    let dirs: Vec<TestDir> = ["lease_budget_a", "lease_budget_b", "lease_budget_c"]
+        .iter()
+        .map(|n| {
+            let d = TestDir::with_deadline(n, Duration::from_secs(120));
+            std::fs::write(d.path.join("budgets.txt"), budgets).unwrap();
+            d
+        })
+        .collect();
+    let replica = |i: usize, id: &str| {
+        builder(&moto, id).pool_size(1).env(
+            "MODEL_BUDGETS_FILE",
+            dirs[i].path.join("budgets.txt").display(),
+        )
+    };
+
+    // A serves two of the three.
+    let mut a = Coordinator::start(&dirs[0], replica(0, "ra"));
+    a.wait_all_ready(secs(30.0));
+    for _ in 0..2 {
+        let r = chat(a.ports.coordinator, MODEL);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // The book hears of an answer just after the client has it.
+    wait_until("A's /ready to count two", secs(5.0), || {
+        used(&a, "p", "gemini-test*") == Some(2)
+    });
+    // B waits for a profile: A holds the only one.
+    let mut b = Coordinator::start(&dirs[1], replica(1, "rb"));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(running(b.ports.coordinator).is_empty());
+
+    // A stops and releases; its count is in the lease.
+    a.send_signal(libc::SIGTERM);
+    a.wait_exit(secs(20.0));
+    let served = lease_served(&moto, "p");
+    assert_eq!(served["counts"][MODEL], 2, "{served}");
+    let day = served["day"].as_i64().expect("a budget day");
+
+    // B takes p over and starts from A's two.
+    b.wait_all_ready(secs(30.0));
+    assert_eq!(
+        running(b.ports.coordinator),
+        BTreeSet::from(["p".to_string()])
+    );
+    assert_eq!(used(&b, "p", "gemini-test*"), Some(2), "B's /ready");
+    assert!(
+        b.stderr()
+            .contains("profile p: its lease brings 2 completions served today elsewhere"),
+        "{}",
+        b.stderr()
+    );
+    // One more is within the budget, the next is not.
+    let r = chat(b.ports.coordinator, MODEL);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = chat(b.ports.coordinator, MODEL);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(
+        r.json()["error"]["code"],
+        "model_quota_exhausted",
+        "{}",
+        r.body
+    );
+    assert!(r.header("retry-after").is_some(), "{r:?}");
+    wait_until("B's /ready to count three", secs(5.0), || {
+        used(&b, "p", "gemini-test*") == Some(3)
+    });
+    // B's renewals write its count: the next holder would see all three.
+    wait_until("B's count in the lease", secs(TTL_S as f64), || {
+        lease_served(&moto, "p")["counts"][MODEL] == 3
+    });
+    assert_eq!(lease_served(&moto, "p")["day"], day);
+
+    // B dies after that renewal; C takes p once the lease has expired and
+    // goes on from the renewal's count (what B served after it is lost).
+    b.send_signal(libc::SIGKILL);
+    b.wait_exit(secs(5.0));
+    let c = Coordinator::start(&dirs[2], replica(2, "rc"));
+    c.wait_all_ready(secs(TTL_S as f64 + 30.0));
+    assert_eq!(used(&c, "p", "gemini-test*"), Some(3), "C's /ready");
+    let r = chat(c.ports.coordinator, MODEL);
+    assert_eq!(r.status, 503, "{}", r.body);
+    eprintln!(
+        "LEASE BUDGET: A served 2 of 3 and released, B took p over at used=2, served 1, \
+         refused the next (503); B SIGKILLed, C took p over at used=3 and refused"
+    );
+}

@@ -161,7 +161,7 @@ impl Plan {
             }
         }
         for t in &mut plan.tiers {
-            t.rules.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+            t.rules.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         }
         if let Some((n, name)) = default {
             let i = plan.tiers.iter().position(|t| t.name == name);

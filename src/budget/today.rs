@@ -196,6 +196,47 @@ impl Today {
         alerts(label, day, percent)
     }
 
+    /// Served completions of `profile` in budget day `day` that another
+    /// replica counted (its lease said so): each model's `ok` is raised to
+    /// at least that (never lowered, never added: both may have seen the
+    /// same answers). Counts of another day than today's are ignored;
+    /// true when they were today's.
+    pub fn learn(
+        &mut self,
+        day: i64,
+        profile: &str,
+        counts: &BTreeMap<String, u64>,
+        now_ms: i64,
+    ) -> bool {
+        self.roll(now_ms);
+        if day != self.day {
+            return false;
+        }
+        for (m, n) in counts {
+            let d = self.model(profile, m);
+            d.ok = d.ok.max(*n);
+            d.answers = d.answers.max(d.ok);
+        }
+        true
+    }
+
+    /// `profile`'s served completions per model today (its budget day and
+    /// the counts), None when it served none; read-only, so a day that
+    /// ended without a roll counts as none.
+    pub fn served(&self, profile: &str, now_ms: i64) -> Option<(i64, BTreeMap<String, u64>)> {
+        if self.ends_unix == 0 || now_ms.div_euclid(1000) >= self.ends_unix {
+            return None;
+        }
+        let counts: BTreeMap<String, u64> = self
+            .profiles
+            .get(profile)?
+            .iter()
+            .filter(|(_, d)| d.ok > 0)
+            .map(|(m, d)| (m.clone(), d.ok))
+            .collect();
+        (!counts.is_empty()).then_some((self.day, counts))
+    }
+
     fn model(&mut self, profile: &str, model: &str) -> &mut ModelDay {
         let by_model = self.profiles.entry(profile.to_string()).or_default();
         by_model.entry(model.to_string()).or_default()

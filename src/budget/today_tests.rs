@@ -114,3 +114,28 @@ fn saved_counts_of_another_day_are_dropped_at_load() {
     assert!(t.keys.is_empty());
     assert_eq!(t.date, "2026-07-03");
 }
+
+#[test]
+fn served_counts_learnt_from_a_lease_raise_todays_and_go_out_again() {
+    let mut t = Today::default();
+    let noon = at(2026, 7, 4, 19); // 12:00 in Los Angeles
+    t.answered("p", "pro", true, noon);
+    t.answered("p", "pro", false, noon);
+    let day = t.day;
+    let counts: BTreeMap<String, u64> = [("pro".to_string(), 3), ("flash".to_string(), 2)].into();
+    assert!(t.learn(day, "p", &counts, noon));
+    assert_eq!(
+        (t.profiles["p"]["pro"].ok, t.profiles["p"]["pro"].answers),
+        (3, 3)
+    );
+    // Never lowered, never added.
+    t.learn(day, "p", &[("pro".to_string(), 1)].into(), noon);
+    assert_eq!(t.profiles["p"]["pro"].ok, 3);
+    // Another day's counts are ignored.
+    assert!(!t.learn(day - 1, "q", &counts, noon));
+    assert!(!t.profiles.contains_key("q"));
+    assert_eq!(t.served("p", noon), Some((day, counts)));
+    assert_eq!(t.served("q", noon), None);
+    // Once the day has ended, none (the roll comes with the next answer).
+    assert_eq!(t.served("p", at(2026, 7, 5, 8)), None);
+}

@@ -16,7 +16,14 @@
 //!
 //! With clocks apart by less than `margin`, a child is stopped before any
 //! other replica can take its profile over.
+//!
+//! Budget counts travel with the lease ([`Served`]): the holder writes the
+//! profile's served completions of the budget day at every renewal and at
+//! release, and whoever takes the lease next goes on from them. A holder
+//! that dies loses what it served since its last write that succeeded: a
+//! renewal period (`ttl / 3`), or up to `keep_for` while S3 does not answer.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +47,37 @@ pub struct Doc {
     /// Why it cools down (the book's reason), for operators reading it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cool_reason: Option<String>,
+    /// The profile's served completions of a budget day, as its holders
+    /// counted them (absent in documents of older replicas, which ignore it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<Served>,
+}
+
+/// Completions a profile served in one budget day, per model.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Served {
+    /// The budget day (days since 1970-01-01 in `BUDGET_TIMEZONE`).
+    pub day: i64,
+    /// Model (as clients name it) -> completions served.
+    pub counts: BTreeMap<String, u64>,
+}
+
+/// The counts to write: the later day of the two, the larger count of
+/// each model when both are of one day (both may have seen the same
+/// answers, so they are never added).
+pub fn merged(a: Option<&Served>, b: Option<&Served>) -> Option<Served> {
+    match (a, b) {
+        (None, x) | (x, None) => x.cloned(),
+        (Some(a), Some(b)) if a.day != b.day => Some(if a.day > b.day { a } else { b }.clone()),
+        (Some(a), Some(b)) => {
+            let mut out = a.clone();
+            for (m, n) in &b.counts {
+                let c = out.counts.entry(m.clone()).or_default();
+                *c = (*c).max(*n);
+            }
+            Some(out)
+        }
+    }
 }
 
 pub use crate::config::LeaseTiming as Timing;
@@ -92,7 +130,8 @@ fn from_ms(ms: u64) -> SystemTime {
 }
 
 /// The document a take writes: ours from `now`, keeping a cooldown that
-/// the object carried (it has ended, or we would not take it).
+/// the object carried (it has ended, or we would not take it) and its
+/// served counts (until our first renewal writes ours over them).
 pub fn taken(me: &str, now: SystemTime, timing: &Timing, before: Option<&Doc>) -> Doc {
     let now_ms = unix_ms(now);
     Doc {
@@ -101,21 +140,29 @@ pub fn taken(me: &str, now: SystemTime, timing: &Timing, before: Option<&Doc>) -
         expires_unix_ms: now_ms + timing.ttl.as_millis() as u64,
         cooling_until_unix_ms: before.and_then(|d| d.cooling_until_unix_ms),
         cool_reason: before.and_then(|d| d.cool_reason.clone()),
+        served: before.and_then(|d| d.served.clone()),
     }
 }
 
-/// The document a renewal writes over `ours`.
-pub fn renewed(ours: &Doc, now: SystemTime, timing: &Timing) -> Doc {
+/// The document a renewal writes over `ours`, with the profile's served
+/// counts as we know them now (`served`, merged into the ones it had).
+pub fn renewed(ours: &Doc, now: SystemTime, timing: &Timing, served: Option<&Served>) -> Doc {
     Doc {
         expires_unix_ms: unix_ms(now) + timing.ttl.as_millis() as u64,
+        served: merged(ours.served.as_ref(), served),
         ..ours.clone()
     }
 }
 
 /// The document a release writes over `ours`: expired now (the taken time
 /// is moved to match, so `look` sees it free at once, margin or not), with
-/// the profile's cooldown for whoever comes next.
-pub fn released(ours: &Doc, now: SystemTime, cooling: Option<(u64, String)>) -> Doc {
+/// the profile's cooldown and served counts for whoever comes next.
+pub fn released(
+    ours: &Doc,
+    now: SystemTime,
+    cooling: Option<(u64, String)>,
+    served: Option<&Served>,
+) -> Doc {
     let now_ms = unix_ms(now);
     let (until, reason) = match cooling {
         Some((u, r)) => (Some(u), Some(r)),
@@ -127,6 +174,7 @@ pub fn released(ours: &Doc, now: SystemTime, cooling: Option<(u64, String)>) -> 
         expires_unix_ms: now_ms,
         cooling_until_unix_ms: until,
         cool_reason: reason,
+        served: merged(ours.served.as_ref(), served),
     }
 }
 
@@ -229,13 +277,23 @@ mod tests {
     fn a_released_lease_is_free_at_once_but_keeps_its_cooldown() {
         let t = t();
         let doc = taken("a", at(1_000_000), &t, None);
-        let r = released(&renewed(&doc, at(1_020_000), &t), at(1_030_000), None);
+        let r = released(
+            &renewed(&doc, at(1_020_000), &t, None),
+            at(1_030_000),
+            None,
+            None,
+        );
         assert_eq!(r.expires_unix_ms, 1_030_000);
         assert!(matches!(
             look(Some(&r), Some("x"), at(1_030_000), &t),
             Seen::Stale { .. }
         ));
-        let cool = released(&doc, at(1_030_000), Some((2_000_000, "exhausted".into())));
+        let cool = released(
+            &doc,
+            at(1_030_000),
+            Some((2_000_000, "exhausted".into())),
+            None,
+        );
         assert_eq!(
             look(Some(&cool), Some("x"), at(1_031_000), &t),
             Seen::Cooling {
@@ -256,7 +314,7 @@ mod tests {
     fn a_renewal_moves_only_the_expiry() {
         let t = t();
         let doc = taken("a", at(1_000_000), &t, None);
-        let r = renewed(&doc, at(1_020_000), &t);
+        let r = renewed(&doc, at(1_020_000), &t, None);
         assert_eq!(r.taken_unix_ms, 1_000_000);
         assert_eq!(r.expires_unix_ms, 1_080_000);
         assert_eq!(r.holder, "a");
@@ -271,6 +329,64 @@ mod tests {
         assert_eq!(doc.cooling_until_unix_ms, None);
         let text = serde_json::to_string(&doc).unwrap();
         assert!(!text.contains("cooling"), "{text}");
+    }
+
+    fn served(day: i64, counts: &[(&str, u64)]) -> Served {
+        Served {
+            day,
+            counts: counts.iter().map(|(m, n)| (m.to_string(), *n)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_document_without_served_counts_parses_and_writes_none() {
+        // What a replica before the counts wrote.
+        let old: Doc = serde_json::from_str(
+            r#"{"holder":"pod-1","taken_unix_ms":1,"expires_unix_ms":2,"cooling_until_unix_ms":5}"#,
+        )
+        .unwrap();
+        assert_eq!(old.served, None);
+        assert_eq!(old.cooling_until_unix_ms, Some(5));
+        let text = serde_json::to_string(&taken("b", at(10), &t(), Some(&old))).unwrap();
+        assert!(!text.contains("served"), "{text}");
+        // Ours parse back whole, counts and all.
+        let mut doc = taken("a", at(1_000_000), &t(), None);
+        doc.served = Some(served(20_000, &[("gemini-2.5-pro", 3)]));
+        let text = serde_json::to_string(&doc).unwrap();
+        assert!(
+            text.contains(r#""served":{"day":20000,"counts":{"gemini-2.5-pro":3}}"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Doc>(&text).unwrap(), doc);
+    }
+
+    #[test]
+    fn served_counts_go_from_holder_to_holder() {
+        let t = t();
+        let mut before = taken("a", at(1_000_000), &t, None);
+        before.served = Some(served(7, &[("pro", 2)]));
+        // A take keeps the counts it found until our first renewal.
+        let doc = taken("b", at(1_100_000), &t, Some(&before));
+        assert_eq!(doc.served, before.served);
+        // A renewal writes ours, the larger count per model of one day.
+        let ours = served(7, &[("pro", 1), ("flash", 4)]);
+        let r = renewed(&doc, at(1_120_000), &t, Some(&ours));
+        assert_eq!(r.served, Some(served(7, &[("pro", 2), ("flash", 4)])));
+        // Nothing new known: the counts stay.
+        assert_eq!(renewed(&r, at(1_140_000), &t, None).served, r.served);
+        // A new day's counts replace an old day's, never the other way.
+        let next = served(8, &[("pro", 1)]);
+        let r2 = renewed(&r, at(1_160_000), &t, Some(&next));
+        assert_eq!(r2.served, Some(next.clone()));
+        assert_eq!(
+            renewed(&r2, at(1_180_000), &t, Some(&ours)).served,
+            Some(next)
+        );
+        // A release carries them, with or without a cooldown.
+        let ours = served(8, &[("pro", 3)]);
+        let rel = released(&r2, at(1_190_000), Some((9, "x".into())), Some(&ours));
+        assert_eq!(rel.served, Some(ours.clone()));
+        assert_eq!(released(&r2, at(1_190_000), None, None).served, r2.served);
     }
 
     #[test]

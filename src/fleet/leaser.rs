@@ -15,6 +15,12 @@
 //!
 //! Never waits on the supervisor across S3 I/O: it asks what is wanted
 //! between requests, tells it of grants and losses, and reads its snapshot.
+//!
+//! Budget counts: every renewal and release writes the profile's served
+//! completions today (from the usage ledger) into the lease; a take that
+//! finds counts of today's budget day merges them into the ledger and
+//! tells the supervisor (`Msg::Spent`) before the grant, so the new holder
+//! goes on from the old one's count instead of from zero.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -211,7 +217,8 @@ impl Leaser {
         let Some(h) = self.held.remove(&r.profile) else {
             return;
         };
-        let doc = lease::released(&h.doc, SystemTime::now(), r.cooling);
+        let ours = served(&r.profile);
+        let doc = lease::released(&h.doc, SystemTime::now(), r.cooling, ours.as_ref());
         self.write_sent();
         match self
             .store
@@ -250,10 +257,11 @@ impl Leaser {
     }
 
     fn renew(&mut self, name: &str) {
+        let ours = served(name);
         let Some(h) = self.held.get_mut(name) else {
             return;
         };
-        let doc = lease::renewed(&h.doc, SystemTime::now(), &self.timing);
+        let doc = lease::renewed(&h.doc, SystemTime::now(), &self.timing, ours.as_ref());
         let sent = Instant::now();
         h.tried = sent;
         Stats::bump(&self.stats.writes);
@@ -422,6 +430,7 @@ impl Leaser {
                     if over { "taken over" } else { "taken" },
                     self.timing.ttl.as_secs()
                 );
+                self.learn(name, c.doc.as_ref());
                 let held = Held {
                     doc,
                     etag: new_etag,
@@ -442,6 +451,39 @@ impl Leaser {
             }
         }
     }
+}
+
+impl Leaser {
+    /// The served counts of today that the lease we just took carried:
+    /// into the usage ledger (saved, and written to the lease from now on)
+    /// and to the supervisor's book (what the dispatcher routes by), before
+    /// the grant starts a child. Counts of another budget day are ignored.
+    fn learn(&self, name: &str, before: Option<&Doc>) {
+        let Some(s) = before.and_then(|d| d.served.as_ref()) else {
+            return;
+        };
+        let Some(counts) = crate::usage::learn_served(name, s.day, &s.counts) else {
+            return;
+        };
+        let total: u64 = counts.values().sum();
+        info!("profile {name}: its lease brings {total} completions served today elsewhere");
+        self.pool.tell(Msg::Spent {
+            profile: name.to_string(),
+            day: s.day,
+            counts,
+        });
+    }
+}
+
+/// `profile`'s served completions today, for its lease. Read from the
+/// usage ledger, not from the supervisor's snapshot of the book: the HTTP
+/// workers count each answer there themselves, with no hop through the
+/// supervisor's queue and its next snapshot, so a release (sent once the
+/// child has stopped) carries every answer; and the ledger is the record
+/// that is saved and read back at start, so restarts and moves between
+/// replicas go on from one count.
+fn served(profile: &str) -> Option<lease::Served> {
+    crate::usage::served_today(profile).map(|(day, counts)| lease::Served { day, counts })
 }
 
 /// A profile whose lease nobody holds: the document and version read.
