@@ -60,10 +60,7 @@ impl Control for Fleet {
                 Err(e) => proto::error(format!("reload failed, nothing changed: {e}")),
             },
             Request::Logs { profile, lines } => self.logs(&profile, lines),
-            Request::Usage => proto::ok(crate::usage::view(
-                &crate::usage::global().ledger(),
-                crate::usage::now_ms(),
-            )),
+            Request::Usage => proto::ok(self.usage()),
             Request::Events { after, limit } => {
                 let (events, last_seq) = crate::events::since(after, limit);
                 proto::ok(json!({ "events": events, "last_seq": last_seq }))
@@ -124,6 +121,7 @@ impl Fleet {
         let snap = self.pool.view();
         let route = self.pool.dispatch().view();
         let profiles = snap.profiles.clone();
+        let mut budgets = self.pool.snapshot().budgets(true);
         metrics::View {
             slots: snap
                 .slots
@@ -159,6 +157,11 @@ impl Fleet {
                 .iter()
                 .filter_map(|s| Some((s.slot, s.rss_bytes?)))
                 .collect(),
+            budgets: budgets
+                .as_mut()
+                .and_then(|b| b.accounts.take())
+                .unwrap_or_default(),
+            fleet_budgets: budgets.map(|b| b.lines).unwrap_or_default(),
         }
     }
 
@@ -185,7 +188,17 @@ impl Fleet {
             "last_reload": self.reloader.last(),
             "shutting_down": snap.shutting_down,
             "leases": snap.leases,
+            // The fleet's lines; each account's are in its profile.
+            "budgets": self.pool.snapshot().budgets(false),
         })
+    }
+
+    /// Everything `ctl usage` shows: the usage ledger, and the account
+    /// budgets of today (each account's lines and the fleet's).
+    fn usage(&self) -> Value {
+        let mut v = crate::usage::view(&crate::usage::global().ledger(), crate::usage::now_ms());
+        v["budgets"] = json!(self.pool.snapshot().budgets(true));
+        v
     }
 
     /// Every profile's state and health, with its last write-back.

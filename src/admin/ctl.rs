@@ -308,7 +308,7 @@ pub fn event_line(e: &Value) -> String {
 }
 
 /// Columns padded to their widest cell; the last one as it is.
-fn columns(rows: &[Vec<String>]) -> String {
+pub(super) fn columns(rows: &[Vec<String>]) -> String {
     let n = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..n)
         .map(|c| {
@@ -387,6 +387,15 @@ pub fn usage_table(usage: &Value) -> String {
         out.push_str(&columns(&keys));
     }
     out.push_str(&today_table(&usage["today"]));
+    let accounts = usage["budgets"]["accounts"]
+        .as_array()
+        .into_iter()
+        .flatten();
+    out.push_str(&super::budgets::table(
+        &usage["budgets"],
+        accounts,
+        crate::civil::now_ms(),
+    ));
     out
 }
 
@@ -442,7 +451,7 @@ fn today_table(today: &Value) -> String {
 }
 
 /// "3m12s" for a duration in ms.
-fn human(ms: u64) -> String {
+pub(super) fn human(ms: u64) -> String {
     let s = ms / 1000;
     match s {
         0..=59 => format!("{}.{}s", s, (ms % 1000) / 100),
@@ -452,7 +461,7 @@ fn human(ms: u64) -> String {
     }
 }
 
-fn text(v: &Value) -> String {
+pub(super) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
@@ -492,6 +501,9 @@ pub fn status_table(status: &Value, now: SystemTime) -> String {
             .unwrap_or_else(|| "-".into())
     ));
     profiles_lines(status, &mut out);
+    let profiles = status["profiles"].as_array().into_iter().flatten();
+    let lines = profiles.flat_map(|p| p["budgets"].as_array().into_iter().flatten());
+    out.push_str(&super::budgets::table(&status["budgets"], lines, now_ms));
     let r = &status["last_reload"];
     if r.is_object() {
         let ago = r["at_unix_ms"]

@@ -7,6 +7,7 @@
 //! is the `Control`'s business (see `control.rs`), which only decides and
 //! sends commands to the slots, so no admin call waits on a child.
 
+mod budgets;
 pub mod ctl;
 pub mod http;
 pub mod proto;
