@@ -3,6 +3,7 @@
 
 mod accounts;
 mod budget;
+mod budget_views;
 mod common;
 mod conn;
 mod console;

@@ -154,7 +154,7 @@
   function resetCell(label, unix) {
     if (typeof unix !== "number") return td(label, "-");
     const at = unix * 1000;
-    return el("td", { "data-label": label }, el("span", { class: "left", "data-until": at }, human(at - now()) + " left"));
+    return el("td", { "data-label": label }, el("span", { class: "in", "data-until": at }, "in " + human(at - now())));
   }
   function drawBudgets(st) {
     const b = st.budgets;
@@ -280,6 +280,9 @@
     // Countdowns move between refreshes.
     for (const s of document.querySelectorAll("span.left[data-until]")) {
       s.textContent = human(Number(s.getAttribute("data-until")) - now()) + " left";
+    }
+    for (const s of document.querySelectorAll("span.in[data-until]")) {
+      s.textContent = "in " + human(Number(s.getAttribute("data-until")) - now());
     }
   }
 
