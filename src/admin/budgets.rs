@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::ctl::{columns, human, text};
+use super::text::{columns, human, text};
 
 /// `budgets` (the `budgets` object of a status or usage answer) and each
 /// account's `lines`, as tables; empty when no budgets file is in force.

@@ -13,6 +13,7 @@ pub mod http;
 pub mod proto;
 pub mod refusals;
 pub mod socket;
+mod text;
 
 use std::fmt;
 
