@@ -118,10 +118,11 @@ impl Fleet {
 
     /// What a metrics scrape reports as current state.
     pub fn metrics_view(&self) -> metrics::View {
-        let snap = self.pool.view();
+        let published = self.pool.snapshot();
+        let snap = published.view(self.pool.dispatch());
         let route = self.pool.dispatch().view();
         let profiles = snap.profiles.clone();
-        let mut budgets = self.pool.snapshot().budgets(true);
+        let mut budgets = published.budgets(true);
         metrics::View {
             slots: snap
                 .slots
@@ -167,7 +168,9 @@ impl Fleet {
 
     /// Everything `ctl status` shows.
     pub fn status(&self) -> Value {
-        let snap = self.pool.view();
+        // One snapshot for the profiles' budgets and the fleet's.
+        let published = self.pool.snapshot();
+        let snap = published.view(self.pool.dispatch());
         json!({
             "slots": snap.slots.iter().map(|s| json!({
                 "slot": s.slot,
@@ -189,7 +192,7 @@ impl Fleet {
             "shutting_down": snap.shutting_down,
             "leases": snap.leases,
             // The fleet's lines; each account's are in its profile.
-            "budgets": self.pool.snapshot().budgets(false),
+            "budgets": published.budgets(false),
         })
     }
 
