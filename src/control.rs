@@ -60,10 +60,7 @@ impl Control for Fleet {
                 Err(e) => proto::error(format!("reload failed, nothing changed: {e}")),
             },
             Request::Logs { profile, lines } => self.logs(&profile, lines),
-            Request::Usage => proto::ok(crate::usage::view(
-                &crate::usage::global().ledger(),
-                crate::usage::now_ms(),
-            )),
+            Request::Usage => proto::ok(self.usage()),
             Request::Events { after, limit } => {
                 let (events, last_seq) = crate::events::since(after, limit);
                 proto::ok(json!({ "events": events, "last_seq": last_seq }))
@@ -121,9 +118,11 @@ impl Fleet {
 
     /// What a metrics scrape reports as current state.
     pub fn metrics_view(&self) -> metrics::View {
-        let snap = self.pool.view();
+        let published = self.pool.snapshot();
+        let snap = published.view(self.pool.dispatch());
         let route = self.pool.dispatch().view();
         let profiles = snap.profiles.clone();
+        let mut budgets = published.budgets(true);
         metrics::View {
             slots: snap
                 .slots
@@ -159,12 +158,19 @@ impl Fleet {
                 .iter()
                 .filter_map(|s| Some((s.slot, s.rss_bytes?)))
                 .collect(),
+            budgets: budgets
+                .as_mut()
+                .and_then(|b| b.accounts.take())
+                .unwrap_or_default(),
+            fleet_budgets: budgets.map(|b| b.lines).unwrap_or_default(),
         }
     }
 
     /// Everything `ctl status` shows.
     pub fn status(&self) -> Value {
-        let snap = self.pool.view();
+        // One snapshot for the profiles' budgets and the fleet's.
+        let published = self.pool.snapshot();
+        let snap = published.view(self.pool.dispatch());
         json!({
             "slots": snap.slots.iter().map(|s| json!({
                 "slot": s.slot,
@@ -185,7 +191,17 @@ impl Fleet {
             "last_reload": self.reloader.last(),
             "shutting_down": snap.shutting_down,
             "leases": snap.leases,
+            // The fleet's lines; each account's are in its profile.
+            "budgets": published.budgets(false),
         })
+    }
+
+    /// Everything `ctl usage` shows: the usage ledger, and the account
+    /// budgets of today (each account's lines and the fleet's).
+    fn usage(&self) -> Value {
+        let mut v = crate::usage::view(&crate::usage::global().ledger(), crate::usage::now_ms());
+        v["budgets"] = json!(self.pool.snapshot().budgets(true));
+        v
     }
 
     /// Every profile's state and health, with its last write-back.

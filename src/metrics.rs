@@ -62,6 +62,18 @@ pub struct Metrics {
     cooldown_left: Family<Labels, Gauge>,
     model_cooldown_left: Family<Labels, Gauge>,
     child_rss: Family<Labels, Gauge>,
+    budget: BudgetGauges,
+}
+
+/// The account budgets' gauges (`MODEL_BUDGETS_FILE`), set from the
+/// snapshot at every scrape; `model` is the file's line (`gemini-2.5-pro*`).
+#[derive(Default)]
+struct BudgetGauges {
+    used: Family<Labels, Gauge>,
+    limit: Family<Labels, Gauge>,
+    resets_at: Family<Labels, Gauge>,
+    fleet: Family<Labels, Gauge>,
+    fleet_left: Family<Labels, Gauge>,
 }
 
 /// What a scrape reports as current state, taken from the live snapshot.
@@ -82,6 +94,10 @@ pub struct View {
     pub leases_held: usize,
     /// `(slot, bytes)`: the resident memory of each running child's tree.
     pub child_rss: Vec<(usize, u64)>,
+    /// Each account's budget lines (none without `MODEL_BUDGETS_FILE`).
+    pub budgets: Vec<crate::budget::accounts::Line>,
+    /// The fleet's budget lines.
+    pub fleet_budgets: Vec<crate::budget::accounts::FleetLine>,
 }
 
 fn seconds_buckets() -> Histogram {
@@ -123,6 +139,7 @@ impl Metrics {
             cooldown_left: Family::default(),
             model_cooldown_left: Family::default(),
             child_rss: Family::default(),
+            budget: BudgetGauges::default(),
         };
         let build: Family<Labels, Gauge> = Family::default();
         build
@@ -133,6 +150,7 @@ impl Metrics {
             r.register("build_info", "Build of the running coordinator", build);
             m.register_events(&mut r);
             register_key_budget(&mut r, &m);
+            m.budget.register(&mut r);
             m.register_state(&mut r);
         }
         m
@@ -334,6 +352,7 @@ impl Metrics {
                 .set(*left as i64);
         }
         self.set_usage(&crate::usage::global().ledger());
+        self.budget.set(&view.budgets, &view.fleet_budgets);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &registry);
@@ -425,6 +444,66 @@ pub fn only_key_rows(text: &str, label: &str) -> String {
         }
     }
     out
+}
+
+impl BudgetGauges {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "budget_used",
+            "Completions each account served today of a MODEL_BUDGETS_FILE line, by profile and model line",
+            self.used.clone(),
+        );
+        r.register(
+            "budget_limit",
+            "Each account's daily budget of a model line (0: off for its tier), by profile and model line",
+            self.limit.clone(),
+        );
+        r.register(
+            "budget_resets_at_seconds",
+            "Unix time each account's budget of a model line is whole again (midnight in BUDGET_TIMEZONE)",
+            self.resets_at.clone(),
+        );
+        r.register(
+            "fleet_budget",
+            "The fleet's daily budget of a model line: summed over the placed accounts whose tier gives it one",
+            self.fleet.clone(),
+        );
+        r.register(
+            "fleet_budget_left",
+            "What the fleet has left today of a model line's budget, summed over its accounts",
+            self.fleet_left.clone(),
+        );
+    }
+
+    /// Every series from the snapshot's lines (gone lines disappear).
+    fn set(
+        &self,
+        lines: &[crate::budget::accounts::Line],
+        fleet: &[crate::budget::accounts::FleetLine],
+    ) {
+        for f in [
+            &self.used,
+            &self.limit,
+            &self.resets_at,
+            &self.fleet,
+            &self.fleet_left,
+        ] {
+            f.clear();
+        }
+        for l in lines {
+            let labels = vec![("profile", l.profile.clone()), ("model", l.model.clone())];
+            self.used.get_or_create(&labels).set(l.used as i64);
+            self.limit
+                .get_or_create(&labels)
+                .set(l.budget.unwrap_or(0) as i64);
+            self.resets_at.get_or_create(&labels).set(l.resets_at_unix);
+        }
+        for f in fleet {
+            let labels = vec![("model", f.model.clone())];
+            self.fleet.get_or_create(&labels).set(f.budget as i64);
+            self.fleet_left.get_or_create(&labels).set(f.left as i64);
+        }
+    }
 }
 
 /// The per-key budget families (see `budget`, `proxy::limits`).
@@ -597,6 +676,22 @@ mod tests {
             model_cooldown_left: vec![("a".into(), "gemini-2.5-pro".into(), 7)],
             leases_held: 2,
             child_rss: vec![(0, 812 << 20)],
+            budgets: vec![crate::budget::accounts::Line {
+                profile: "a".into(),
+                tier: "free".into(),
+                model: "gemini-2.5-pro*".into(),
+                used: 4,
+                budget: Some(20),
+                resets_at_unix: 1_796_716_800,
+            }],
+            fleet_budgets: vec![crate::budget::accounts::FleetLine {
+                model: "gemini-2.5-pro*".into(),
+                accounts: 1,
+                budget: 20,
+                used: 4,
+                left: 16,
+                resets_at_unix: 1_796_716_800,
+            }],
         });
         for needle in [
             "aistudioproxy_child_starts_total{slot=\"0\"}",
@@ -610,6 +705,11 @@ mod tests {
             "aistudioproxy_cooldown_seconds_left{profile=\"b\"} 42",
             "aistudioproxy_model_cooldown_seconds_left{profile=\"a\",model=\"gemini-2.5-pro\"} 7",
             "aistudioproxy_child_rss_bytes{slot=\"0\"} 851443712",
+            "aistudioproxy_budget_used{profile=\"a\",model=\"gemini-2.5-pro*\"} 4",
+            "aistudioproxy_budget_limit{profile=\"a\",model=\"gemini-2.5-pro*\"} 20",
+            "aistudioproxy_budget_resets_at_seconds{profile=\"a\",model=\"gemini-2.5-pro*\"} 1796716800",
+            "aistudioproxy_fleet_budget{model=\"gemini-2.5-pro*\"} 20",
+            "aistudioproxy_fleet_budget_left{model=\"gemini-2.5-pro*\"} 16",
             "aistudioproxy_slots{state=\"stagger\"} 0",
             "aistudioproxy_build_info{version=",
             "aistudioproxy_request_duration_seconds_bucket",

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod budget;
+mod budget_views;
 mod budgets;
 mod common;
 mod conn;

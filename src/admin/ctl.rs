@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use super::proto::Request;
+use super::text::{columns, human, text};
 
 pub const USAGE: &str = "usage: aistudioproxy ctl [--socket PATH | --auth-profile-cache-dir DIR] [--json] \
 status | restart SLOT | rotate SLOT | disable PROFILE | enable PROFILE | reset PROFILE [MODEL] | reload | logs PROFILE [-n LINES] | usage | events [-f] [--after SEQ]";
@@ -307,29 +308,6 @@ pub fn event_line(e: &Value) -> String {
     )
 }
 
-/// Columns padded to their widest cell; the last one as it is.
-fn columns(rows: &[Vec<String>]) -> String {
-    let n = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..n)
-        .map(|c| {
-            rows.iter()
-                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let mut line = String::new();
-        for (c, cell) in r.iter().enumerate() {
-            line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 /// The usage answer as two tables: per profile and model, per key.
 pub fn usage_table(usage: &Value) -> String {
     /// The figures of one row: a `total` and a `last_hour` object.
@@ -387,6 +365,15 @@ pub fn usage_table(usage: &Value) -> String {
         out.push_str(&columns(&keys));
     }
     out.push_str(&today_table(&usage["today"]));
+    let accounts = usage["budgets"]["accounts"]
+        .as_array()
+        .into_iter()
+        .flatten();
+    out.push_str(&super::budgets::table(
+        &usage["budgets"],
+        accounts,
+        crate::civil::now_ms(),
+    ));
     out
 }
 
@@ -441,25 +428,6 @@ fn today_table(today: &Value) -> String {
     out
 }
 
-/// "3m12s" for a duration in ms.
-fn human(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0..=59 => format!("{}.{}s", s, (ms % 1000) / 100),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..=86_399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
-    }
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
-
 /// ` (cools for m1, m2)` when profile `p` cools for some models, else empty.
 fn cools_for(p: &Value) -> String {
     let models: Vec<String> = p["cools_for"]
@@ -492,6 +460,9 @@ pub fn status_table(status: &Value, now: SystemTime) -> String {
             .unwrap_or_else(|| "-".into())
     ));
     profiles_lines(status, &mut out);
+    let profiles = status["profiles"].as_array().into_iter().flatten();
+    let lines = profiles.flat_map(|p| p["budgets"].as_array().into_iter().flatten());
+    out.push_str(&super::budgets::table(&status["budgets"], lines, now_ms));
     let r = &status["last_reload"];
     if r.is_object() {
         let ago = r["at_unix_ms"]

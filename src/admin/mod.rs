@@ -7,11 +7,13 @@
 //! is the `Control`'s business (see `control.rs`), which only decides and
 //! sends commands to the slots, so no admin call waits on a child.
 
+mod budgets;
 pub mod ctl;
 pub mod http;
 pub mod proto;
 pub mod refusals;
 pub mod socket;
+mod text;
 
 use std::fmt;
 

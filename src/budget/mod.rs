@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod limits;
 pub mod plan;
 pub mod today;
+pub mod view;
 pub mod zone;
 
 use std::sync::OnceLock;

@@ -325,7 +325,7 @@ impl Proxy {
         }
         match path {
             "/v1/queue" => Some(self.queue(pool)),
-            "/v1/budget" => Some(budget(keys, access)),
+            "/v1/budget" => Some(budget(keys, access, pool)),
             _ => None,
         }
     }
@@ -480,12 +480,14 @@ impl Proxy {
 }
 
 /// `GET /v1/budget`: the presenting key's own day and limits (null
-/// without keys), with room for the fleet's account budgets by model.
-fn budget(keys: &Keys, access: Access<'_>) -> serde_json::Value {
+/// without keys), and the fleet's account budgets per model line (null
+/// without `MODEL_BUDGETS_FILE`): sums over the accounts, no profile name.
+fn budget(keys: &Keys, access: Access<'_>, pool: &Handle) -> serde_json::Value {
     let key = keys
         .holder(access)
         .map(|(label, limits)| crate::usage::key_budget(&label, &limits));
-    serde_json::json!({ "key": key, "models": null })
+    let models = pool.snapshot().budgets(false);
+    serde_json::json!({ "key": key, "models": models })
 }
 
 /// The key's own limits on a completion (see `limits`): Err is the answer.

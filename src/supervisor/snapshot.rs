@@ -174,6 +174,13 @@ impl Snapshot {
             .collect()
     }
 
+    /// The fleet's account budgets now, over every placed profile (None
+    /// without `MODEL_BUDGETS_FILE`); `accounts`: each account's lines too.
+    pub fn budgets(&self, accounts: bool) -> Option<crate::budget::view::Fleet> {
+        let names = self.state.all.iter().map(String::as_str);
+        crate::budget::view::fleet(self.state.book.budget(), names, SystemTime::now(), accounts)
+    }
+
     /// The book's cooldown of `name`, as a lease records it.
     pub fn cooling_of(&self, name: &str) -> Option<(u64, String)> {
         core::cooling_of(&self.state.book, name, SystemTime::now())

@@ -149,6 +149,42 @@
     }));
   }
 
+  // The account budgets (MODEL_BUDGETS_FILE): the fleet's lines, then each
+  // account's; the section says so when no budgets file is in force.
+  function resetCell(label, unix) {
+    if (typeof unix !== "number") return td(label, "-");
+    const at = unix * 1000;
+    return el("td", { "data-label": label }, el("span", { class: "in", "data-until": at }, "in " + human(at - now())));
+  }
+  function drawBudgets(st) {
+    const b = st.budgets;
+    if (!b || typeof b !== "object") {
+      $("budgets-day").textContent = "No account budgets (MODEL_BUDGETS_FILE is not set).";
+      replace($("fleet-budgets").tBodies[0], []);
+      replace($("budgets").tBodies[0], []);
+      return;
+    }
+    $("budgets-day").textContent = "Budget day " + b.day + " in " + b.zone + "; every budget is whole again at its midnight.";
+    const fleet = (b.lines || []).map((f) => el("tr", { class: f.left === 0 ? "spent" : null },
+      td("Model line", f.model), td("Accounts", num(f.accounts), "num"),
+      td("Used / budget", num(f.used) + " / " + num(f.budget), "num"), td("Left", num(f.left), "num"),
+      resetCell("Resets", f.resets_at_unix)));
+    if (!fleet.length) fleet.push(el("tr", {}, el("td", { colspan: 5, class: "muted" }, "no model line with a budget covers a placed account")));
+    replace($("fleet-budgets").tBodies[0], fleet);
+    const rows = [];
+    for (const p of st.profiles || []) {
+      for (const l of p.budgets || []) {
+        const off = l.budget === null || l.budget === undefined;
+        const spent = !off && l.used >= l.budget;
+        rows.push(el("tr", { class: spent ? "spent" : null },
+          td("Profile", p.profile), td("Tier", l.tier), td("Model line", l.model),
+          td("Used / budget", off ? "off" : num(l.used) + " / " + num(l.budget) + (spent ? " (spent)" : ""), "num"),
+          off ? td("Resets", "-") : resetCell("Resets", l.resets_at_unix)));
+      }
+    }
+    replace($("budgets").tBodies[0], rows);
+  }
+
   // A key's budget day: its use against its limits ("3 / 1,000 req").
   function dayText(d) {
     if (!d) return "";
@@ -245,6 +281,9 @@
     for (const s of document.querySelectorAll("span.left[data-until]")) {
       s.textContent = human(Number(s.getAttribute("data-until")) - now()) + " left";
     }
+    for (const s of document.querySelectorAll("span.in[data-until]")) {
+      s.textContent = "in " + human(Number(s.getAttribute("data-until")) - now());
+    }
   }
 
   async function refresh() {
@@ -260,6 +299,7 @@
       $("updated").textContent = "updated " + new Date().toLocaleTimeString("en-GB");
       drawSlots(st);
       drawProfiles(st, a.usage || {});
+      drawBudgets(st);
       drawKeys(a.usage || {});
       drawCharts((a.usage || {}).fleet);
       drawEvents(a.events || []);
