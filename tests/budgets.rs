@@ -295,3 +295,41 @@ fn budgets_a_bad_file_stops_the_start_and_a_bad_reload_keeps_the_budgets() {
     assert_eq!(ask(&c, "gemini-test").0, 200);
     assert_eq!(ask(&c, "gemini-test").0, 503, "the budget of 1 still holds");
 }
+
+#[test]
+fn budgets_rotation_brings_in_a_queued_account_with_budget_left() {
+    let dir = TestDir::new("budgets_rotate");
+    write_serving(&dir, &["first", "second"], "gemini-pro,gemini-flash");
+    let file = budgets_file(&dir, "[all]\nprofiles = *\ngemini-pro = 2\n");
+    let c = Coordinator::start(
+        &dir,
+        Builder::new().pool_size(1).env("MODEL_BUDGETS_FILE", &file),
+    );
+    c.wait_all_ready(secs(15.0));
+    // One slot: the first account serves its two, then (pro is all that is
+    // asked for, the queued one has budget) makes way; the requests wait.
+    let mut by: Vec<String> = Vec::new();
+    for _ in 0..4 {
+        let (status, who, r) = ask(&c, "gemini-pro");
+        assert_eq!(status, 200, "{}", r.body);
+        by.push(who);
+    }
+    let first = by[0].clone();
+    let second = if first == "first" { "second" } else { "first" };
+    assert_eq!(
+        by,
+        vec![first.clone(), first.clone(), second.into(), second.into()]
+    );
+    let (status, code, r) = ask(&c, "gemini-pro");
+    assert_eq!(
+        (status, code.as_str()),
+        (503, "model_quota_exhausted"),
+        "{}",
+        r.body
+    );
+    // Nothing left for pro anywhere: the slot stays with what it has and
+    // serves the other model.
+    assert_eq!(ask(&c, "gemini-flash").1, second);
+    let ready = c.ready().1;
+    assert_eq!(profile_state(&ready, &first).as_deref(), Some("queued"));
+}

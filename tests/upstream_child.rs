@@ -671,6 +671,83 @@ fn current_child_out_of_quota_for_one_model_streams_elsewhere_and_keeps_its_slot
 }
 
 #[test]
+fn current_child_spends_budgets_on_purpose() {
+    let Some(rc) = real_child("current") else {
+        return;
+    };
+    let dir = TestDir::with_deadline("upstream_current_budgets", Duration::from_secs(300));
+    let _reap = Reap(&dir);
+    let later = unix_now() + MONTH;
+    dir.write_profile("a", &google_profile(&[], later));
+    dir.write_profile("b", &google_profile(&[], later));
+    let file = dir.path.join("budgets.conf");
+    std::fs::write(
+        &file,
+        "default = free\n[free]\ngemini-2.5-pro = 1\ngemini-2.5-flash = off\n[paid]\nprofiles = b\ngemini-2.5-pro = 1\n",
+    )
+    .unwrap();
+    let b = builder(&rc, &dir)
+        .pool_size(2)
+        .env("MODEL_BUDGETS_FILE", file.display());
+    let c = Coordinator::start(&dir, b);
+    c.wait_all_ready(secs(150.0));
+    let port = c.ports.coordinator;
+    let ask = |model: &str, text: &str| {
+        let body = json!({"model": model, "messages": [{"role": "user", "content": text}]});
+        complete(port, &body, None)
+    };
+    // Two pro at once: one on each account (each has 1 left).
+    let began = Instant::now();
+    let answers: Vec<(u16, String, f64)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
+            .map(|i| s.spawn(move || ask("gemini-2.5-pro", &format!("pro {i}"))))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (status, body, _) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert!(body.contains("Fake answer to"), "content: {body}");
+    }
+    let two = began.elapsed().as_secs_f64();
+    // Both budgets used: refused at once, the reset as Retry-After.
+    let (status, body, took) = ask("gemini-2.5-pro", "third");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("model_quota_exhausted"), "{body}");
+    assert!(took < 5.0, "at once, no child asked: {took}");
+    // Flash is off for a's tier: both go to b.
+    for i in 0..2 {
+        let (status, body, _) = ask("gemini-2.5-flash", &format!("flash {i}"));
+        assert_eq!(status, 200, "{body}");
+    }
+    let usage = ctl(&dir, &["--json", "usage"]).ok().json();
+    let mut per: Vec<String> = Vec::new();
+    for p in usage["profiles"].as_array().into_iter().flatten() {
+        for m in p["models"].as_array().into_iter().flatten() {
+            per.push(format!(
+                "{}/{}: {}",
+                p["profile"], m["model"], m["total"]["ok"]
+            ));
+        }
+    }
+    per.sort();
+    eprintln!(
+        "MEASURED current budgets: two pro at once on two accounts with 1 each in {two:.1} s, the third refused in {took:.2} s; answers per account and model: {}",
+        per.join(", ")
+    );
+    assert_eq!(
+        per,
+        vec![
+            "\"a\"/\"gemini-2.5-pro\": 1",
+            "\"b\"/\"gemini-2.5-flash\": 2",
+            "\"b\"/\"gemini-2.5-pro\": 1",
+        ],
+        "{usage:#}"
+    );
+    let budgets = profile_json(&c, "a")["budgets"].clone();
+    assert!(budgets.to_string().contains("\"used\":1"), "{budgets}");
+}
+
+#[test]
 fn log_times_parse() {
     let log = "[2026-12-04T17:14:22.163Z INFO  x] slot 1: started profile c\n[2026-12-04T17:14:26.548Z WARN  x] profile c needs a new login\n";
     let d = log_span(log, "started profile c", "needs a new login");
