@@ -128,10 +128,7 @@ pub fn run(
     if let Some(k) = &child_keys {
         info!("AUTH_KEY_FILE_PATH={} is handed to children", k.display());
     }
-    crate::budget::init(&cfg.budget, zone);
-    if let Err(e) = crate::usage::global().load(&cfg.cache_dir) {
-        warn!("{e}; starting the usage counts from zero");
-    }
+    open_budget_day(cfg, zone);
     let notifier = start_notifier(&cfg.notify)?;
     // Before any child of ours runs: what an earlier run left is stopped.
     let identity = process::tree::Identity::new(&cfg.cache_dir);
@@ -168,31 +165,65 @@ pub fn run(
         proxies,
         signs,
     );
-    if !budgets.is_empty() {
-        info!("MODEL_BUDGETS_FILE: {}", budgets.summary());
-    }
-    // Before any child runs: every completion counts against them.
-    started.sup.ask(Msg::Budgets(Arc::new(budgets)));
+    apply_budgets(&started.sup, budgets);
     let done_rx = start_watchers(cfg, &mut started, cmd_rxs, &settings, &flags);
 
     let first = sigs.stop.recv().unwrap_or("signal channel closed");
+    let stopping = Stopping {
+        sigs: &sigs.stop,
+        done: &done_rx,
+        shutdown: shutdown_tx,
+        hurry: hurry_tx,
+    };
+    stop_all(cfg, first, started, stopping);
+    reaper.stop();
+    crate::usage::global().save();
+    info!("shutdown complete");
+    Ok(())
+}
+
+/// The budget days' zone and clock, and the usage counts saved by an
+/// earlier run (today's included).
+fn open_budget_day(cfg: &Config, zone: crate::budget::Zone) {
+    crate::budget::init(&cfg.budget, zone);
+    if let Err(e) = crate::usage::global().load(&cfg.cache_dir) {
+        warn!("{e}; starting the usage counts from zero");
+    }
+}
+
+/// The budgets of `MODEL_BUDGETS_FILE`, in force before any child runs:
+/// every completion counts against them.
+fn apply_budgets(sup: &Handle, budgets: crate::budget::plan::Plan) {
+    if !budgets.is_empty() {
+        info!("MODEL_BUDGETS_FILE: {}", budgets.summary());
+    }
+    sup.ask(Msg::Budgets(Arc::new(budgets)));
+}
+
+/// What the stop after the first signal (`first`) waits on and closes.
+struct Stopping<'a> {
+    sigs: &'a Receiver<&'static str>,
+    done: &'a Receiver<()>,
+    shutdown: crossbeam_channel::Sender<()>,
+    hurry: crossbeam_channel::Sender<()>,
+}
+
+/// Drain the requests in flight (bounded), stop the children (bounded),
+/// then everything `run` started.
+fn stop_all(cfg: &Config, first: &str, started: Started, s: Stopping<'_>) {
     let grace = cfg.stop_grace;
     info!(
         "{first} received: shutting down (requests in flight get up to {:?}, then children {grace:?} to exit; a second signal skips both)",
         cfg.shutdown_drain
     );
     started.sup.ask(Msg::BeginShutdown);
-    let hurried = drain(started.sup.dispatch(), &sigs.stop, cfg.shutdown_drain);
+    let hurried = drain(started.sup.dispatch(), s.sigs, cfg.shutdown_drain);
     started.sup.dispatch().shut();
-    drop(shutdown_tx);
+    drop(s.shutdown);
     // A second signal during the drain skips the children's grace too.
-    let hurry = (!hurried).then_some(hurry_tx);
-    wait_for_watchers(&done_rx, &sigs.stop, grace, hurry);
+    let hurry = (!hurried).then_some(s.hurry);
+    wait_for_watchers(s.done, s.sigs, grace, hurry);
     shut_down(started);
-    reaper.stop();
-    crate::usage::global().save();
-    info!("shutdown complete");
-    Ok(())
 }
 
 fn make_log_dir(cfg: &Config) -> Result<(), Fatal> {
@@ -443,6 +474,32 @@ type SupParts = (
     Vec<Receiver<Cmd>>,
 );
 
+/// The profile book saved by an earlier run (a corrupt or unreadable file
+/// is reported and ignored), with today's served completions from the
+/// usage counts: the accounts' budgets go on from there.
+fn open_book(cfg: &Config, hydrated: &Hydrated, store: &std::path::Path, now: SystemTime) -> Book {
+    let saved = book::store::load(store).unwrap_or_else(|e| {
+        warn!("{e}; starting with no saved profile state");
+        Default::default()
+    });
+    let names: Vec<&str> = hydrated.profiles.iter().map(|p| p.name.as_str()).collect();
+    let mut book = Book::new(names, saved, cfg.book);
+    let today = crate::usage::global().ledger().today;
+    for (profile, models) in &today.profiles {
+        let served = models.iter().map(|(m, d)| (m.clone(), d.ok)).collect();
+        book.budget_mut().learn(today.day, profile, &served, now);
+    }
+    let cooling = book
+        .status(now)
+        .iter()
+        .filter(|s| s.cooling_until_unix_ms.is_some())
+        .count();
+    if cooling > 0 {
+        info!("{cooling} profiles are still cooling down from an earlier run");
+    }
+    book
+}
+
 /// The supervisor over the hydrated profiles, with the profile book saved
 /// by an earlier run (a corrupt or unreadable file is reported and
 /// ignored), wired to the dispatcher, the proxy's verdicts and the slots.
@@ -460,30 +517,8 @@ fn start_supervisor(
     };
     let profile_count = hydrated.profiles.len();
     let store = book::store::path_in(&cfg.cache_dir);
-    let saved = book::store::load(&store).unwrap_or_else(|e| {
-        warn!("{e}; starting with no saved profile state");
-        Default::default()
-    });
-    let names: Vec<&str> = hydrated.profiles.iter().map(|p| p.name.as_str()).collect();
-    let now_early = SystemTime::now();
-    let mut book = Book::new(names, saved, cfg.book);
-    // Today's served completions, saved with the usage counts: the
-    // accounts' budgets go on from there.
-    let today = crate::usage::global().ledger().today;
-    for (profile, models) in &today.profiles {
-        let served = models.iter().map(|(m, d)| (m.clone(), d.ok)).collect();
-        book.budget_mut()
-            .learn(today.day, profile, &served, now_early);
-    }
     let now = SystemTime::now();
-    let cooling = book
-        .status(now)
-        .iter()
-        .filter(|s| s.cooling_until_unix_ms.is_some())
-        .count();
-    if cooling > 0 {
-        info!("{cooling} profiles are still cooling down from an earlier run");
-    }
+    let book = open_book(cfg, hydrated, &store, now);
     let settings = supervisor::Settings {
         keepalive: cfg.keepalive,
         stuck: note_keepalive(cfg),

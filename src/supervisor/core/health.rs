@@ -53,8 +53,7 @@ pub(super) fn outcome(st: &mut State, o: Outcome, at: &At, out: &mut Out) {
     let Some(name) = s.name().map(str::to_string) else {
         return;
     };
-    let now = at.wall;
-    let v = st.book.answer(&name, answer, model.as_deref(), now);
+    let v = st.book.answer(&name, answer, model.as_deref(), at.wall);
     let child = ChildId { slot, generation };
     let line = match (answer, model.as_deref()) {
         (book::Answer::Served, Some(m)) => st.book.budget().line_of(&name, m).map(str::to_string),
@@ -63,44 +62,49 @@ pub(super) fn outcome(st: &mut State, o: Outcome, at: &At, out: &mut Out) {
     if let Some(l) = &line {
         *st.slots[slot].served.entry(l.clone()).or_default() += 1;
     }
-    let leaves = match &v {
-        Verdict::Keep => {
-            // A served completion counted against a budget: the dispatcher
-            // hears what is left, and that this one is counted.
-            if line.is_some() {
-                out.push(st.serves(child, at));
-                fleet_alerts(st, at, out);
-            }
-            return;
+    if v == Verdict::Keep {
+        // A served completion counted against a budget: the dispatcher
+        // hears what is left, and that this one is counted.
+        if line.is_some() {
+            out.push(st.serves(child, at));
+            fleet_alerts(st, at, out);
         }
+        return;
+    }
+    let leaves = announce(st, slot, &name, &v, at, out);
+    out.push(st.serves(child, at));
+    if leaves {
+        rotate_out(slot, generation, StopReason::Exhausted, Then::Rotate, out);
+    }
+    out.push(Action::Save);
+}
+
+/// Say what verdict `v` on `name` (in `slot`) means, in the log and the
+/// events; whether the profile leaves its slot for it.
+fn announce(st: &mut State, slot: usize, name: &str, v: &Verdict, at: &At, out: &mut Out) -> bool {
+    let left =
+        |until: &std::time::SystemTime| until.duration_since(at.wall).unwrap_or_default().as_secs();
+    let then = |leaves: bool, what: &str| {
+        match leaves {
+        true => format!("; it is rotated out (another profile {what} the models in demand, or the waiting requests)"),
+        false => " and keeps serving other models".to_string(),
+    }
+    };
+    match v {
+        Verdict::Keep => false,
         Verdict::Retire { reason, until } => {
-            let left = until.duration_since(now).unwrap_or_default().as_secs();
+            let left = left(until);
             warn(out, format!("slot {slot}: profile {name} is {reason}: draining it, then it cools down for {left}s"));
-            event(
-                out,
-                Kind::CooldownSet,
-                Some(slot),
-                Some(&name),
-                format!("{reason}, {left}s"),
-            );
+            let text = format!("{reason}, {left}s");
+            event(out, Kind::CooldownSet, Some(slot), Some(name), text);
             true
         }
         Verdict::CoolModel { model, until } => {
-            let left = until.duration_since(now).unwrap_or_default().as_secs();
-            let leaves = model_leaves(st, &name, model, at);
-            let then = if leaves {
-                "; it is rotated out (another profile serves the models in demand, or the waiting requests)"
-            } else {
-                " and keeps serving other models"
-            };
+            let (left, leaves) = (left(until), model_leaves(st, name, model, at));
+            let then = then(leaves, "serves");
             warn(out, format!("slot {slot}: profile {name} is out of quota for model {model}: it cools for it for {left}s{then}"));
-            event(
-                out,
-                Kind::CooldownSet,
-                Some(slot),
-                Some(&name),
-                format!("exhausted for model {model}, {left}s"),
-            );
+            let text = format!("exhausted for model {model}, {left}s");
+            event(out, Kind::CooldownSet, Some(slot), Some(name), text);
             leaves
         }
         Verdict::BudgetSpent {
@@ -109,29 +113,42 @@ pub(super) fn outcome(st: &mut State, o: Outcome, at: &At, out: &mut Out) {
             budget,
             until,
         } => {
-            let left = until.duration_since(now).unwrap_or_default().as_secs();
-            let leaves = model_leaves(st, &name, model, at);
-            let then = if leaves {
-                "; it is rotated out (another profile has budget for the models in demand, or the waiting requests)"
-            } else {
-                " and keeps serving other models"
-            };
+            let (left, leaves) = (left(until), model_leaves(st, name, model, at));
+            let then = then(leaves, "has budget for");
             log(out, format!("slot {slot}: profile {name} used its budget of {budget} requests for {line} today: it serves {line} again at the reset in {left}s{then}"));
             fleet_alerts(st, at, out);
-            event(
-                out,
-                Kind::BudgetSpent,
-                Some(slot),
-                Some(&name),
-                format!("used its budget of {budget} for {line}; resets in {left}s"),
-            );
+            let text = format!("used its budget of {budget} for {line}; resets in {left}s");
+            event(out, Kind::BudgetSpent, Some(slot), Some(name), text);
             leaves
         }
-    };
-    out.push(st.serves(child, at));
-    if leaves {
-        rotate_out(slot, generation, StopReason::Exhausted, Then::Rotate, out);
     }
+}
+
+/// New budgets (start, reload): every ready route hears what it may take,
+/// the dispatcher which models nobody serves, every slot looks again.
+pub(super) fn budgets(
+    st: &mut State,
+    plan: std::sync::Arc<crate::budget::plan::Plan>,
+    at: &At,
+    out: &mut Out,
+) {
+    st.book.budget_mut().set_plan(plan);
+    refresh_serves(st, at, out);
+    out.push(Action::Save);
+    st.wake_all(out);
+}
+
+/// Counts another replica saw for `profile` today (its lease said so).
+pub(super) fn spent(
+    st: &mut State,
+    profile: &str,
+    day: i64,
+    counts: &std::collections::BTreeMap<String, u64>,
+    at: &At,
+    out: &mut Out,
+) {
+    st.book.budget_mut().learn(day, profile, counts, at.wall);
+    refresh_serves(st, at, out);
     out.push(Action::Save);
 }
 

@@ -404,21 +404,12 @@ pub fn handle(st: &mut State, msg: Msg, at: &At) -> Vec<Action> {
         Msg::Profiles(fresh) => place::apply_profiles(st, fresh, o),
         Msg::ContentSeen(facts) => health::content_seen(st, &facts, at, o),
         Msg::Admin(op) => health::admin(st, op, at, o),
-        Msg::Budgets(plan) => {
-            st.book.budget_mut().set_plan(plan);
-            health::refresh_serves(st, at, o);
-            o.push(Action::Save);
-            st.wake_all(o);
-        }
+        Msg::Budgets(plan) => health::budgets(st, plan, at, o),
         Msg::Spent {
             profile,
             day,
             counts,
-        } => {
-            st.book.budget_mut().learn(day, &profile, &counts, at.wall);
-            health::refresh_serves(st, at, o);
-            o.push(Action::Save);
-        }
+        } => health::spent(st, &profile, day, &counts, at, o),
         Msg::BeginShutdown => st.shutting_down = true,
         Msg::Save => {
             o.push(Action::Save);
