@@ -485,7 +485,7 @@ def stop_budget(variant):
     )
     source_number(
         "src/app.rs",
-        r"let hurried = drain\(started\.sup\.dispatch\(\), &sigs\.stop, cfg\.shutdown_drain\);",
+        r"let hurried = drain\(started\.sup\.dispatch\(\), s\.sigs, cfg\.shutdown_drain\);",
         "the shutdown drain before the children stop",
     )
     slack_ms = source_number(
