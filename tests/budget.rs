@@ -34,17 +34,7 @@ fn chat(c: &Coordinator, key: &str, model: &str) -> Reply {
 }
 
 fn get_with(port: u16, path: &str, key: &str) -> Reply {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    let mut r = agent
-        .get(format!("http://127.0.0.1:{port}{path}"))
-        .header("Authorization", format!("Bearer {key}"))
-        .call()
-        .expect("an answer");
-    reply_of(&mut r).expect("a body")
+    get_with_header(port, path, ("Authorization", &format!("Bearer {key}")))
 }
 
 fn budget(c: &Coordinator, key: &str) -> Value {

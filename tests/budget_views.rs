@@ -7,7 +7,7 @@
 //! budgets file they say so (null, no table). The page drawing them is
 //! driven in Chromium by tests/python/test_budget_page.py.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
@@ -39,17 +39,7 @@ fn chat(c: &Coordinator, model: &str) -> Reply {
 }
 
 fn get_with(port: u16, path: &str, header: (&str, &str)) -> Reply {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    let mut r = agent
-        .get(format!("http://127.0.0.1:{port}{path}"))
-        .header(header.0, header.1)
-        .call()
-        .expect("an answer");
-    reply_of(&mut r).expect("a body")
+    get_with_header(port, path, header)
 }
 
 fn bearer(key: &str) -> String {

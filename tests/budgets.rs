@@ -22,14 +22,7 @@ fn ask(c: &Coordinator, model: &str) -> (u16, String, Reply) {
     let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
     let r = post_json(c.ports.coordinator, "/v1/chat/completions", &body)
         .expect("the coordinator answers a completion");
-    let v = r.json();
-    let who = v["choices"][0]["message"]["content"]
-        .as_str()
-        .and_then(|c| c.strip_prefix("profile="))
-        .and_then(|c| c.split(' ').next())
-        .map(String::from)
-        .or_else(|| v["error"]["code"].as_str().map(String::from))
-        .unwrap_or_default();
+    let who = served_by(&r);
     (r.status, who, r)
 }
 

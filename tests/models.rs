@@ -44,14 +44,7 @@ fn ask(port: u16, model: &str, text: &str) -> (u16, String, Reply) {
         .send(body.to_string())
         .expect("an answer");
     let r = reply_of(&mut resp).expect("a whole answer");
-    let v = r.json();
-    let who = v["choices"][0]["message"]["content"]
-        .as_str()
-        .and_then(|c| c.strip_prefix("profile="))
-        .and_then(|c| c.split(' ').next())
-        .map(String::from)
-        .or_else(|| v["error"]["code"].as_str().map(String::from))
-        .unwrap_or_default();
+    let who = served_by(&r);
     (r.status, who, r)
 }
 

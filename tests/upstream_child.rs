@@ -195,6 +195,22 @@ fn wait_running(c: &Coordinator, slot: usize, profile: &str, within: f64) -> i32
     pid.expect("checked")
 }
 
+/// Which account served what: the coordinator's own usage counts, as
+/// `"profile"/"model": answers` lines.
+fn answers_per_account(dir: &TestDir) -> Vec<String> {
+    let usage = ctl(dir, &["--json", "usage"]).ok().json();
+    let mut per: Vec<String> = Vec::new();
+    for p in usage["profiles"].as_array().into_iter().flatten() {
+        for m in p["models"].as_array().into_iter().flatten() {
+            per.push(format!(
+                "{}/{}: {}",
+                p["profile"], m["model"], m["total"]["ok"]
+            ));
+        }
+    }
+    per
+}
+
 fn in_flight(c: &Coordinator, slot: usize) -> u64 {
     c.ready().1["slots"][slot]["in_flight"]
         .as_u64()
@@ -632,16 +648,7 @@ fn current_child_out_of_quota_for_one_model_streams_elsewhere_and_keeps_its_slot
     let now: Vec<Option<i32>> = c.slots().iter().map(|s| s.pid).collect();
     assert_eq!(now, pids, "no slot emptied, no child restarted");
     // Which account served what: the coordinator's own usage counts.
-    let usage = ctl(&dir, &["--json", "usage"]).ok().json();
-    let mut per: Vec<String> = Vec::new();
-    for p in usage["profiles"].as_array().into_iter().flatten() {
-        for m in p["models"].as_array().into_iter().flatten() {
-            per.push(format!(
-                "{}/{}: {}",
-                p["profile"], m["model"], m["total"]["ok"]
-            ));
-        }
-    }
+    let per = answers_per_account(&dir);
     eprintln!(
         "MEASURED current per-model: two flash requests at once answered in {took:.1} s; answers per account and model: {}",
         per.join(", ")
@@ -719,16 +726,7 @@ fn current_child_spends_budgets_on_purpose() {
         let (status, body, _) = ask("gemini-2.5-flash", &format!("flash {i}"));
         assert_eq!(status, 200, "{body}");
     }
-    let usage = ctl(&dir, &["--json", "usage"]).ok().json();
-    let mut per: Vec<String> = Vec::new();
-    for p in usage["profiles"].as_array().into_iter().flatten() {
-        for m in p["models"].as_array().into_iter().flatten() {
-            per.push(format!(
-                "{}/{}: {}",
-                p["profile"], m["model"], m["total"]["ok"]
-            ));
-        }
-    }
+    let mut per = answers_per_account(&dir);
     per.sort();
     eprintln!(
         "MEASURED current budgets: two pro at once on two accounts with 1 each in {two:.1} s, the third refused in {took:.2} s; answers per account and model: {}",
@@ -741,7 +739,7 @@ fn current_child_spends_budgets_on_purpose() {
             "\"b\"/\"gemini-2.5-flash\": 2",
             "\"b\"/\"gemini-2.5-pro\": 1",
         ],
-        "{usage:#}"
+        "{per:?}"
     );
     let budgets = profile_json(&c, "a")["budgets"].clone();
     assert!(budgets.to_string().contains("\"used\":1"), "{budgets}");

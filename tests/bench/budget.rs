@@ -70,10 +70,27 @@ fn main() {
         "keys: free (no limits) and limited (rpm, rpd, tpd never reached; models=other-model,gemini-*); {ROUNDS} rounds each, alternating, {:.1} s measured per run",
         measure.as_secs_f64()
     );
-    let run = |key: &str| -> LoadResult {
+    let (port, free, limited) = (coord.port, "sk-bench-free", "sk-bench-limited");
+    compare(
+        ("free", request(port, free), port),
+        ("limited", request(port, limited), port),
+        measure,
+    );
+    drop(coord);
+    accounts::cost(measure);
+    accounts::spread();
+}
+
+/// One arm of a comparison: its name, the request, the port it goes to.
+type Arm<'a> = (&'a str, Vec<u8>, u16);
+
+/// `ROUNDS` runs of each arm, alternating, pooled: their table and the
+/// ratios of `b` to `a`.
+pub(crate) fn compare(a: Arm<'_>, b: Arm<'_>, measure: Duration) {
+    let run = |(_, request, port): &Arm<'_>| -> LoadResult {
         Load {
-            request: request(coord.port, key),
-            ports: vec![coord.port],
+            request: request.clone(),
+            ports: vec![*port],
             clients: CLIENTS,
             warmup: Duration::from_millis(300),
             measure,
@@ -82,45 +99,38 @@ fn main() {
         }
         .run()
     };
-    let (mut free, mut limited) = (Vec::new(), Vec::new());
-    let (mut free_rate, mut limited_rate) = (0.0, 0.0);
+    let (mut lat, mut rate) = ([Vec::new(), Vec::new()], [0.0, 0.0]);
     for _ in 0..ROUNDS {
-        for (key, lat, rate) in [
-            ("sk-bench-free", &mut free, &mut free_rate),
-            ("sk-bench-limited", &mut limited, &mut limited_rate),
-        ] {
-            let r = run(key);
+        for (i, arm) in [&a, &b].into_iter().enumerate() {
+            let r = run(arm);
             if r.errors > 0 || r.non_200 > 0 {
-                println!(
-                    "{key}: {} errors, {} non-200 (first: {:?})",
-                    r.errors, r.non_200, r.first_error
-                );
+                let (e, n, first) = (r.errors, r.non_200, &r.first_error);
+                println!("{}: {e} errors, {n} non-200 (first: {first:?})", arm.0);
             }
-            *rate += r.throughput() / ROUNDS as f64;
-            lat.extend_from_slice(&r.latency_ns);
+            rate[i] += r.throughput() / ROUNDS as f64;
+            lat[i].extend_from_slice(&r.latency_ns);
         }
     }
-    let (f, l) = (summarize_ns(&free), summarize_ns(&limited));
+    let (x, y) = (summarize_ns(&lat[0]), summarize_ns(&lat[1]));
     println!(
         "{:<8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
-        "key", "p50", "p90", "p99", "mean", "req/s", "n"
+        "", "p50", "p90", "p99", "mean", "req/s", "n"
     );
-    for (name, s, rate) in [("free", &f, free_rate), ("limited", &l, limited_rate)] {
+    for (name, s, rate) in [(a.0, &x, rate[0]), (b.0, &y, rate[1])] {
         println!(
             "{name:<8} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.0} {:>8}",
             s.p50, s.p90, s.p99, s.mean, rate, s.n
         );
     }
     println!(
-        "limited / free: p50 {}, mean {}, req/s {}; added per request at p50: {:+.1} µs",
-        ratio(l.p50, f.p50),
-        ratio(l.mean, f.mean),
-        ratio(limited_rate, free_rate),
-        (l.p50 - f.p50) * 1000.0
+        "{} / {}: p50 {}, mean {}, req/s {}; added per request at p50: {:+.1} µs",
+        b.0,
+        a.0,
+        ratio(y.p50, x.p50),
+        ratio(y.mean, x.mean),
+        ratio(rate[1], rate[0]),
+        (y.p50 - x.p50) * 1000.0
     );
-    drop(coord);
-    accounts::cost(measure);
-    accounts::spread();
 }
 
 #[path = "budget_accounts.rs"]

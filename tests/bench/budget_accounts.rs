@@ -6,10 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::support::{
-    self, chat_body, ratio, summarize_ns, Coordinator, CoordinatorSpec, Load, LoadResult,
-};
-use super::{CLIENTS, ROUNDS};
+use super::support::{self, chat_body, Coordinator, CoordinatorSpec};
+use super::{compare, CLIENTS, ROUNDS};
 
 const ACCOUNTS: u16 = 4;
 
@@ -49,53 +47,10 @@ pub fn cost(measure: Duration) {
     println!(
         "two coordinators of {ACCOUNTS} children: no budgets file, and a budget on every account for the model (never reached); {ROUNDS} rounds each, alternating"
     );
-    let run = |c: &Coordinator| -> LoadResult {
-        Load {
-            request: request(c.port),
-            ports: vec![c.port],
-            clients: CLIENTS,
-            warmup: Duration::from_millis(300),
-            measure,
-            max_requests: 1_000_000,
-            capture_header: None,
-        }
-        .run()
-    };
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    let (mut a_rate, mut b_rate) = (0.0, 0.0);
-    for _ in 0..ROUNDS {
-        for (name, c, lat, rate) in [
-            ("none", &none, &mut a, &mut a_rate),
-            ("budgets", &with, &mut b, &mut b_rate),
-        ] {
-            let r = run(c);
-            if r.errors > 0 || r.non_200 > 0 {
-                println!(
-                    "{name}: {} errors, {} non-200 (first: {:?})",
-                    r.errors, r.non_200, r.first_error
-                );
-            }
-            *rate += r.throughput() / ROUNDS as f64;
-            lat.extend_from_slice(&r.latency_ns);
-        }
-    }
-    let (n, w) = (summarize_ns(&a), summarize_ns(&b));
-    println!(
-        "{:<8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
-        "budgets", "p50", "p90", "p99", "mean", "req/s", "n"
-    );
-    for (name, s, rate) in [("none", &n, a_rate), ("budgets", &w, b_rate)] {
-        println!(
-            "{name:<8} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.0} {:>8}",
-            s.p50, s.p90, s.p99, s.mean, rate, s.n
-        );
-    }
-    println!(
-        "budgets / none: p50 {}, mean {}, req/s {}; added per request at p50: {:+.1} µs",
-        ratio(w.p50, n.p50),
-        ratio(w.mean, n.mean),
-        ratio(b_rate, a_rate),
-        (w.p50 - n.p50) * 1000.0
+    compare(
+        ("none", request(none.port), none.port),
+        ("budgets", request(with.port), with.port),
+        measure,
     );
 }
 

@@ -1071,3 +1071,31 @@ pub fn python() -> Option<PathBuf> {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
     venv.is_file().then_some(venv)
 }
+
+/// `GET path` with one header (a key, an admin key), whatever the status.
+pub fn get_with_header(port: u16, path: &str, header: (&str, &str)) -> Reply {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let mut r = agent
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .header(header.0, header.1)
+        .call()
+        .expect("an answer");
+    reply_of(&mut r).expect("a body")
+}
+
+/// Who answered a completion: the test child's `profile=<name>` content,
+/// else the error code, else empty.
+pub fn served_by(r: &Reply) -> String {
+    let v = r.json();
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .and_then(|c| c.strip_prefix("profile="))
+        .and_then(|c| c.split(' ').next())
+        .map(String::from)
+        .or_else(|| v["error"]["code"].as_str().map(String::from))
+        .unwrap_or_default()
+}

@@ -5,14 +5,11 @@ account's lines show its tier, used / budget (or `off`) and the reset; a
 profile named like markup renders as text and nothing runs. A screenshot
 goes to target/console/."""
 import json
-import os
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from test_console_page import CHROMIUM, EVIL, OUT, binaries, free_port, post, wait
+from test_console_page import CHROMIUM, EVIL, OUT, binaries, post, running, wait
 
 ADMIN_KEY = "budget-page-admin-key-8d2a"
 BUDGETS = """\
@@ -25,7 +22,7 @@ gemini-pro  = off
 
 @pytest.fixture
 def fleet(tmp_path):
-    main, child = binaries()
+    binaries()  # skips when the binaries are not built
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no Chromium at {CHROMIUM}")
     active = tmp_path / "profiles" / "active"
@@ -33,32 +30,9 @@ def fleet(tmp_path):
     for n in ("alice", EVIL):
         (active / f"{n}.json").write_text(json.dumps({"cookies": [], "testchild": {}}))
     (tmp_path / "budgets.txt").write_text(BUDGETS)
-    port = free_port()
-    base = free_port() + 1000
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "COORDINATOR_HOST": "127.0.0.1", "COORDINATOR_PORT": str(port),
-        "BASE_API_PORT": str(base), "BASE_STREAM_PORT": str(base + 1), "BASE_CAMOUFOX_PORT": str(base + 2),
-        "PORT_STEP": "3", "POOL_SIZE": "2",
-        "LOCAL_PROFILE_DIR": str(active), "AUTH_PROFILE_CACHE_DIR": str(tmp_path / "cache"),
-        "COORDINATOR_LOG_DIR": str(tmp_path / "logs"), "CHILD_WORKDIR": str(tmp_path),
-        "ADMIN_KEY": ADMIN_KEY, "READY_TIMEOUT_S": "20", "CHILD_STOP_GRACE_S": "2",
-        "MODEL_BUDGETS_FILE": str(tmp_path / "budgets.txt"),
-    }
-    stderr = open(tmp_path / "coordinator.stderr", "w")
-    p = subprocess.Popen([str(main), "--", str(child)], env=env, cwd=tmp_path,
-                         stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-    try:
-        wait("two ready slots", lambda: sum(
-            s["state"] == "ready" for s in post(port, "/admin/status", {}, key=ADMIN_KEY)[1].get("slots", [])) == 2)
+    extra = {"MODEL_BUDGETS_FILE": str(tmp_path / "budgets.txt")}
+    with running(tmp_path, active, ADMIN_KEY, extra) as port:
         yield port
-    finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-        stderr.close()
 
 
 def used(port):

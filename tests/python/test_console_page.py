@@ -6,6 +6,7 @@ button works; every request the page makes stays on 127.0.0.1; a profile
 named like markup renders as text. Screenshots at laptop and phone widths
 go to target/console/. Figures for the report are printed (page size,
 render time with 100 profiles)."""
+import contextlib
 import json
 import os
 import shutil
@@ -73,7 +74,7 @@ def wait(what, cond, within=20.0):
 
 @pytest.fixture
 def fleet(tmp_path):
-    main, child = binaries()
+    binaries()  # skips when the binaries are not built
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no Chromium at {CHROMIUM}")
     active = tmp_path / "profiles" / "active"
@@ -88,6 +89,17 @@ def fleet(tmp_path):
              for c in ("SID", "HSID")]
     (active / "fay.json").write_text(json.dumps({"cookies": stale, "testchild": {}}))
     (tmp_path / "profiles" / "key.txt").write_text("sk-page-test-1  # team-page rpd=1000 tpd=500000\n")
+    extra = {"EMPTY_ANSWERS_TO_ROTATE": "1"}
+    with running(tmp_path, active, ADMIN_KEY, extra) as port:
+        yield port, tmp_path
+
+
+@contextlib.contextmanager
+def running(tmp_path, active, admin_key, extra):
+    """The coordinator over the test child with two slots and `extra`
+    settings, until both slots are ready; stopped (and its group killed if
+    it lingers) on the way out."""
+    main, child = binaries()
     port = free_port()
     base = free_port() + 1000
     env = {
@@ -97,16 +109,16 @@ def fleet(tmp_path):
         "PORT_STEP": "3", "POOL_SIZE": "2",
         "LOCAL_PROFILE_DIR": str(active), "AUTH_PROFILE_CACHE_DIR": str(tmp_path / "cache"),
         "COORDINATOR_LOG_DIR": str(tmp_path / "logs"), "CHILD_WORKDIR": str(tmp_path),
-        "ADMIN_KEY": ADMIN_KEY, "EMPTY_ANSWERS_TO_ROTATE": "1", "READY_TIMEOUT_S": "20",
-        "CHILD_STOP_GRACE_S": "2",
+        "ADMIN_KEY": admin_key, "READY_TIMEOUT_S": "20", "CHILD_STOP_GRACE_S": "2",
+        **extra,
     }
     stderr = open(tmp_path / "coordinator.stderr", "w")
     p = subprocess.Popen([str(main), "--", str(child)], env=env, cwd=tmp_path,
                          stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     try:
         wait("two ready slots", lambda: sum(
-            s["state"] == "ready" for s in post(port, "/admin/status", {})[1].get("slots", [])) == 2)
-        yield port, tmp_path
+            s["state"] == "ready" for s in post(port, "/admin/status", {}, key=admin_key)[1].get("slots", [])) == 2)
+        yield port
     finally:
         p.send_signal(signal.SIGTERM)
         try:
