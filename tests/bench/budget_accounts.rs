@@ -97,33 +97,33 @@ fn served_by(port: u16, total: usize, clients: usize) -> BTreeMap<String, u64> {
     by
 }
 
-/// How evenly 100 completions at c=8 spread over four accounts with equal
-/// budgets, against the same with no budgets.
+/// How evenly 100 completions spread over four accounts with equal
+/// budgets, against the same with no budgets: at c=8 (more clients than
+/// children: a freed child takes the next request, there is rarely a
+/// choice) and at c=3 (a free child is always there to choose).
 pub fn spread() {
     const TOTAL: usize = 100;
-    println!();
-    println!("== budget: spread of {TOTAL} completions at c={CLIENTS} over {ACCOUNTS} accounts (one completion per child at a time) ==");
     let dir = support::TempDir::new("budget-spread");
-    for (name, budget) in [("none", None), ("budgets 100 each", Some(100))] {
-        let c = coordinator(&dir, budget, 1);
-        let by = served_by(c.port, TOTAL, CLIENTS);
-        let counts: Vec<u64> = (0..ACCOUNTS)
-            .map(|i| by.get(&format!("p{i}")).copied().unwrap_or(0))
-            .collect();
-        let (max, min) = (counts.iter().max().unwrap(), counts.iter().min().unwrap());
-        let failed = by.get("(failed)").copied().unwrap_or(0);
-        println!(
-            "{name:<17} per account {counts:?}, max/min {max}/{min} = {}{}",
-            if *min == 0 {
-                "inf".to_string()
-            } else {
-                format!("{:.2}", *max as f64 / *min as f64)
-            },
-            if failed > 0 {
-                format!(", {failed} failed")
-            } else {
-                String::new()
-            }
-        );
+    for clients in [CLIENTS, 3] {
+        println!();
+        println!("== budget: spread of {TOTAL} completions at c={clients} over {ACCOUNTS} accounts (one completion per child at a time) ==");
+        for (name, budget) in [("none", None), ("budgets 100 each", Some(100))] {
+            let c = coordinator(&dir, budget, 1);
+            let by = served_by(c.port, TOTAL, clients);
+            let counts: Vec<u64> = (0..ACCOUNTS)
+                .map(|i| by.get(&format!("p{i}")).copied().unwrap_or(0))
+                .collect();
+            let (max, min) = (counts.iter().max().unwrap(), counts.iter().min().unwrap());
+            let failed = by.get("(failed)").copied().unwrap_or(0);
+            let r = match *min {
+                0 => "inf".to_string(),
+                m => format!("{:.2}", *max as f64 / m as f64),
+            };
+            let failed = match failed {
+                0 => String::new(),
+                n => format!(", {n} failed"),
+            };
+            println!("{name:<17} per account {counts:?}, max/min {max}/{min} = {r}{failed}");
+        }
     }
 }
