@@ -6,8 +6,8 @@
 //! zone's midnight (crossed in real time, the budget clock moved with the
 //! test-only `AISP_TEST_CLOCK_OFFSET_S`); a model a tier turns off never
 //! reaches its accounts; the fleet's threshold alert arrives once; a bad
-//! file stops the start with one line, and a reload keeps the budgets in
-//! force.
+//! file stops the start with one line, a bad reload keeps the budgets in
+//! force and a good one applies at once, the day's counts kept.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -144,6 +144,8 @@ fn budgets_an_account_at_its_budget_serves_other_models_and_again_after_midnight
     wait_until("/ready's count", secs(5.0), || {
         lines(&c, "alice")["gemini-pro*"] == (2, Some(2))
     });
+    let alice = profile_of(&c.ready().1, "alice").cloned().unwrap();
+    assert_eq!(alice["cools_for"], json!(["gemini-pro*"]), "{alice:#}");
 
     // A restart keeps the day's count.
     c.send_signal(libc::SIGTERM);
@@ -287,6 +289,15 @@ fn budgets_a_bad_file_stops_the_start_and_a_bad_reload_keeps_the_budgets() {
     assert!(out.stderr.contains("line 4"), "{out:?}");
     assert_eq!(ask(&c, "gemini-test").0, 200);
     assert_eq!(ask(&c, "gemini-test").0, 503, "the budget of 1 still holds");
+    // A good one applies at once; the day's count stays.
+    std::fs::write(&file, "[all]\nprofiles = *\ngemini-test = 2\n").unwrap();
+    ctl(&dir, &["reload"]).ok();
+    assert_eq!(
+        ask(&c, "gemini-test").0,
+        200,
+        "one more under the new budget"
+    );
+    assert_eq!(ask(&c, "gemini-test").0, 503, "two used today");
 }
 
 #[test]

@@ -18,6 +18,9 @@ use std::time::{Instant, SystemTime};
 use super::plan::{Allow, Plan, Rule};
 use super::Day;
 
+/// The most model names kept per account (a budgeted one always is).
+const MAX_MODELS: usize = 256;
+
 /// What one account may still do for one model today.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Room {
@@ -196,13 +199,13 @@ impl Budget {
     /// used the last of a budget (the account now waits for the reset).
     pub fn served(&mut self, profile: &str, model: &str, now: SystemTime) -> bool {
         self.roll(now);
-        let n = self
-            .used
-            .entry(profile.to_string())
-            .or_default()
-            .entry(model.to_string())
-            .or_default();
-        *n += 1;
+        let budgeted = self.line_of(profile, model).is_some();
+        let mine = self.used.entry(profile.to_string()).or_default();
+        // Names come from clients: past the cap, only budgeted ones count.
+        if mine.len() >= MAX_MODELS && !mine.contains_key(model) && !budgeted {
+            return false;
+        }
+        *mine.entry(model.to_string()).or_default() += 1;
         matches!(self.room(profile, model, now), Room::Spent { used, budget, .. } if used == budget)
     }
 

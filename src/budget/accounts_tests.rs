@@ -154,3 +154,19 @@ fn an_allowance_counts_requests_in_flight_and_refills_at_the_reset() {
     assert_eq!(spent.take("pro", 0, reset), Take::Left(3), "a new day");
     assert_eq!(spent.take("flash", 0, i0), Take::Left(2));
 }
+
+#[test]
+fn client_made_model_names_are_capped_but_budgeted_ones_always_count() {
+    let (t, _) = noon();
+    let mut b = budget();
+    for i in 0..MAX_MODELS + 40 {
+        b.served("a", &format!("made-up-{i}"), t);
+    }
+    assert_eq!(b.models_today().len(), MAX_MODELS);
+    b.served("a", "pro", t);
+    assert_eq!(
+        b.counts("a", t).unwrap().1["pro"],
+        1,
+        "a budgeted model still counts"
+    );
+}

@@ -133,8 +133,9 @@ impl Snapshot {
 
     /// Every profile with its state and health, in name order. `cooling`
     /// is the whole account's cooldown only: one that cools for some models
-    /// is running or queued, and `cools_for` names those models (it can
-    /// serve any other, and takes a slot when nothing better can).
+    /// is running or queued, and `cools_for` names those models and the
+    /// budget lines it used up today (it can serve any other, and takes a
+    /// slot when nothing better can).
     pub fn profiles(&self, now: SystemTime) -> Vec<ProfileSnapshot> {
         let st = &self.state;
         st.book
@@ -153,10 +154,18 @@ impl Snapshot {
                 ProfileSnapshot {
                     state,
                     slot,
+                    // A budget used up counts as cooling until its reset.
                     cools_for: health
                         .model_cooldowns
                         .iter()
                         .map(|m| m.model.clone())
+                        .chain(
+                            health
+                                .budgets
+                                .iter()
+                                .filter(|l| l.budget.is_some_and(|b| l.used >= b))
+                                .map(|l| l.model.clone()),
+                        )
                         .collect(),
                     health,
                 }
