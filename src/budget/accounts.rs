@@ -83,10 +83,13 @@ pub struct FleetLine {
 impl FleetLine {
     fn alert_text(&self, level: &str, zone: &str) -> String {
         let (m, b) = (&self.model, self.budget);
-        let n = self.accounts;
+        let n = match self.accounts {
+            1 => "1 account".to_string(),
+            n => format!("{n} accounts"),
+        };
         match level {
-            "gone" => format!("the fleet's budget for {m} is gone until the reset at midnight {zone} ({b} requests over {n} accounts used)"),
-            _ => format!("the fleet's budget for {m} is running low: {} of {b} requests left over {n} accounts ({}%) until midnight {zone}", self.left, self.left * 100 / b.max(1)),
+            "gone" => format!("the fleet's budget for {m} is gone until the reset at midnight {zone} ({b} requests over {n} used)"),
+            _ => format!("the fleet's budget for {m} is running low: {} of {b} requests left over {n} ({}%) until midnight {zone}", self.left, self.left * 100 / b.max(1)),
         }
     }
 }

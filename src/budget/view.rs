@@ -33,22 +33,22 @@ pub struct Fleet {
     pub accounts: Option<Vec<Line>>,
 }
 
-/// The fleet's budgets over `profiles` at `now`; None when no budgets
-/// file is in force. `accounts`: with each account's lines too.
+/// The fleet's budgets over `usable` (the accounts it can spend) at
+/// `now`; None when no budgets file is in force. `accounts`: with the
+/// lines of each of these accounts too (every placed one, usable or not).
 pub fn fleet<'a>(
     budget: &Budget,
-    profiles: impl IntoIterator<Item = &'a str> + Clone,
+    usable: impl IntoIterator<Item = &'a str>,
+    accounts: Option<Vec<&str>>,
     now: SystemTime,
-    accounts: bool,
 ) -> Option<Fleet> {
     if !budget.is_on() {
         return None;
     }
     let day = Day::at(super::budget_secs(now));
-    let lines = budget.fleet(profiles.clone(), now);
-    let accounts = accounts.then(|| {
-        profiles
-            .into_iter()
+    let lines = budget.fleet(usable, now);
+    let accounts = accounts.map(|all| {
+        all.into_iter()
             .flat_map(|p| budget.lines_of(p, now))
             .collect()
     });
@@ -78,7 +78,7 @@ mod tests {
         b.served("paid-b", "pro-2", t);
         b.served("paid-b", "ultra", t);
         let names = ["a", "paid-b"];
-        let f = fleet(&b, names.iter().copied(), t, false).unwrap();
+        let f = fleet(&b, names, None, t).unwrap();
         assert_eq!(
             (f.zone.as_str(), f.day.as_str()),
             ("America/Los_Angeles", "2026-12-07")
@@ -93,7 +93,8 @@ mod tests {
         assert!(f.accounts.is_none());
         let json = serde_json::to_value(&f).unwrap();
         assert!(json.get("accounts").is_none(), "{json}");
-        let f = fleet(&b, names.iter().copied(), t, true).unwrap();
+        let f = fleet(&b, ["paid-b"], Some(names.to_vec()), t).unwrap();
+        assert_eq!(f.lines[0].accounts, 1, "only the usable ones sum");
         let accounts = f.accounts.unwrap();
         let off = accounts
             .iter()
@@ -101,6 +102,6 @@ mod tests {
         assert_eq!(off.map(|l| l.budget), Some(None), "an off line shows");
         assert_eq!(accounts.len(), 4);
         // No budgets file: nothing to show.
-        assert!(fleet(&Budget::default(), names.iter().copied(), t, true).is_none());
+        assert!(fleet(&Budget::default(), names, Some(names.to_vec()), t).is_none());
     }
 }

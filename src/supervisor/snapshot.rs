@@ -183,11 +183,14 @@ impl Snapshot {
             .collect()
     }
 
-    /// The fleet's account budgets now, over every placed profile (None
-    /// without `MODEL_BUDGETS_FILE`); `accounts`: each account's lines too.
+    /// The fleet's account budgets now, over the placed profiles it can
+    /// spend (None without `MODEL_BUDGETS_FILE`); `accounts`: every placed
+    /// account's lines too.
     pub fn budgets(&self, accounts: bool) -> Option<crate::budget::view::Fleet> {
-        let names = self.state.all.iter().map(String::as_str);
-        crate::budget::view::fleet(self.state.book.budget(), names, SystemTime::now(), accounts)
+        let now = SystemTime::now();
+        let usable = self.state.budget_accounts(now);
+        let all = accounts.then(|| self.state.all.iter().map(String::as_str).collect());
+        crate::budget::view::fleet(self.state.book.budget(), usable, all, now)
     }
 
     /// The book's cooldown of `name`, as a lease records it.

@@ -156,7 +156,12 @@ pub(super) fn spent(
 /// came under the threshold or ran out today.
 fn fleet_alerts(st: &mut State, at: &At, out: &mut Out) {
     let pct = st.settings.budget_alert_percent;
-    let names = st.all.iter().map(String::as_str);
+    let names: Vec<String> = st
+        .budget_accounts(at.wall)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let names = names.iter().map(String::as_str);
     for text in st.book.budget_mut().fleet_alerts(names, pct, at.wall) {
         warn(out, text.clone());
         out.push(Action::BudgetAlert(text));

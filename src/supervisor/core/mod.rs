@@ -256,6 +256,16 @@ impl State {
             && self.leases.as_ref().is_none_or(|l| l.contains(name))
     }
 
+    /// The placed profiles whose budgets the fleet can spend: all but those
+    /// a person must act on first (disabled, login needed).
+    pub fn budget_accounts(&self, now: SystemTime) -> Vec<&str> {
+        self.all
+            .iter()
+            .map(String::as_str)
+            .filter(|n| self.book.available_at(n, &[], now).is_some())
+            .collect()
+    }
+
     /// The slot holding `name`, when one does.
     fn slot_of(&self, name: &str) -> Option<usize> {
         self.slots.iter().position(|s| s.name() == Some(name))

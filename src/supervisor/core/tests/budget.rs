@@ -212,3 +212,26 @@ fn new_budgets_reach_every_ready_route_and_wake_the_slots() {
         .iter()
         .any(|a| matches!(a, Action::Tell { cmd: Cmd::Wake, .. })));
 }
+
+#[test]
+fn a_disabled_account_adds_nothing_to_the_fleets_budget() {
+    let mut st = fleet(&["a", "b"], 1);
+    st.settings.budget_alert_percent = 30;
+    let at = t(1);
+    budgets(&mut st, &at);
+    make_ready(&mut st, 0, &at);
+    handle(&mut st, Msg::Admin(AdminOp::Disable("b".into())), &at);
+    let mut texts = Vec::new();
+    for _ in 0..4 {
+        for a in handle(&mut st, served("flash"), &at) {
+            if let Action::BudgetAlert(t) = a {
+                texts.push(t);
+            }
+        }
+    }
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    assert!(
+        texts[0].contains("1 of 5 requests left over 1 account ("),
+        "{texts:?}"
+    );
+}
