@@ -55,24 +55,9 @@ fn main() -> ExitCode {
         return admin::ctl::main(&argv[1..]);
     }
     tls::install_crypto_provider();
-    let cfg = match Config::from_process() {
-        Ok(Invocation::Run(cfg)) => cfg,
-        Ok(Invocation::Help) => {
-            print!("{}", config::help_text());
-            return ExitCode::SUCCESS;
-        }
-        Ok(Invocation::Reference) => {
-            print!("{}", config::reference_markdown());
-            return ExitCode::SUCCESS;
-        }
-        Ok(Invocation::Version) => {
-            println!("aistudioproxy {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("aistudioproxy: {e}");
-            return ExitCode::from(2);
-        }
+    let cfg = match configuration() {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
     };
     logging::init(cfg.log_format);
     // Before any child exists: our environment holds the coordinator's
@@ -80,26 +65,11 @@ fn main() -> ExitCode {
     if let Err(e) = process::env::harden() {
         log::warn!("cannot make the coordinator non-dumpable (PR_SET_DUMPABLE): {e}; a child of the same user could read its environment");
     }
-    // A wrong child command is a configuration error: report it before
-    // hydration, which may download from S3, logs, and replaces the cache.
-    if !cfg.hydrate_only {
-        if let Err(e) = check_child_program(&cfg) {
+    let files = match preflight(&cfg) {
+        Ok(f) => f,
+        Err(e) => {
             eprintln!("aistudioproxy: {e}");
             return ExitCode::from(2);
-        }
-    }
-    // Each profile's proxy and the extra log signs: a bad file is a
-    // configuration error, refused before hydration (which may download
-    // from S3).
-    let files = if cfg.hydrate_only {
-        app::Files::none()
-    } else {
-        match app::Files::load(&cfg) {
-            Ok(f) => f,
-            Err(e) => {
-                eprintln!("aistudioproxy: {e}");
-                return ExitCode::from(2);
-            }
         }
     };
     // A stop signal during hydration ends the run at once, even as PID 1.
@@ -133,6 +103,42 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// The configuration to run with, or the exit code of an invocation that
+/// ends here (help, the settings reference, the version, a bad setting).
+fn configuration() -> Result<Box<Config>, ExitCode> {
+    match Config::from_process() {
+        Ok(Invocation::Run(cfg)) => Ok(cfg),
+        Ok(Invocation::Help) => {
+            print!("{}", config::help_text());
+            Err(ExitCode::SUCCESS)
+        }
+        Ok(Invocation::Reference) => {
+            print!("{}", config::reference_markdown());
+            Err(ExitCode::SUCCESS)
+        }
+        Ok(Invocation::Version) => {
+            println!("aistudioproxy {}", env!("CARGO_PKG_VERSION"));
+            Err(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("aistudioproxy: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// The configuration errors found before hydration (which may download
+/// from S3, logs, and replaces the cache): a wrong child command, and the
+/// files read at start (each profile's proxy, the extra log signs, the
+/// budgets). `--hydrate-only` needs none of them.
+fn preflight(cfg: &Config) -> Result<app::Files, String> {
+    if cfg.hydrate_only {
+        return Ok(app::Files::none());
+    }
+    check_child_program(cfg)?;
+    app::Files::load(cfg)
 }
 
 /// Fail at start, not in a restart loop, when the child program is missing.

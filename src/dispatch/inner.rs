@@ -105,6 +105,18 @@ impl Inner {
         })
     }
 
+    /// The models waiting requests ask for that only routes cooling for
+    /// them or out of budget for them could serve, each once.
+    pub(super) fn starved_waiters(&self, now: Instant) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for m in self.queue.iter().filter_map(|w| w.model.as_deref()) {
+            if !out.iter().any(|o| o == m) && self.starved_for(m, now) {
+                out.push(m.to_string());
+            }
+        }
+        out
+    }
+
     pub(super) fn prospect(&self, avoid: Option<ChildId>) -> Prospect {
         if self.shutting_down {
             return Prospect::None;

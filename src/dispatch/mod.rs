@@ -353,14 +353,17 @@ impl Dispatch {
     }
 
     /// What `child`'s profile may serve now: the models it cools for and
-    /// its budgets; ignored when the slot moved on.
+    /// its budgets; ignored when the slot moved on. A request already
+    /// waiting for a model this route no longer serves (it waited for a
+    /// place that has now gone to the reset) is reported starved, as at
+    /// its arrival.
     pub fn set_serves(
         &self,
         child: ChildId,
         cooling: Vec<(String, Instant)>,
         budget: Option<Arc<Allowance>>,
     ) {
-        let wakes = {
+        let (wakes, starved) = {
             let mut inner = self.lock();
             match inner.slots.get_mut(child.slot) {
                 Some(Slot::Open(r) | Slot::Draining(r)) if r.child == child => {
@@ -369,9 +372,16 @@ impl Dispatch {
                 }
                 _ => return,
             }
-            inner.settle(&self.limits)
+            let wakes = inner.settle(&self.limits);
+            (wakes, inner.starved_waiters(Instant::now()))
         };
         signal(wakes);
+        if let Some(tx) = self.starved.get() {
+            for m in starved {
+                // Unbounded: never blocks.
+                let _ = tx.send(m);
+            }
+        }
     }
 
     /// The models asked for within the demand window, sorted.

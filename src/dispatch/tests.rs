@@ -512,3 +512,28 @@ fn the_route_with_the_most_budget_left_wins_and_none_goes_over() {
     ));
     drop((a, b, c));
 }
+
+#[test]
+fn a_waiter_whose_budget_runs_out_while_it_waits_is_reported_starved() {
+    let d = Dispatch::new(1, limits(2, 8, 2_000));
+    ready(&d, 0, 1);
+    budgeted(&d, 0, 4); // 1 left
+    let (tx, starved) = crossbeam_channel::unbounded();
+    d.on_starved(tx);
+    let mut last = d.acquire(for_model(1, "pro")).unwrap();
+    // The last place is in flight: the next waits, not starved (yet).
+    let d2 = d.clone();
+    let waiter = thread::spawn(move || d2.acquire(for_model(2, "pro")).map(|t| t.slot()));
+    until_waiting(&d, 1);
+    assert!(starved.try_recv().is_err());
+    last.served = true;
+    drop(last);
+    // The book counts it: none left until the reset. The waiter's model
+    // is starved now, so the supervisor may rotate in another account.
+    budgeted(&d, 0, 5);
+    assert_eq!(starved.recv_timeout(Duration::from_secs(1)).unwrap(), "pro");
+    assert!(matches!(
+        waiter.join().unwrap(),
+        Err(Refusal::QueueTimeout { .. })
+    ));
+}

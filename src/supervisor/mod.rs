@@ -204,9 +204,12 @@ impl Supervisor {
         let mut at = At::new(SystemTime::now(), Instant::now());
         let wants = match msg {
             Msg::Next { .. } | Msg::Starved(_) | Msg::Tick | Msg::Budgets(_) => true,
-            // A served answer decides nothing; an empty or exhausted one
-            // may cool a model, which reads the demand.
-            Msg::Outcome(o) => !matches!(o.answer, Answer::Served),
+            // A served answer decides nothing, unless it uses the last of a
+            // budget; an empty or exhausted one may cool a model. Both read
+            // the demand.
+            Msg::Outcome(o) => {
+                !matches!(o.answer, Answer::Served) || self.state.book.budget().is_on()
+            }
             _ => false,
         };
         if wants {
