@@ -220,20 +220,25 @@ pub(super) fn starved(st: &mut State, model: &str, at: &At, out: &mut Out) {
     if st.book.model_off_everywhere(model, now) || st.book.model_blocked(model, now).is_some() {
         out.push(Action::Save);
     }
-    let Some(spare) = st
+    let spares: Vec<&str> = st
         .queue
         .iter()
-        .find(|p| st.may_run(&p.name, &demand, now) && serves(&p.name))
-        .map(|p| p.name.clone())
-    else {
+        .filter(|p| st.may_run(&p.name, &demand, now) && serves(&p.name))
+        .map(|p| p.name.as_str())
+        .collect();
+    // Slots already making way will take the first spares.
+    let Some(spare) = spares.get(st.making_way.len()).map(|s| s.to_string()) else {
         return;
     };
-    let target = st.slots.iter().enumerate().find(|(_, s)| {
-        matches!(s.state, Phase::Ready { .. }) && s.name().is_some_and(|n| !serves(n))
+    let target = st.slots.iter().enumerate().find(|(i, s)| {
+        matches!(s.state, Phase::Ready { .. })
+            && !st.making_way.contains(i)
+            && s.name().is_some_and(|n| !serves(n))
     });
     if let Some((slot, s)) = target {
         log(out, format!("slot {slot}: requests wait for model {model}, which its profile cools for: rotating it out for {spare}"));
         rotate_out(slot, s.generation, StopReason::Exhausted, Then::Rotate, out);
+        st.making_way.insert(slot);
     }
 }
 

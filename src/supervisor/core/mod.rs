@@ -96,6 +96,10 @@ pub struct State {
     /// The slot draining for `PROFILE_MAX_RUNTIME_S`, until it rotates:
     /// one at a time, so one waiting profile does not move two.
     pub overstay: Option<usize>,
+    /// Slots told to make way for a starved model, until they take their
+    /// next profile: one spare moves one slot, however often the model is
+    /// reported starved meanwhile.
+    pub making_way: BTreeSet<usize>,
     pub settings: Settings,
 }
 
@@ -245,6 +249,7 @@ impl State {
             leases: settings.leasing.then(BTreeSet::new),
             turn: None,
             overstay: None,
+            making_way: BTreeSet::new(),
             settings,
         }
     }
@@ -470,6 +475,7 @@ fn moved(st: &mut State, slot: usize, ev: &Event, at: &At, out: &mut Out) {
         s.generation += 1;
         s.rss = None;
         s.served.clear();
+        st.making_way.remove(&slot);
     }
     s.state = next;
     s.since = at.wall();

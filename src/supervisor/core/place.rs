@@ -107,6 +107,7 @@ fn take_next(st: &mut State, slot: usize, at: &At, out: &mut Out) -> Option<Prof
     if st.overstay == Some(slot) {
         st.overstay = None;
     }
+    st.making_way.remove(&slot);
     let leaving = st.slots[slot].name().map(str::to_string);
     let mut ended = None;
     if let Some(t) = st.turn.take() {

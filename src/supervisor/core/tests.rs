@@ -951,3 +951,36 @@ fn a_long_run_makes_way_only_when_another_waits_and_one_at_a_time() {
 }
 
 mod budget;
+
+#[test]
+fn one_spare_moves_one_slot_however_often_its_model_starves() {
+    let mut st = fleet(&["a", "b", "c"], 2);
+    let mut at = t(1);
+    at.asked = vec!["m".into(), "n".into()];
+    make_ready(&mut st, 0, &at);
+    make_ready(&mut st, 1, &at);
+    for slot in 0..2 {
+        let cool = Msg::Outcome(Outcome {
+            slot,
+            generation: 1,
+            model: Some("m".into()),
+            answer: Answer::Exhausted {
+                retry_after: None,
+                limit: Limit::Quota,
+            },
+        });
+        handle(&mut st, cool, &at);
+    }
+    let first = handle(&mut st, Msg::Starved("m".into()), &at);
+    let second = handle(&mut st, Msg::Starved("m".into()), &at);
+    let moved = |out: &[Action]| (0..2).filter(|s| drains(out, *s, Then::Rotate)).count();
+    assert_eq!(moved(&first), 1, "{first:?}");
+    assert_eq!(moved(&second), 0, "c is spoken for: {second:?}");
+    // The slot that made way takes c; nobody else serves m: nothing moves.
+    let slot = (0..2).find(|s| drains(&first, *s, Then::Rotate)).unwrap();
+    let out = handle(&mut st, next(slot, Pick::Rotate), &at);
+    assert_eq!(ran(&out).as_deref(), Some("c"));
+    assert!(st.making_way.is_empty());
+    let third = handle(&mut st, Msg::Starved("m".into()), &at);
+    assert_eq!(moved(&third), 0, "{third:?}");
+}
