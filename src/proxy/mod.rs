@@ -193,14 +193,9 @@ impl Proxy {
         let Some(rq) = holder.as_mut() else { return };
         let headers = keys::for_child(access, forward_headers(rq));
 
-        if method == Method::Post {
-            if let Some(target) = path
-                .strip_prefix("/v1/cancel/")
-                .filter(|t| !t.is_empty() && !t.contains('/'))
-            {
-                let r = self.cancel(rq, pool, target, &headers, owner);
-                return respond(holder, &rid, r);
-            }
+        if let Some(target) = cancel_target(&method, &path) {
+            let r = self.cancel(rq, pool, target, &headers, owner);
+            return respond(holder, &rid, r);
         }
         if let Some(view) = self.view(&method, &path, pool, &keys, access) {
             let r = reply::json(200, &view).with_header(reply::header("Cache-Control", "no-store"));
@@ -214,29 +209,18 @@ impl Proxy {
             return self.edge(holder, who, path, headers, holder_key, plan, pool);
         }
         let completion = path == "/v1/chat/completions" && method == Method::Post;
-        let (mut streaming, mut account, mut model) = (false, None, None);
-        if completion {
-            match peek(&body) {
-                Ok(peek) => {
-                    if let Err(r) = limit(&keys, access, peek.model.as_deref()) {
-                        return respond(holder, &rid, r);
-                    }
-                    streaming = peek.stream.unwrap_or(false);
-                    let key = keys.label(access);
-                    account = Some(crate::usage::Account::new(key, peek.model.as_deref()));
-                    model = peek.model;
-                }
-                Err(why) => return respond(holder, &rid, ApiError::BadRequest.reply(why)),
-            }
-        }
-        let kind = if method == Method::Post {
-            Kind::Completion
-        } else {
-            Kind::Other
+        let (streaming, account, model) = match completion {
+            true => match completion_facts(&keys, access, &body) {
+                Ok(facts) => facts,
+                Err(r) => return respond(holder, &rid, r),
+            },
+            false => (false, None, None),
         };
-        let mut headers = headers;
-        headers.retain(|(k, _)| !k.eq_ignore_ascii_case("x-request-id"));
-        headers.push(("X-Request-Id".to_string(), rid.clone().into_bytes()));
+        let kind = match method {
+            Method::Post => Kind::Completion,
+            _ => Kind::Other,
+        };
+        let headers = with_request_id(headers, &rid);
         let exchange = forward::Exchange {
             proxy: self,
             pool,
@@ -577,4 +561,34 @@ fn forward_headers(rq: &Request) -> Vec<(String, Vec<u8>)> {
             )
         })
         .collect()
+}
+
+/// What the proxy reads of an OpenAI completion's body before it goes on:
+/// whether it streams, the usage account (key and model) and the model;
+/// or the answer when the body cannot be read or a key limit refuses it.
+fn completion_facts(
+    keys: &Keys,
+    access: Access,
+    body: &[u8],
+) -> Result<(bool, Option<crate::usage::Account>, Option<String>), Reply> {
+    let peek = peek(body).map_err(|why| ApiError::BadRequest.reply(why))?;
+    limit(keys, access, peek.model.as_deref())?;
+    let account = crate::usage::Account::new(keys.label(access), peek.model.as_deref());
+    Ok((peek.stream.unwrap_or(false), Some(account), peek.model))
+}
+
+/// The headers for the child with the request's own `X-Request-Id`.
+fn with_request_id(mut headers: Vec<(String, Vec<u8>)>, rid: &str) -> Vec<(String, Vec<u8>)> {
+    headers.retain(|(k, _)| !k.eq_ignore_ascii_case("x-request-id"));
+    headers.push(("X-Request-Id".to_string(), rid.as_bytes().to_vec()));
+    headers
+}
+
+/// The id a `POST /v1/cancel/{id}` names.
+fn cancel_target<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
+    if *method != Method::Post {
+        return None;
+    }
+    path.strip_prefix("/v1/cancel/")
+        .filter(|t| !t.is_empty() && !t.contains('/'))
 }
