@@ -32,7 +32,6 @@ enum Block {
 }
 
 pub struct Events {
-    sse: sse::Events,
     model: String,
     estimate: u64,
     block: Block,
@@ -48,7 +47,6 @@ pub struct Events {
 impl Events {
     pub fn new(model: &str, estimate: u64) -> Events {
         Events {
-            sse: sse::Events::default(),
             model: model.to_string(),
             estimate,
             block: Block::None,
@@ -79,20 +77,9 @@ impl Events {
         );
         emit(out, "ping", &json!({"type": "ping"}));
     }
+}
 
-    pub fn push(&mut self, piece: &[u8], out: &mut Vec<u8>) {
-        for ev in self.sse.events(piece) {
-            self.on(ev, out);
-        }
-    }
-
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
-        for ev in self.sse.last_events() {
-            self.on(ev, out);
-        }
-    }
-
-    /// The one transition function.
+impl sse::Translate for Events {
     fn on(&mut self, ev: Event, out: &mut Vec<u8>) {
         if self.ended {
             return;
@@ -125,7 +112,9 @@ impl Events {
             }
         }
     }
+}
 
+impl Events {
     fn chunk(&mut self, v: &Value, out: &mut Vec<u8>) {
         if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
             if let Some(n) = u.get("prompt_tokens").and_then(Value::as_u64) {
@@ -296,15 +285,15 @@ mod tests {
 
     fn run(pieces: &[String]) -> Vec<(String, Value)> {
         let mut e = Events::new("gemini-test", 9);
-        let mut out = Vec::new();
+        let (mut child, mut out) = (sse::Events::default(), Vec::new());
         e.open(&mut out);
         for p in pieces {
             // Split each piece in two to prove events may span reads.
             let (a, b) = p.as_bytes().split_at(p.len() / 2);
-            e.push(a, &mut out);
-            e.push(b, &mut out);
+            child.feed(a, &mut e, &mut out);
+            child.feed(b, &mut e, &mut out);
         }
-        e.finish(&mut out);
+        child.end(&mut e, &mut out);
         events(&out)
     }
 

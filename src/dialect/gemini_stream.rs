@@ -20,7 +20,6 @@ struct Call {
 }
 
 pub struct Events {
-    sse: sse::Events,
     model: String,
     /// SSE framing (else a JSON array).
     sse_framing: bool,
@@ -37,7 +36,6 @@ pub struct Events {
 impl Events {
     pub fn new(model: &str, sse_framing: bool, estimate: u64) -> Events {
         Events {
-            sse: sse::Events::default(),
             model: model.to_string(),
             sse_framing,
             estimate,
@@ -49,20 +47,9 @@ impl Events {
             ended: false,
         }
     }
+}
 
-    pub fn push(&mut self, piece: &[u8], out: &mut Vec<u8>) {
-        for ev in self.sse.events(piece) {
-            self.on(ev, out);
-        }
-    }
-
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
-        for ev in self.sse.last_events() {
-            self.on(ev, out);
-        }
-    }
-
-    /// The one transition function.
+impl sse::Translate for Events {
     fn on(&mut self, ev: Event, out: &mut Vec<u8>) {
         if self.ended {
             return;
@@ -91,7 +78,9 @@ impl Events {
             }
         }
     }
+}
 
+impl Events {
     fn chunk(&mut self, v: &Value, out: &mut Vec<u8>) {
         if self.response_id.is_empty() {
             if let Some(id) = v.get("id").and_then(Value::as_str) {
@@ -192,11 +181,11 @@ mod tests {
 
     fn run(sse: bool, pieces: &[String]) -> Vec<u8> {
         let mut e = Events::new("gemini-test", sse, 3);
-        let mut out = Vec::new();
+        let (mut child, mut out) = (super::sse::Events::default(), Vec::new());
         for p in pieces {
-            e.push(p.as_bytes(), &mut out);
+            child.feed(p.as_bytes(), &mut e, &mut out);
         }
-        e.finish(&mut out);
+        child.end(&mut e, &mut out);
         out
     }
 

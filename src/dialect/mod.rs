@@ -307,11 +307,22 @@ pub struct Translator {
     /// The request's estimated input tokens (for a stream's first event).
     estimate: u64,
     stream: Option<Stream>,
+    /// The child's event stream, parsed.
+    child: sse::Events,
 }
 
 enum Stream {
     Anthropic(anthropic_stream::Events),
     Gemini(gemini_stream::Events),
+}
+
+impl Stream {
+    fn translator(&mut self) -> &mut dyn sse::Translate {
+        match self {
+            Stream::Anthropic(a) => a,
+            Stream::Gemini(g) => g,
+        }
+    }
 }
 
 impl Translator {
@@ -321,6 +332,7 @@ impl Translator {
             mode,
             estimate: 0,
             stream: None,
+            child: sse::Events::default(),
         }
     }
 
@@ -377,19 +389,15 @@ impl Translator {
     /// Bytes of the child's event stream in (any split), the client's
     /// events out (whole events only).
     pub fn push(&mut self, piece: &[u8], out: &mut Vec<u8>) {
-        match &mut self.stream {
-            Some(Stream::Anthropic(a)) => a.push(piece, out),
-            Some(Stream::Gemini(g)) => g.push(piece, out),
-            None => {}
+        if let Some(to) = self.stream.as_mut().map(Stream::translator) {
+            self.child.feed(piece, to, out);
         }
     }
 
     /// The child's stream ended cleanly: the closing events.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        match &mut self.stream {
-            Some(Stream::Anthropic(a)) => a.finish(out),
-            Some(Stream::Gemini(g)) => g.finish(out),
-            None => {}
+        if let Some(to) = self.stream.as_mut().map(Stream::translator) {
+            self.child.end(to, out);
         }
     }
 }

@@ -37,6 +37,12 @@ pub fn child_event(data: &[u8]) -> Option<ChildEvent> {
     Some(ChildEvent::Chunk(v))
 }
 
+/// A stream translator: what becomes of each of the child's events.
+pub trait Translate {
+    /// The one transition function: `ev` in, the client's bytes to `out`.
+    fn on(&mut self, ev: ChildEvent, out: &mut Vec<u8>);
+}
+
 #[derive(Debug, Default)]
 pub struct Events {
     /// The unfinished line.
@@ -49,6 +55,21 @@ pub struct Events {
 }
 
 impl Events {
+    /// Bytes of the child's stream in (any split): each event they
+    /// complete goes through `to`.
+    pub fn feed(&mut self, piece: &[u8], to: &mut dyn Translate, out: &mut Vec<u8>) {
+        for ev in self.events(piece) {
+            to.on(ev, out);
+        }
+    }
+
+    /// The child's stream ended: what is left, then `End`, through `to`.
+    pub fn end(&mut self, to: &mut dyn Translate, out: &mut Vec<u8>) {
+        for ev in self.last_events() {
+            to.on(ev, out);
+        }
+    }
+
     /// Feed `piece`; the child events it completes.
     pub fn events(&mut self, piece: &[u8]) -> Vec<ChildEvent> {
         let mut out = Vec::new();
