@@ -112,8 +112,8 @@ fn secs(now: SystemTime) -> i64 {
 }
 
 impl Budget {
-    // Tests build one from a plan; the book starts from `Default` and `set_plan`.
-    #[allow(dead_code)]
+    /// For tests: the book starts from `Default` and `set_plan`.
+    #[cfg(test)]
     pub fn new(plan: Arc<Plan>) -> Budget {
         Budget {
             plan,
@@ -233,9 +233,9 @@ impl Budget {
         }
     }
 
-    /// `profile`'s counts today. Leases carry the usage ledger's counts
-    /// instead (see `fleet::leaser`); the tests read it.
-    #[allow(dead_code)]
+    /// `profile`'s counts today, for tests (leases carry the usage
+    /// ledger's counts, see `fleet::leaser`).
+    #[cfg(test)]
     pub fn counts(&self, profile: &str, now: SystemTime) -> Option<(i64, BTreeMap<String, u64>)> {
         let d = self.day.filter(|d| d.number == Day::at(secs(now)).number)?;
         Some((d.number, self.used.get(profile)?.clone()))
